@@ -1,0 +1,57 @@
+"""Every Celery setting. Values that vary between deployments come from the environment.
+
+The broker and result URLs are set by ``web.celery.celery_init_app`` from the
+app's configuration (``CELERY_BROKER_URL``, ``REDIS_URL``), so tests can
+point them elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kombu import Queue
+
+_redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url
+result_backend = _redis_url
+
+# Longest a task may run; the visibility timeout must exceed it and any retry countdown.
+task_time_limit = int(os.environ.get("CELERY_TASK_TIME_LIMIT", "3600"))
+task_soft_time_limit = task_time_limit - 60
+_visibility_timeout = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "7200"))
+broker_transport_options = {
+    "visibility_timeout": _visibility_timeout,
+    "global_keyprefix": os.environ.get("CELERY_KEY_PREFIX", "postroom:celery:"),
+}
+result_backend_transport_options = {"global_keyprefix": "postroom:celery:"}
+result_expires = 24 * 3600
+broker_connection_retry_on_startup = True
+
+# Messages are acknowledged after the task ran; a worker lost mid-task gives it back.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_ignore_result = True
+
+# JSON only: task arguments are ids and primitives, never objects or bytes.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+task_queues = (Queue("otp"), Queue("mail"), Queue("bulk"))
+task_default_queue = "mail"
+task_routes = {
+    "postroom.otp.*": {"queue": "otp"},
+    "postroom.deliver_message": {"queue": "mail"},
+    "postroom.campaign.*": {"queue": "bulk"},
+}
+
+# Events for Flower.
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+
+timezone = "UTC"
+enable_utc = True
+beat_schedule: dict[str, dict[str, object]] = {}

@@ -1,0 +1,6 @@
+"""Celery tasks (thin) and the delivery engine and stores they call.
+
+Importing this package registers every task with the current Celery app.
+"""
+
+from tasks import mail as mail  # noqa: F401  (registers the tasks)

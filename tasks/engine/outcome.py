@@ -1,0 +1,32 @@
+"""What happened to one recipient of one SMTP transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+OutcomeStatus = Literal["sent", "deferred", "failed", "suppressed"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """The result of one delivery attempt to one recipient."""
+
+    status: OutcomeStatus
+    smtp_code: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_reply(cls, code: int, text: bytes | str) -> DeliveryOutcome:
+        """Classify an SMTP reply: 2xx sent, 4xx deferred, anything else failed."""
+        message = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        if 200 <= code < 300:
+            return cls("sent", code)
+        if 400 <= code < 500:
+            return cls("deferred", code, message)
+        return cls("failed", code, message)
+
+    @classmethod
+    def transport_failure(cls, reason: str) -> DeliveryOutcome:
+        """A timeout or a dropped connection: nothing was confirmed, try again."""
+        return cls("deferred", None, reason)

@@ -1,0 +1,283 @@
+"""Per-recipient delivery state of a message or campaign, moved atomically.
+
+A delivery (a message id or a campaign id) has recipients numbered from 0.
+Each recipient's record is JSON in one hash; an index per status (a sorted set
+scored by recipient number) and a count per status are kept beside it. Every
+transition is one Lua script, so the three never disagree and two workers can
+never both hold the same recipient:
+
+    queued/deferred --claim--> sending --finish--> sent | deferred | failed
+
+A claim carries a token and a lease; a recipient left ``sending`` by a worker
+that died can be claimed again once its lease has run out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import Redis
+
+from tasks.stores import key
+
+STATUSES = ("queued", "sending", "sent", "deferred", "failed", "suppressed", "cancelled")
+
+_CLAIM = """
+-- KEYS: records, counts, status-index prefix; ARGV: token, now, lease_until, idx...
+local out = {}
+for i = 4, #ARGV do
+  local idx = ARGV[i]
+  local raw = redis.call('HGET', KEYS[1], idx)
+  if raw then
+    local rec = cjson.decode(raw)
+    local s = rec.status
+    local stale = s == 'sending' and tonumber(rec.lease_until) < tonumber(ARGV[2])
+    if s == 'queued' or s == 'deferred' or stale then
+      redis.call('ZREM', KEYS[3] .. s, idx)
+      redis.call('HINCRBY', KEYS[2], s, -1)
+      rec.status = 'sending'
+      rec.token = ARGV[1]
+      rec.lease_until = tonumber(ARGV[3])
+      rec.attempts = (rec.attempts or 0) + 1
+      rec.updated_at = tonumber(ARGV[2])
+      redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
+      redis.call('ZADD', KEYS[3] .. 'sending', idx, idx)
+      redis.call('HINCRBY', KEYS[2], 'sending', 1)
+      table.insert(out, idx)
+      table.insert(out, raw)
+    elseif s == 'sending' then
+      table.insert(out, idx)
+      table.insert(out, 'busy:' .. tostring(rec.lease_until))
+    end
+  end
+end
+return out
+"""
+
+_FINISH = """
+-- KEYS: records, counts, status-index prefix
+-- ARGV: token, now, max_attempts, then (idx, status, smtp_code, error) per recipient
+local final = {}
+for i = 4, #ARGV, 4 do
+  local idx = ARGV[i]
+  local raw = redis.call('HGET', KEYS[1], idx)
+  if raw then
+    local rec = cjson.decode(raw)
+    if rec.status == 'sending' and rec.token == ARGV[1] then
+      local status = ARGV[i + 1]
+      if status == 'deferred' and rec.attempts >= tonumber(ARGV[3]) then
+        status = 'failed'
+        rec.error = 'retries exhausted after ' .. rec.attempts .. ' attempts: ' .. ARGV[i + 3]
+      elseif ARGV[i + 3] ~= '' then
+        rec.error = ARGV[i + 3]
+      else
+        rec.error = nil
+      end
+      if ARGV[i + 2] ~= '' then rec.smtp_code = tonumber(ARGV[i + 2]) end
+      redis.call('ZREM', KEYS[3] .. 'sending', idx)
+      redis.call('HINCRBY', KEYS[2], 'sending', -1)
+      rec.status = status
+      rec.token = nil
+      rec.lease_until = nil
+      rec.updated_at = tonumber(ARGV[2])
+      redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
+      redis.call('ZADD', KEYS[3] .. status, idx, idx)
+      redis.call('HINCRBY', KEYS[2], status, 1)
+      table.insert(final, status)
+    end
+  end
+end
+return final
+"""
+
+_MOVE = """
+-- KEYS: records, counts, status-index prefix; ARGV: from, to, now, limit
+-- Move up to `limit` recipients from one status to another; return how many.
+local ids = redis.call('ZRANGE', KEYS[3] .. ARGV[1], 0, tonumber(ARGV[4]) - 1)
+for _, idx in ipairs(ids) do
+  local rec = cjson.decode(redis.call('HGET', KEYS[1], idx))
+  rec.status = ARGV[2]
+  rec.updated_at = tonumber(ARGV[3])
+  if ARGV[2] == 'queued' then rec.attempts = 0 end
+  redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
+  redis.call('ZREM', KEYS[3] .. ARGV[1], idx)
+  redis.call('ZADD', KEYS[3] .. ARGV[2], idx, idx)
+end
+redis.call('HINCRBY', KEYS[2], ARGV[1], -#ids)
+redis.call('HINCRBY', KEYS[2], ARGV[2], #ids)
+return #ids
+"""
+
+
+@dataclass(slots=True)
+class RecipientRecord:
+    """One recipient's delivery state."""
+
+    index: int
+    email: str
+    status: str = "queued"
+    attempts: int = 0
+    smtp_code: int | None = None
+    error: str | None = None
+    updated_at: float | None = None
+    vars: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, index: int, raw: bytes | str) -> RecipientRecord:
+        data = json.loads(raw)
+        return cls(index=index, email=data["email"], status=data["status"],
+                   attempts=int(data.get("attempts") or 0), smtp_code=data.get("smtp_code"),
+                   error=data.get("error"), updated_at=data.get("updated_at"),
+                   vars=data.get("vars") or {})
+
+    def dump(self) -> str:
+        data: dict[str, Any] = {"email": self.email, "status": self.status,
+                                "attempts": self.attempts, "updated_at": self.updated_at}
+        if self.vars:
+            data["vars"] = self.vars
+        return json.dumps(data)
+
+    def public(self) -> dict[str, Any]:
+        """The shape the HTTP API shows."""
+        shown: dict[str, Any] = {"email": self.email, "status": self.status,
+                                 "attempts": self.attempts}
+        if self.smtp_code is not None:
+            shown["smtp_code"] = self.smtp_code
+        if self.error:
+            shown["error"] = self.error
+        return shown
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """What a claim got: records now ours, and recipients another worker holds."""
+
+    claimed: list[RecipientRecord]
+    busy_until: float | None  # the latest lease among recipients held elsewhere
+
+
+class DeliveryLedger:
+    """Recipient state for one delivery (message or campaign)."""
+
+    def __init__(self, redis: Redis, delivery_id: str) -> None:
+        self.redis = redis
+        self.delivery_id = delivery_id
+        self.records_key = key("delivery", delivery_id, "recipients")
+        self.counts_key = key("delivery", delivery_id, "counts")
+        self.index_prefix = key("delivery", delivery_id, "status") + ":"
+        self._keys = [self.records_key, self.counts_key, self.index_prefix]
+
+    def all_keys(self) -> list[str]:
+        return [self.records_key, self.counts_key, *(self.index_prefix + s for s in STATUSES)]
+
+    def add(self, records: Iterable[RecipientRecord], *, start: int = 0) -> int:
+        """Store new recipients numbered from *start*; return the next free number."""
+        number = start
+        pipe = self.redis.pipeline(transaction=True)
+        added: dict[str, int] = {}
+        now = time.time()
+        for record in records:
+            record.index = number
+            record.updated_at = now
+            pipe.hset(self.records_key, str(number), record.dump())
+            pipe.zadd(self.index_prefix + record.status, {str(number): number})
+            added[record.status] = added.get(record.status, 0) + 1
+            number += 1
+        for status, count in added.items():
+            pipe.hincrby(self.counts_key, status, count)
+        pipe.execute()
+        return number
+
+    def expire(self, seconds: int) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        for name in self.all_keys():
+            pipe.expire(name, seconds)
+        pipe.execute()
+
+    def claim(self, indices: Sequence[int], token: str, lease_seconds: float) -> ClaimResult:
+        """Move claimable recipients to ``sending`` under *token*."""
+        now = time.time()
+        reply = self.redis.eval(_CLAIM, 3, *self._keys, token, now, now + lease_seconds,
+                                *map(str, indices))
+        claimed: list[RecipientRecord] = []
+        busy_until: float | None = None
+        for idx, raw in zip(reply[::2], reply[1::2], strict=True):
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            if text.startswith("busy:"):
+                lease = float(text[5:])
+                busy_until = lease if busy_until is None else max(busy_until, lease)
+                continue
+            record = RecipientRecord.load(int(idx), text)
+            record.status = "sending"
+            record.attempts += 1
+            claimed.append(record)
+        return ClaimResult(claimed, busy_until)
+
+    def finish(self, token: str, outcomes: Iterable[tuple[int, str, int | None, str | None]],
+               *, max_attempts: int) -> list[str]:
+        """Record ``(index, status, smtp_code, error)`` for recipients this token holds.
+
+        A deferral past *max_attempts* becomes ``failed``. Returns the statuses set,
+        one per recipient changed (a recipient another worker took over is skipped).
+        """
+        args: list[str | int | float] = [token, time.time(), max_attempts]
+        for index, status, code, error in outcomes:
+            args += [str(index), status, "" if code is None else str(code), error or ""]
+        if len(args) == 3:
+            return []
+        reply = self.redis.eval(_FINISH, 3, *self._keys, *args)
+        return [s.decode() if isinstance(s, bytes) else s for s in reply]
+
+    def move(self, from_status: str, to_status: str, *, page: int = 1000) -> int:
+        """Move every recipient in *from_status* to *to_status*, a page at a time."""
+        total = 0
+        while True:
+            moved = int(self.redis.eval(_MOVE, 3, *self._keys, from_status, to_status,
+                                        time.time(), page))
+            total += moved
+            if moved < page:
+                return total
+
+    def counts(self) -> dict[str, int]:
+        raw = self.redis.hgetall(self.counts_key)
+        counts = dict.fromkeys(STATUSES, 0)
+        for name, value in raw.items():
+            counts[name.decode() if isinstance(name, bytes) else name] = int(value)
+        return counts
+
+    def get(self, indices: Sequence[int]) -> list[RecipientRecord]:
+        if not indices:
+            return []
+        raws = self.redis.hmget(self.records_key, [str(i) for i in indices])
+        return [RecipientRecord.load(i, raw) for i, raw in zip(indices, raws, strict=True)
+                if raw is not None]
+
+    def page(self, *, status: str | None = None, cursor: int = 0,
+             limit: int = 100) -> tuple[list[RecipientRecord], int | None]:
+        """Recipients from number *cursor* on (optionally of one status); and the next cursor."""
+        if status is None:
+            indices = list(range(cursor, cursor + limit + 1))
+            records = self.get(indices)
+        else:
+            members = self.redis.zrange(self.index_prefix + status, cursor, "+inf",
+                                        byscore=True, offset=0, num=limit + 1)
+            records = self.get([int(m) for m in members])
+        more = len(records) > limit
+        records = records[:limit]
+        return records, (records[-1].index + 1 if more and records else None)
+
+    def iter_indices(self, status: str, *, page: int = 1000) -> Iterator[int]:
+        """Recipient numbers in *status*, read a page at a time."""
+        cursor = 0
+        while True:
+            members = self.redis.zrange(self.index_prefix + status, cursor, "+inf",
+                                        byscore=True, offset=0, num=page)
+            if not members:
+                return
+            for member in members:
+                yield int(member)
+            cursor = int(members[-1]) + 1

@@ -1,0 +1,140 @@
+"""A real SMTP server for tests (aiosmtpd on a free port) that records everything.
+
+It can misbehave on purpose: ``rcpt_reply`` and ``data_reply`` return a reply
+line (``"451 4.3.0 try later"``) or ``None`` for the normal answer, and
+``data_reply`` may return :data:`DROP` to cut the connection mid-transaction.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+DROP = "<drop the connection>"
+
+
+@dataclass
+class Received:
+    """One message the server accepted."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+    session: int
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.received: list[Received] = []
+        self.connections = 0
+        self.rcpt_reply: Callable[[str], str | None] = lambda address: None
+        self.data_reply: Callable[[Envelope], str | None] = lambda envelope: None
+        self.refused: list[tuple[str, str]] = []
+
+    def new_connection(self) -> int:
+        with self.lock:
+            self.connections += 1
+            return self.connections
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        reply = self.rcpt_reply(address)
+        if reply is not None:
+            with self.lock:
+                self.refused.append((address, reply))
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = self.data_reply(envelope)
+        if reply == DROP:
+            assert server.transport is not None
+            server.transport.abort()
+            return "421 dropped"
+        if reply is not None:
+            return reply
+        content = envelope.original_content or envelope.content
+        assert isinstance(content, bytes)
+        with self.lock:
+            self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos),
+                                          content, getattr(server, "connection_number", 0)))
+        return "250 Message accepted"
+
+
+class CountingSMTP(SMTP):
+    """aiosmtpd's server, numbering each connection (one SMTP session each)."""
+
+    def connection_made(self, transport: Any) -> None:
+        handler = self.event_handler
+        assert isinstance(handler, RecordingHandler)
+        if not hasattr(self, "connection_number"):  # STARTTLS calls this again
+            self.connection_number = handler.new_connection()
+        super().connection_made(transport)
+
+
+class CountingController(Controller):
+    def factory(self) -> SMTP:
+        return CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class SMTPTestServer:
+    """Start with :meth:`start`, stop with :meth:`stop`; inspect ``received``."""
+
+    def __init__(self, **controller_options: Any) -> None:
+        self.handler = RecordingHandler()
+        self.port = free_port()
+        self.controller = CountingController(self.handler, hostname="127.0.0.1", port=self.port,
+                                     **controller_options)
+
+    def start(self) -> SMTPTestServer:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def reset(self) -> None:
+        handler = self.handler
+        with handler.lock:
+            handler.received.clear()
+            handler.connections = 0
+            handler.refused.clear()
+        handler.rcpt_reply = lambda address: None
+        handler.data_reply = lambda envelope: None
+
+    @property
+    def received(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.received)
+
+    @property
+    def session_count(self) -> int:
+        with self.handler.lock:
+            return self.handler.connections
+
+    def to(self, address: str) -> list[Received]:
+        """Messages whose envelope includes *address*."""
+        return [r for r in self.received if address in r.recipients]

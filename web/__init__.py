@@ -1,0 +1,47 @@
+"""The Flask application: ``create_app(config=None)``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from flask import Flask
+
+from web import config as settings
+from web.celery import celery_init_app
+from web.extensions import csrf, mail
+
+__all__ = ["create_app"]
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then *config* (tests).
+
+    Raises :class:`web.config.ConfigError` for a malformed or missing value.
+    """
+    app = Flask(__name__)
+    app.config.from_mapping(settings.from_environ(os.environ))
+    if config:
+        app.config.from_mapping(config)
+    if not app.config.get("CELERY_BROKER_URL"):
+        app.config["CELERY_BROKER_URL"] = app.config["REDIS_URL"]
+    settings.check(app.config)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = os.urandom(32).hex()  # dev/testing only (checked above)
+    app.config.setdefault("MAX_CONTENT_LENGTH", app.config["MAX_MESSAGE_BYTES"])
+
+    app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"])
+    mail.init_app(app)
+    csrf.init_app(app)
+    celery_init_app(app)
+
+    import tasks  # noqa: F401  (registers the tasks with the Celery app)
+    from web import api, health, outbox
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    if app.config.get("OUTBOX_DIR"):
+        app.register_blueprint(outbox.bp)
+    return app

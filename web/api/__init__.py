@@ -1,0 +1,37 @@
+"""The JSON API under ``/api``: bearer-token auth, JSON errors, OpenAPI document."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, current_app, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from web.api.errors import APIError, handle_api_error, handle_http_error, handle_validation_error
+from web.extensions import csrf
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+csrf.exempt(bp)  # bearer tokens, not cookies: CSRF cannot ride on them
+
+PUBLIC_ENDPOINTS = frozenset({"api.openapi"})
+
+
+@bp.before_request
+def require_token() -> None:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    tokens: list[str] = current_app.config["API_TOKENS"]
+    presented = token.strip().encode()
+    valid = scheme.lower() == "bearer" and any(
+        hmac.compare_digest(presented, known.encode()) for known in tokens)
+    if not valid:
+        raise APIError(401, "unauthorized", "send a valid token as 'Authorization: Bearer <token>'")
+
+
+bp.register_error_handler(APIError, handle_api_error)
+bp.register_error_handler(ValidationError, handle_validation_error)
+bp.register_error_handler(HTTPException, handle_http_error)
+
+from web.api import messages, openapi  # noqa: E402,F401  (routes)

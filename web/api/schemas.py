@@ -1,0 +1,132 @@
+"""Request and response schemas; they validate requests and describe the API."""
+
+from __future__ import annotations
+
+import re
+from email.utils import formataddr, parseaddr
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII, no colon
+RESERVED_HEADERS = frozenset({
+    "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "sender",
+    "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
+    "return-path", "received",
+})
+MAX_RECIPIENTS = 100
+
+
+def _no_line_breaks(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain line breaks (CR or LF)")
+    return value
+
+
+def mailbox(value: Any) -> str:
+    """Validate ``user@example.com`` or ``Name <user@example.com>``; normalise it."""
+    if not isinstance(value, str):
+        raise ValueError("must be an email address as a string")
+    _no_line_breaks(value)
+    name, address = parseaddr(value)
+    if not address or ("<" in value and not value.rstrip().endswith(">")):
+        raise ValueError(f"{value!r} is not an email address")
+    try:
+        checked = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as err:
+        raise ValueError(str(err)) from None
+    return formataddr((name, checked.normalized)) if name else checked.normalized
+
+
+def _address_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Mailbox = Annotated[str, BeforeValidator(mailbox)]
+MailboxList = Annotated[list[Mailbox], BeforeValidator(_address_list),
+                        Field(max_length=MAX_RECIPIENTS)]
+HeaderText = Annotated[str, BeforeValidator(lambda v: _no_line_breaks(v) if isinstance(v, str)
+                                            else v), Field(max_length=998)]
+
+
+class MessageIn(BaseModel):
+    """``POST /api/messages``: one message to one or more recipients."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    to: MailboxList = Field(min_length=1)
+    cc: MailboxList = []
+    bcc: MailboxList = []
+    reply_to: MailboxList = []
+    sender: Mailbox | None = None
+    subject: HeaderText
+    body: str | None = None
+    html: str | None = None
+    headers: dict[str, HeaderText] = {}
+
+    @field_validator("headers")
+    @classmethod
+    def _custom_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"{name!r} is set by Postroom; use the matching field")
+        return headers
+
+    @model_validator(mode="after")
+    def _has_content(self) -> MessageIn:
+        if self.body is None and self.html is None:
+            raise ValueError("give body, html or both")
+        if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together")
+        return self
+
+    def recipients(self) -> list[str]:
+        """Envelope addresses, each once, in order (to, cc, bcc)."""
+        seen: dict[str, None] = {}
+        for value in (*self.to, *self.cc, *self.bcc):
+            seen.setdefault(parseaddr(value)[1], None)
+        return list(seen)
+
+
+class Accepted(BaseModel):
+    """202: the work is queued."""
+
+    id: str
+    status: str
+
+
+class RecipientOut(BaseModel):
+    email: str
+    status: str
+    attempts: int
+    smtp_code: int | None = None
+    error: str | None = None
+
+
+class MessageOut(BaseModel):
+    """``GET /api/messages/<id>``."""
+
+    id: str
+    status: str
+    created_at: float
+    recipients: list[RecipientOut]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: dict[str, str] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,136 @@
+"""Configuration read from the environment, parsed strictly.
+
+Every variable has one parser; a malformed value raises :class:`ConfigError`
+naming the variable, so start-up stops with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+TRUE_WORDS = frozenset({"true", "1", "yes"})
+FALSE_WORDS = frozenset({"false", "0", "no"})
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name}: expected true/false/1/0/yes/no, got {raw!r}")
+
+
+def _whole_number(minimum: int = 0) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _optional_whole_number(name: str, raw: str) -> int | None:
+    return None if raw.strip() == "" else _whole_number(0)(name, raw)
+
+
+def _positive_number(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name}: must be greater than 0, got {raw!r}")
+    return value
+
+
+def _optional_positive_number(name: str, raw: str) -> float | None:
+    return None if raw.strip() == "" else _positive_number(name, raw)
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _optional_text(name: str, raw: str) -> str | None:
+    return raw or None
+
+
+def _token_list(name: str, raw: str) -> list[str]:
+    return [token.strip() for token in raw.split(",") if token.strip()]
+
+
+def _file_path(name: str, raw: str) -> str | None:
+    if not raw:
+        return None
+    if not os.path.isfile(raw):
+        raise ConfigError(f"{name}: no such file {raw!r}")
+    return raw
+
+
+# name -> (parser, default). Defaults for MAIL_* are Flask-Mail's own.
+SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
+    "MAIL_SERVER": (_text, "localhost"),
+    "MAIL_PORT": (_whole_number(1), 25),
+    "MAIL_USE_TLS": (parse_bool, False),
+    "MAIL_USE_SSL": (parse_bool, False),
+    "MAIL_DEBUG": (parse_bool, False),
+    "MAIL_USERNAME": (_optional_text, None),
+    "MAIL_PASSWORD": (_optional_text, None),
+    "MAIL_DEFAULT_SENDER": (_optional_text, None),
+    "MAIL_MAX_EMAILS": (_optional_whole_number, None),
+    "MAIL_SUPPRESS_SEND": (parse_bool, False),
+    "MAIL_ASCII_ATTACHMENTS": (parse_bool, False),
+    "MAIL_TIMEOUT": (_positive_number, 30.0),
+    "MAIL_TLS_VERIFY": (parse_bool, True),
+    "MAIL_TLS_CA_FILE": (_file_path, None),
+    "MAIL_MAX_CONNECTIONS": (_optional_whole_number, None),
+    "MAIL_RATE_LIMIT": (_optional_positive_number, None),
+    "MAIL_MESSAGE_ID_DOMAIN": (_optional_text, None),
+    "REDIS_URL": (_text, "redis://127.0.0.1:6379/0"),
+    "CELERY_BROKER_URL": (_optional_text, None),
+    "SECRET_KEY": (_optional_text, None),
+    "API_TOKENS": (_token_list, []),
+    "ADMIN_USERNAME": (_optional_text, None),
+    "ADMIN_PASSWORD": (_optional_text, None),
+    "OTP_LENGTH": (_whole_number(4), 6),
+    "OTP_TTL": (_whole_number(30), 600),
+    "OTP_MAX_ATTEMPTS": (_whole_number(1), 5),
+    "MAX_ATTACHMENT_BYTES": (_whole_number(1), 10 * 1024 * 1024),
+    "MAX_MESSAGE_BYTES": (_whole_number(1), 25 * 1024 * 1024),
+    "DELIVERY_MAX_ATTEMPTS": (_whole_number(1), 8),
+    "DELIVERY_BACKOFF_BASE": (_positive_number, 30.0),
+    "DELIVERY_BACKOFF_CAP": (_positive_number, 1800.0),
+    "POSTROOM_ENV": (_text, "production"),
+    "OUTBOX_DIR": (_optional_text, None),
+}
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse every known variable present in *environ*; absent ones take defaults."""
+    config: dict[str, Any] = {}
+    for name, (parse, default) in SETTINGS.items():
+        raw = environ.get(name)
+        config[name] = default if raw is None else parse(name, raw)
+    return config
+
+
+def check(config: Mapping[str, Any]) -> None:
+    """Reject combinations that cannot work, whatever their source."""
+    if config["MAIL_USE_TLS"] and config["MAIL_USE_SSL"]:
+        raise ConfigError("MAIL_USE_TLS and MAIL_USE_SSL: choose one, not both")
+    relaxed = config.get("TESTING") or config["POSTROOM_ENV"] in {"development", "testing"}
+    if not config.get("SECRET_KEY") and not relaxed:
+        raise ConfigError("SECRET_KEY: must be set outside development and testing")
+    if not config.get("CELERY_BROKER_URL"):
+        raise ConfigError("CELERY_BROKER_URL: empty")

@@ -1,0 +1,66 @@
+"""``GET /healthz`` (dependency checks) and ``GET /metrics`` (Prometheus text)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify
+from flask.typing import ResponseReturnValue
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+bp = Blueprint("health", __name__)
+
+QUEUES = ("otp", "mail", "bulk")
+
+
+def _check_redis() -> dict[str, Any]:
+    try:
+        current_app.extensions["redis"].ping()
+    except redis.RedisError as err:
+        return {"ok": False, "error": str(err)}
+    return {"ok": True}
+
+
+def _check_smtp() -> dict[str, Any]:
+    config = current_app.config
+    if config["MAIL_SUPPRESS_SEND"]:
+        return {"ok": True, "note": "sending suppressed"}
+    try:
+        with socket.create_connection((config["MAIL_SERVER"], config["MAIL_PORT"]), timeout=2):
+            pass
+    except OSError as err:
+        return {"ok": False, "error": f"{config['MAIL_SERVER']}:{config['MAIL_PORT']}: {err}"}
+    return {"ok": True}
+
+
+@bp.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    checks = {"redis": _check_redis(), "smtp": _check_smtp()}
+    healthy = all(check["ok"] for check in checks.values())
+    return jsonify({"ok": healthy, "checks": checks}), 200 if healthy else 503
+
+
+def queue_depths(client: redis.Redis, prefix: str) -> dict[str, int]:
+    """Messages waiting in each Celery queue on the Redis broker."""
+    return {queue: int(client.llen(prefix + queue)) for queue in QUEUES}
+
+
+@bp.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    registry = CollectorRegistry()
+    depth = Gauge("postroom_queue_depth", "Tasks waiting in a Celery queue", ["queue"],
+                  registry=registry)
+    up = Gauge("postroom_redis_up", "1 when Redis answers", registry=registry)
+    client = current_app.extensions["redis"]
+    celery_conf = current_app.extensions["celery"].conf
+    prefix = celery_conf.broker_transport_options.get("global_keyprefix", "")
+    try:
+        for queue, count in queue_depths(client, prefix).items():
+            depth.labels(queue=queue).set(count)
+        up.set(1)
+    except redis.RedisError:
+        up.set(0)
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
