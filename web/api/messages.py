@@ -9,6 +9,7 @@ from tasks.mail import deliver_message
 from tasks.stores.messages import MessageStore, message_status
 from web.api import bp
 from web.api.errors import APIError
+from web.api.openapi import describe
 from web.api.requests import json_body, parse
 from web.api.schemas import Accepted, MessageIn, MessageOut, RecipientOut
 
@@ -27,6 +28,10 @@ def create_message() -> ResponseReturnValue:
     return jsonify(Accepted(id=stored.id, status="queued").model_dump()), 202
 
 
+describe("post", "/api/messages", "Queue a message", status=202, request=MessageIn,
+         response=Accepted, errors=(400, 401, 413, 415, 422))
+
+
 @bp.get("/messages/<message_id>")
 def show_message(message_id: str) -> ResponseReturnValue:
     store = _store()
@@ -42,3 +47,7 @@ def show_message(message_id: str) -> ResponseReturnValue:
         recipients=[RecipientOut(**record.public()) for record in records],
     )
     return jsonify(shown.model_dump(exclude_none=True))
+
+
+describe("get", "/api/messages/{message_id}", "A message's status per recipient", status=200,
+         response=MessageOut, errors=(401, 404))

@@ -1,4 +1,8 @@
-"""``GET /api/openapi.json``: the OpenAPI 3 document, built from the request schemas."""
+"""``GET /api/openapi.json``: the OpenAPI 3 document, built from the request schemas.
+
+Each API module describes its routes with :func:`describe` next to the route
+itself, so the document and the validation come from the same models.
+"""
 
 from __future__ import annotations
 
@@ -9,55 +13,65 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
 from web.api import bp
-from web.api.schemas import Accepted, ErrorOut, MessageIn, MessageOut
+from web.api.schemas import ErrorOut
 
-SCHEMAS: list[type[BaseModel]] = [MessageIn, MessageOut, Accepted, ErrorOut]
+ERRORS = {"400": "malformed body", "401": "missing or wrong token", "404": "no such id",
+          "409": "the state forbids it", "413": "too large", "415": "unsupported media type",
+          "422": "invalid input (fields say which and why)", "429": "too many requests"}
 
-ERRORS = {"401": "missing or wrong token", "404": "no such id",
-          "415": "not JSON", "422": "invalid input (fields say which and why)"}
+_models: dict[str, type[BaseModel]] = {"ErrorOut": ErrorOut}
+_paths: dict[str, dict[str, Any]] = {}
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
+    _models[model.__name__] = model
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _operation(summary: str, *, request: type[BaseModel] | None, status: str,
-               response: type[BaseModel]) -> dict[str, Any]:
-    op: dict[str, Any] = {
+def describe(method: str, path: str, summary: str, *, status: int,
+             response: type[BaseModel] | None = None, request: type[BaseModel] | None = None,
+             errors: tuple[int, ...] = (401, 422), content_type: str = "application/json",
+             query: dict[str, str] | None = None) -> None:
+    """Add one operation: ``describe("post", "/api/messages", ..., request=MessageIn)``."""
+    ok: dict[str, Any] = {"description": summary}
+    if response is not None:
+        ok["content"] = {"application/json": {"schema": _ref(response)}}
+    operation: dict[str, Any] = {
         "summary": summary,
-        "responses": {status: {"description": summary,
-                               "content": {"application/json": {"schema": _ref(response)}}},
-                      **{code: {"description": why,
-                                "content": {"application/json": {"schema": _ref(ErrorOut)}}}
-                         for code, why in ERRORS.items()}},
+        "responses": {str(status): ok, **{
+            str(code): {"description": ERRORS[str(code)],
+                        "content": {"application/json": {"schema": _ref(ErrorOut)}}}
+            for code in errors}},
     }
+    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in _path_names(path)]
+    parameters += [{"name": name, "in": "query", "required": False, "description": why,
+                    "schema": {"type": "string"}} for name, why in (query or {}).items()]
+    if parameters:
+        operation["parameters"] = parameters
     if request is not None:
-        op["requestBody"] = {"required": True,
-                             "content": {"application/json": {"schema": _ref(request)}}}
-    return op
+        operation["requestBody"] = {"required": True,
+                                    "content": {content_type: {"schema": _ref(request)}}}
+    _paths.setdefault(path, {})[method.lower()] = operation
 
 
-PATHS: dict[str, dict[str, Any]] = {
-    "/api/messages": {"post": _operation("Queue a message", request=MessageIn, status="202",
-                                         response=Accepted)},
-    "/api/messages/{id}": {"get": _operation("A message's status per recipient", request=None,
-                                             status="200", response=MessageOut)},
-}
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
 
 def document() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in SCHEMAS:
+    for name, model in _models.items():
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
+        schemas[name] = schema
     return {
         "openapi": "3.1.0",
         "info": {"title": "Postroom", "version": "0.1.0"},
         "components": {"schemas": schemas,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
-        "paths": PATHS,
+        "paths": _paths,
     }
 
 
