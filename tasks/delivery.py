@@ -67,8 +67,13 @@ def lease_for(timeout: float) -> float:
 
 def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
               connection: BatchConnection, composer: Composer, *, token: str,
-              max_attempts: int, after_send: Callable[[int], None] | None = None) -> BatchReport:
-    """Send every envelope whose recipients can be claimed; record every outcome."""
+              max_attempts: int, pace: Callable[[], None] | None = None,
+              after_send: Callable[[int], None] | None = None) -> BatchReport:
+    """Send every envelope whose recipients can be claimed; record every outcome.
+
+    *pace*, when given, is called before each message goes out and blocks as long
+    as a shared rate limit (``MAIL_RATE_LIMIT``) requires.
+    """
     report = BatchReport()
     lease = lease_for(connection.settings.timeout)
     for envelope in envelopes:
@@ -77,6 +82,8 @@ def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
             report.busy_until = max(report.busy_until or 0.0, claim.busy_until)
         if not claim.claimed:
             continue
+        if pace is not None:
+            pace()
         outcomes = _send(envelope, claim.claimed, connection, composer)
         settled = ledger.finish(token, ((r.index, o.status, o.smtp_code, o.error)
                                         for r, o in zip(claim.claimed, outcomes, strict=True)),

@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from flask_mail import Connection
 
@@ -75,6 +75,16 @@ class SMTPSettings:
         return context
 
 
+class SessionGate(Protocol):
+    """Bounds concurrent SMTP sessions (``MAIL_MAX_CONNECTIONS``) across processes."""
+
+    def acquire(self) -> str:
+        """Block until a session may open; return a handle for :meth:`release`."""
+
+    def release(self, handle: str) -> None:
+        """The session that *handle* stands for has closed."""
+
+
 TRANSPORT_ERRORS = (smtplib.SMTPServerDisconnected, socket.timeout, ConnectionError, OSError)
 
 
@@ -86,9 +96,11 @@ class BatchConnection(Connection):
     server gives.
     """
 
-    def __init__(self, settings: SMTPSettings) -> None:
+    def __init__(self, settings: SMTPSettings, gate: SessionGate | None = None) -> None:
         super().__init__(settings)  # type: ignore[arg-type]  # same attribute names as Mail
         self.settings = settings
+        self.gate = gate
+        self._gate_handle: str | None = None
         self.sessions_opened = 0
 
     def __enter__(self) -> BatchConnection:
@@ -102,11 +114,18 @@ class BatchConnection(Connection):
 
     def configure_host(self) -> smtplib.SMTP:
         s = self.settings
+        if self.gate is not None and self._gate_handle is None:
+            self._gate_handle = self.gate.acquire()
         host: smtplib.SMTP
-        if s.use_ssl:
-            host = smtplib.SMTP_SSL(s.server, s.port, timeout=s.timeout, context=s.tls_context())
-        else:
-            host = smtplib.SMTP(s.server, s.port, timeout=s.timeout)
+        try:
+            if s.use_ssl:
+                host = smtplib.SMTP_SSL(s.server, s.port, timeout=s.timeout,
+                                        context=s.tls_context())
+            else:
+                host = smtplib.SMTP(s.server, s.port, timeout=s.timeout)
+        except BaseException:
+            self._release_gate()
+            raise
         try:
             host.set_debuglevel(int(s.debug))
             if s.use_tls:
@@ -115,9 +134,15 @@ class BatchConnection(Connection):
                 host.login(s.username, s.password)
         except BaseException:
             host.close()
+            self._release_gate()
             raise
         self.sessions_opened += 1
         return host
+
+    def _release_gate(self) -> None:
+        handle, self._gate_handle = self._gate_handle, None
+        if self.gate is not None and handle is not None:
+            self.gate.release(handle)
 
     def close(self) -> None:
         """End the current session politely if there is one."""
@@ -129,12 +154,15 @@ class BatchConnection(Connection):
             host.quit()
         except (smtplib.SMTPException, OSError):
             host.close()
+        finally:
+            self._release_gate()
 
     def _drop(self) -> None:
         host, self.host = self.host, None
         self.num_emails = 0
         if host is not None:
             host.close()
+        self._release_gate()
 
     def send_data(self, sender: str, recipients: Sequence[str],
                   data: bytes) -> dict[str, DeliveryOutcome]:

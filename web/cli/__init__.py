@@ -1,0 +1,11 @@
+"""The ``postroom`` command. Each sub-command group lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+@click.version_option(package_name="postroom")
+def cli() -> None:
+    """Postroom: an asynchronous mail service."""
