@@ -52,10 +52,10 @@ def deliver_message(self: Task, message_id: str) -> None:
         return draft  # the claim decides the envelope; headers stay as written
 
     token = f"{self.request.id or 'local'}:{uuid.uuid4().hex}"
-    with BatchConnection(settings) as connection:
+    with BatchConnection(settings, gate=runtime.session_gate()) as connection:
         report = run_batch(ledger, [Envelope(recipients, draft_to)], connection,
                            runtime.composer(settings), token=token,
-                           max_attempts=policy.max_attempts)
+                           max_attempts=policy.max_attempts, pace=runtime.pacer())
     log.info("message %s: %s", message_id, report.counts)
     countdown = retry_countdown(report, policy, self.request.retries + 1)
     if countdown is not None:

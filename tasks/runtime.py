@@ -6,12 +6,15 @@ one place they read the app, so the engine and the stores never do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import current_app
 from redis import Redis
 
-from tasks.delivery import RetryPolicy
+from tasks.delivery import RetryPolicy, lease_for
 from tasks.engine.compose import Composer
-from tasks.engine.session import SMTPSettings
+from tasks.engine.session import SessionGate, SMTPSettings
+from tasks.stores.throttle import SendRate, SessionSlots
 
 
 def redis_client() -> Redis:
@@ -33,3 +36,23 @@ def retry_policy() -> RetryPolicy:
     return RetryPolicy(max_attempts=int(config["DELIVERY_MAX_ATTEMPTS"]),
                        base=float(config["DELIVERY_BACKOFF_BASE"]),
                        cap=float(config["DELIVERY_BACKOFF_CAP"]))
+
+
+def pacer() -> Callable[[], None] | None:
+    """What ``run_batch(pace=...)`` calls before each message: ``MAIL_RATE_LIMIT``
+    messages a second across every worker, or ``None`` when unlimited."""
+    per_second = current_app.config.get("MAIL_RATE_LIMIT")
+    if not per_second:
+        return None
+    return SendRate(redis_client(), float(per_second)).pace
+
+
+def session_gate() -> SessionGate | None:
+    """The ``BatchConnection(gate=...)`` that holds ``MAIL_MAX_CONNECTIONS`` across every
+    worker, or ``None`` when unlimited. A batch waits up to a third of its claim's
+    lease for a free session, then defers what it had claimed."""
+    limit = current_app.config.get("MAIL_MAX_CONNECTIONS")
+    if not limit:
+        return None
+    wait = lease_for(float(current_app.config["MAIL_TIMEOUT"])) / 3
+    return SessionSlots(redis_client(), int(limit), wait_timeout=wait)
