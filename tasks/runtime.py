@@ -6,7 +6,8 @@ one place they read the app, so the engine and the stores never do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from flask import current_app
 from redis import Redis
@@ -20,6 +21,11 @@ from tasks.stores.throttle import SendRate, SessionSlots
 def redis_client() -> Redis:
     client: Redis = current_app.extensions["redis"]
     return client
+
+
+def app_config() -> Mapping[str, Any]:
+    """The app's configuration, for stores that build themselves from it (read only)."""
+    return current_app.config
 
 
 def smtp_settings() -> SMTPSettings:
