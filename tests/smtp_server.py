@@ -7,12 +7,14 @@ line (``"451 4.3.0 try later"``) or ``None`` for the normal answer, and
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
@@ -30,6 +32,7 @@ class Received:
     recipients: list[str]
     data: bytes
     session: int
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def message(self) -> EmailMessage:
@@ -52,11 +55,20 @@ class RecordingHandler:
         self.rcpt_reply: Callable[[str], str | None] = lambda address: None
         self.data_reply: Callable[[Envelope], str | None] = lambda envelope: None
         self.refused: list[tuple[str, str]] = []
+        self.open_sessions = 0  # connections open now, and the most open at once
+        self.peak_sessions = 0
+        self.data_delay = 0.0  # seconds to take over each DATA (a slow relay), loop not blocked
 
     def new_connection(self) -> int:
         with self.lock:
             self.connections += 1
+            self.open_sessions += 1
+            self.peak_sessions = max(self.peak_sessions, self.open_sessions)
             return self.connections
+
+    def connection_closed(self) -> None:
+        with self.lock:
+            self.open_sessions -= 1
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -69,6 +81,8 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         reply = self.data_reply(envelope)
         if reply == DROP:
             assert server.transport is not None
@@ -93,6 +107,14 @@ class CountingSMTP(SMTP):
         if not hasattr(self, "connection_number"):  # STARTTLS calls this again
             self.connection_number = handler.new_connection()
         super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if hasattr(self, "connection_number") and not getattr(self, "session_closed", False):
+            self.session_closed = True  # counted once, even after STARTTLS
+            handler = self.event_handler
+            assert isinstance(handler, RecordingHandler)
+            handler.connection_closed()
+        super().connection_lost(error)
 
 
 class CountingController(Controller):
@@ -122,6 +144,8 @@ class SMTPTestServer:
             handler.received.clear()
             handler.connections = 0
             handler.refused.clear()
+            handler.peak_sessions = handler.open_sessions
+        handler.data_delay = 0.0
         handler.rcpt_reply = lambda address: None
         handler.data_reply = lambda envelope: None
 
@@ -134,6 +158,12 @@ class SMTPTestServer:
     def session_count(self) -> int:
         with self.handler.lock:
             return self.handler.connections
+
+    @property
+    def peak_sessions(self) -> int:
+        """The most sessions open at once since the last :meth:`reset`."""
+        with self.handler.lock:
+            return self.handler.peak_sessions
 
     def to(self, address: str) -> list[Received]:
         """Messages whose envelope includes *address*."""

@@ -1,0 +1,269 @@
+"""The shared sending rate and SMTP session slots, against the real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+
+from tasks import runtime
+from tasks.engine.session import BatchConnection, SMTPSettings
+from tasks.stores.throttle import SendRate, SessionSlots, SessionSlotTimeout
+from tests.smtp_server import SMTPTestServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- SendRate ---------------------------------------------------------------------------
+
+
+def test_reservations_are_spaced_one_interval_apart(redis_client: redis.Redis) -> None:
+    rate = SendRate(redis_client, 10.0)  # one slot every 0.1 s
+    waits = [rate.reserve() for _ in range(5)]
+    assert waits[0] == 0.0
+    for n, wait in enumerate(waits):
+        assert n * 0.1 - 0.05 < wait <= n * 0.1 + 1e-6
+
+
+def test_burst_lets_that_many_go_at_once(redis_client: redis.Redis) -> None:
+    rate = SendRate(redis_client, 2.0, burst=3)
+    waits = [rate.reserve() for _ in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert 0.4 < waits[3] <= 0.5
+
+
+def test_a_quiet_spell_does_not_bank_more_than_the_burst(redis_client: redis.Redis) -> None:
+    rate = SendRate(redis_client, 20.0)
+    rate.reserve()
+    time.sleep(0.3)  # six slots go unused
+    assert rate.reserve() == 0.0
+    assert rate.reserve() > 0.02
+
+
+def test_concurrent_callers_never_share_a_slot(redis_client: redis.Redis,
+                                               redis_url: str) -> None:
+    """Eight threads, two limiters (as if two hosts): every slot is its own, 0.5 s apart."""
+    limiters = [SendRate(redis.Redis.from_url(redis_url), 2.0) for _ in range(2)]
+    slots: list[float] = []
+    lock = threading.Lock()
+
+    def reserve(limiter: SendRate) -> None:
+        for _ in range(5):
+            asked = time.monotonic()
+            wait = limiter.reserve()
+            with lock:
+                slots.append(asked + wait)
+
+    threads = [threading.Thread(target=reserve, args=(limiters[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    slots.sort()
+    assert len(slots) == 40
+    gaps = [later - earlier for earlier, later in zip(slots, slots[1:], strict=False)]
+    assert min(gaps) > 0.5 - 0.1  # a round trip of slack between asking and Redis's clock
+    assert slots[-1] - slots[0] == pytest.approx(39 * 0.5, abs=0.2)
+
+
+def test_pace_blocks_callers_to_the_rate(redis_client: redis.Redis) -> None:
+    rate = SendRate(redis_client, 20.0)
+    started = time.monotonic()
+    threads = [threading.Thread(target=lambda: [rate.pace() for _ in range(5)])
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert time.monotonic() - started >= 9 / 20  # ten messages, the first one free
+
+
+def test_rate_state_expires(redis_client: redis.Redis) -> None:
+    rate = SendRate(redis_client, 1.0)
+    for _ in range(3):
+        rate.reserve()
+    assert rate.key.startswith("postroom:")
+    assert 2_000 < redis_client.pttl(rate.key) <= 4_000  # the reserved slots, plus a second
+
+
+@pytest.mark.parametrize("options", [{"per_second": 0}, {"per_second": -1.0},
+                                     {"per_second": 1.0, "burst": 0}])
+def test_rate_refuses_nonsense(redis_client: redis.Redis, options: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        SendRate(redis_client, **options)  # type: ignore[arg-type]
+
+
+# -- SessionSlots ---------------------------------------------------------------------
+
+
+def test_slots_are_limited_and_come_back_on_release(redis_client: redis.Redis) -> None:
+    slots = SessionSlots(redis_client, 2)
+    first, second = slots.try_acquire(), slots.try_acquire()
+    assert first and second and first != second
+    assert slots.try_acquire() is None
+    assert slots.in_use() == 2
+    slots.release(first)
+    assert slots.in_use() == 1
+    third = slots.try_acquire()
+    assert third is not None
+    assert slots.try_acquire() is None
+    slots.release(second)
+    slots.release(third)
+    assert slots.in_use() == 0
+
+
+def test_slots_key_has_a_ttl_beyond_the_lease(redis_client: redis.Redis) -> None:
+    slots = SessionSlots(redis_client, 1, lease=5.0)
+    handle = slots.acquire()
+    assert slots.key.startswith("postroom:")
+    assert 5_000 < redis_client.pttl(slots.key) <= 6_000
+    slots.release(handle)
+
+
+def test_acquire_gives_up_with_a_timeout_error(redis_client: redis.Redis) -> None:
+    holder = SessionSlots(redis_client, 1)
+    handle = holder.acquire()
+    waiter = SessionSlots(redis_client, 1, wait_timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(SessionSlotTimeout, match="MAIL_MAX_CONNECTIONS") as caught:
+        waiter.acquire()
+    assert isinstance(caught.value, TimeoutError)
+    assert time.monotonic() - started >= 0.2
+    holder.release(handle)
+    assert waiter.acquire()
+
+
+def test_a_held_slot_is_renewed_beyond_its_lease(redis_client: redis.Redis) -> None:
+    holder = SessionSlots(redis_client, 1, lease=0.6)
+    handle = holder.acquire()
+    time.sleep(1.5)  # more than two leases
+    assert SessionSlots(redis_client, 1).try_acquire() is None
+    holder.release(handle)
+    assert SessionSlots(redis_client, 1).try_acquire() is not None
+
+
+HOLDER = """
+import sys, time, redis
+from tasks.stores.throttle import SessionSlots
+SessionSlots(redis.Redis.from_url(sys.argv[1]), 1, lease=1.0).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_dead_holders_slot_comes_back_when_its_lease_runs_out(
+        redis_client: redis.Redis, redis_url: str) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, redis_url], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        slots = SessionSlots(redis_client, 1, wait_timeout=5.0)
+        time.sleep(1.5)  # alive, it keeps renewing its one-second lease
+        assert slots.try_acquire() is None
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+    killed = time.monotonic()
+    handle = slots.acquire()
+    assert time.monotonic() - killed < 1.0 + 0.5  # at most one lease, plus a poll or two
+    slots.release(handle)
+
+
+def test_slots_never_exceed_the_limit_under_threads(redis_client: redis.Redis,
+                                                    redis_url: str) -> None:
+    limit = 3
+    instances = [SessionSlots(redis.Redis.from_url(redis_url), limit, poll=0.005)
+                 for _ in range(2)]
+    lock = threading.Lock()
+    holding = peak = done = 0
+    seen_in_use: list[int] = []
+
+    def session(slots: SessionSlots) -> None:
+        nonlocal holding, peak, done
+        for _ in range(10):
+            handle = slots.acquire()
+            with lock:
+                holding += 1
+                peak = max(peak, holding)
+            seen_in_use.append(slots.in_use())
+            time.sleep(0.005)
+            with lock:
+                holding -= 1
+                done += 1
+            slots.release(handle)
+
+    threads = [threading.Thread(target=session, args=(instances[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert done == 80
+    assert peak <= limit
+    assert max(seen_in_use) <= limit
+    assert peak == limit  # eight threads wanting sessions do fill every slot
+    assert instances[0].in_use() == 0
+
+
+# -- the gate around SMTP sessions, and the runtime ------------------------------------
+
+
+def test_batch_connection_holds_a_slot_per_session(redis_client: redis.Redis,
+                                                   smtp_server: SMTPTestServer) -> None:
+    slots = SessionSlots(redis_client, 1)
+    settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, max_emails=2, timeout=5)
+    in_use: list[int] = []
+    with BatchConnection(settings, gate=slots) as connection:
+        for n in range(5):
+            outcome = connection.send_data("a@postroom.test", [f"r{n}@example.com"], b"Hi\r\n")
+            assert outcome[f"r{n}@example.com"].status == "sent"
+            in_use.append(slots.in_use())
+    assert in_use == [1] * 5
+    assert slots.in_use() == 0
+    assert connection.sessions_opened == smtp_server.session_count == 3
+
+
+def test_no_free_slot_defers_the_recipients(redis_client: redis.Redis,
+                                            smtp_server: SMTPTestServer) -> None:
+    busy = SessionSlots(redis_client, 1)
+    handle = busy.acquire()
+    settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, timeout=5)
+    gate = SessionSlots(redis_client, 1, wait_timeout=0.1)
+    with BatchConnection(settings, gate=gate) as connection:
+        outcome = connection.send_data("a@postroom.test", ["ada@example.com"], b"Hi\r\n")
+    assert outcome["ada@example.com"].status == "deferred"
+    assert "MAIL_MAX_CONNECTIONS" in (outcome["ada@example.com"].error or "")
+    assert smtp_server.session_count == 0
+    busy.release(handle)
+    assert busy.in_use() == 0
+
+
+@pytest.mark.parametrize("config_overrides", [{}])
+def test_runtime_has_no_limits_unless_configured(app: Flask) -> None:
+    with app.app_context():
+        assert runtime.pacer() is None
+        assert runtime.session_gate() is None
+
+
+@pytest.mark.parametrize("config_overrides",
+                         [{"MAIL_RATE_LIMIT": 5.0, "MAIL_MAX_CONNECTIONS": 2}])
+def test_runtime_limits_follow_the_config(app: Flask, redis_client: redis.Redis) -> None:
+    with app.app_context():
+        pace = runtime.pacer()
+        gate = runtime.session_gate()
+    assert pace is not None and isinstance(gate, SessionSlots)
+    assert gate.limit == 2
+    started = time.monotonic()
+    pace()
+    pace()
+    assert time.monotonic() - started >= 0.19  # the second slot is 0.2 s after the first
+    assert 0.1 < SendRate(redis_client, 5.0).reserve() <= 0.2  # and shared: the third is next
+

@@ -1,0 +1,158 @@
+"""MAIL_RATE_LIMIT and MAIL_MAX_CONNECTIONS across two real worker processes.
+
+Two ``celery -A worker worker --pool prefork -c 2`` processes (four senders)
+share the test Redis as broker and state; the limits are read from their
+environment, exactly as in production. What counts is what the SMTP server saw.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from tasks.stores.messages import MessageStore
+from tests.smtp_server import SMTPTestServer
+
+pytestmark = pytest.mark.worker
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 60.0
+
+
+class WorkerPair:
+    """Two worker processes with one environment, and a way to send them messages."""
+
+    def __init__(self, tmp_path: Path, redis_url: str, smtp_port: int,
+                 limits: dict[str, str]) -> None:
+        self.prefix = f"postroom:celery:{tmp_path.name}:"
+        self.env = os.environ | {
+            "POSTROOM_ENV": "testing",
+            "SECRET_KEY": "test-secret-key",
+            "REDIS_URL": redis_url,
+            "CELERY_BROKER_URL": redis_url,
+            "CELERY_KEY_PREFIX": self.prefix,
+            "MAIL_SERVER": "127.0.0.1",
+            "MAIL_PORT": str(smtp_port),
+            "MAIL_DEFAULT_SENDER": "Postroom <noreply@postroom.test>",
+            "MAIL_TIMEOUT": "10",
+            "PYTHONUNBUFFERED": "1",
+        } | limits
+        self.logs = [tmp_path / f"worker{n}.log" for n in (1, 2)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.redis = redis.Redis.from_url(redis_url)
+        self.producer = Celery("throttle-test", broker=redis_url, set_as_current=False)
+        self.producer.conf.broker_transport_options = {"global_keyprefix": self.prefix}
+
+    def start(self) -> WorkerPair:
+        for n, log_path in enumerate(self.logs, start=1):
+            with log_path.open("wb") as log_file:
+                self.processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "worker", "worker",
+                     "-Q", "mail,bulk,otp", "--pool", "prefork", "-c", "2",
+                     "-n", f"throttle{n}.{os.getpid()}@%h", "-l", "INFO",
+                     "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                    cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                    start_new_session=True))
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not all(" ready." in path.read_text(errors="replace") for path in self.logs):
+            for process, path in zip(self.processes, self.logs, strict=True):
+                if process.poll() is not None:
+                    raise RuntimeError(f"worker exited: {path.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not start in time")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        self.producer.close()
+        self.redis.close()
+
+    def send(self, count: int) -> list[str]:
+        """Store *count* one-recipient messages and queue a delivery task for each."""
+        store = MessageStore(self.redis)
+        ids = []
+        for n in range(count):
+            message = store.create({"to": [f"r{n}@example.com"], "subject": f"Hello {n}",
+                                    "body": "Hi"}, [f"r{n}@example.com"])
+            ids.append(message.id)
+        for message_id in ids:
+            self.producer.send_task("postroom.deliver_message", args=[message_id],
+                                    queue="mail")
+        return ids
+
+    def tasks_done(self) -> list[int]:
+        """How many delivery tasks each worker finished."""
+        done = re.compile(r"Task postroom\.deliver_message\[[^\]]+\] succeeded")
+        return [len(done.findall(path.read_text(errors="replace"))) for path in self.logs]
+
+
+def wait_for(smtp_server: SMTPTestServer, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(smtp_server.received) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def workers(request: pytest.FixtureRequest, tmp_path: Path, redis_client: redis.Redis,
+            redis_url: str, smtp_server: SMTPTestServer) -> Iterator[WorkerPair]:
+    pair = WorkerPair(tmp_path, redis_url, smtp_server.port, request.param)
+    try:
+        yield pair.start()
+    finally:
+        pair.stop()
+
+
+@pytest.mark.parametrize("workers", [{"MAIL_RATE_LIMIT": "20", "MAIL_MAX_CONNECTIONS": "2"}],
+                         indirect=True)
+def test_two_workers_share_one_sending_rate(workers: WorkerPair,
+                                            smtp_server: SMTPTestServer) -> None:
+    count = 100  # five seconds at 20 a second
+    ids = workers.send(count)
+    wait_for(smtp_server, count)
+
+    received = smtp_server.received
+    assert sorted(r.recipients[0] for r in received) == sorted(
+        f"r{n}@example.com" for n in range(count))
+    times = sorted(r.received_at for r in received)
+    rate = (count - 1) / (times[-1] - times[0])
+    assert rate <= 20 * 1.10, f"{rate:.2f} msg/s"
+    assert rate > 20 * 0.50, f"{rate:.2f} msg/s"
+    assert smtp_server.peak_sessions <= 2
+    assert all(n > 0 for n in workers.tasks_done()), workers.tasks_done()
+    store = MessageStore(workers.redis)
+    assert all(store.ledger(i).counts()["sent"] == 1 for i in ids)
+
+
+@pytest.mark.parametrize("workers", [{"MAIL_MAX_CONNECTIONS": "2"}], indirect=True)
+def test_two_workers_share_the_session_limit(workers: WorkerPair,
+                                             smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.data_delay = 0.05  # a slow relay: four senders would overlap
+    count = 40
+    ids = workers.send(count)
+    wait_for(smtp_server, count)
+
+    assert len(smtp_server.received) == count
+    assert smtp_server.peak_sessions == 2  # never more, and the two slots were both used
+    assert smtp_server.session_count == count
+    assert all(n > 0 for n in workers.tasks_done()), workers.tasks_done()
+    store = MessageStore(workers.redis)
+    assert all(store.ledger(i).counts()["sent"] == 1 for i in ids)
