@@ -11,7 +11,7 @@ from flask import Flask
 
 from web import config as settings
 from web.celery import celery_init_app
-from web.extensions import csrf, mail
+from web.extensions import csrf, limiter, mail
 
 __all__ = ["create_app"]
 
@@ -35,6 +35,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"])
     mail.init_app(app)
     csrf.init_app(app)
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
+    limiter.init_app(app)
     celery_init_app(app)
 
     import tasks  # noqa: F401  (registers the tasks with the Celery app)
@@ -42,6 +44,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    from web import otp
+
+    app.register_blueprint(otp.bp)
     if app.config.get("OUTBOX_DIR"):
         app.register_blueprint(outbox.bp)
     return app

@@ -78,6 +78,17 @@ def _file_path(name: str, raw: str) -> str | None:
     return raw
 
 
+def _rate_limits(name: str, raw: str) -> str:
+    """A Flask-Limiter limit string such as ``3/minute;10/hour``."""
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected limits like '3/minute;10/hour', got {raw!r}") from None
+    return raw
+
+
 # name -> (parser, default). Defaults for MAIL_* are Flask-Mail's own.
 SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "MAIL_SERVER": (_text, "localhost"),
@@ -106,6 +117,9 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "OTP_LENGTH": (_whole_number(4), 6),
     "OTP_TTL": (_whole_number(30), 600),
     "OTP_MAX_ATTEMPTS": (_whole_number(1), 5),
+    "OTP_RECORD_TTL": (_whole_number(60), 24 * 3600),
+    "OTP_RATE_LIMIT_PER_ADDRESS": (_rate_limits, "3/minute;10/hour"),
+    "OTP_RATE_LIMIT_PER_IP": (_rate_limits, "10/minute;50/hour"),
     "MAX_ATTACHMENT_BYTES": (_whole_number(1), 10 * 1024 * 1024),
     "MAX_MESSAGE_BYTES": (_whole_number(1), 25 * 1024 * 1024),
     "DELIVERY_MAX_ATTEMPTS": (_whole_number(1), 8),

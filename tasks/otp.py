@@ -1,0 +1,90 @@
+"""The task that mails a one-time code: ``postroom.otp.send`` on the ``otp`` queue.
+
+Its only argument is the request id. The code does not exist until this task
+is about to send: :meth:`OTPStore.issue` draws it, keeps its HMAC, and the code
+goes into the message and nowhere else. A retry after a temporary failure
+draws a fresh code, so the newest mail always holds the working one.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import uuid
+
+from celery import Task, shared_task
+
+from tasks import runtime
+from tasks.delivery import Envelope, retry_countdown, run_batch
+from tasks.engine.compose import Draft
+from tasks.engine.errors import InvalidMessageError
+from tasks.engine.session import BatchConnection
+from tasks.stores.ledger import RecipientRecord
+from tasks.stores.otp import OTPStore
+
+log = logging.getLogger(__name__)
+
+SUBJECT = "Your verification code"
+
+
+def lifetime_text(seconds: int) -> str:
+    """``600`` -> ``"10 minutes"``; ``90`` -> ``"90 seconds"``."""
+    if seconds % 60 == 0:
+        minutes = seconds // 60
+        return "1 minute" if minutes == 1 else f"{minutes} minutes"
+    return f"{seconds} seconds"
+
+
+def code_draft(sender: str, to: str, code: str, ttl: int) -> Draft:
+    """The verification mail: a text and an HTML part, both with the code and its lifetime."""
+    lifetime = lifetime_text(ttl)
+    text = (f"Your verification code is:\n\n    {code}\n\n"
+            f"It expires in {lifetime} and works once.\n"
+            "If you did not ask for this code, you can ignore this email.\n")
+    markup = (
+        "<!doctype html><html><body style=\"font-family: sans-serif\">"
+        "<p>Your verification code is:</p>"
+        f"<p style=\"font-size: 2em; letter-spacing: .2em; font-weight: bold\">"
+        f"{html.escape(code)}</p>"
+        f"<p>It expires in {html.escape(lifetime)} and works once.</p>"
+        "<p>If you did not ask for this code, you can ignore this email.</p>"
+        "</body></html>")
+    return Draft(sender=sender, to=[to], subject=SUBJECT, text=text, html=markup,
+                 headers={"Auto-Submitted": "auto-generated"})
+
+
+@shared_task(name="postroom.otp.send", bind=True, max_retries=None, ignore_result=True)
+def send_code(self: Task, request_id: str) -> None:
+    """Mail a fresh code for OTP request *request_id*, unless it is closed or gone."""
+    redis = runtime.redis_client()
+    store = OTPStore.from_config(redis, runtime.app_config())
+    if store.get(request_id) is None:
+        log.warning("otp request %s no longer exists; nothing to send", request_id)
+        return
+    ledger = store.ledger(request_id)
+    settings = runtime.smtp_settings()
+    policy = runtime.retry_policy()
+
+    def draft_to(claimed: list[RecipientRecord]) -> Draft:
+        code = store.issue(request_id)
+        if code is None:
+            raise InvalidMessageError("the request was replaced, used or has expired")
+        return code_draft(settings.default_sender or "", claimed[0].email, code,
+                          store.policy.ttl)
+
+    token = f"{self.request.id or 'local'}:{uuid.uuid4().hex}"
+    with BatchConnection(settings, gate=runtime.session_gate()) as connection:
+        report = run_batch(ledger, [Envelope([0], draft_to)], connection,
+                           runtime.composer(settings), token=token,
+                           max_attempts=policy.max_attempts, pace=runtime.pacer())
+    if report.counts:
+        [record] = ledger.get([0])
+        status = record.status if record.status in {"sent", "deferred"} else "failed"
+        error = record.error
+        if record.status == "suppressed":
+            error = "sending is suppressed (MAIL_SUPPRESS_SEND)"
+        store.record_delivery(request_id, status, record.smtp_code, error)
+    log.info("otp request %s: %s", request_id, report.counts)
+    countdown = retry_countdown(report, policy, self.request.retries + 1)
+    if countdown is not None:
+        raise self.retry(countdown=countdown)

@@ -1,0 +1,66 @@
+"""``POST /api/otp``, ``GET /api/otp/<id>`` and ``POST /api/otp/<id>/verify``."""
+
+from __future__ import annotations
+
+from flask import current_app, jsonify
+from flask.typing import ResponseReturnValue
+
+from tasks.otp import send_code
+from tasks.stores.otp import OTPStore
+from web.api import bp
+from web.api.errors import APIError
+from web.api.openapi import describe
+from web.api.requests import json_body, parse
+from web.api.schemas import Accepted
+from web.api.schemas_otp import OTPCodeIn, OTPRequestIn, OTPStatusOut, OTPVerifiedOut
+from web.otp.throttle import per_address, per_ip
+
+GENERIC_FAILURE = "the code is wrong, used or expired; request a new code if in doubt"
+
+
+def _store() -> OTPStore:
+    return OTPStore.from_config(current_app.extensions["redis"], current_app.config)
+
+
+@bp.post("/otp")
+@per_ip
+@per_address
+def create_otp() -> ResponseReturnValue:
+    """Queue a code for an address; the same answer for every address."""
+    body = parse(OTPRequestIn, json_body())
+    otp_request = _store().create(body.email)
+    send_code.delay(otp_request.id)
+    return jsonify(Accepted(id=otp_request.id, status="queued").model_dump()), 202
+
+
+describe("post", "/api/otp", "Mail a one-time code to an address", status=202,
+         request=OTPRequestIn, response=Accepted, errors=(400, 401, 415, 422, 429))
+
+
+@bp.get("/otp/<request_id>")
+def show_otp(request_id: str) -> ResponseReturnValue:
+    store = _store()
+    otp_request = store.get(request_id)
+    if otp_request is None:
+        raise APIError(404, "not_found", f"no OTP request with id {request_id!r}")
+    shown = OTPStatusOut.model_validate(otp_request.public(store.now()))
+    return jsonify(shown.model_dump(exclude_none=True))
+
+
+describe("get", "/api/otp/{request_id}", "An OTP request's delivery and verification status",
+         status=200, response=OTPStatusOut, errors=(401, 404))
+
+
+@bp.post("/otp/<request_id>/verify")
+def verify_otp(request_id: str) -> ResponseReturnValue:
+    store = _store()
+    body = OTPCodeIn.model_validate(json_body(), context={"length": store.policy.length})
+    if store.get(request_id) is None:
+        raise APIError(404, "not_found", f"no OTP request with id {request_id!r}")
+    if store.verify(request_id, body.code) != "verified":
+        raise APIError(422, "invalid_code", GENERIC_FAILURE)
+    return jsonify(OTPVerifiedOut(verified=True).model_dump())
+
+
+describe("post", "/api/otp/{request_id}/verify", "Check a code; it works once", status=200,
+         request=OTPCodeIn, response=OTPVerifiedOut, errors=(400, 401, 404, 415, 422))
