@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from flask import Flask
+from flask.testing import FlaskClient
 
 from tasks import runtime
 from tasks.engine.session import BatchConnection, SMTPSettings
@@ -267,3 +268,18 @@ def test_runtime_limits_follow_the_config(app: Flask, redis_client: redis.Redis)
     assert time.monotonic() - started >= 0.19  # the second slot is 0.2 s after the first
     assert 0.1 < SendRate(redis_client, 5.0).reserve() <= 0.2  # and shared: the third is next
 
+
+
+@pytest.mark.parametrize("config_overrides",
+                         [{"MAIL_RATE_LIMIT": 12.5, "MAIL_MAX_CONNECTIONS": 3}])
+def test_metrics_show_the_limits_and_open_sessions(client: FlaskClient,
+                                                   redis_client: redis.Redis) -> None:
+    slots = SessionSlots(redis_client, 3)
+    handles = [slots.acquire(), slots.acquire()]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "postroom_mail_rate_limit 12.5" in text
+    assert "postroom_mail_max_connections 3.0" in text
+    assert "postroom_smtp_sessions_open 2.0" in text
+    for handle in handles:
+        slots.release(handle)
+    assert "postroom_smtp_sessions_open 0.0" in client.get("/metrics").get_data(as_text=True)

@@ -11,6 +11,8 @@ from flask.typing import ResponseReturnValue
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tasks.stores.throttle import sessions_open
+
 bp = Blueprint("health", __name__)
 
 QUEUES = ("otp", "mail", "bulk")
@@ -48,6 +50,17 @@ def queue_depths(client: redis.Redis, prefix: str) -> dict[str, int]:
     return {queue: int(client.llen(prefix + queue)) for queue in QUEUES}
 
 
+def sending_limits(registry: CollectorRegistry, client: redis.Redis) -> None:
+    """The limits shared by all workers (0 = none), and the SMTP sessions held under them."""
+    config = current_app.config
+    Gauge("postroom_mail_rate_limit", "MAIL_RATE_LIMIT: messages/s across all workers",
+          registry=registry).set(config.get("MAIL_RATE_LIMIT") or 0)
+    Gauge("postroom_mail_max_connections", "MAIL_MAX_CONNECTIONS across all workers",
+          registry=registry).set(config.get("MAIL_MAX_CONNECTIONS") or 0)
+    Gauge("postroom_smtp_sessions_open", "SMTP sessions holding a MAIL_MAX_CONNECTIONS slot",
+          registry=registry).set(sessions_open(client))
+
+
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
     registry = CollectorRegistry()
@@ -60,6 +73,7 @@ def metrics() -> ResponseReturnValue:
     try:
         for queue, count in queue_depths(client, prefix).items():
             depth.labels(queue=queue).set(count)
+        sending_limits(registry, client)
         up.set(1)
     except redis.RedisError:
         up.set(0)

@@ -193,7 +193,7 @@ class SessionSlots:
 
     def in_use(self) -> int:
         """Slots held now, by any process."""
-        return int(self.redis.eval(_SLOTS_IN_USE, 1, self.key))
+        return sessions_open(self.redis, self.key)
 
     def _renew_while_held(self) -> None:
         while True:
@@ -213,6 +213,11 @@ class SessionSlots:
             if gone:
                 log.warning("%d SMTP session lease(s) ran out before renewal; the limit may "
                             "be exceeded until they close", len(gone))
+
+
+def sessions_open(redis: Redis, slots_key: str = key("throttle", "smtp-sessions")) -> int:
+    """SMTP sessions holding an unexpired slot now, across every worker."""
+    return int(redis.eval(_SLOTS_IN_USE, 1, slots_key))
 
 
 def _text(raw: bytes | str) -> str:
