@@ -9,3 +9,8 @@ import click
 @click.version_option(package_name="postroom")
 def cli() -> None:
     """Postroom: an asynchronous mail service."""
+
+
+from web.cli.dev import dev  # noqa: E402
+
+cli.add_command(dev)

@@ -1,0 +1,285 @@
+"""``postroom dev``: the whole service on one machine, with nothing installed but Python.
+
+It embeds what is not configured — Redis when ``REDIS_URL`` is unset and none
+answers on 127.0.0.1, an SMTP capture server when ``MAIL_SERVER`` is unset —
+then runs web, worker, beat and Flower, prints where they are and how to log
+in, restarts a child that dies, and stops them all on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+import click
+
+from web import config as settings
+from web.cli.embedded import CaptureServer, port_is_free, redis_answers, redis_command
+from web.cli.supervisor import Child, GaveUp, Supervisor, say
+from web.config import ConfigError
+
+READY_TIMEOUT = 60.0
+DEV_SENDER = "Postroom <postroom@localhost>"
+QUEUES = "otp,mail,bulk"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Stop with one line on stderr."""
+    say(f"postroom dev: {message}", err=True)
+    sys.exit(code)
+
+
+def persisted_secret(path: Path, make: Callable[[], str]) -> str:
+    """The value kept in *path*, made and kept (mode 0600) on first use."""
+    if path.is_file():
+        value = path.read_text().strip()
+        if value:
+            return value
+    value = make()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+@dataclass
+class Plan:
+    """What ``postroom dev`` will run, decided before anything starts."""
+
+    host: str
+    port: int
+    flower_port: int
+    smtp_port: int
+    redis_port: int
+    var_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    embed_redis: bool = False
+    embed_smtp: bool = False
+    api_token: str = ""
+    flower_auth: str = ""
+
+    @property
+    def public_host(self) -> str:
+        return "127.0.0.1" if self.host in {"0.0.0.0", "", "::"} else self.host
+
+    def url(self, port: int, path: str = "/") -> str:
+        return f"http://{self.public_host}:{port}{path}"
+
+
+def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
+    """Decide what to embed and build the children's environment; check it all."""
+    try:
+        settings.from_environ(environ)  # the operator's own values first, as given
+    except ConfigError as err:
+        fail(f"configuration error: {err}", 2)
+
+    var = plan.var_dir
+    env = dict(environ)
+    env.setdefault("POSTROOM_ENV", "development")
+    env["PYTHONUNBUFFERED"] = "1"
+    if not env.get("SECRET_KEY"):  # kept, so codes and sessions survive a restart
+        env["SECRET_KEY"] = persisted_secret(var / "secret_key", lambda: secrets.token_hex(32))
+    tokens = [t.strip() for t in env.get("API_TOKENS", "").split(",") if t.strip()]
+    if not tokens:
+        tokens = [persisted_secret(var / "api_token", lambda: secrets.token_urlsafe(24))]
+        env["API_TOKENS"] = tokens[0]
+    plan.api_token = tokens[0]
+    if not env.get("FLOWER_BASIC_AUTH"):
+        env["FLOWER_BASIC_AUTH"] = persisted_secret(
+            var / "flower_auth", lambda: f"admin:{secrets.token_urlsafe(12)}")
+    plan.flower_auth = env["FLOWER_BASIC_AUTH"].split(",")[0]
+
+    if not env.get("REDIS_URL"):
+        plan.embed_redis = not redis_answers(plan.redis_port)
+        env["REDIS_URL"] = f"redis://127.0.0.1:{plan.redis_port}/0"
+    if not env.get("MAIL_SERVER"):
+        plan.embed_smtp = True
+        env.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=str(plan.smtp_port),
+                   MAIL_USE_TLS="false", MAIL_USE_SSL="false",
+                   OUTBOX_DIR=str((var / "outbox").resolve()))
+        env.pop("MAIL_USERNAME", None)  # the capture server takes mail without a login
+        env.pop("MAIL_PASSWORD", None)
+    env.setdefault("MAIL_DEFAULT_SENDER", DEV_SENDER)
+    plan.env = env
+
+    try:
+        config = settings.from_environ(env)
+        config["CELERY_BROKER_URL"] = config["CELERY_BROKER_URL"] or config["REDIS_URL"]
+        settings.check(config)
+    except ConfigError as err:
+        fail(f"configuration error: {err}", 2)
+    return plan
+
+
+def check_ports(plan: Plan) -> None:
+    """One clear line, before anything starts, for a port that is taken or used twice."""
+    wanted = [("--port", plan.port, plan.host), ("--flower-port", plan.flower_port, plan.host)]
+    if plan.embed_smtp:
+        wanted.append(("--smtp-port", plan.smtp_port, "127.0.0.1"))
+    if plan.embed_redis:
+        wanted.append(("--redis-port", plan.redis_port, "127.0.0.1"))
+    seen: dict[int, str] = {}
+    for option, port, host in wanted:
+        if port in seen:
+            fail(f"{option} and {seen[port]} are both {port}; give each its own port")
+        seen[port] = option
+        if not port_is_free(port, host):
+            fail(f"port {port} ({option}) is already in use on {host}; "
+                 f"choose another with {option}")
+
+
+def commands(plan: Plan) -> dict[str, list[str]]:
+    python = sys.executable
+    return {
+        "web": [python, "-m", "gunicorn", "-c", "python:web.cli.gunicorn_conf",
+                "--bind", f"{plan.host}:{plan.port}", "--workers", "2", "web:create_app()"],
+        "worker": [python, "-m", "celery", "-A", "worker", "worker", "-E", "-Q", QUEUES,
+                   "--loglevel", "INFO"],
+        "beat": [python, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
+                 "--schedule", str(plan.var_dir / "celerybeat-schedule")],
+        "flower": [python, "-m", "celery", "-A", "worker", "flower",
+                   f"--address={plan.host}", f"--port={plan.flower_port}"],
+    }
+
+
+def answers_http(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer (401, 503) means the server is up
+    except OSError:
+        return False
+
+
+def wait_for_redis(plan: Plan, child: Child, stopping: threading.Event) -> None:
+    deadline = time.monotonic() + 15
+    while not redis_answers(plan.redis_port):
+        if child.exit_code() is not None:
+            raise GaveUp(f"the embedded Redis exited with code {child.exit_code()}")
+        if stopping.is_set() or time.monotonic() > deadline:
+            raise GaveUp("the embedded Redis did not start within 15 s")
+        time.sleep(0.05)
+
+
+def wait_until_ready(plan: Plan, supervisor: Supervisor, stopping: threading.Event) -> bool:
+    """True once web and Flower answer HTTP; False if asked to stop first."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    pending = {"web": plan.url(plan.port, "/healthz"), "flower": plan.url(plan.flower_port)}
+    while pending:
+        for name, url in list(pending.items()):
+            if answers_http(url):
+                del pending[name]
+        if stopping.wait(0.2):
+            return False
+        supervisor.restart_exited()
+        if time.monotonic() > deadline:
+            raise GaveUp(f"{', '.join(pending)} did not answer within {READY_TIMEOUT:.0f} s")
+    return True
+
+
+def banner(plan: Plan) -> list[str]:
+    user, _, password = plan.flower_auth.partition(":")
+    redis_note = (f"embedded, data in {plan.var_dir / 'redis'}" if plan.embed_redis
+                  else "external")
+    lines = [
+        "Postroom is running. Ctrl-C stops every process.",
+        f"  Web          {plan.url(plan.port)}",
+        f"  API          {plan.url(plan.port, '/api/messages')}",
+        f"  OpenAPI      {plan.url(plan.port, '/api/openapi.json')}",
+        f"  Health       {plan.url(plan.port, '/healthz')}",
+        f"  Metrics      {plan.url(plan.port, '/metrics')}",
+    ]
+    if plan.embed_smtp:
+        lines.append(f"  Outbox       {plan.url(plan.port, '/outbox/')}  "
+                     f"(captured mail; files in {plan.var_dir / 'outbox'})")
+        lines.append(f"  SMTP         smtp://127.0.0.1:{plan.smtp_port}  (embedded capture server)")
+    else:
+        lines.append(f"  SMTP         {plan.env['MAIL_SERVER']}:{plan.env.get('MAIL_PORT', '25')}")
+    lines += [
+        f"  Flower       {plan.url(plan.flower_port)}  (user {user}, password {password})",
+        f"  Redis        {plan.env['REDIS_URL']}  ({redis_note})",
+        f"  API token    {plan.api_token}",
+        "  Try it:      curl -H 'Authorization: Bearer " + plan.api_token + "' "
+        "-H 'Content-Type: application/json' "
+        "-d '{\"to\": [\"ada@example.com\"], \"subject\": \"Hi\", \"body\": \"Hello\"}' "
+        + plan.url(plan.port, "/api/messages"),
+    ]
+    return lines
+
+
+def run(plan: Plan) -> int:
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+    supervisor = Supervisor()
+    capture: CaptureServer | None = None
+    redis_child: Child | None = None
+    status = 0
+    try:
+        if plan.embed_redis:
+            (plan.var_dir / "redis").mkdir(parents=True, exist_ok=True)
+            redis_child = supervisor.start(Child(
+                "redis", redis_command(plan.redis_port, (plan.var_dir / "redis").resolve()),
+                plan.env))
+            wait_for_redis(plan, redis_child, stopping)
+        if plan.embed_smtp:
+            capture = CaptureServer(plan.var_dir / "outbox", plan.smtp_port).start()
+        for name, argv in commands(plan).items():
+            if not stopping.is_set():
+                supervisor.start(Child(name, argv, plan.env))
+        if wait_until_ready(plan, supervisor, stopping):
+            for line in banner(plan):
+                say(line)
+        while not stopping.wait(0.5):
+            supervisor.restart_exited()
+    except GaveUp as err:
+        say(f"postroom dev: {err}", err=True)
+        status = 1
+    finally:
+        say("postroom dev: stopping every process")
+        others = [c for c in supervisor.children if c is not redis_child]
+        supervisor.stop(first=others)
+        if capture is not None:
+            capture.stop()
+        say("postroom dev: stopped")
+    return status
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address web and Flower listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True,
+              help="Web port.")
+@click.option("--flower-port", type=click.IntRange(1, 65535), default=5555, show_default=True,
+              help="Flower port.")
+@click.option("--smtp-port", type=click.IntRange(1, 65535), default=1025, show_default=True,
+              help="Port of the embedded SMTP capture server (when MAIL_SERVER is unset).")
+@click.option("--redis-port", type=click.IntRange(1, 65535), default=6379, show_default=True,
+              help="Port of the embedded Redis (when REDIS_URL is unset and none answers there).")
+@click.option("--var-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var"),
+              show_default=True, help="Where the embedded servers keep their data.")
+def dev(host: str, port: int, flower_port: int, smtp_port: int, redis_port: int,
+        var_dir: Path) -> None:
+    """Run web, worker, beat and Flower, embedding Redis and SMTP when not configured."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(dict(os.environ), Plan(host, port, flower_port, smtp_port, redis_port,
+                                            var_dir.resolve()))
+    check_ports(plan)
+    sys.exit(run(plan))

@@ -1,0 +1,23 @@
+"""Gunicorn settings: ``gunicorn -c python:web.cli.gunicorn_conf "web:create_app()"``.
+
+The master builds the app once before it forks, so a malformed configuration
+value stops gunicorn with one line naming the variable, instead of a traceback
+from every worker followed by "Worker failed to boot".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Gunicorn 23+ opens a control socket in $HOME that every instance would share.
+control_socket_disable = True
+
+
+def on_starting(server: Any) -> None:
+    from web import create_app
+    from web.config import ConfigError
+
+    try:
+        create_app()
+    except ConfigError as err:
+        raise SystemExit(f"postroom: configuration error: {err}") from None
