@@ -55,3 +55,8 @@ worker_hijack_root_logger = False
 timezone = "UTC"
 enable_utc = True
 beat_schedule: dict[str, dict[str, object]] = {}
+# Beat starts due scheduled campaigns (no long ETAs on Redis) and nudges running ones.
+beat_schedule["postroom-campaigns-due"] = {
+    "task": "postroom.campaign.start_due",
+    "schedule": float(os.environ.get("CAMPAIGN_SCAN_INTERVAL", "10")),
+}

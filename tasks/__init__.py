@@ -3,4 +3,5 @@
 Importing this package registers every task with the current Celery app.
 """
 
+from tasks import campaigns as campaigns  # noqa: F401  (registers the tasks)
 from tasks import mail as mail  # noqa: F401  (registers the tasks)

@@ -47,6 +47,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from web import otp
 
     app.register_blueprint(otp.bp)
+    from web import unsubscribe
+    from web.campaigns import pages as campaign_pages
+
+    app.register_blueprint(unsubscribe.bp)
+    app.register_blueprint(campaign_pages.bp)
     if app.config.get("OUTBOX_DIR"):
         app.register_blueprint(outbox.bp)
     return app

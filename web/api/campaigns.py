@@ -1,0 +1,173 @@
+"""``/api/campaigns``: create (JSON or CSV upload), list, show, page recipients, control."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from tasks.stores.campaigns import Campaign, CampaignStore
+from tasks.stores.ledger import STATUSES
+from web.api import bp
+from web.api.errors import APIError
+from web.api.openapi import describe
+from web.api.requests import json_body, parse
+from web.api.schemas_campaigns import (
+    CampaignAccepted,
+    CampaignFields,
+    CampaignIn,
+    CampaignList,
+    CampaignOut,
+    CampaignRecipients,
+    CampaignState,
+)
+from web.campaigns.control import ACTIONS
+from web.campaigns.creation import CampaignSpec, create_campaign
+from web.campaigns.recipients import CSVRecipients, JSONRecipients, RecipientSource
+
+PAGE_LIMIT = 500
+
+
+def _store() -> CampaignStore:
+    return CampaignStore(current_app.extensions["redis"])
+
+
+def base_url() -> str:
+    """Where unsubscribe links point: ``PUBLIC_URL``, else the host this request came to."""
+    return str(current_app.config.get("PUBLIC_URL") or request.host_url).rstrip("/")
+
+
+def spec_from(fields: CampaignFields, default_name: str) -> CampaignSpec:
+    send_at = fields.send_at if isinstance(fields.send_at, float) else None
+    return CampaignSpec(name=fields.name or default_name, subject=fields.subject,
+                        body=fields.body, html=fields.html, sender=fields.sender,
+                        send_at=send_at)
+
+
+def _read_request() -> tuple[CampaignSpec, RecipientSource]:
+    default_name = time.strftime("Campaign %Y-%m-%d %H:%M UTC", time.gmtime())
+    if request.mimetype == "multipart/form-data":
+        request.max_content_length = int(current_app.config["CAMPAIGN_MAX_UPLOAD_BYTES"])
+        upload = request.files.get("file")
+        if upload is None or not upload.filename:
+            raise APIError(422, "invalid", "attach the recipients as a CSV file field 'file'",
+                           {"file": "missing"})
+        form = {name: value for name, value in request.form.items() if value != ""}
+        fields = parse(CampaignFields, form)
+        return spec_from(fields, upload.filename or default_name), CSVRecipients(upload.stream)
+    body = parse(CampaignIn, json_body())
+    return spec_from(body, default_name), JSONRecipients(body.recipients)
+
+
+@bp.post("/campaigns")
+def create() -> ResponseReturnValue:
+    """Store a campaign and queue (or schedule) it; 202 with how the recipients were read."""
+    spec, source = _read_request()
+    campaign_id, status, report = create_campaign(_store(), spec, source, base_url=base_url())
+    accepted = CampaignAccepted(id=campaign_id, status=status, total=report.accepted,
+                                **{k: v for k, v in report.public().items() if k != "accepted"})
+    return jsonify(accepted.model_dump(exclude_none=True)), 202
+
+
+describe("post", "/api/campaigns", "Create a campaign (JSON, or multipart with a CSV 'file')",
+         status=202, request=CampaignIn, response=CampaignAccepted,
+         errors=(400, 401, 413, 415, 422))
+
+
+def campaign_out(store: CampaignStore, campaign: Campaign) -> CampaignOut:
+    return CampaignOut(id=campaign.id, name=campaign.name, status=campaign.status,
+                       total=campaign.total, counts=store.ledger(campaign.id).counts(),
+                       send_at=campaign.send_at, created_at=campaign.created_at,
+                       started_at=campaign.started_at, finished_at=campaign.finished_at,
+                       rate=store.current_rate(campaign.id), imported=campaign.report)
+
+
+def _campaign(store: CampaignStore, campaign_id: str) -> Campaign:
+    campaign = store.get(campaign_id)
+    if campaign is None:
+        raise APIError(404, "not_found", f"no campaign with id {campaign_id!r}")
+    return campaign
+
+
+def _number(name: str, value: str | None, kind: type[Any]) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise APIError(422, "invalid", f"{name} must be a number",
+                       {name: "must be a number"}) from None
+    if number < 0:
+        raise APIError(422, "invalid", f"{name} must not be negative", {name: "negative"})
+    return number
+
+
+@bp.get("/campaigns")
+def index() -> ResponseReturnValue:
+    store = _store()
+    limit = min(_number("limit", request.args.get("limit"), int) or 50, PAGE_LIMIT)
+    before = _number("cursor", request.args.get("cursor"), float)
+    campaigns = store.recent(before=before, limit=limit)
+    shown = CampaignList(campaigns=[campaign_out(store, c) for c in campaigns],
+                         next_cursor=campaigns[-1].created_at if len(campaigns) == limit
+                         else None)
+    return jsonify(shown.model_dump())
+
+
+describe("get", "/api/campaigns", "Campaigns, newest first", status=200, response=CampaignList,
+         errors=(401, 422), query={"cursor": "next_cursor from the previous page",
+                                   "limit": f"at most {PAGE_LIMIT}"})
+
+
+@bp.get("/campaigns/<campaign_id>")
+def show(campaign_id: str) -> ResponseReturnValue:
+    store = _store()
+    return jsonify(campaign_out(store, _campaign(store, campaign_id)).model_dump())
+
+
+describe("get", "/api/campaigns/{campaign_id}", "A campaign's status, counts and rate",
+         status=200, response=CampaignOut, errors=(401, 404))
+
+
+@bp.get("/campaigns/<campaign_id>/recipients")
+def recipients(campaign_id: str) -> ResponseReturnValue:
+    store = _store()
+    _campaign(store, campaign_id)
+    status = request.args.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise APIError(422, "invalid", f"unknown status {status!r}",
+                       {"status": f"one of {', '.join(STATUSES)}"})
+    cursor = _number("cursor", request.args.get("cursor"), int) or 0
+    limit = min(_number("limit", request.args.get("limit"), int) or 100, PAGE_LIMIT)
+    records, following = store.ledger(campaign_id).page(status=status, cursor=cursor,
+                                                        limit=max(limit, 1))
+    page = CampaignRecipients(recipients=[{"index": r.index, **r.public()} for r in records],
+                              next_cursor=following)
+    return jsonify(page.model_dump(exclude_none=True))
+
+
+describe("get", "/api/campaigns/{campaign_id}/recipients", "A campaign's recipients, paged",
+         status=200, response=CampaignRecipients, errors=(401, 404, 422),
+         query={"status": "only recipients in this status", "cursor": "next_cursor",
+                "limit": f"at most {PAGE_LIMIT}"})
+
+
+@bp.post("/campaigns/<campaign_id>/<action>")
+def control(campaign_id: str, action: str) -> ResponseReturnValue:
+    act = ACTIONS.get(action)
+    if act is None:
+        raise APIError(404, "not_found", f"no action {action!r}; use one of {', '.join(ACTIONS)}")
+    store = _store()
+    act(store, campaign_id)
+    state = CampaignState(id=campaign_id, status=store.status(campaign_id) or "")
+    return jsonify(state.model_dump())
+
+
+for _action, _summary in (("pause", "Stop starting new batches"),
+                          ("resume", "Continue a paused campaign"),
+                          ("cancel", "Cancel every unsent recipient"),
+                          ("retry-failed", "Queue the failed recipients again")):
+    describe("post", f"/api/campaigns/{{campaign_id}}/{_action}", _summary, status=200,
+             response=CampaignState, errors=(401, 404, 409))

@@ -1,0 +1,167 @@
+"""The operator's campaign pages: sign in, list, upload a CSV, watch progress, control.
+
+Signing in checks ``ADMIN_USERNAME``/``ADMIN_PASSWORD`` (constant time) and marks
+the session; every other page needs that mark. Forms are CSRF-protected.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from functools import wraps
+from typing import Any
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from pydantic import ValidationError
+
+from tasks.stores.campaigns import CampaignStore
+from web.api.campaigns import base_url, campaign_out, spec_from
+from web.api.errors import APIError, fields_of
+from web.api.schemas_campaigns import CampaignFields
+from web.campaigns.control import ACTIONS
+from web.campaigns.creation import create_campaign
+from web.campaigns.recipients import CSVRecipients
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
+SESSION_KEY = "postroom_admin"
+FINAL = ("completed", "cancelled")
+
+
+def _store() -> CampaignStore:
+    return CampaignStore(current_app.extensions["redis"])
+
+
+def admin_required(view: Any) -> Any:
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if not session.get(SESSION_KEY):
+            return redirect(url_for("campaigns.login", next=request.path))
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _credentials_match(username: str, password: str) -> bool:
+    config = current_app.config
+    known_user, known_password = config.get("ADMIN_USERNAME"), config.get("ADMIN_PASSWORD")
+    if not known_user or not known_password:
+        return False
+    user_ok = hmac.compare_digest(username.encode(), str(known_user).encode())
+    password_ok = hmac.compare_digest(password.encode(), str(known_password).encode())
+    return user_ok and password_ok
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> ResponseReturnValue:
+    configured = bool(current_app.config.get("ADMIN_USERNAME")
+                      and current_app.config.get("ADMIN_PASSWORD"))
+    if request.method == "POST":
+        if _credentials_match(request.form.get("username", ""), request.form.get("password", "")):
+            session.clear()
+            session[SESSION_KEY] = True
+            target = request.args.get("next", "")
+            return redirect(target if target.startswith("/campaigns") else url_for(".index"),
+                            code=303)
+        log.warning("failed operator sign-in from %s", request.remote_addr)
+        flash("Wrong username or password.", "error")
+        return render_template("campaigns/login.html", configured=configured), 401
+    return render_template("campaigns/login.html", configured=configured)
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    session.pop(SESSION_KEY, None)
+    return redirect(url_for(".login"), code=303)
+
+
+@bp.get("/")
+@admin_required
+def index() -> ResponseReturnValue:
+    store = _store()
+    campaigns = [campaign_out(store, c) for c in store.recent(limit=100)]
+    return render_template("campaigns/index.html", campaigns=campaigns)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@admin_required
+def new() -> ResponseReturnValue:
+    if request.method == "GET":
+        return render_template("campaigns/new.html", form={}, errors={})
+    request.max_content_length = int(current_app.config["CAMPAIGN_MAX_UPLOAD_BYTES"])
+    form = {name: value for name, value in request.form.items()
+            if value != "" and name != "csrf_token"}
+    upload = request.files.get("file")
+    try:
+        fields = CampaignFields.model_validate(form)
+        if upload is None or not upload.filename:
+            raise APIError(422, "invalid", "choose a CSV file", {"file": "missing"})
+        campaign_id, status, report = create_campaign(
+            _store(), spec_from(fields, upload.filename), CSVRecipients(upload.stream),
+            base_url=base_url())
+    except ValidationError as err:
+        return _form_again(form, "The campaign is not valid.", fields_of(err))
+    except APIError as err:
+        return _form_again(form, err.message, err.fields or {})
+    flash(f"Campaign {status}: {report.accepted} recipient(s), {report.rejected} row(s) "
+          f"rejected, {report.duplicates} duplicate(s), {report.suppressed} suppressed.")
+    return redirect(url_for(".show", campaign_id=campaign_id), code=303)
+
+
+def _form_again(form: dict[str, str], message: str,
+                errors: dict[str, str]) -> ResponseReturnValue:
+    flash(message, "error")
+    return render_template("campaigns/new.html", form=form, errors=errors), 422
+
+
+@bp.get("/<campaign_id>")
+@admin_required
+def show(campaign_id: str) -> ResponseReturnValue:
+    store = _store()
+    campaign = store.get(campaign_id)
+    if campaign is None:
+        abort(404)
+    failed, _ = store.ledger(campaign_id).page(status="failed", limit=20)
+    return render_template("campaigns/show.html", campaign=campaign_out(store, campaign),
+                           failed=failed, final=FINAL)
+
+
+@bp.get("/<campaign_id>/progress")
+@admin_required
+def progress(campaign_id: str) -> ResponseReturnValue:
+    """What the show page polls to move its progress bars."""
+    store = _store()
+    campaign = store.get(campaign_id)
+    if campaign is None:
+        abort(404)
+    return jsonify(campaign_out(store, campaign).model_dump())
+
+
+@bp.post("/<campaign_id>/<action>")
+@admin_required
+def control(campaign_id: str, action: str) -> ResponseReturnValue:
+    act = ACTIONS.get(action)
+    if act is None:
+        abort(404)
+    try:
+        act(_store(), campaign_id)
+    except APIError as err:
+        if err.status == 404:
+            abort(404)
+        flash(err.message, "error")
+    else:
+        flash(f"Campaign {action.replace('-', ' ')}: done.")
+    return redirect(url_for(".show", campaign_id=campaign_id), code=303)

@@ -1,0 +1,39 @@
+// Live progress on the campaign pages: poll each campaign's progress URL and move its bar.
+(function () {
+  "use strict";
+  var FINAL = ["completed", "cancelled"];
+
+  function render(row, c) {
+    var n = c.counts;
+    var settled = n.sent + n.failed + n.suppressed + n.cancelled;
+    var bar = row.querySelector("[data-part=bar]");
+    bar.max = c.total || 1;
+    bar.value = settled;
+    var text = n.sent + " sent · " + n.failed + " failed · " + (n.queued + n.deferred + n.sending) + " to go";
+    if (n.suppressed) { text += " · " + n.suppressed + " suppressed"; }
+    if (n.cancelled) { text += " · " + n.cancelled + " cancelled"; }
+    row.querySelector("[data-part=counts]").textContent = text;
+    row.querySelector("[data-part=status]").textContent = c.status;
+    var rate = row.querySelector("[data-part=rate]");
+    if (rate) { rate.textContent = c.rate.toFixed(1); }
+  }
+
+  function watch(row) {
+    var initial = row.querySelector("[data-part=status]").textContent.trim();
+    if (FINAL.indexOf(initial) !== -1) { return; }
+    var timer = setInterval(function () {
+      fetch(row.dataset.progressUrl, {credentials: "same-origin"})
+        .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+        .then(function (c) {
+          render(row, c);
+          if (FINAL.indexOf(c.status) !== -1) {
+            clearInterval(timer);
+            if (initial !== c.status && document.querySelector(".campaign-actions")) { location.reload(); }
+          }
+        })
+        .catch(function () { clearInterval(timer); });
+    }, 1000);
+  }
+
+  document.querySelectorAll("[data-progress-url]").forEach(watch);
+})();

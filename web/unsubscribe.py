@@ -1,0 +1,42 @@
+"""``GET/POST /unsubscribe/<token>``: RFC 8058 one-click unsubscribe from campaigns.
+
+Mail clients ``POST`` the link with ``List-Unsubscribe=One-Click`` and no cookies,
+so the POST is exempt from CSRF; the signed token is what authorises it. ``GET``
+(a person following the link) shows a confirmation page whose button POSTs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, abort, current_app, render_template
+from flask.typing import ResponseReturnValue
+
+from tasks.stores.suppression import SuppressionList, Unsubscribe, read_unsubscribe_token
+from web.extensions import csrf
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("unsubscribe", __name__, url_prefix="/unsubscribe")
+
+
+def _read(token: str) -> Unsubscribe:
+    found = read_unsubscribe_token(current_app.config["SECRET_KEY"], token)
+    if found is None:
+        abort(404)
+    return found
+
+
+@bp.get("/<token>")
+def confirm(token: str) -> ResponseReturnValue:
+    found = _read(token)
+    return render_template("unsubscribe.html", email=found.email, token=token, done=False)
+
+
+@bp.post("/<token>")
+@csrf.exempt
+def unsubscribe(token: str) -> ResponseReturnValue:
+    found = _read(token)
+    if SuppressionList(current_app.extensions["redis"]).add(found.email):
+        log.info("an address unsubscribed (campaign %s)", found.campaign_id)
+    return render_template("unsubscribe.html", email=found.email, token=token, done=True)
