@@ -27,18 +27,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_reservations_are_spaced_one_interval_apart(redis_client: redis.Redis) -> None:
-    rate = SendRate(redis_client, 10.0)  # one slot every 0.1 s
+    rate = SendRate(redis_client, 1.0)  # one slot a second; reserving does not wait
     waits = [rate.reserve() for _ in range(5)]
     assert waits[0] == 0.0
     for n, wait in enumerate(waits):
-        assert n * 0.1 - 0.05 < wait <= n * 0.1 + 1e-6
+        assert n - 0.3 < wait <= n + 1e-6
 
 
 def test_burst_lets_that_many_go_at_once(redis_client: redis.Redis) -> None:
     rate = SendRate(redis_client, 2.0, burst=3)
     waits = [rate.reserve() for _ in range(4)]
     assert waits[:3] == [0.0, 0.0, 0.0]
-    assert 0.4 < waits[3] <= 0.5
+    assert 0.3 < waits[3] <= 0.5
 
 
 def test_a_quiet_spell_does_not_bank_more_than_the_burst(redis_client: redis.Redis) -> None:
@@ -51,8 +51,8 @@ def test_a_quiet_spell_does_not_bank_more_than_the_burst(redis_client: redis.Red
 
 def test_concurrent_callers_never_share_a_slot(redis_client: redis.Redis,
                                                redis_url: str) -> None:
-    """Eight threads, two limiters (as if two hosts): every slot is its own, 0.5 s apart."""
-    limiters = [SendRate(redis.Redis.from_url(redis_url), 2.0) for _ in range(2)]
+    """Eight threads, two limiters (as if two hosts): every slot is its own, 2 s apart."""
+    limiters = [SendRate(redis.Redis.from_url(redis_url), 0.5) for _ in range(2)]
     slots: list[float] = []
     lock = threading.Lock()
 
@@ -71,8 +71,8 @@ def test_concurrent_callers_never_share_a_slot(redis_client: redis.Redis,
     slots.sort()
     assert len(slots) == 40
     gaps = [later - earlier for earlier, later in zip(slots, slots[1:], strict=False)]
-    assert min(gaps) > 0.5 - 0.1  # a round trip of slack between asking and Redis's clock
-    assert slots[-1] - slots[0] == pytest.approx(39 * 0.5, abs=0.2)
+    assert min(gaps) > 1.0  # 2 s, less the slack between asking and Redis's clock
+    assert slots[-1] - slots[0] == pytest.approx(39 * 2.0, abs=1.0)
 
 
 def test_pace_blocks_callers_to_the_rate(redis_client: redis.Redis) -> None:
@@ -143,9 +143,9 @@ def test_acquire_gives_up_with_a_timeout_error(redis_client: redis.Redis) -> Non
 
 
 def test_a_held_slot_is_renewed_beyond_its_lease(redis_client: redis.Redis) -> None:
-    holder = SessionSlots(redis_client, 1, lease=0.6)
+    holder = SessionSlots(redis_client, 1, lease=1.0)
     handle = holder.acquire()
-    time.sleep(1.5)  # more than two leases
+    time.sleep(2.2)  # more than two leases
     assert SessionSlots(redis_client, 1).try_acquire() is None
     holder.release(handle)
     assert SessionSlots(redis_client, 1).try_acquire() is not None
@@ -175,7 +175,7 @@ def test_a_dead_holders_slot_comes_back_when_its_lease_runs_out(
         holder.wait(10)
     killed = time.monotonic()
     handle = slots.acquire()
-    assert time.monotonic() - killed < 1.0 + 0.5  # at most one lease, plus a poll or two
+    assert time.monotonic() - killed < 2.0  # within about one lease, not the 5 s timeout
     slots.release(handle)
 
 
