@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import AUTH
@@ -39,6 +41,26 @@ def test_api_round_trip(client: FlaskClient, smtp_server: SMTPTestServer) -> Non
     again = verify(client, request_id, code)
     assert again.status_code == 422
     assert again.get_json()["error"]["code"] == "invalid_code"
+
+
+def test_concurrent_verifications_over_http_succeed_once(app: Flask,
+                                                          smtp_server: SMTPTestServer) -> None:
+    request_id = create(app.test_client())
+    code = latest_code(smtp_server, "ada@example.com")
+    barrier = threading.Barrier(6)
+    statuses: list[int] = []
+
+    def submit() -> None:
+        client = app.test_client()
+        barrier.wait()
+        statuses.append(verify(client, request_id, code).status_code)
+
+    threads = [threading.Thread(target=submit) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200, 422, 422, 422, 422, 422]
 
 
 def test_wrong_codes_get_one_generic_answer_then_lock(client: FlaskClient,

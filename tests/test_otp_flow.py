@@ -31,7 +31,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def config_overrides(clock: Clock) -> dict[str, Any]:
-    return {"OTP_CLOCK": clock}
+    return {"OTP_CLOCK": clock, "OTP_RECORD_TTL": 3600}
 
 
 def otp_status(client: FlaskClient, request_id: str) -> dict[str, Any]:
@@ -97,6 +97,7 @@ def test_five_wrong_codes_lock_the_request(client: FlaskClient,
     for attempt in range(5):
         status, page_text = submit_code(client, request_id, wrong)
         assert status == 422 and GENERIC in page_text
+        assert wrong not in page_text  # the field is cleared, not echoed
         assert otp_status(client, request_id)["attempts_left"] == 4 - attempt
     assert otp_status(client, request_id)["status"] == "locked"
 
@@ -168,6 +169,11 @@ def test_temporary_failure_defers_then_sends(client: FlaskClient,
     assert "error" not in otp_status(client, request_id)
     status, _ = submit_code(client, request_id, latest_code(smtp_server, "ada@example.com"))
     assert status == 200
+
+    names = [name.decode() for name in redis_client.scan_iter("*")]
+    assert any(name.startswith("postroom:delivery:otp:") for name in names)
+    for name in names:  # the record, the address, the ledger and its indexes, the rate limits
+        assert name.startswith("postroom:") and 0 < redis_client.ttl(name) <= 3600, name
 
 
 def test_permanent_failure_is_shown_with_the_reason(client: FlaskClient,

@@ -60,6 +60,7 @@ def validate() -> ResponseReturnValue:
         if store.verify(request_id, form.code.data) == "verified":
             return render_template("otp/verified.html")
         failure = GENERIC_FAILURE
+        form.code.data = ""
         otp_request = store.get(request_id)
     shown = status.describe(otp_request.public(store.now())) if otp_request else None
     code = 200
