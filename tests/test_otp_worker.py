@@ -68,3 +68,24 @@ def test_flow_with_a_real_worker(worker_app: Flask, celery_worker: Celery,
     shown = client.get(f"/api/otp/{request_id}", headers=AUTH).get_json()
     assert shown["status"] == "verified"
     assert_nowhere({code}, redis_client, caplog, page)
+
+
+def test_deferral_is_retried_by_the_worker(worker_app: Flask, celery_worker: Celery,
+                                           smtp_server: SMTPTestServer,
+                                           redis_client: redis.Redis) -> None:
+    replies = iter(["451 4.3.0 greylisted, try later"])
+    smtp_server.handler.rcpt_reply = lambda address: next(replies, None)
+    client = worker_app.test_client()
+    request_id = request_code(client, "ada@example.com")
+
+    def settled() -> dict[str, Any] | None:
+        shown: dict[str, Any] = client.get(f"/api/otp/{request_id}", headers=AUTH).get_json()
+        return shown if shown["status"] not in {"queued", "sending", "deferred"} else None
+
+    assert wait_for(settled)["status"] == "sent"
+    record = json.loads(redis_client.get(f"postroom:otp:{request_id}"))
+    assert [step["status"] for step in record["history"]] == [
+        "queued", "sending", "deferred", "sending", "sent"]
+    assert len(smtp_server.received) == 1
+    code = latest_code(smtp_server, "ada@example.com")
+    assert submit_code(client, request_id, code)[0] == 200
