@@ -58,8 +58,8 @@ def _store() -> CampaignStore:
 
 
 def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
-    ledger = store.ledger(campaign_id)
-    return ledger.move("queued", "cancelled") + ledger.move("deferred", "cancelled")
+    return (store.move_recipients(campaign_id, "queued", "cancelled")
+            + store.move_recipients(campaign_id, "deferred", "cancelled"))
 
 
 @shared_task(name="postroom.campaign.start", ignore_result=True)

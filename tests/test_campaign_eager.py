@@ -54,15 +54,15 @@ def test_250_recipient_csv_campaign_is_personalised_and_batched(
 def test_bad_rows_duplicates_and_suppressed_addresses(
         client: FlaskClient, app: Flask, smtp_server: SMTPTestServer) -> None:
     SuppressionList(app.extensions["redis"]).add("Gone@Example.com")
-    data = ("email,name\n"
-            "ada@example.com,Ada\n"
-            "not-an-address,Nobody\n"       # line 3
-            ",Empty\n"                      # line 4
-            "ADA@example.com,Ada again\n"   # duplicate of line 2
-            "gone@example.com,Gone\n"
-            "bob@example.com,Bob,extra\n"   # line 7: too many fields
-            "\n"
-            "cy@example.com,Cy\n").encode()
+    data = (b"email,name\n"
+            b"ada@example.com,Ada\n"
+            b"not-an-address,Nobody\n"       # line 3
+            b",Empty\n"                      # line 4
+            b"ADA@example.com,Ada again\n"   # duplicate of line 2
+            b"gone@example.com,Gone\n"
+            b"bob@example.com,Bob,extra\n"   # line 7: too many fields
+            b"\n"
+            b"cy@example.com,Cy\n")
     accepted = create(client, data, subject="Hi {{ name }}", body="Hello {{ name }}")
     assert accepted["total"] == 3
     assert (accepted["duplicates"], accepted["suppressed"], accepted["rejected"]) == (1, 1, 3)

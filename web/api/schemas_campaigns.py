@@ -20,6 +20,8 @@ def parse_send_at(value: Any) -> float | None:
         return None
     if isinstance(value, bool):
         raise ValueError("must be an ISO 8601 date-time or epoch seconds")
+    if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+        value = float(value)  # epoch seconds from a form field
     if isinstance(value, int | float):
         moment = float(value)
     elif isinstance(value, str):

@@ -35,7 +35,7 @@ def resume(store: CampaignStore, campaign_id: str) -> None:
     """Carry on from where it stopped (deferred recipients are tried again now)."""
     with _transition(campaign_id, "resume"):
         store.require(campaign_id, ("paused",))
-        store.ledger(campaign_id).move("deferred", "queued")
+        store.move_recipients(campaign_id, "deferred", "queued")
         store.restart_from_top(campaign_id)
         store.transition(campaign_id, ("paused",), "running", stamp="started_at")
     dispatch_batches.delay(campaign_id)
@@ -53,10 +53,9 @@ def retry_failed(store: CampaignStore, campaign_id: str) -> None:
     """Queue the failed recipients again (and only them)."""
     with _transition(campaign_id, "retry"):
         store.require(campaign_id, ("completed", "running", "paused"))
-        ledger = store.ledger(campaign_id)
-        if ledger.counts()["failed"] == 0:
+        if store.ledger(campaign_id).counts()["failed"] == 0:
             raise APIError(409, "conflict", "the campaign has no failed recipients to retry")
-        ledger.move("failed", "queued")
+        store.move_recipients(campaign_id, "failed", "queued")
         store.restart_from_top(campaign_id)
         try:  # a campaign that had finished runs again
             store.transition(campaign_id, ("completed",), "running")
