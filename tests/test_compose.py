@@ -1,0 +1,257 @@
+"""docker-compose.yml: validated by Debian's ``docker-compose config``, and each of its
+web, worker, beat and flower commands run here against the test Redis until it is up."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from celery import Celery
+
+from tests.smtp_server import SMTPTestServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+SECRETS = {"SECRET_KEY": "compose-secret", "API_TOKENS": "compose-token",
+           "FLOWER_BASIC_AUTH": "ops:compose-password"}
+# The configuration list of the design: every one must reach the app's processes.
+DESIGN_VARIABLES = [
+    "MAIL_SERVER", "MAIL_PORT", "MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_DEBUG", "MAIL_USERNAME",
+    "MAIL_PASSWORD", "MAIL_DEFAULT_SENDER", "MAIL_MAX_EMAILS", "MAIL_SUPPRESS_SEND",
+    "MAIL_ASCII_ATTACHMENTS", "MAIL_TIMEOUT", "MAIL_TLS_VERIFY", "MAIL_TLS_CA_FILE",
+    "MAIL_MAX_CONNECTIONS", "MAIL_RATE_LIMIT", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY",
+    "API_TOKENS", "ADMIN_USERNAME", "ADMIN_PASSWORD", "OTP_LENGTH", "OTP_TTL",
+    "OTP_MAX_ATTEMPTS", "MAX_ATTACHMENT_BYTES", "MAX_MESSAGE_BYTES"]
+APP_SERVICES = ("web", "worker", "beat", "flower")
+
+
+def docker_compose(*args: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose is not installed; `make test` installs Debian's package "
+                    "when run as root, or run `apt-get install docker-compose`")
+    return subprocess.run([binary, "-f", str(COMPOSE_FILE), *args], env=environ,
+                          capture_output=True, text=True, timeout=60)
+
+
+def compose_environ(**extra: str) -> dict[str, str]:
+    """Only PATH and what the test gives: the host's settings must not leak in."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **extra}
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    result = docker_compose("config", environ=compose_environ(**SECRETS))
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
+    return loaded
+
+
+def test_compose_defines_every_service(services: dict[str, Any]) -> None:
+    assert set(services) == {"redis", "mailpit", "web", "worker", "beat", "flower"}
+    redis_service = services["redis"]
+    assert redis_service["command"][-2:] == ["--appendonly", "yes"]
+    assert any(volume.startswith("redis-data:/data") for volume in redis_service["volumes"])
+    assert services["mailpit"]["image"].startswith("axllent/mailpit")
+    assert services["web"]["command"][0] == "gunicorn"
+    assert services["web"]["command"][-1] == "web:create_app()"
+    worker = services["worker"]["command"]
+    assert worker[:4] == ["celery", "-A", "worker", "worker"]
+    assert "-E" in worker and worker[worker.index("-Q") + 1] == "otp,mail,bulk"
+    assert services["beat"]["command"][:4] == ["celery", "-A", "worker", "beat"]
+    assert services["flower"]["command"][:4] == ["celery", "-A", "worker", "flower"]
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "ops:compose-password"
+    for name in APP_SERVICES:
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        environment = services[name]["environment"]
+        missing = [variable for variable in DESIGN_VARIABLES if variable not in environment]
+        assert missing == [], f"{name} does not pass {missing}"
+        assert environment["SECRET_KEY"] == "compose-secret"
+        assert environment["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_compose_takes_settings_from_the_environment() -> None:
+    result = docker_compose("config", environ=compose_environ(
+        **SECRETS, MAIL_SERVER="relay.example.com", MAIL_PORT="587", MAIL_USE_TLS="true"))
+    assert result.returncode == 0, result.stderr
+    environment = yaml.safe_load(result.stdout)["services"]["worker"]["environment"]
+    assert (environment["MAIL_SERVER"], environment["MAIL_PORT"], environment["MAIL_USE_TLS"]) \
+        == ("relay.example.com", "587", "true")
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_run_without_a_secret(missing: str) -> None:
+    given = {name: value for name, value in SECRETS.items() if name != missing}
+    result = docker_compose("config", environ=compose_environ(**given))
+    assert result.returncode != 0
+    assert f"set {missing}" in result.stderr
+
+
+# --- each app command, run here --------------------------------------------------------------
+
+
+class Service:
+    """One compose command running locally in its own process group."""
+
+    def __init__(self, argv: list[str], environ: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as sink:
+            self.process = subprocess.Popen(argv, env=environ, stdin=subprocess.DEVNULL,
+                                            stdout=sink, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_until(self, what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        pytest.fail(f"{what}: not seen (exit code {self.process.poll()}):\n"
+                    f"{self.output()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(5)
+
+
+def local_command(command: list[str], replacements: dict[str, str]) -> list[str]:
+    """The compose command with the venv's executable and this machine's ports and paths."""
+    for old in replacements:
+        assert old in command, f"{old!r} is no longer in the compose command {command}"
+    argv = [replacements.get(part, part) for part in command]
+    argv[0] = str(Path(sys.executable).with_name(argv[0]))
+    return argv
+
+
+def http_status(url: str, headers: dict[str, str] | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+class LocalCompose:
+    """Runs compose services here: the test Redis and SMTP server, a key prefix of its own."""
+
+    def __init__(self, services: dict[str, Any], redis_url: str, smtp_port: int,
+                 workdir: Path) -> None:
+        self.services = services
+        self.redis_url = redis_url
+        self.smtp_port = smtp_port
+        self.workdir = workdir
+        self.prefix = f"postroom:celery:{workdir.name}:"
+        self.started: list[Service] = []
+
+    def run(self, name: str, replacements: dict[str, str]) -> Service:
+        service = self.services[name]
+        environment = {key: str(value) for key, value in service["environment"].items()
+                       if value is not None}
+        environment.update(
+            PATH=os.environ.get("PATH", ""), HOME=os.environ.get("HOME", str(self.workdir)),
+            PYTHONUNBUFFERED="1",  # as the image sets it
+            REDIS_URL=self.redis_url, CELERY_BROKER_URL=self.redis_url,
+            CELERY_KEY_PREFIX=self.prefix,
+            MAIL_SERVER="127.0.0.1", MAIL_PORT=str(self.smtp_port))
+        started = Service(local_command(service["command"], replacements), environment,
+                          self.workdir / f"{name}.log")
+        self.started.append(started)
+        return started
+
+
+@pytest.fixture
+def compose(services: dict[str, Any], redis_client: redis.Redis, redis_url: str,
+            smtp_server: SMTPTestServer, tmp_path: Path) -> Iterator[LocalCompose]:
+    local = LocalCompose(services, redis_url, smtp_server.port, tmp_path)
+    yield local
+    for service in local.started:
+        service.stop()
+
+
+def test_web_command_serves_healthz(compose: LocalCompose) -> None:
+    port = free_port()
+    web = compose.run("web", {"0.0.0.0:8000": f"127.0.0.1:{port}"})
+    url = f"http://127.0.0.1:{port}/healthz"
+    web.wait_until("web answers /healthz", lambda: http_status(url) == 200)
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert json.loads(response.read())["checks"]["redis"]["ok"] is True
+
+
+def test_worker_command_answers_ping(compose: LocalCompose,
+                                     redis_url: str) -> None:
+    worker = compose.run("worker", {})
+    control = Celery(broker=redis_url)
+    control.conf.broker_transport_options = {"global_keyprefix": compose.prefix}
+    replies: list[dict[str, Any]] = []
+
+    def pinged() -> bool:
+        replies[:] = control.control.ping(timeout=1.0)
+        return bool(replies)
+
+    worker.wait_until("worker answers ping", pinged, timeout=40)
+    assert list(replies[0].values()) == [{"ok": "pong"}]
+    assert " ready." in worker.output()
+    control.close()
+
+
+def test_beat_command_starts(compose: LocalCompose, tmp_path: Path) -> None:
+    schedule = tmp_path / "celerybeat-schedule"
+    beat = compose.run("beat", {"/var/lib/postroom/celerybeat-schedule": str(schedule)})
+    beat.wait_until("beat logs its start",
+                    lambda: "is starting" in beat.output() and "beat: Starting" in beat.output())
+    assert list(tmp_path.glob("celerybeat-schedule*"))
+
+
+def test_flower_command_serves_with_basic_auth(compose: LocalCompose) -> None:
+    port = free_port()
+    flower = compose.run("flower", {"--address=0.0.0.0": "--address=127.0.0.1",
+                                    "--port=5555": f"--port={port}"})
+    url = f"http://127.0.0.1:{port}/"
+    credentials = base64.b64encode(SECRETS["FLOWER_BASIC_AUTH"].encode()).decode()
+    flower.wait_until("flower answers HTTP", lambda: http_status(url) != 0)
+    assert http_status(url) == 401
+    assert http_status(url, {"Authorization": f"Basic {credentials}"}) == 200
+
+
+def test_dockerfile_installs_the_project_and_serves_like_compose(
+        services: dict[str, Any]) -> None:
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    copied = " ".join(line for line in lines if line.startswith("COPY"))
+    for part in ("pyproject.toml", "celeryconfig.py", "web", "worker", "tasks"):
+        assert part in copied, f"the Dockerfile does not copy {part}"
+    assert any("pip install ." in line for line in lines)
+    [cmd] = [line for line in lines if line.startswith("CMD ")]
+    assert json.loads(cmd.removeprefix("CMD ")) == services["web"]["command"]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "var", ".git"} <= set(ignored)
