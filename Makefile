@@ -4,10 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench clean compose-tool
 
 run: $(STAMP)
-	$(BIN)/postroom dev
+	$(BIN)/postroom dev $(DEV_ARGS)
 
 test: $(STAMP) lint typecheck pytest
 
@@ -17,8 +17,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) compose-tool
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# tests/test_compose.py validates docker-compose.yml with Debian's docker-compose.
+compose-tool:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing docker-compose (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
+	  else \
+	    echo "docker-compose is missing and cannot be installed here (needs root and apt-get);" \
+	      "tests/test_compose.py will fail until it is installed"; \
+	  fi; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
