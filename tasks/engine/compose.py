@@ -1,42 +1,79 @@
 """Building RFC 5322 messages from drafts.
 
-A :class:`Composer` lives for one batch: it encodes each attachment once and
-reuses the encoded part for every message of the batch.
+A :class:`Composer` lives for one batch. What is the same for every message of
+the batch is encoded once and kept as bytes: each attachment part, and every
+header value seen before (``From``, ``Reply-To``, custom headers). Only what
+differs per recipient is encoded per message, and the message is written
+straight to bytes around a MIME skeleton fixed for the batch:
+
+- text only: a single ``text/plain`` part, not multipart;
+- text and HTML, or HTML alone (a text alternative is derived from it):
+  ``multipart/alternative``;
+- with attachments: ``multipart/mixed`` around the body.
+
+Output is 7-bit clean with CRLF line ends: text is sent as-is when it is ASCII
+with lines of at most 998 characters, otherwise quoted-printable (mostly
+ASCII) or base64; attachments are base64 with RFC 2231 file names.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.policy
 import hashlib
+import re
+import secrets
+import time
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.headerregistry import Address
-from email.message import EmailMessage
+from email.headerregistry import Address, AddressHeader
+from email.message import MIMEPart
 from email.utils import formatdate, make_msgid, parseaddr
 
 from tasks.engine.errors import InvalidMessageError
+from tasks.engine.plaintext import text_from_html
 
 POLICY = email.policy.SMTP  # CRLF line ends, long lines folded or encoded
+MAX_LINE = 998  # RFC 5322 section 2.1.1
+_FOLD_AT = 78
+_CACHE_LIMIT = 4096
+
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_ONE_ADDRESS = rf"(?:{_ADDR}|{_ATOM}(?: {_ATOM})* <{_ADDR}>)"
+_SIMPLE_ADDRESSES = re.compile(rf"{_ONE_ADDRESS}(?:, {_ONE_ADDRESS})*")
+_ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to", "sender"})
 
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A file to attach, already read into memory."""
+    """A file to attach, already read into memory.
+
+    *sha256* may be given when it is known (the attachment store knows it), so
+    the composer does not hash the bytes again.
+    """
 
     filename: str
     content_type: str
     data: bytes
     disposition: str = "attachment"
+    sha256: str | None = None
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        return self.sha256 or hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """Everything one message says, before it is encoded."""
+    """Everything one message says, before it is encoded.
+
+    *message_id* (``<id@domain>``) keeps a message's identity across retries;
+    without it each build gets a new one.
+    """
 
     sender: str
     to: Sequence[str]
@@ -48,6 +85,7 @@ class Draft:
     reply_to: Sequence[str] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
     attachments: Sequence[Attachment] = ()
+    message_id: str | None = None
 
     @property
     def envelope_recipients(self) -> list[str]:
@@ -78,78 +116,163 @@ class Composer:
     def __init__(self, *, message_id_domain: str | None = None, ascii_attachments: bool = False):
         self.message_id_domain = message_id_domain
         self.ascii_attachments = ascii_attachments
-        self._encoded: dict[tuple[str, str, str, str], EmailMessage] = {}
         self.encodings = 0  # how many attachment parts this composer has encoded
+        self._parts: dict[tuple[str, str, str, str], bytes] = {}
+        self._digests: dict[int, tuple[bytes, str]] = {}
+        self._headers: dict[tuple[str, str], bytes] = {}
+        self._token = secrets.token_hex(12)
+        self._mixed = f"=_m{self._token}"
+        self._alternative = f"=_a{self._token}"
+        self._date: tuple[int, bytes] = (0, b"")
 
     def compose(self, draft: Draft) -> ComposedMessage:
         """Build *draft* into bytes; raise :class:`InvalidMessageError` if it cannot be."""
-        if not draft.envelope_recipients:
+        recipients = draft.envelope_recipients
+        if not recipients:
             raise InvalidMessageError("the message has no recipients")
         if not draft.sender:
             raise InvalidMessageError("the message has no sender and no default is configured")
-        message_id = make_msgid(domain=self._domain_for(draft.envelope_sender))
-        try:
-            message = self._build(draft, message_id)
-            data = message.as_bytes(policy=POLICY)
-        except (ValueError, TypeError) as err:  # header injection, bad address syntax
-            raise InvalidMessageError(f"the message cannot be built: {err}") from err
-        return ComposedMessage(message_id, draft.envelope_sender, draft.envelope_recipients, data)
+        message_id = draft.message_id or make_msgid(domain=self._domain_for(draft.envelope_sender))
+        if not (message_id.startswith("<") and message_id.endswith(">") and "@" in message_id):
+            raise InvalidMessageError(f"Message-ID {message_id!r} is not <id@domain>")
+        data = b"".join((self._head(draft, message_id), self._body(draft)))
+        return ComposedMessage(message_id, draft.envelope_sender, recipients, data)
 
     def _domain_for(self, envelope_sender: str) -> str:
         if self.message_id_domain:
             return self.message_id_domain
         return envelope_sender.rpartition("@")[2] or "postroom.invalid"
 
-    def _build(self, draft: Draft, message_id: str) -> EmailMessage:
-        message = EmailMessage(policy=POLICY)
-        message["Subject"] = draft.subject
-        message["From"] = draft.sender
-        message["To"] = ", ".join(draft.to)
+    # -- headers
+
+    def _head(self, draft: Draft, message_id: str) -> bytes:
+        header = self._header
+        lines = [header("Subject", draft.subject), header("From", draft.sender),
+                 header("To", ", ".join(draft.to))]
         if draft.cc:
-            message["Cc"] = ", ".join(draft.cc)
+            lines.append(header("Cc", ", ".join(draft.cc)))
         if draft.reply_to:
-            message["Reply-To"] = ", ".join(draft.reply_to)
-        message["Date"] = formatdate(localtime=False)
-        message["Message-ID"] = message_id
+            lines.append(header("Reply-To", ", ".join(draft.reply_to)))
+        lines += [self._date_line(), header("Message-ID", message_id)]
         for name, value in draft.headers.items():
-            message[name] = value
-        self._set_body(message, draft)
-        if draft.attachments:
-            message.make_mixed()
-            for attachment in draft.attachments:
-                message.attach(self._encoded_part(attachment))
-        return message
+            if not _HEADER_NAME.fullmatch(name):
+                raise InvalidMessageError(f"{name!r} is not a valid header name")
+            lines.append(header(name, value))
+        lines.append(b"MIME-Version: 1.0\r\n")
+        return b"".join(lines)
 
-    @staticmethod
-    def _set_body(message: EmailMessage, draft: Draft) -> None:
-        if draft.text is not None:
-            message.set_content(draft.text, charset="utf-8")
-            if draft.html is not None:
-                message.add_alternative(draft.html, subtype="html", charset="utf-8")
-        elif draft.html is not None:
-            message.set_content(draft.html, subtype="html", charset="utf-8")
+    def _date_line(self) -> bytes:
+        second = int(time.time())
+        if self._date[0] != second:
+            self._date = (second, f"Date: {formatdate(second, usegmt=True)}\r\n".encode())
+        return self._date[1]
+
+    def _header(self, name: str, value: str) -> bytes:
+        if "\r" in value or "\n" in value:
+            raise InvalidMessageError(f"{name}: a header value must not contain line breaks")
+        if (len(name) + len(value) + 2 <= _FOLD_AT and value.isascii() and value.isprintable()
+                and (name.lower() not in _ADDRESS_HEADERS or _SIMPLE_ADDRESSES.fullmatch(value))):
+            return f"{name}: {value}\r\n".encode("ascii")
+        folded = self._headers.get((name, value))
+        if folded is None:
+            folded = _fold(name, value)
+            if len(self._headers) < _CACHE_LIMIT:
+                self._headers[(name, value)] = folded
+        return folded
+
+    # -- body
+
+    def _body(self, draft: Draft) -> bytes:
+        text, html = draft.text, draft.html
+        if html is not None and text is None:
+            text = text_from_html(html)
+        if html is None:
+            body = self._text_part(text or "", "plain")
         else:
-            message.set_content("", charset="utf-8")
+            body = _multipart("alternative", self._alternative, [
+                self._text_part(text or "", "plain"), self._text_part(html, "html")])
+        if not draft.attachments:
+            return body
+        return _multipart("mixed", self._mixed,
+                          [body, *(self._encoded_part(a) for a in draft.attachments)])
 
-    def _encoded_part(self, attachment: Attachment) -> EmailMessage:
-        key = (attachment.digest, attachment.filename, attachment.content_type,
+    def _text_part(self, text: str, subtype: str) -> bytes:
+        content, encoding = _encode_text(text, self._token)
+        return b"".join((f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+                         f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode(), content))
+
+    def _encoded_part(self, attachment: Attachment) -> bytes:
+        key = (self._digest(attachment), attachment.filename, attachment.content_type,
                attachment.disposition)
-        part = self._encoded.get(key)
+        part = self._parts.get(key)
         if part is None:
-            part = EmailMessage(policy=POLICY)
-            maintype, _, subtype = attachment.content_type.partition("/")
-            part.set_content(attachment.data, maintype=maintype, subtype=subtype or "octet-stream",
-                             disposition=attachment.disposition,
-                             filename=self._filename(attachment.filename))
-            self._encoded[key] = part
+            part = self._encode_attachment(attachment)
+            self._parts[key] = part
             self.encodings += 1
         return part
+
+    def _digest(self, attachment: Attachment) -> str:
+        if attachment.sha256:
+            return attachment.sha256
+        known = self._digests.get(id(attachment.data))
+        if known is None or known[0] is not attachment.data:
+            known = (attachment.data, hashlib.sha256(attachment.data).hexdigest())
+            self._digests[id(attachment.data)] = known
+        return known[1]
+
+    def _encode_attachment(self, attachment: Attachment) -> bytes:
+        maintype, _, subtype = attachment.content_type.partition("/")
+        if maintype in {"", "multipart", "message"} or not subtype:
+            maintype, subtype = "application", "octet-stream"
+        part = MIMEPart(policy=POLICY)
+        try:
+            part.set_content(attachment.data, maintype=maintype, subtype=subtype,
+                             disposition=attachment.disposition,
+                             filename=self._filename(attachment.filename))
+            return part.as_bytes(policy=POLICY)
+        except (ValueError, TypeError) as err:
+            raise InvalidMessageError(f"attachment {attachment.filename!r}: {err}") from err
 
     def _filename(self, filename: str) -> str:
         if not self.ascii_attachments:
             return filename  # non-ASCII names are encoded per RFC 2231 by the policy
         folded = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
         return folded or "attachment"
+
+
+def _fold(name: str, value: str) -> bytes:
+    """One header, folded and encoded (RFC 2047) by the standard library."""
+    try:
+        header = POLICY.header_factory(name, value)
+        if isinstance(header, AddressHeader):
+            for address in header.addresses:
+                if not address.username or not address.domain:
+                    raise ValueError(f"{address!s} is not an email address")
+        folded: str = header.fold(policy=POLICY)
+        return folded.encode("ascii")
+    except (ValueError, TypeError, IndexError, UnicodeError) as err:
+        raise InvalidMessageError(f"the {name} header cannot be built: {err}") from err
+
+
+def _encode_text(text: str, boundary_token: str) -> tuple[bytes, str]:
+    """*text* as CRLF lines in a 7-bit transfer encoding, and that encoding's name."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    if (text.isascii() and boundary_token not in text
+            and (len(text) <= MAX_LINE or max(map(len, text.split("\n"))) <= MAX_LINE)):
+        return text.replace("\n", "\r\n").encode("ascii"), "7bit"
+    raw = text.encode("utf-8")
+    if len(raw) - len(text) <= len(text) // 4:  # mostly ASCII: stays readable
+        return binascii.b2a_qp(raw.replace(b"\n", b"\r\n"), istext=True), "quoted-printable"
+    return base64.encodebytes(raw).replace(b"\n", b"\r\n"), "base64"
+
+
+def _multipart(subtype: str, boundary: str, parts: list[bytes]) -> bytes:
+    delimiter = f"\r\n--{boundary}\r\n".encode()
+    return b"".join((f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n'
+                     f"--{boundary}\r\n".encode(), delimiter.join(parts),
+                     f"\r\n--{boundary}--\r\n".encode()))
 
 
 def format_address(display_name: str, address: str) -> str:

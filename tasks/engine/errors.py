@@ -21,3 +21,10 @@ class PermanentDeliveryError(DeliveryError):
 
 class InvalidMessageError(PermanentDeliveryError):
     """The message itself is malformed (bad header, no recipients, no sender)."""
+
+
+class SessionError(TemporaryDeliveryError):
+    """No SMTP session could be opened: refused, silent, TLS or AUTH failure.
+
+    The recipients are not at fault, so they are deferred and tried again.
+    """

@@ -5,6 +5,10 @@ with ``MAIL_MAX_EMAILS = N``, reconnects *after* the N-th message, so a batch
 of k*N messages opens one session that carries nothing. :class:`BatchConnection`
 keeps Flask-Mail's shape and fixes all three: it connects lazily, before the
 message that needs a session, so n messages use exactly ceil(n/N) sessions.
+
+Where the server advertises PIPELINING (RFC 2920) ``MAIL FROM``, every
+``RCPT TO`` and ``DATA`` go out in one write, so a message costs two round
+trips instead of three plus one per recipient.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from typing import Any, Protocol
 
 from flask_mail import Connection
 
+from tasks.engine.errors import PermanentDeliveryError, SessionError, TemporaryDeliveryError
 from tasks.engine.outcome import DeliveryOutcome
 
 log = logging.getLogger(__name__)
+
+Reply = tuple[int, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +74,13 @@ class SMTPSettings:
         )
 
     def tls_context(self) -> ssl.SSLContext:
-        """A context that verifies the server unless verification is turned off."""
-        context = ssl.create_default_context(cafile=self.tls_ca_file)
+        """A context that verifies the server unless verification is turned off.
+
+        ``MAIL_TLS_CA_FILE`` is trusted in addition to the system's CAs.
+        """
+        context = ssl.create_default_context()
+        if self.tls_ca_file:
+            context.load_verify_locations(cafile=self.tls_ca_file)
         if not self.tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -93,7 +105,9 @@ class BatchConnection(Connection):
 
     Use as a context manager; :meth:`send_data` returns one
     :class:`DeliveryOutcome` per recipient and never raises for a reply the
-    server gives.
+    server gives. When a session cannot be opened at all (refused, silent,
+    TLS or AUTH failure) the rest of the batch is deferred at once instead of
+    waiting for the same failure once per message.
     """
 
     def __init__(self, settings: SMTPSettings, gate: SessionGate | None = None) -> None:
@@ -101,6 +115,7 @@ class BatchConnection(Connection):
         self.settings = settings
         self.gate = gate
         self._gate_handle: str | None = None
+        self._unavailable: SessionError | None = None
         self.sessions_opened = 0
 
     def __enter__(self) -> BatchConnection:
@@ -112,7 +127,10 @@ class BatchConnection(Connection):
                  tb: TracebackType | None) -> None:
         self.close()
 
+    # -- sessions
+
     def configure_host(self) -> smtplib.SMTP:
+        """Open a session: connect, greet, STARTTLS, AUTH (raises smtplib/ssl/OS errors)."""
         s = self.settings
         if self.gate is not None and self._gate_handle is None:
             self._gate_handle = self.gate.acquire()
@@ -128,16 +146,64 @@ class BatchConnection(Connection):
             raise
         try:
             host.set_debuglevel(int(s.debug))
+            if host.sock is not None:
+                host.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if s.use_tls:
                 host.starttls(context=s.tls_context())
             if s.username and s.password:
                 host.login(s.username, s.password)
+            host.ehlo_or_helo_if_needed()
         except BaseException:
             host.close()
             self._release_gate()
             raise
         self.sessions_opened += 1
         return host
+
+    def open_session(self) -> smtplib.SMTP:
+        """The current session, opened if needed; :class:`SessionError` if it cannot be."""
+        if self._unavailable is not None:
+            raise self._unavailable
+        if self.host is not None:
+            return self.host
+        where = f"{self.settings.server}:{self.settings.port}"
+        try:
+            self.host = self.configure_host()
+        except ssl.SSLError as err:
+            self._unavailable = SessionError(f"TLS with {where} failed: {err.reason or err}")
+        except smtplib.SMTPAuthenticationError as err:
+            self._unavailable = SessionError(
+                f"{where} refused the credentials: {_text(err.smtp_error)}",
+                err.smtp_code)
+        except smtplib.SMTPResponseException as err:
+            self._unavailable = SessionError(
+                f"{where} refused the session: {_text(err.smtp_error)}",
+                err.smtp_code)
+        except (smtplib.SMTPException, *TRANSPORT_ERRORS) as err:
+            self._unavailable = SessionError(f"connection to {where} failed: {err!r}")
+        if self._unavailable is not None:
+            log.warning("SMTP session not opened; deferring the rest of the batch: %s",
+                        self._unavailable)
+            raise self._unavailable
+        assert self.host is not None
+        return self.host
+
+    def reserve(self) -> None:
+        """Get ready for the next message before its recipients are claimed.
+
+        Ends a session that has carried ``max_emails`` messages and waits for
+        the session gate, so the time a claim is held covers SMTP work only.
+        """
+        if self.settings.suppress or self._unavailable is not None:
+            return
+        max_emails = self.settings.max_emails
+        if self.host is not None and max_emails and self.num_emails >= max_emails:
+            self.close()
+        if self.host is None and self.gate is not None and self._gate_handle is None:
+            try:
+                self._gate_handle = self.gate.acquire()
+            except (TimeoutError, OSError) as err:  # no session slot came free in time
+                self._unavailable = SessionError(str(err))
 
     def _release_gate(self) -> None:
         handle, self._gate_handle = self._gate_handle, None
@@ -148,12 +214,11 @@ class BatchConnection(Connection):
         """End the current session politely if there is one."""
         host, self.host = self.host, None
         self.num_emails = 0
-        if host is None:
-            return
         try:
-            host.quit()
+            if host is not None:
+                host.quit()
         except (smtplib.SMTPException, OSError):
-            host.close()
+            host.close()  # type: ignore[union-attr]
         finally:
             self._release_gate()
 
@@ -164,34 +229,141 @@ class BatchConnection(Connection):
             host.close()
         self._release_gate()
 
+    # -- sending
+
     def send_data(self, sender: str, recipients: Sequence[str],
                   data: bytes) -> dict[str, DeliveryOutcome]:
         """Send one message to *recipients*; classify each recipient's fate."""
         if self.settings.suppress:
             return {rcpt: DeliveryOutcome("suppressed") for rcpt in recipients}
-        max_emails = self.settings.max_emails
-        if self.host is not None and max_emails and self.num_emails >= max_emails:
-            self.close()
+        self.reserve()
         try:
-            if self.host is None:
-                self.host = self.configure_host()
-            self.num_emails += 1
-            refused = self.host.sendmail(sender, list(recipients), data)
-        except smtplib.SMTPRecipientsRefused as err:
-            return {rcpt: DeliveryOutcome.from_reply(*err.recipients[rcpt]) for rcpt in recipients}
-        except smtplib.SMTPResponseException as err:  # MAIL FROM or DATA refused, or 421
-            if err.smtp_code == 421:
-                self._drop()
-            return {rcpt: DeliveryOutcome.from_reply(err.smtp_code, err.smtp_error)
+            host = self.open_session()
+        except SessionError as err:
+            return {rcpt: DeliveryOutcome("deferred", err.smtp_code, str(err))
                     for rcpt in recipients}
-        except ssl.SSLError as err:
+        self.num_emails += 1
+        try:
+            return _transaction(host, sender, list(recipients), data)
+        except _SessionClosing as closing:
             self._drop()
-            reason = f"TLS failed: {err.reason or err}"
-            return {rcpt: DeliveryOutcome("failed", None, reason) for rcpt in recipients}
-        except TRANSPORT_ERRORS as err:
+            return closing.outcomes
+        except (ssl.SSLError, *TRANSPORT_ERRORS) as err:
             self._drop()
-            reason = f"connection to {self.settings.server}:{self.settings.port} failed: {err!r}"
+            reason = (f"connection to {self.settings.server}:{self.settings.port} "
+                      f"lost: {err!r}")
             log.warning("SMTP transport failure: %s", reason)
             return {rcpt: DeliveryOutcome.transport_failure(reason) for rcpt in recipients}
-        return {rcpt: (DeliveryOutcome.from_reply(*refused[rcpt]) if rcpt in refused
-                       else DeliveryOutcome("sent", 250)) for rcpt in recipients}
+
+    def send(self, message: Any, envelope_from: str | tuple[str, str] | None = None) -> None:
+        """Flask-Mail's ``Connection.send``: raise unless every recipient took it."""
+        from flask_mail import sanitize_address, sanitize_addresses
+
+        sender = sanitize_address(envelope_from or message.sender)
+        recipients = list(sanitize_addresses(message.send_to))
+        outcomes = self.send_data(sender, recipients, message.as_bytes())
+        for rcpt, outcome in outcomes.items():
+            if outcome.status == "deferred":
+                raise TemporaryDeliveryError(f"{rcpt}: {outcome.error}", outcome.smtp_code)
+            if outcome.status == "failed":
+                raise PermanentDeliveryError(f"{rcpt}: {outcome.error}", outcome.smtp_code)
+
+
+class _SessionClosing(Exception):
+    """The server ended the session (421) after classifying the recipients."""
+
+    def __init__(self, outcomes: dict[str, DeliveryOutcome]) -> None:
+        super().__init__("421")
+        self.outcomes = outcomes
+
+
+def _transaction(host: smtplib.SMTP, sender: str, recipients: list[str],
+                 data: bytes) -> dict[str, DeliveryOutcome]:
+    """One MAIL/RCPT/DATA transaction, pipelined where the server allows it."""
+    options = f" SIZE={len(data)}" if host.has_extn("size") else ""
+    if not (sender.isascii() and all(r.isascii() for r in recipients)):
+        if not host.has_extn("smtputf8"):
+            return _all(recipients, (553, b"5.6.7 the server does not accept UTF-8 addresses"))
+        options += " SMTPUTF8"
+    mail = f"MAIL FROM:{smtplib.quoteaddr(sender)}{options}\r\n".encode()
+    rcpts = [f"RCPT TO:{smtplib.quoteaddr(r)}\r\n".encode() for r in recipients]
+    if host.has_extn("pipelining"):
+        host.send(b"".join((mail, *rcpts, b"DATA\r\n")))
+        mail_reply = _reply(host)
+        rcpt_replies = [_reply(host) for _ in rcpts]
+        data_reply = _reply(host)
+    else:
+        host.send(mail)
+        mail_reply = _reply(host)
+        if not _ok(mail_reply):
+            return _abandon(host, _all(recipients, mail_reply))
+        rcpt_replies = []
+        for command in rcpts:
+            host.send(command)
+            rcpt_replies.append(_reply(host))
+        if not any(_ok(reply) for reply in rcpt_replies):
+            return _abandon(host, dict(zip(recipients, map(_outcome, rcpt_replies),
+                                           strict=True)))
+        host.send(b"DATA\r\n")
+        data_reply = _reply(host)
+    if not _ok(mail_reply):
+        return _abandon(host, _all(recipients, mail_reply))
+    refused = {r: reply for r, reply in zip(recipients, rcpt_replies, strict=True)
+               if not _ok(reply)}
+    if data_reply[0] != 354:
+        outcomes = {r: _outcome(refused.get(r, data_reply)) for r in recipients}
+        return _abandon(host, outcomes)
+    if len(refused) == len(recipients):  # nobody to deliver to, but DATA was accepted
+        host.send(b".\r\n")
+        _reply(host)
+        return {r: _outcome(refused[r]) for r in recipients}
+    host.send(_dot_stuffed(data))
+    final = _reply(host)
+    outcomes = {r: _outcome(refused.get(r, final)) for r in recipients}
+    if final[0] == 421:
+        raise _SessionClosing(outcomes)
+    return outcomes
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+
+
+def _reply(host: smtplib.SMTP) -> Reply:
+    code, text = host.getreply()
+    return code, text
+
+
+def _ok(reply: Reply) -> bool:
+    return 200 <= reply[0] < 300
+
+
+def _outcome(reply: Reply) -> DeliveryOutcome:
+    return DeliveryOutcome.from_reply(*reply)
+
+
+def _all(recipients: Sequence[str], reply: Reply) -> dict[str, DeliveryOutcome]:
+    return {r: _outcome(reply) for r in recipients}
+
+
+def _abandon(host: smtplib.SMTP, outcomes: dict[str, DeliveryOutcome]) -> dict[str,
+                                                                               DeliveryOutcome]:
+    """End a failed transaction so the session can carry the next message."""
+    if any(o.smtp_code == 421 for o in outcomes.values()):
+        raise _SessionClosing(outcomes)
+    host.send(b"RSET\r\n")
+    code, _ = _reply(host)
+    if code == 421:
+        raise _SessionClosing(outcomes)
+    return outcomes
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """*data* with leading dots doubled (RFC 5321 4.5.2) and the end-of-data line."""
+    if data.startswith(b"."):
+        data = b"." + data
+    if b"\n." in data:
+        data = data.replace(b"\n.", b"\n..")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
