@@ -1,0 +1,102 @@
+"""The operator's campaign pages: admin sign-in, CSV upload, progress, controls, CSRF."""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.campaign_helpers import csv_bytes, people
+from tests.smtp_server import SMTPTestServer
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    return {"ADMIN_USERNAME": "operator", "ADMIN_PASSWORD": "correct horse battery"}
+
+
+def csrf_token(client: FlaskClient, path: str) -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+def sign_in(client: FlaskClient, password: str = "correct horse battery") -> Any:
+    token = csrf_token(client, "/campaigns/login")
+    return client.post("/campaigns/login?next=/campaigns/new",
+                       data={"csrf_token": token, "username": "operator", "password": password})
+
+
+def test_pages_need_the_admin_login(client: FlaskClient) -> None:
+    for path in ("/campaigns/", "/campaigns/new", "/campaigns/abc", "/campaigns/abc/progress"):
+        response = client.get(path)
+        assert response.status_code == 302 and "/campaigns/login" in response.location
+    assert sign_in(client, "wrong").status_code == 401
+    assert client.get("/campaigns/").status_code == 302
+    signed_in = sign_in(client)
+    assert signed_in.status_code == 303 and signed_in.location.endswith("/campaigns/new")
+    assert client.get("/campaigns/").status_code == 200
+
+
+def test_login_without_csrf_token_is_refused(client: FlaskClient) -> None:
+    response = client.post("/campaigns/login", data={"username": "operator",
+                                                     "password": "correct horse battery"})
+    assert response.status_code == 400
+    assert client.get("/campaigns/").status_code == 302
+
+
+def test_upload_shows_progress_and_controls(client: FlaskClient,
+                                            smtp_server: SMTPTestServer) -> None:
+    sign_in(client)
+    token = csrf_token(client, "/campaigns/new")
+    response = client.post("/campaigns/new", content_type="multipart/form-data", data={
+        "csrf_token": token, "name": "Spring news", "subject": "Hi {{ name }}",
+        "body": "Hello {{ name }}", "html": "", "sender": "", "send_at": "",
+        "file": (io.BytesIO(csv_bytes(people(12))), "spring.csv")})
+    assert response.status_code == 303
+    show_path = response.location
+    page = client.get(show_path).get_data(as_text=True)
+    assert "Spring news" in page and "completed" in page
+    assert re.search(r'<progress[^>]*value="12" max="12"', page)
+    assert "Campaign queued: 12 recipient(s)" in page
+    assert len(smtp_server.received) == 12
+
+    progress = client.get(show_path + "/progress").get_json()
+    assert progress["counts"]["sent"] == 12 and progress["status"] == "completed"
+    listing = client.get("/campaigns/").get_data(as_text=True)
+    assert "Spring news" in listing and 'data-progress-url="' in listing
+
+    token = csrf_token(client, show_path)
+    paused = client.post(show_path + "/pause", data={"csrf_token": token})
+    assert paused.status_code == 303
+    assert "cannot pause a campaign that is completed" in client.get(show_path).get_data(
+        as_text=True)
+    assert client.post(show_path + "/pause").status_code == 400  # no CSRF token
+
+
+def test_upload_errors_are_shown_on_the_form(client: FlaskClient,
+                                             smtp_server: SMTPTestServer) -> None:
+    sign_in(client)
+    token = csrf_token(client, "/campaigns/new")
+    response = client.post("/campaigns/new", content_type="multipart/form-data", data={
+        "csrf_token": token, "subject": "Hi {{ ''.__class__ }}", "body": "x",
+        "file": (io.BytesIO(csv_bytes(people(2))), "x.csv")})
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert "private attribute" in page and 'value="Hi {{ &#39;&#39;.__class__ }}"' in page
+    response = client.post("/campaigns/new", content_type="multipart/form-data", data={
+        "csrf_token": token, "subject": "Hi", "body": "x",
+        "file": (io.BytesIO(b"name\nAda\n"), "x.csv")})
+    assert response.status_code == 422
+    assert "no &#39;email&#39; column" in response.get_data(as_text=True)
+    assert smtp_server.received == []
+
+
+def test_sign_in_is_off_without_credentials(client: FlaskClient, app: Any) -> None:
+    app.config["ADMIN_USERNAME"] = None
+    assert "Operator sign-in is off" in client.get("/campaigns/login").get_data(as_text=True)
+    assert sign_in(client).status_code == 401
