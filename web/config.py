@@ -91,7 +91,7 @@ def _rate_limits(name: str, raw: str) -> str:
 
 # name -> (parser, default). Defaults for MAIL_* are Flask-Mail's own.
 SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
-    "MAIL_SERVER": (_text, "localhost"),
+    "MAIL_SERVER": (_text, "127.0.0.1"),  # Flask-Mail 0.10 falls back to 127.0.0.1
     "MAIL_PORT": (_whole_number(1), 25),
     "MAIL_USE_TLS": (parse_bool, False),
     "MAIL_USE_SSL": (parse_bool, False),

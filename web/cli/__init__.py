@@ -14,3 +14,7 @@ def cli() -> None:
 from web.cli.dev import dev  # noqa: E402
 
 cli.add_command(dev)
+
+from web.cli.campaign import campaign  # noqa: E402
+
+cli.add_command(campaign)
