@@ -53,12 +53,14 @@ def pacer() -> Callable[[], None] | None:
     return SendRate(redis_client(), float(per_second)).pace
 
 
-def session_gate() -> SessionGate | None:
+def session_gate(*, bulk: bool = False) -> SessionGate | None:
     """The ``BatchConnection(gate=...)`` that holds ``MAIL_MAX_CONNECTIONS`` across every
     worker, or ``None`` when unlimited. A batch waits up to a third of its claim's
-    lease for a free session, then defers what it had claimed."""
+    lease for a free session, then defers what it had claimed. *bulk* batches leave
+    one session free (when the limit allows) so one-time codes never wait for them."""
     limit = current_app.config.get("MAIL_MAX_CONNECTIONS")
     if not limit:
         return None
     wait = lease_for(float(current_app.config["MAIL_TIMEOUT"])) / 3
-    return SessionSlots(redis_client(), int(limit), wait_timeout=wait)
+    headroom = 1 if bulk and int(limit) > 1 else 0
+    return SessionSlots(redis_client(), int(limit), headroom=headroom, wait_timeout=wait)

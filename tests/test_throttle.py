@@ -121,6 +121,29 @@ def test_slots_are_limited_and_come_back_on_release(redis_client: redis.Redis) -
     assert slots.in_use() == 0
 
 
+def test_headroom_leaves_slots_for_others(redis_client: redis.Redis) -> None:
+    bulk = SessionSlots(redis_client, 3, headroom=1)
+    taken = [bulk.try_acquire(), bulk.try_acquire()]
+    assert all(taken)
+    assert bulk.try_acquire() is None  # the last slot is left for others
+    other = SessionSlots(redis_client, 3)
+    last = other.try_acquire()
+    assert last is not None
+    assert other.try_acquire() is None
+    other.release(last)
+    for handle in taken:
+        assert handle is not None
+        bulk.release(handle)
+    assert other.in_use() == 0
+
+
+@pytest.mark.parametrize("options", [{"limit": 0}, {"limit": 2, "headroom": 2},
+                                     {"limit": 2, "headroom": -1}, {"limit": 1, "lease": 0}])
+def test_slots_refuse_nonsense(redis_client: redis.Redis, options: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        SessionSlots(redis_client, **options)  # type: ignore[arg-type]
+
+
 def test_slots_key_has_a_ttl_beyond_the_lease(redis_client: redis.Redis) -> None:
     slots = SessionSlots(redis_client, 1, lease=5.0)
     handle = slots.acquire()
@@ -252,6 +275,15 @@ def test_runtime_has_no_limits_unless_configured(app: Flask) -> None:
     with app.app_context():
         assert runtime.pacer() is None
         assert runtime.session_gate() is None
+        assert runtime.session_gate(bulk=True) is None
+
+
+@pytest.mark.parametrize("config_overrides", [{"MAIL_MAX_CONNECTIONS": 1}])
+def test_a_single_session_is_shared_by_bulk_too(app: Flask) -> None:
+    with app.app_context():
+        gate = runtime.session_gate(bulk=True)
+    assert isinstance(gate, SessionSlots)
+    assert (gate.limit, gate.headroom) == (1, 0)
 
 
 @pytest.mark.parametrize("config_overrides",
@@ -261,7 +293,11 @@ def test_runtime_limits_follow_the_config(app: Flask, redis_client: redis.Redis)
         pace = runtime.pacer()
         gate = runtime.session_gate()
     assert pace is not None and isinstance(gate, SessionSlots)
-    assert gate.limit == 2
+    assert (gate.limit, gate.headroom) == (2, 0)
+    with app.app_context():
+        bulk_gate = runtime.session_gate(bulk=True)
+    assert isinstance(bulk_gate, SessionSlots)
+    assert (bulk_gate.limit, bulk_gate.headroom) == (2, 1)
     started = time.monotonic()
     pace()
     pace()

@@ -136,18 +136,23 @@ class SessionSlots:
 
     Implements :class:`tasks.engine.session.SessionGate`. Each slot is a lease of
     *lease* seconds, renewed by a background thread while it is held, so a slot
-    whose holder died comes back within *lease* seconds.
+    whose holder died comes back within *lease* seconds. A holder with *headroom*
+    takes a slot only while more than *headroom* are free, leaving those for
+    others (bulk mail leaves room for one-time codes and single messages).
     """
 
-    def __init__(self, redis: Redis, limit: int, *, lease: float = 30.0,
+    def __init__(self, redis: Redis, limit: int, *, headroom: int = 0, lease: float = 30.0,
                  wait_timeout: float = 60.0, poll: float = 0.05,
                  name: str = "smtp-sessions") -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit!r}")
+        if not 0 <= headroom < limit:
+            raise ValueError(f"headroom must be from 0 to limit - 1, got {headroom!r}")
         if lease <= 0:
             raise ValueError(f"lease must be greater than 0, got {lease!r}")
         self.redis = redis
         self.limit = limit
+        self.headroom = headroom
         self.lease = lease
         self.wait_timeout = wait_timeout
         self.poll = poll
@@ -160,7 +165,8 @@ class SessionSlots:
     def try_acquire(self) -> str | None:
         """Take a slot if one is free now; return its handle, or ``None``."""
         handle = uuid.uuid4().hex
-        taken = self.redis.eval(_ACQUIRE_SLOT, 1, self.key, self.limit, handle, self._lease_ms)
+        taken = self.redis.eval(_ACQUIRE_SLOT, 1, self.key, self.limit - self.headroom, handle,
+                                self._lease_ms)
         if not int(taken):
             return None
         with self._lock:
@@ -181,8 +187,8 @@ class SessionSlots:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise SessionSlotTimeout(
-                    f"all {self.limit} SMTP session slots stayed busy for "
-                    f"{self.wait_timeout:g} s (MAIL_MAX_CONNECTIONS)")
+                    f"{self.limit - self.headroom} of {self.limit} SMTP session slots stayed "
+                    f"busy for {self.wait_timeout:g} s (MAIL_MAX_CONNECTIONS)")
             time.sleep(min(remaining, self.poll * random.uniform(0.5, 1.5)))
 
     def release(self, handle: str) -> None:
