@@ -162,7 +162,8 @@ def test_acquire_gives_up_with_a_timeout_error(redis_client: redis.Redis) -> Non
     assert isinstance(caught.value, TimeoutError)
     assert time.monotonic() - started >= 0.2
     holder.release(handle)
-    assert waiter.acquire()
+    waiter.release(waiter.acquire())
+    assert waiter.in_use() == 0
 
 
 def test_a_held_slot_is_renewed_beyond_its_lease(redis_client: redis.Redis) -> None:
