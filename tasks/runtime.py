@@ -12,7 +12,7 @@ from typing import Any
 from flask import current_app
 from redis import Redis
 
-from tasks.delivery import RetryPolicy, lease_for
+from tasks.delivery import RetryPolicy
 from tasks.engine.compose import Composer
 from tasks.engine.session import SessionGate, SMTPSettings
 from tasks.stores.throttle import SendRate, SessionSlots
@@ -55,12 +55,12 @@ def pacer() -> Callable[[], None] | None:
 
 def session_gate(*, bulk: bool = False) -> SessionGate | None:
     """The ``BatchConnection(gate=...)`` that holds ``MAIL_MAX_CONNECTIONS`` across every
-    worker, or ``None`` when unlimited. A batch waits up to a third of its claim's
-    lease for a free session, then defers what it had claimed. *bulk* batches leave
-    one session free (when the limit allows) so one-time codes never wait for them."""
+    worker, or ``None`` when unlimited. A batch waits up to four times ``MAIL_TIMEOUT``
+    for a free session, then defers what is left. *bulk* batches leave one session
+    free (when the limit allows) so one-time codes never wait for them."""
     limit = current_app.config.get("MAIL_MAX_CONNECTIONS")
     if not limit:
         return None
-    wait = lease_for(float(current_app.config["MAIL_TIMEOUT"])) / 3
+    wait = 4 * float(current_app.config["MAIL_TIMEOUT"])
     headroom = 1 if bulk and int(limit) > 1 else 0
     return SessionSlots(redis_client(), int(limit), headroom=headroom, wait_timeout=wait)

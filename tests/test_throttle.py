@@ -295,6 +295,7 @@ def test_runtime_limits_follow_the_config(app: Flask, redis_client: redis.Redis)
         gate = runtime.session_gate()
     assert pace is not None and isinstance(gate, SessionSlots)
     assert (gate.limit, gate.headroom) == (2, 0)
+    assert gate.wait_timeout == 4 * 5.0  # four times MAIL_TIMEOUT
     with app.app_context():
         bulk_gate = runtime.session_gate(bulk=True)
     assert isinstance(bulk_gate, SessionSlots)
