@@ -136,3 +136,24 @@ def test_openapi_describes_campaigns(client: FlaskClient) -> None:
     assert "post" in document["paths"]["/api/campaigns"]
     assert "409" in document["paths"]["/api/campaigns/{campaign_id}/pause"]["post"]["responses"]
     assert "recipients" in document["components"]["schemas"]["CampaignIn"]["properties"]
+
+
+def test_temporary_failures_are_retried_within_the_batch(
+        client: FlaskClient, smtp_server: SMTPTestServer) -> None:
+    deferred_once: set[str] = set()
+
+    def rcpt_reply(address: str) -> str | None:
+        if address.endswith(("3@example.com", "8@example.com")) and address not in deferred_once:
+            deferred_once.add(address)
+            return "451 4.3.0 greylisted, try again"
+        return None
+
+    smtp_server.handler.rcpt_reply = rcpt_reply
+    accepted = create(client, csv_bytes(people(40)))
+    assert len(deferred_once) == 8
+    assert len({r.recipients[0] for r in smtp_server.received}) == len(smtp_server.received) == 40
+    shown = show(client, accepted["id"])
+    assert shown["status"] == "completed" and shown["counts"]["sent"] == 40
+    attempts = {r["email"]: r["attempts"] for r in recipients(client, accepted["id"])}
+    assert {attempts[a] for a in deferred_once} == {2}
+    assert {n for a, n in attempts.items() if a not in deferred_once} == {1}

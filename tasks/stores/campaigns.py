@@ -67,15 +67,20 @@ return 1
 
 _RESERVE = """
 -- KEYS: campaign, in-flight batches, queued index
--- ARGV: now, forget slots reserved before, ahead, size, slot
+-- ARGV: now, forget slots reserved before, ahead, size, slot, TTL of the in-flight set
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return {} end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {} end
 local cursor = redis.call('HGET', KEYS[1], 'cursor') or '0'
 local ids = redis.call('ZRANGEBYSCORE', KEYS[3], cursor, '+inf', 'LIMIT', 0, tonumber(ARGV[4]))
+if #ids == 0 and cursor ~= '0' and redis.call('ZCARD', KEYS[2]) == 0 then
+  -- nothing in flight yet some recipients behind the cursor are queued (a lost batch)
+  ids = redis.call('ZRANGEBYSCORE', KEYS[3], 0, '+inf', 'LIMIT', 0, tonumber(ARGV[4]))
+end
 if #ids == 0 then return {} end
 redis.call('HSET', KEYS[1], 'cursor', tonumber(ids[#ids]) + 1)
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
 return {ids[1], ids[#ids]}
 """
 
@@ -306,7 +311,7 @@ class CampaignStore:
         reply = self.redis.eval(_RESERVE, 3, self._key(campaign_id),
                                 self._key(campaign_id, "inflight"),
                                 ledger.index_prefix + "queued", now, now - forget_after,
-                                ahead, size, slot)
+                                ahead, size, slot, int(forget_after * 2))
         if not reply:
             return None
         return slot, int(reply[0]), int(reply[1])
