@@ -26,72 +26,93 @@ from tasks.stores import key
 
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "suppressed", "cancelled")
 
-_CLAIM = """
--- KEYS: records, counts, status-index prefix; ARGV: token, now, lease_until, idx...
-local out = {}
-for i = 4, #ARGV do
-  local idx = ARGV[i]
+_FUNCTIONS = """
+-- KEYS: records, counts, status-index prefix
+local function claim(idx, token, now, lease_until, out)
   local raw = redis.call('HGET', KEYS[1], idx)
-  if raw then
-    local rec = cjson.decode(raw)
-    local s = rec.status
-    local stale = s == 'sending' and tonumber(rec.lease_until) < tonumber(ARGV[2])
-    if s == 'queued' or s == 'deferred' or stale then
-      redis.call('ZREM', KEYS[3] .. s, idx)
-      redis.call('HINCRBY', KEYS[2], s, -1)
-      rec.status = 'sending'
-      rec.token = ARGV[1]
-      rec.lease_until = tonumber(ARGV[3])
-      rec.attempts = (rec.attempts or 0) + 1
-      rec.updated_at = tonumber(ARGV[2])
-      redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
-      redis.call('ZADD', KEYS[3] .. 'sending', idx, idx)
-      redis.call('HINCRBY', KEYS[2], 'sending', 1)
-      table.insert(out, idx)
-      table.insert(out, raw)
-    elseif s == 'sending' then
-      table.insert(out, idx)
-      table.insert(out, 'busy:' .. tostring(rec.lease_until))
-    end
+  if not raw then return end
+  local rec = cjson.decode(raw)
+  local s = rec.status
+  local stale = s == 'sending' and tonumber(rec.lease_until) < now
+  if s == 'queued' or s == 'deferred' or stale then
+    redis.call('ZREM', KEYS[3] .. s, idx)
+    redis.call('HINCRBY', KEYS[2], s, -1)
+    rec.status = 'sending'
+    rec.token = token
+    rec.lease_until = lease_until
+    rec.attempts = (rec.attempts or 0) + 1
+    rec.updated_at = now
+    redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
+    redis.call('ZADD', KEYS[3] .. 'sending', idx, idx)
+    redis.call('HINCRBY', KEYS[2], 'sending', 1)
+    table.insert(out, idx)
+    table.insert(out, raw)
+  elseif s == 'sending' then
+    table.insert(out, idx)
+    table.insert(out, 'busy:' .. tostring(rec.lease_until))
   end
 end
+
+local function finish(idx, status, code, err, token, now, max_attempts, final)
+  local raw = redis.call('HGET', KEYS[1], idx)
+  if not raw then return end
+  local rec = cjson.decode(raw)
+  if rec.status ~= 'sending' or rec.token ~= token then return end
+  if status == 'deferred' and rec.attempts >= max_attempts then
+    status = 'failed'
+    rec.error = 'retries exhausted after ' .. rec.attempts .. ' attempts: ' .. err
+  elseif err ~= '' then
+    rec.error = err
+  else
+    rec.error = nil
+  end
+  if code ~= '' then rec.smtp_code = tonumber(code) end
+  redis.call('ZREM', KEYS[3] .. 'sending', idx)
+  redis.call('HINCRBY', KEYS[2], 'sending', -1)
+  rec.status = status
+  rec.token = nil
+  rec.lease_until = nil
+  rec.updated_at = now
+  redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
+  redis.call('ZADD', KEYS[3] .. status, idx, idx)
+  redis.call('HINCRBY', KEYS[2], status, 1)
+  table.insert(final, status)
+end
+"""
+
+_CLAIM = _FUNCTIONS + """
+-- ARGV: token, now, lease_until, idx...
+local out = {}
+local now = tonumber(ARGV[2])
+local lease_until = tonumber(ARGV[3])
+for i = 4, #ARGV do claim(ARGV[i], ARGV[1], now, lease_until, out) end
 return out
 """
 
-_FINISH = """
--- KEYS: records, counts, status-index prefix
+_FINISH = _FUNCTIONS + """
 -- ARGV: token, now, max_attempts, then (idx, status, smtp_code, error) per recipient
 local final = {}
+local now = tonumber(ARGV[2])
+local max_attempts = tonumber(ARGV[3])
 for i = 4, #ARGV, 4 do
-  local idx = ARGV[i]
-  local raw = redis.call('HGET', KEYS[1], idx)
-  if raw then
-    local rec = cjson.decode(raw)
-    if rec.status == 'sending' and rec.token == ARGV[1] then
-      local status = ARGV[i + 1]
-      if status == 'deferred' and rec.attempts >= tonumber(ARGV[3]) then
-        status = 'failed'
-        rec.error = 'retries exhausted after ' .. rec.attempts .. ' attempts: ' .. ARGV[i + 3]
-      elseif ARGV[i + 3] ~= '' then
-        rec.error = ARGV[i + 3]
-      else
-        rec.error = nil
-      end
-      if ARGV[i + 2] ~= '' then rec.smtp_code = tonumber(ARGV[i + 2]) end
-      redis.call('ZREM', KEYS[3] .. 'sending', idx)
-      redis.call('HINCRBY', KEYS[2], 'sending', -1)
-      rec.status = status
-      rec.token = nil
-      rec.lease_until = nil
-      rec.updated_at = tonumber(ARGV[2])
-      redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
-      redis.call('ZADD', KEYS[3] .. status, idx, idx)
-      redis.call('HINCRBY', KEYS[2], status, 1)
-      table.insert(final, status)
-    end
-  end
+  finish(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[1], now, max_attempts, final)
 end
 return final
+"""
+
+_FINISH_AND_CLAIM = _FUNCTIONS + """
+-- ARGV: token, now, max_attempts, lease_until, n, then n * (idx, status, smtp_code, error),
+-- then the recipients to claim next
+local final, out = {}, {}
+local now = tonumber(ARGV[2])
+local max_attempts = tonumber(ARGV[3])
+local claim_from = 6 + 4 * tonumber(ARGV[5])
+for i = 6, claim_from - 1, 4 do
+  finish(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[1], now, max_attempts, final)
+end
+local lease_until = tonumber(ARGV[4])
+for i = claim_from, #ARGV do claim(ARGV[i], ARGV[1], now, lease_until, out) end
+return {final, out}
 """
 
 _MOVE = """
@@ -170,6 +191,9 @@ class DeliveryLedger:
         self.counts_key = key("delivery", delivery_id, "counts")
         self.index_prefix = key("delivery", delivery_id, "status") + ":"
         self._keys = [self.records_key, self.counts_key, self.index_prefix]
+        self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
+        self._finish_and_claim = redis.register_script(_FINISH_AND_CLAIM)
 
     def all_keys(self) -> list[str]:
         return [self.records_key, self.counts_key, *(self.index_prefix + s for s in STATUSES)]
@@ -201,21 +225,8 @@ class DeliveryLedger:
     def claim(self, indices: Sequence[int], token: str, lease_seconds: float) -> ClaimResult:
         """Move claimable recipients to ``sending`` under *token*."""
         now = time.time()
-        reply = self.redis.eval(_CLAIM, 3, *self._keys, token, now, now + lease_seconds,
-                                *map(str, indices))
-        claimed: list[RecipientRecord] = []
-        busy_until: float | None = None
-        for idx, raw in zip(reply[::2], reply[1::2], strict=True):
-            text = raw.decode() if isinstance(raw, bytes) else raw
-            if text.startswith("busy:"):
-                lease = float(text[5:])
-                busy_until = lease if busy_until is None else max(busy_until, lease)
-                continue
-            record = RecipientRecord.load(int(idx), text)
-            record.status = "sending"
-            record.attempts += 1
-            claimed.append(record)
-        return ClaimResult(claimed, busy_until)
+        reply = self._claim(self._keys, [token, now, now + lease_seconds, *map(str, indices)])
+        return _claim_result(reply)
 
     def finish(self, token: str, outcomes: Iterable[tuple[int, str, int | None, str | None]],
                *, max_attempts: int) -> list[str]:
@@ -224,13 +235,23 @@ class DeliveryLedger:
         A deferral past *max_attempts* becomes ``failed``. Returns the statuses set,
         one per recipient changed (a recipient another worker took over is skipped).
         """
-        args: list[str | int | float] = [token, time.time(), max_attempts]
-        for index, status, code, error in outcomes:
-            args += [str(index), status, "" if code is None else str(code), error or ""]
-        if len(args) == 3:
+        args = _outcome_args(outcomes)
+        if not args:
             return []
-        reply = self.redis.eval(_FINISH, 3, *self._keys, *args)
-        return [s.decode() if isinstance(s, bytes) else s for s in reply]
+        reply = self._finish(self._keys, [token, time.time(), max_attempts, *args])
+        return [_text(s) for s in reply]
+
+    def finish_and_claim(self, token: str,
+                         outcomes: Iterable[tuple[int, str, int | None, str | None]],
+                         indices: Sequence[int], lease_seconds: float, *,
+                         max_attempts: int) -> tuple[list[str], ClaimResult]:
+        """:meth:`finish` one message and :meth:`claim` the next in one round trip."""
+        args = _outcome_args(outcomes)
+        now = time.time()
+        reply = self._finish_and_claim(self._keys, [
+            token, now, max_attempts, now + lease_seconds, len(args) // 4, *args,
+            *map(str, indices)])
+        return [_text(s) for s in reply[0]], _claim_result(reply[1])
 
     def move(self, from_status: str, to_status: str, *, page: int = 1000) -> int:
         """Move every recipient in *from_status* to *to_status*, a page at a time."""
@@ -281,3 +302,30 @@ class DeliveryLedger:
             for member in members:
                 yield int(member)
             cursor = int(members[-1]) + 1
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _outcome_args(outcomes: Iterable[tuple[int, str, int | None, str | None]]) -> list[str]:
+    args: list[str] = []
+    for index, status, code, error in outcomes:
+        args += [str(index), status, "" if code is None else str(code), error or ""]
+    return args
+
+
+def _claim_result(reply: list[Any]) -> ClaimResult:
+    claimed: list[RecipientRecord] = []
+    busy_until: float | None = None
+    for idx, raw in zip(reply[::2], reply[1::2], strict=True):
+        text = _text(raw)
+        if text.startswith("busy:"):
+            lease = float(text[5:])
+            busy_until = lease if busy_until is None else max(busy_until, lease)
+            continue
+        record = RecipientRecord.load(int(idx), text)
+        record.status = "sending"
+        record.attempts += 1
+        claimed.append(record)
+    return ClaimResult(claimed, busy_until)
