@@ -256,6 +256,17 @@ def test_batch_connection_holds_a_slot_per_session(redis_client: redis.Redis,
     assert connection.sessions_opened == smtp_server.session_count == 3
 
 
+def test_a_slot_reserved_for_a_message_never_sent_is_given_back(
+        redis_client: redis.Redis, smtp_server: SMTPTestServer) -> None:
+    slots = SessionSlots(redis_client, 1)
+    settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, timeout=5)
+    with BatchConnection(settings, gate=slots) as connection:
+        connection.reserve()  # waits for the slot before any recipient is claimed
+        assert slots.in_use() == 1
+    assert slots.in_use() == 0
+    assert smtp_server.session_count == 0
+
+
 def test_no_free_slot_defers_the_recipients(redis_client: redis.Redis,
                                             smtp_server: SMTPTestServer) -> None:
     busy = SessionSlots(redis_client, 1)
