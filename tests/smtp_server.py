@@ -58,6 +58,7 @@ class RecordingHandler:
         self.open_sessions = 0  # connections open now, and the most open at once
         self.peak_sessions = 0
         self.data_delay = 0.0  # seconds to take over each DATA (a slow relay), loop not blocked
+        self.pipelining = False  # advertise PIPELINING (RFC 2920) in the EHLO reply
 
     def new_connection(self) -> int:
         with self.lock:
@@ -69,6 +70,13 @@ class RecordingHandler:
     def connection_closed(self) -> None:
         with self.lock:
             self.open_sessions -= 1
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -146,6 +154,7 @@ class SMTPTestServer:
             handler.refused.clear()
             handler.peak_sessions = handler.open_sessions
         handler.data_delay = 0.0
+        handler.pipelining = False
         handler.rcpt_reply = lambda address: None
         handler.data_reply = lambda envelope: None
 

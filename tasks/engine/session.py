@@ -170,7 +170,9 @@ class BatchConnection(Connection):
         try:
             self.host = self.configure_host()
         except ssl.SSLError as err:
-            self._unavailable = SessionError(f"TLS with {where} failed: {err.reason or err}")
+            detail = getattr(err, "verify_message", None)  # why the certificate was refused
+            reason = f"{err.reason}: {detail}" if detail else (err.reason or str(err))
+            self._unavailable = SessionError(f"TLS with {where} failed: {reason}")
         except smtplib.SMTPAuthenticationError as err:
             self._unavailable = SessionError(
                 f"{where} refused the credentials: {_text(err.smtp_error)}",
