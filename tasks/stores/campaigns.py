@@ -178,11 +178,18 @@ class CampaignStore:
         """
         counts = ImportCounts()
         seen_key = self._key(campaign_id, "seen")
-        pipe = self.redis.pipeline(transaction=False)
-        for email, _ in recipients:
-            pipe.sadd(seen_key, normalise(email))
-        pipe.expire(seen_key, IMPORT_TTL)
-        fresh = [pair for pair, new in zip(recipients, pipe.execute()[:-1], strict=True) if new]
+        unique: dict[str, tuple[str, dict[str, Any]]] = {}
+        for email, variables in recipients:
+            unique.setdefault(normalise(email), (email, variables))
+        names = list(unique)
+        earlier = self.redis.smismember(seen_key, names) if names else []
+        fresh_names = [name for name, known in zip(names, earlier, strict=True) if not known]
+        fresh = [unique[name] for name in fresh_names]
+        if fresh_names:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.sadd(seen_key, *fresh_names)
+            pipe.expire(seen_key, IMPORT_TTL)
+            pipe.execute()
         counts.duplicates = len(recipients) - len(fresh)
         suppressed = SuppressionList(self.redis).which([email for email, _ in fresh])
         records = [RecipientRecord(index=0, email=email, vars=variables,

@@ -20,11 +20,12 @@ from web.api.schemas_campaigns import (
     CampaignIn,
     CampaignList,
     CampaignOut,
+    CampaignRecipientOut,
     CampaignRecipients,
     CampaignState,
 )
-from web.campaigns.control import ACTIONS
-from web.campaigns.creation import CampaignSpec, create_campaign
+from web.campaigns import control as levers
+from web.campaigns import creation
 from web.campaigns.recipients import CSVRecipients, JSONRecipients, RecipientSource
 
 PAGE_LIMIT = 500
@@ -39,14 +40,14 @@ def base_url() -> str:
     return str(current_app.config.get("PUBLIC_URL") or request.host_url).rstrip("/")
 
 
-def spec_from(fields: CampaignFields, default_name: str) -> CampaignSpec:
+def spec_from(fields: CampaignFields, default_name: str) -> creation.CampaignSpec:
     send_at = fields.send_at if isinstance(fields.send_at, float) else None
-    return CampaignSpec(name=fields.name or default_name, subject=fields.subject,
+    return creation.CampaignSpec(name=fields.name or default_name, subject=fields.subject,
                         body=fields.body, html=fields.html, sender=fields.sender,
                         send_at=send_at)
 
 
-def _read_request() -> tuple[CampaignSpec, RecipientSource]:
+def _read_request() -> tuple[creation.CampaignSpec, RecipientSource]:
     default_name = time.strftime("Campaign %Y-%m-%d %H:%M UTC", time.gmtime())
     if request.mimetype == "multipart/form-data":
         request.max_content_length = int(current_app.config["CAMPAIGN_MAX_UPLOAD_BYTES"])
@@ -65,7 +66,8 @@ def _read_request() -> tuple[CampaignSpec, RecipientSource]:
 def create() -> ResponseReturnValue:
     """Store a campaign and queue (or schedule) it; 202 with how the recipients were read."""
     spec, source = _read_request()
-    campaign_id, status, report = create_campaign(_store(), spec, source, base_url=base_url())
+    campaign_id, status, report = creation.create_campaign(_store(), spec, source,
+                                                           base_url=base_url())
     accepted = CampaignAccepted(id=campaign_id, status=status, total=report.accepted,
                                 **{k: v for k, v in report.public().items() if k != "accepted"})
     return jsonify(accepted.model_dump(exclude_none=True)), 202
@@ -143,8 +145,9 @@ def recipients(campaign_id: str) -> ResponseReturnValue:
     limit = min(_number("limit", request.args.get("limit"), int) or 100, PAGE_LIMIT)
     records, following = store.ledger(campaign_id).page(status=status, cursor=cursor,
                                                         limit=max(limit, 1))
-    page = CampaignRecipients(recipients=[{"index": r.index, **r.public()} for r in records],
-                              next_cursor=following)
+    page = CampaignRecipients(
+        recipients=[CampaignRecipientOut(index=r.index, **r.public()) for r in records],
+        next_cursor=following)
     return jsonify(page.model_dump(exclude_none=True))
 
 
@@ -156,9 +159,10 @@ describe("get", "/api/campaigns/{campaign_id}/recipients", "A campaign's recipie
 
 @bp.post("/campaigns/<campaign_id>/<action>")
 def control(campaign_id: str, action: str) -> ResponseReturnValue:
-    act = ACTIONS.get(action)
+    act = levers.ACTIONS.get(action)
     if act is None:
-        raise APIError(404, "not_found", f"no action {action!r}; use one of {', '.join(ACTIONS)}")
+        raise APIError(404, "not_found",
+                       f"no action {action!r}; use one of {', '.join(levers.ACTIONS)}")
     store = _store()
     act(store, campaign_id)
     state = CampaignState(id=campaign_id, status=store.status(campaign_id) or "")
