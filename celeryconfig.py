@@ -44,6 +44,7 @@ task_default_queue = "mail"
 task_routes = {
     "postroom.otp.*": {"queue": "otp"},
     "postroom.deliver_message": {"queue": "mail"},
+    "postroom.deliver_each": {"queue": "bulk"},
     "postroom.campaign.*": {"queue": "bulk"},
 }
 

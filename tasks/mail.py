@@ -1,24 +1,39 @@
-"""Tasks for single messages accepted by ``POST /api/messages``."""
+"""Tasks for messages accepted by ``POST /api/messages``.
+
+- ``postroom.deliver_message``: one message to all its recipients (one SMTP
+  transaction; a retry touches only the recipients still unsettled).
+- ``postroom.deliver_each``: every recipient in a range gets a copy of its own
+  (``To:`` that recipient), all on one connection: the generic bulk batch.
+
+Every build of a message keeps one Message-ID (``<message id[.recipient]@domain>``),
+so a copy sent twice, were it ever, can be recognised by the receiver.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from celery import Task, shared_task
 
 from tasks import runtime
 from tasks.delivery import Envelope, retry_countdown, run_batch
-from tasks.engine.compose import Draft
+from tasks.engine.compose import Attachment, Composer, Draft
+from tasks.engine.errors import InvalidMessageError
 from tasks.engine.session import BatchConnection
-from tasks.stores.ledger import RecipientRecord
+from tasks.stores.attachments import AttachmentRef, AttachmentStore
+from tasks.stores.ledger import DeliveryLedger, RecipientRecord
 from tasks.stores.messages import MessageStore, StoredMessage
 
 log = logging.getLogger(__name__)
 
+UNSETTLED = frozenset({"queued", "deferred", "sending"})
 
-def draft_for(message: StoredMessage, default_sender: str | None) -> Draft:
+
+def draft_for(message: StoredMessage, default_sender: str | None,
+              attachments: list[Attachment] | None = None) -> Draft:
     """The message as the engine builds it (the envelope is set by the claim)."""
     fields: dict[str, Any] = message.fields
     return Draft(
@@ -31,32 +46,98 @@ def draft_for(message: StoredMessage, default_sender: str | None) -> Draft:
         text=fields.get("body"),
         html=fields.get("html"),
         headers=fields.get("headers") or {},
+        attachments=attachments or (),
     )
+
+
+def _attachments(message: StoredMessage) -> list[Attachment] | InvalidMessageError:
+    """The message's attachments, loaded once for the batch; an error if one expired."""
+    refs = [AttachmentRef.from_fields(a) for a in message.fields.get("attachments") or []]
+    try:
+        return AttachmentStore(runtime.redis_client()).load(refs)
+    except InvalidMessageError as err:
+        return err
+
+
+def _deliver(task: Task, ledger: DeliveryLedger, envelopes: list[Envelope], composer: Composer,
+             what: str) -> None:
+    settings = runtime.smtp_settings()
+    policy = runtime.retry_policy()
+    token = f"{task.request.id or 'local'}:{uuid.uuid4().hex}"
+    with BatchConnection(settings, gate=runtime.session_gate()) as connection:
+        report = run_batch(ledger, envelopes, connection, composer, token=token,
+                           max_attempts=policy.max_attempts, pace=runtime.pacer())
+    log.info("%s: %s (%d session(s))", what, report.counts, connection.sessions_opened)
+    countdown = retry_countdown(report, policy, task.request.retries + 1)
+    if countdown is not None:
+        raise task.retry(countdown=countdown)
+
+
+def _stored(message_id: str) -> tuple[MessageStore, StoredMessage] | None:
+    store = MessageStore(runtime.redis_client())
+    message = store.get(message_id)
+    if message is None:
+        log.warning("message %s no longer exists; nothing to send", message_id)
+        return None
+    return store, message
 
 
 @shared_task(name="postroom.deliver_message", bind=True, max_retries=None, ignore_result=True)
 def deliver_message(self: Task, message_id: str) -> None:
     """Send one stored message to its recipients that are not yet settled."""
-    store = MessageStore(runtime.redis_client())
-    message = store.get(message_id)
-    if message is None:
-        log.warning("message %s no longer exists; nothing to send", message_id)
+    found = _stored(message_id)
+    if found is None:
         return
+    store, message = found
     ledger = store.ledger(message_id)
     settings = runtime.smtp_settings()
-    policy = runtime.retry_policy()
-    draft = draft_for(message, settings.default_sender)
-    recipients = list(range(sum(ledger.counts().values())))
+    composer = runtime.composer(settings)
+    attachments = _attachments(message)
+    draft = draft_for(message, settings.default_sender,
+                      attachments if isinstance(attachments, list) else None)
+    draft = _with_message_id(draft, composer, message_id)
 
     def draft_to(claimed: list[RecipientRecord]) -> Draft:
+        if isinstance(attachments, InvalidMessageError):
+            raise attachments
         return draft  # the claim decides the envelope; headers stay as written
 
-    token = f"{self.request.id or 'local'}:{uuid.uuid4().hex}"
-    with BatchConnection(settings, gate=runtime.session_gate()) as connection:
-        report = run_batch(ledger, [Envelope(recipients, draft_to)], connection,
-                           runtime.composer(settings), token=token,
-                           max_attempts=policy.max_attempts, pace=runtime.pacer())
-    log.info("message %s: %s", message_id, report.counts)
-    countdown = retry_countdown(report, policy, self.request.retries + 1)
-    if countdown is not None:
-        raise self.retry(countdown=countdown)
+    recipients = _unsettled(ledger, range(sum(ledger.counts().values())))
+    _deliver(self, ledger, [Envelope(recipients, draft_to)] if recipients else [], composer,
+             f"message {message_id}")
+
+
+@shared_task(name="postroom.deliver_each", bind=True, max_retries=None, ignore_result=True)
+def deliver_each(self: Task, message_id: str, first: int, stop: int) -> None:
+    """Send each unsettled recipient numbered *first* to *stop* - 1 a copy of its own."""
+    found = _stored(message_id)
+    if found is None:
+        return
+    store, message = found
+    ledger = store.ledger(message_id)
+    settings = runtime.smtp_settings()
+    composer = runtime.composer(settings)
+    attachments = _attachments(message)
+    template = draft_for(message, settings.default_sender,
+                         attachments if isinstance(attachments, list) else None)
+
+    def copy_for(claimed: list[RecipientRecord]) -> Draft:
+        if isinstance(attachments, InvalidMessageError):
+            raise attachments
+        [recipient] = claimed
+        return replace(template, to=[recipient.email], cc=(), bcc=(),
+                        message_id=composer.message_id_for(f"{message_id}.{recipient.index}",
+                                                           template.envelope_sender))
+
+    indices = _unsettled(ledger, range(first, stop))
+    _deliver(self, ledger, [Envelope([i], copy_for) for i in indices], composer,
+             f"message {message_id} copies {first}-{stop - 1}")
+
+
+def _unsettled(ledger: DeliveryLedger, indices: range) -> list[int]:
+    """Only the recipients a retry still has to touch."""
+    return [r.index for r in ledger.get(list(indices)) if r.status in UNSETTLED]
+
+
+def _with_message_id(draft: Draft, composer: Composer, message_id: str) -> Draft:
+    return replace(draft, message_id=composer.message_id_for(message_id, draft.envelope_sender))

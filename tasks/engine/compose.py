@@ -138,6 +138,10 @@ class Composer:
         data = b"".join((self._head(draft, message_id), self._body(draft)))
         return ComposedMessage(message_id, draft.envelope_sender, recipients, data)
 
+    def message_id_for(self, local_part: str, envelope_sender: str) -> str:
+        """A Message-ID that stays the same for every build of one message (retries too)."""
+        return f"<{local_part}@{self._domain_for(envelope_sender)}>"
+
     def _domain_for(self, envelope_sender: str) -> str:
         if self.message_id_domain:
             return self.message_id_domain
