@@ -1,17 +1,27 @@
-"""``POST /api/messages`` and ``GET /api/messages/<id>``."""
+"""``POST /api/messages`` (JSON, or multipart with files) and ``GET /api/messages/<id>``."""
 
 from __future__ import annotations
 
-from flask import current_app, jsonify
+import hashlib
+import json
+from email.headerregistry import Address
+from email.utils import getaddresses
+from typing import Any
+
+from flask import current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from tasks.mail import deliver_message
-from tasks.stores.messages import MessageStore, message_status
+from tasks.stores.attachments import AttachmentStore
+from tasks.stores.messages import IdempotencyConflict, MessageStore, message_status
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
 from web.api.schemas import Accepted, MessageIn, MessageOut, RecipientOut
+
+ADDRESS_FIELDS = frozenset({"to", "cc", "bcc", "reply_to"})
+Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
 
 
 def _store() -> MessageStore:
@@ -20,16 +30,115 @@ def _store() -> MessageStore:
 
 @bp.post("/messages")
 def create_message() -> ResponseReturnValue:
-    """Accept a message, queue its delivery, answer 202 without touching SMTP."""
-    message = parse(MessageIn, json_body())
-    fields = message.model_dump(exclude_none=True)
-    stored = _store().create(fields, message.recipients())
-    deliver_message.delay(stored.id)
-    return jsonify(Accepted(id=stored.id, status="queued").model_dump()), 202
+    """Accept a message, queue its delivery, answer 202 without touching SMTP.
+
+    With an ``Idempotency-Key`` header, a repeat of the same request within 24 h
+    answers with the first message's id and sends nothing; the same key with a
+    different request is 409.
+    """
+    limit = int(current_app.config["MAX_ATTACHMENT_BYTES"])
+    if request.mimetype == "multipart/form-data":
+        body, uploads = _multipart(limit)
+        message = parse(MessageIn, body)
+    else:
+        message = parse(MessageIn, json_body())
+        uploads = [(a.filename, a.content_type, a.data()) for a in message.attachments]
+    for name, _, data in uploads:
+        _check_size(name, len(data), limit)
+    attachments = AttachmentStore(current_app.extensions["redis"])
+    refs = [attachments.put(data, name, declared) for name, declared, data in uploads]
+    fields = message.model_dump(exclude_none=True, exclude={"attachments"})
+    if refs:
+        fields["attachments"] = [ref.as_fields() for ref in refs]
+    store = _store()
+    key = _idempotency_key()
+    if key is None:
+        stored, created = store.create(fields, message.recipients()), True
+    else:
+        try:
+            stored, created = store.create_once(key, fields, message.recipients())
+        except IdempotencyConflict:
+            raise APIError(409, "idempotency_conflict",
+                           "this Idempotency-Key was used for a different request; "
+                           "send a new key for a new message") from None
+    if created:
+        deliver_message.delay(stored.id)
+        status = "queued"
+    else:
+        status = message_status(store.ledger(stored.id).counts())
+    response = jsonify(Accepted(id=stored.id, status=status).model_dump())
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response, 202
 
 
-describe("post", "/api/messages", "Queue a message", status=202, request=MessageIn,
-         response=Accepted, errors=(400, 401, 413, 415, 422))
+def _check_size(name: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise APIError(413, "attachment_too_large",
+                       f"attachment {name!r} is over {limit} bytes (MAX_ATTACHMENT_BYTES)",
+                       {"attachments": f"{name}: more than {limit} bytes"})
+
+
+def _idempotency_key() -> str | None:
+    """The header's key, scoped to the caller's token (hashed), or ``None``."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
+        raise APIError(422, "invalid", "the Idempotency-Key header is not valid",
+                       {"Idempotency-Key": "1 to 255 printable ASCII characters"})
+    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    return f"{hashlib.sha256(token.encode()).hexdigest()}:{key}"
+
+
+def _multipart(limit: int) -> tuple[dict[str, Any], list[Upload]]:
+    """The form's fields as MessageIn's input, and every file sent with it."""
+    body: dict[str, Any] = {}
+    for name in request.form:
+        values = request.form.getlist(name)
+        if name in ADDRESS_FIELDS:
+            body[name] = _addresses(values)
+        elif name == "headers":
+            body[name] = _json_object(values[-1])
+        else:
+            body[name] = values[0] if len(values) == 1 else values
+    uploads: list[Upload] = []
+    for field_name, storage in request.files.items(multi=True):
+        data = storage.stream.read(limit + 1)
+        if not storage.filename and not data:
+            continue  # an empty file input
+        name = storage.filename or field_name
+        _check_size(name, len(data), limit)
+        uploads.append((name, storage.mimetype or None, data))
+    return body, uploads
+
+
+def _addresses(values: list[str]) -> list[str]:
+    """Form values, each one address or several separated by commas."""
+    found: list[str] = []
+    for value in values:
+        for name, address in getaddresses([value]):
+            if not name and not address:
+                continue
+            try:
+                found.append(str(Address(display_name=name, addr_spec=address)) if name
+                             else address)
+            except ValueError:
+                found.append(value)  # the schema says what is wrong with it
+    return found
+
+
+def _json_object(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise APIError(422, "invalid", "the request is not valid",
+                       {"headers": "must be a JSON object of header names to values"}) from None
+
+
+describe("post", "/api/messages", "Queue a message (JSON with base64 attachments, or "
+         "multipart/form-data with files; Idempotency-Key honoured)", status=202,
+         request=MessageIn, response=Accepted, errors=(400, 401, 409, 413, 415, 422))
 
 
 @bp.get("/messages/<message_id>")

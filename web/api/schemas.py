@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from email.utils import formataddr, parseaddr
 from typing import Annotated, Any
@@ -16,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.stores.attachments import content_type_for
+
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII, no colon
 RESERVED_HEADERS = frozenset({
     "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "sender",
@@ -23,6 +27,7 @@ RESERVED_HEADERS = frozenset({
     "return-path", "received",
 })
 MAX_RECIPIENTS = 100
+MAX_ATTACHMENTS = 20
 
 
 def _no_line_breaks(value: str) -> str:
@@ -57,6 +62,37 @@ HeaderText = Annotated[str, BeforeValidator(lambda v: _no_line_breaks(v) if isin
                                             else v), Field(max_length=998)]
 
 
+class AttachmentIn(BaseModel):
+    """A file sent inside JSON: its name, its bytes in base64, and optionally its type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=1000)
+    content: str = Field(description="the file's bytes, base64-encoded")
+    content_type: str | None = Field(default=None, description="e.g. application/pdf; "
+                                     "guessed from the file name when absent")
+
+    @field_validator("content")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        compact = "".join(value.split())
+        try:
+            base64.b64decode(compact, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be base64 (RFC 4648)") from None
+        return compact
+
+    @field_validator("content_type")
+    @classmethod
+    def _attachable_type(cls, value: str | None) -> str | None:
+        if value is not None:
+            content_type_for("", value)  # raises ValueError with the reason
+        return value
+
+    def data(self) -> bytes:
+        return base64.b64decode(self.content)
+
+
 class MessageIn(BaseModel):
     """``POST /api/messages``: one message to one or more recipients."""
 
@@ -71,6 +107,7 @@ class MessageIn(BaseModel):
     body: str | None = None
     html: str | None = None
     headers: dict[str, HeaderText] = {}
+    attachments: list[AttachmentIn] = Field(default=[], max_length=MAX_ATTACHMENTS)
 
     @field_validator("headers")
     @classmethod
