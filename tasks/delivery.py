@@ -162,7 +162,8 @@ def retry_countdown(report: BatchReport, policy: RetryPolicy, attempt: int,
     if report.deferred:
         waits.append(policy.countdown(attempt))
     if report.busy_until is not None:
-        waits.append(max(1.0, report.busy_until - (now or time.time()) + 1.0))
+        current = time.time() if now is None else now
+        waits.append(max(1.0, report.busy_until - current + 1.0))
     if not waits:
         return None
     if ceiling is None:

@@ -1,0 +1,198 @@
+"""run_batch with the ledger on a real Redis and a real SMTP server; retry policy."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tasks.delivery import BatchReport, Envelope, RetryPolicy, retry_countdown, run_batch
+from tasks.engine.compose import Attachment, Composer, Draft
+from tasks.engine.errors import InvalidMessageError
+from tasks.engine.session import BatchConnection, SMTPSettings
+from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tests.conftest import AUTH
+from tests.smtp_server import DROP, SMTPTestServer
+
+SENDER = "Postroom <noreply@postroom.test>"
+
+
+def ledger_of(redis_client: redis.Redis, n: int) -> DeliveryLedger:
+    ledger = DeliveryLedger(redis_client, "batch-test")
+    ledger.add(RecipientRecord(index=0, email=f"r{i}@example.com", vars={"name": f"R{i}"})
+               for i in range(n))
+    return ledger
+
+
+def personal(claimed: list[RecipientRecord]) -> Draft:
+    [r] = claimed
+    return Draft(sender=SENDER, to=[r.email], subject=f"Hello {r.vars['name']}",
+                 text=f"Dear {r.vars['name']},\nhere it is.")
+
+
+def run(ledger: DeliveryLedger, n: int, smtp: SMTPTestServer, *, composer: Composer | None = None,
+        draft: Any = personal, max_attempts: int = 3, **settings: Any) -> BatchReport:
+    options = {"server": "127.0.0.1", "port": smtp.port, "timeout": 5.0} | settings
+    with BatchConnection(SMTPSettings(**options)) as connection:
+        return run_batch(ledger, [Envelope([i], draft) for i in range(n)], connection,
+                         composer or Composer(), token="t1", max_attempts=max_attempts)
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_batch_sends_everyone_in_ceil_n_over_max_sessions(redis_client: redis.Redis,
+                                                          smtp_server: SMTPTestServer,
+                                                          pipelining: bool) -> None:
+    smtp_server.handler.pipelining = pipelining
+    ledger = ledger_of(redis_client, 25)
+    report = run(ledger, 25, smtp_server, max_emails=10)
+    assert report.counts == {"sent": 25}
+    assert ledger.counts()["sent"] == 25
+    assert smtp_server.session_count == 3
+    assert {r.message["Subject"] for r in smtp_server.received} == {
+        f"Hello R{i}" for i in range(25)}
+
+
+def test_a_batch_run_twice_sends_nothing_twice(redis_client: redis.Redis,
+                                               smtp_server: SMTPTestServer) -> None:
+    ledger = ledger_of(redis_client, 10)
+    run(ledger, 10, smtp_server)
+    again = run(ledger, 10, smtp_server)
+    assert again.counts == {}
+    assert len(smtp_server.received) == 10
+    assert smtp_server.session_count == 1  # the second run opened no session at all
+
+
+def test_refused_recipient_fails_alone_and_the_batch_goes_on(redis_client: redis.Redis,
+                                                             smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.rcpt_reply = (
+        lambda a: "550 5.1.1 unknown" if a == "r3@example.com" else None)
+    ledger = ledger_of(redis_client, 6)
+    report = run(ledger, 6, smtp_server)
+    assert report.counts == {"sent": 5, "failed": 1}
+    [r3] = ledger.get([3])
+    assert (r3.status, r3.smtp_code, r3.error) == ("failed", 550, "5.1.1 unknown")
+
+
+def test_lost_connection_defers_one_and_the_rest_use_a_new_one(redis_client: redis.Redis,
+                                                               smtp_server: SMTPTestServer
+                                                               ) -> None:
+    drops = iter([None, None, DROP])
+    smtp_server.handler.data_reply = lambda envelope: next(drops, None)
+    ledger = ledger_of(redis_client, 8)
+    report = run(ledger, 8, smtp_server)
+    assert report.counts == {"sent": 7, "deferred": 1}
+    assert [r.status for r in ledger.get(list(range(8)))] == [
+        "sent", "sent", "deferred", "sent", "sent", "sent", "sent", "sent"]
+    assert smtp_server.session_count == 2
+    retry = run(ledger, 8, smtp_server)  # a retry touches only the deferred recipient
+    assert retry.counts == {"sent": 1}
+    assert [r.attempts for r in ledger.get(list(range(8)))] == [1, 1, 2, 1, 1, 1, 1, 1]
+
+
+def test_deferred_past_the_attempt_limit_is_failed(redis_client: redis.Redis,
+                                                   smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.rcpt_reply = lambda address: "451 4.7.1 greylisted"
+    ledger = ledger_of(redis_client, 1)
+    statuses = [run(ledger, 1, smtp_server, max_attempts=3).counts for _ in range(4)]
+    assert statuses == [{"deferred": 1}, {"deferred": 1}, {"failed": 1}, {}]
+    [record] = ledger.get([0])
+    assert record.error == "retries exhausted after 3 attempts: 4.7.1 greylisted"
+
+
+def test_each_attachment_is_encoded_once_for_the_whole_batch(redis_client: redis.Redis,
+                                                             smtp_server: SMTPTestServer) -> None:
+    report_pdf = Attachment("report.pdf", "application/pdf", b"%PDF" + bytes(200_000))
+
+    def with_attachment(claimed: list[RecipientRecord]) -> Draft:
+        [r] = claimed
+        return Draft(sender=SENDER, to=[r.email], subject="Report", text=f"For {r.email}",
+                     attachments=[Attachment(report_pdf.filename, report_pdf.content_type,
+                                             report_pdf.data)])
+
+    composer = Composer()
+    ledger = ledger_of(redis_client, 30)
+    run(ledger, 30, smtp_server, composer=composer, draft=with_attachment)
+    assert composer.encodings == 1
+    assert len(smtp_server.received) == 30
+    assert all([a.get_payload(decode=True) for a in r.message.iter_attachments()]
+               == [report_pdf.data] for r in smtp_server.received)
+
+
+def test_suppressed_batch_is_built_and_recorded_but_not_sent(redis_client: redis.Redis,
+                                                             smtp_server: SMTPTestServer) -> None:
+    def sometimes_broken(claimed: list[RecipientRecord]) -> Draft:
+        [r] = claimed
+        if r.index == 1:
+            raise InvalidMessageError("template error")
+        return Draft(sender=SENDER, to=[r.email], subject="x\r\nBcc: evil@example.com"
+                     if r.index == 2 else "fine", text="x")
+
+    ledger = ledger_of(redis_client, 4)
+    report = run(ledger, 4, smtp_server, draft=sometimes_broken, suppress=True)
+    assert report.counts == {"suppressed": 2, "failed": 2}
+    assert [r.status for r in ledger.get([0, 1, 2, 3])] == [
+        "suppressed", "failed", "failed", "suppressed"]
+    assert smtp_server.session_count == 0
+
+
+@pytest.mark.parametrize("config_overrides", [{"MAIL_DEBUG": True}])
+def test_mail_debug_shows_the_smtp_dialogue(client: FlaskClient, smtp_server: SMTPTestServer,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    client.post("/api/messages", json={"to": "a@example.com", "subject": "x", "body": "x"},
+                headers=AUTH)
+    assert "ehlo" in capsys.readouterr().err.lower()
+    assert len(smtp_server.received) == 1
+
+
+@pytest.mark.parametrize("config_overrides", [{"MAIL_SUPPRESS_SEND": True}])
+def test_suppressed_message_through_the_api(client: FlaskClient,
+                                            smtp_server: SMTPTestServer) -> None:
+    accepted = client.post("/api/messages", headers=AUTH,
+                           json={"to": "a@example.com", "subject": "x", "body": "x"}).get_json()
+    status = client.get(f"/api/messages/{accepted['id']}", headers=AUTH).get_json()
+    assert status["recipients"][0]["status"] == "suppressed"
+    assert status["status"] == "sent"
+    assert smtp_server.session_count == 0
+
+
+@pytest.mark.parametrize("config_overrides", [{"DELIVERY_MAX_ATTEMPTS": 3}])
+def test_message_retries_only_deferred_recipients_then_fails_them(
+        app: Flask, client: FlaskClient, smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.rcpt_reply = (
+        lambda a: "452 4.2.2 mailbox full" if a.startswith("full") else None)
+    accepted = client.post("/api/messages", headers=AUTH, json={
+        "to": ["ada@example.com", "full@example.com"], "subject": "x", "body": "x"}).get_json()
+    status = client.get(f"/api/messages/{accepted['id']}", headers=AUTH).get_json()
+    assert [(r["email"], r["status"], r["attempts"]) for r in status["recipients"]] == [
+        ("ada@example.com", "sent", 1), ("full@example.com", "failed", 3)]
+    assert status["status"] == "partial"
+    assert [r.recipients for r in smtp_server.received] == [["ada@example.com"]]
+    assert [a for a, _ in smtp_server.handler.refused] == ["full@example.com"] * 3
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
+    policy = RetryPolicy(max_attempts=8, base=10, cap=100)
+    rng = random.Random(7)
+    for attempt, ceiling in [(1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (9, 100)]:
+        waits = [policy.countdown(attempt, rng) for _ in range(200)]
+        assert all(ceiling / 2 <= w <= ceiling for w in waits)
+        assert len(set(waits)) > 150  # jittered, not in lockstep
+
+
+def test_retry_eta_never_exceeds_the_visibility_timeout() -> None:
+    policy = RetryPolicy(max_attempts=8, base=600, cap=3600)
+    deferred = BatchReport(counts={"deferred": 1})
+    assert retry_countdown(deferred, policy, 8, ceiling=30) == 30
+    busy = BatchReport(busy_until=10_000.0)
+    assert retry_countdown(busy, policy, 1, now=0.0, ceiling=45) == 45
+    assert retry_countdown(BatchReport(counts={"sent": 3}), policy, 1) is None
+
+
+def test_retry_eta_follows_the_broker_setting(app: Flask) -> None:
+    app.extensions["celery"].conf.broker_transport_options = {"visibility_timeout": 40}
+    policy = RetryPolicy(max_attempts=8, base=600, cap=3600)
+    assert retry_countdown(BatchReport(counts={"deferred": 1}), policy, 5) == 20
