@@ -126,7 +126,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "DELIVERY_BACKOFF_BASE": (_positive_number, 30.0),
     "DELIVERY_BACKOFF_CAP": (_positive_number, 1800.0),
     "CAMPAIGN_BATCH_SIZE": (_whole_number(1), 100),
-    "CAMPAIGN_BATCHES_AHEAD": (_whole_number(1), 4),
+    "CAMPAIGN_BATCHES_AHEAD": (_whole_number(1), 8),
     "CAMPAIGN_BATCH_FORGET_AFTER": (_positive_number, 7200.0),
     "CAMPAIGN_MAX_UPLOAD_BYTES": (_whole_number(1), 1024 * 1024 * 1024),
     "PUBLIC_URL": (_optional_text, None),
