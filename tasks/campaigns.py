@@ -119,7 +119,7 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
             yield Envelope([index], mailing.draft_for)
 
     token = f"{self.request.id or 'local'}:{uuid.uuid4().hex}"
-    with BatchConnection(settings, gate=runtime.session_gate()) as connection:
+    with BatchConnection(settings, gate=runtime.session_gate(bulk=True)) as connection:
         report = run_batch(store.ledger(campaign_id), envelopes(), connection,
                            runtime.composer(settings), token=token,
                            max_attempts=policy.max_attempts, pace=runtime.pacer(),

@@ -157,3 +157,15 @@ def test_temporary_failures_are_retried_within_the_batch(
     attempts = {r["email"]: r["attempts"] for r in recipients(client, accepted["id"])}
     assert {attempts[a] for a in deferred_once} == {2}
     assert {n for a, n in attempts.items() if a not in deferred_once} == {1}
+
+
+@pytest.mark.parametrize("config_overrides", [
+    {"MAIL_MAX_CONNECTIONS": 2, "MAIL_RATE_LIMIT": 1000.0, "MAIL_MAX_EMAILS": 20}])
+def test_campaign_honours_the_shared_limits(client: FlaskClient, app: Flask,
+                                            smtp_server: SMTPTestServer) -> None:
+    accepted = create(client, csv_bytes(people(45)))
+    assert show(client, accepted["id"])["counts"]["sent"] == 45
+    assert smtp_server.session_count == 3  # 20 + 20 + 5 on one batch's connection
+    leftovers = [k for k in app.extensions["redis"].scan_iter("postroom:throttle:*")
+                 if app.extensions["redis"].ttl(k) == -1]
+    assert leftovers == []
