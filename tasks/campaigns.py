@@ -17,9 +17,12 @@ from celery import Task, shared_task
 
 from tasks import runtime
 from tasks.delivery import Envelope, retry_countdown, run_batch
-from tasks.engine.compose import Draft
+from tasks.engine.compose import Attachment, Draft
+from tasks.engine.errors import InvalidMessageError
 from tasks.engine.session import BatchConnection
 from tasks.engine.templating import CampaignTemplates
+from tasks.stores import key
+from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentRef, AttachmentStore
 from tasks.stores.campaigns import Campaign, CampaignStore, TransitionRefused
 from tasks.stores.ledger import RecipientRecord
 from tasks.stores.suppression import unsubscribe_token
@@ -32,11 +35,13 @@ ONE_CLICK = "List-Unsubscribe=One-Click"  # RFC 8058
 class CampaignMailing:
     """Drafts one campaign's message for each recipient, with its unsubscribe link."""
 
-    def __init__(self, campaign: Campaign, *, secret_key: str, default_sender: str | None):
+    def __init__(self, campaign: Campaign, *, secret_key: str, default_sender: str | None,
+                 attachments: list[Attachment] | InvalidMessageError | None = None):
         self.campaign = campaign
         self.templates = CampaignTemplates(campaign.subject, campaign.body, campaign.html)
         self.secret_key = secret_key
         self.sender = campaign.sender or default_sender or ""
+        self.attachments = attachments or []
 
     def unsubscribe_url(self, email: str) -> str:
         token = unsubscribe_token(self.secret_key, email, self.campaign.id)
@@ -45,12 +50,32 @@ class CampaignMailing:
     def draft_for(self, claimed: list[RecipientRecord]) -> Draft:
         """The message for one recipient (each campaign envelope holds exactly one)."""
         [recipient] = claimed
+        if isinstance(self.attachments, InvalidMessageError):
+            raise self.attachments  # fails this recipient with the reason
         url = self.unsubscribe_url(recipient.email)
         context = {**recipient.vars, "email": recipient.email, "unsubscribe_url": url}
         subject, text, html = self.templates.render(context)
         return Draft(sender=self.sender, to=[recipient.email], subject=subject, text=text,
                      html=html, headers={"List-Unsubscribe": f"<{url}>",
-                                         "List-Unsubscribe-Post": ONE_CLICK})
+                                         "List-Unsubscribe-Post": ONE_CLICK},
+                     attachments=self.attachments)
+
+
+def load_attachments(campaign: Campaign) -> list[Attachment] | InvalidMessageError:
+    """The campaign's attachments, once per batch; their bytes are kept for another week."""
+    if not campaign.attachments:
+        return []
+    redis = runtime.redis_client()
+    refs = [AttachmentRef.from_fields(fields) for fields in campaign.attachments]
+    try:
+        loaded = AttachmentStore(redis).load(refs)
+    except InvalidMessageError as err:
+        return err
+    pipe = redis.pipeline(transaction=False)
+    for ref in refs:  # a long or paused campaign keeps its attachments
+        pipe.expire(key("attachment", ref.sha256), ATTACHMENT_TTL)
+    pipe.execute()
+    return loaded
 
 
 def _store() -> CampaignStore:
@@ -109,7 +134,8 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
     settings = runtime.smtp_settings()
     policy = runtime.retry_policy()
     mailing = CampaignMailing(campaign, secret_key=str(config["SECRET_KEY"]),
-                              default_sender=settings.default_sender)
+                              default_sender=settings.default_sender,
+                              attachments=load_attachments(campaign))
     indices = store.batch_indices(campaign_id, first, last, limit=last - first + 1)
 
     def envelopes() -> Iterator[Envelope]:

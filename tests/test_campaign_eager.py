@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import time
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tasks.campaigns import start_due_campaigns
 from tasks.stores.suppression import SuppressionList
-from tests.campaign_helpers import create, csv_bytes, people, recipients, show
+from tests.campaign_helpers import create, csv_bytes, people, recipients, show, upload
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
 
@@ -169,3 +174,42 @@ def test_campaign_honours_the_shared_limits(client: FlaskClient, app: Flask,
     leftovers = [k for k in app.extensions["redis"].scan_iter("postroom:throttle:*")
                  if app.extensions["redis"].ttl(k) == -1]
     assert leftovers == []
+
+
+def test_attachments_go_to_every_recipient(client: FlaskClient, app: Flask,
+                                           smtp_server: SMTPTestServer) -> None:
+    pdf = b"%PDF-1.4 programme " * 50
+    response = upload(client, csv_bytes(people(5)),
+                      attachments=[(io.BytesIO(pdf), "Programme été.pdf"),
+                                   (io.BytesIO(b"a,b\n1,2\n"), "data.csv")],
+                      send_at=str(time.time() + 3 * 24 * 3600))
+    assert response.status_code == 202, response.get_json()
+    campaign_id = response.get_json()["id"]
+    redis_client = app.extensions["redis"]
+    digest = hashlib.sha256(pdf).hexdigest()
+    assert redis_client.ttl(f"postroom:attachment:{digest}") > 9 * 24 * 3600  # outlives send_at
+
+    redis_client.zadd("postroom:campaigns:scheduled", {campaign_id: time.time() - 1})
+    start_due_campaigns.delay()
+    assert len(smtp_server.received) == 5
+    for received in smtp_server.received:
+        files = {part.get_filename(): part.get_content()
+                 for part in received.message.iter_attachments()}
+        assert files == {"Programme été.pdf": pdf, "data.csv": "a,b\n1,2\n"}
+
+    json_body = {"subject": "x", "body": "y", "recipients": [{"email": "ada@example.com"}],
+                 "attachments": [{"filename": "note.txt",
+                                  "content": base64.b64encode(b"hello").decode()}]}
+    assert client.post("/api/campaigns", json=json_body, headers=AUTH).status_code == 202
+    [note] = list(smtp_server.to("ada@example.com")[0].message.iter_attachments())
+    assert note.get_filename() == "note.txt" and note.get_content() == "hello"
+
+
+def test_oversized_attachment_is_413(client: FlaskClient, app: Flask,
+                                     smtp_server: SMTPTestServer) -> None:
+    app.config["MAX_ATTACHMENT_BYTES"] = 100
+    response = upload(client, csv_bytes(people(2)),
+                      attachments=[(io.BytesIO(b"x" * 101), "big.bin")])
+    assert response.status_code == 413
+    assert "big.bin" in response.get_json()["error"]["fields"]["attachments"]
+    assert smtp_server.received == []

@@ -111,6 +111,7 @@ class Campaign:
     finished_at: float | None = None
     base_url: str = ""
     report: dict[str, Any] = field(default_factory=dict)
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # AttachmentRef fields
 
     @classmethod
     def load(cls, campaign_id: str, raw: dict[bytes, bytes]) -> Campaign:
@@ -125,7 +126,8 @@ class Campaign:
                    total=int(data.get("total") or 0), created_at=number("created_at") or 0.0,
                    send_at=number("send_at"), started_at=number("started_at"),
                    finished_at=number("finished_at"), base_url=data.get("base_url", ""),
-                   report=json.loads(data.get("report") or "{}"))
+                   report=json.loads(data.get("report") or "{}"),
+                   attachments=json.loads(data.get("attachments") or "[]"))
 
 
 @dataclass(slots=True)
@@ -155,7 +157,8 @@ class CampaignStore:
     # -- creating -----------------------------------------------------------------------------
 
     def begin(self, *, name: str, subject: str, body: str | None, html: str | None,
-              sender: str | None, base_url: str) -> str:
+              sender: str | None, base_url: str,
+              attachments: Sequence[dict[str, Any]] = ()) -> str:
         """Start importing a new campaign (not listed, expiring) and return its id."""
         campaign_id = uuid.uuid4().hex
         fields = {"name": name, "status": "importing", "subject": subject,
@@ -165,6 +168,8 @@ class CampaignStore:
             fields["body"] = body
         if html is not None:
             fields["html"] = html
+        if attachments:
+            fields["attachments"] = json.dumps(list(attachments))
         self.redis.hset(self._key(campaign_id), mapping=fields)
         self.redis.expire(self._key(campaign_id), IMPORT_TTL)
         return campaign_id

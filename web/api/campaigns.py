@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from flask import current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentStore
 from tasks.stores.campaigns import Campaign, CampaignStore
 from tasks.stores.ledger import STATUSES
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
+from web.api.schemas import MAX_ATTACHMENTS
 from web.api.schemas_campaigns import (
     CampaignAccepted,
     CampaignFields,
@@ -40,11 +43,41 @@ def base_url() -> str:
     return str(current_app.config.get("PUBLIC_URL") or request.host_url).rstrip("/")
 
 
-def spec_from(fields: CampaignFields, default_name: str) -> creation.CampaignSpec:
+Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
+
+
+def spec_from(fields: CampaignFields, default_name: str,
+              uploads: Sequence[Upload] = ()) -> creation.CampaignSpec:
+    """The campaign as validated; attachment bytes (JSON's or *uploads*) are stored now."""
     send_at = fields.send_at if isinstance(fields.send_at, float) else None
+    files = [(a.filename, a.content_type, a.data()) for a in fields.attachments] + list(uploads)
+    limit = int(current_app.config["MAX_ATTACHMENT_BYTES"])
+    for name, _, data in files:
+        if len(data) > limit:
+            raise APIError(413, "attachment_too_large",
+                           f"attachment {name!r} is over {limit} bytes (MAX_ATTACHMENT_BYTES)",
+                           {"attachments": f"{name}: more than {limit} bytes"})
+    # the bytes must outlive the wait for send_at; each batch keeps them alive after that
+    ttl = ATTACHMENT_TTL + int(max(0.0, (send_at or 0.0) - time.time()))
+    store = AttachmentStore(current_app.extensions["redis"], ttl=ttl)
+    refs = tuple(store.put(data, name, declared).as_fields() for name, declared, data in files)
     return creation.CampaignSpec(name=fields.name or default_name, subject=fields.subject,
-                        body=fields.body, html=fields.html, sender=fields.sender,
-                        send_at=send_at)
+                                 body=fields.body, html=fields.html, sender=fields.sender,
+                                 send_at=send_at, attachments=refs)
+
+
+def uploaded_attachments() -> list[Upload]:
+    """Files sent as ``attachments`` in a multipart request: (name, declared type, bytes)."""
+    limit = int(current_app.config["MAX_ATTACHMENT_BYTES"])
+    found: list[Upload] = []
+    for storage in request.files.getlist("attachments"):
+        data = storage.stream.read(limit + 1)
+        if storage.filename or data:
+            found.append((storage.filename or "attachment", storage.mimetype or None, data))
+    if len(found) > MAX_ATTACHMENTS:
+        raise APIError(422, "invalid", f"at most {MAX_ATTACHMENTS} attachments",
+                       {"attachments": f"at most {MAX_ATTACHMENTS}"})
+    return found
 
 
 def _read_request() -> tuple[creation.CampaignSpec, RecipientSource]:
@@ -57,7 +90,8 @@ def _read_request() -> tuple[creation.CampaignSpec, RecipientSource]:
                            {"file": "missing"})
         form = {name: value for name, value in request.form.items() if value != ""}
         fields = parse(CampaignFields, form)
-        return spec_from(fields, upload.filename or default_name), CSVRecipients(upload.stream)
+        spec = spec_from(fields, upload.filename or default_name, uploaded_attachments())
+        return spec, CSVRecipients(upload.stream)
     body = parse(CampaignIn, json_body())
     return spec_from(body, default_name), JSONRecipients(body.recipients)
 

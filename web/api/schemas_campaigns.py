@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from web.api.schemas import HeaderText, Mailbox
+from web.api.schemas import MAX_ATTACHMENTS, AttachmentIn, HeaderText, Mailbox
 
 MAX_JSON_RECIPIENTS = 10_000  # larger lists go as a CSV upload
 SEND_AT_GRACE = 60.0  # seconds in the past still taken as "now" (clock skew, slow clients)
@@ -53,6 +53,9 @@ class CampaignFields(BaseModel):
     sender: Mailbox | None = None
     send_at: float | str | None = Field(
         default=None, description="ISO 8601 (UTC unless a zone is given) or epoch seconds")
+    attachments: list[AttachmentIn] = Field(
+        default=[], max_length=MAX_ATTACHMENTS,
+        description="JSON only; a multipart upload sends them as 'attachments' files")
 
     @field_validator("send_at", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ class CampaignSpec:
     html: str | None
     sender: str | None
     send_at: float | None
+    attachments: tuple[dict[str, Any], ...] = ()  # AttachmentRef fields, bytes already stored
 
 
 @dataclass(slots=True)
@@ -82,7 +83,8 @@ def create_campaign(store: CampaignStore, spec: CampaignSpec, source: RecipientS
                            f"the templates use {{{{ {missing[0]} }}}} but the file has no "
                            f"{missing[0]!r} column", {"file": f"no column {missing[0]!r}"})
     campaign_id = store.begin(name=spec.name, subject=spec.subject, body=spec.body,
-                              html=spec.html, sender=spec.sender, base_url=base_url)
+                              html=spec.html, sender=spec.sender, base_url=base_url,
+                              attachments=spec.attachments)
     try:
         report = _import(store, campaign_id, templates, source, required)
     except BaseException:

@@ -27,7 +27,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 
 from tasks.stores.campaigns import CampaignStore
-from web.api.campaigns import base_url, campaign_out, spec_from
+from web.api.campaigns import base_url, campaign_out, spec_from, uploaded_attachments
 from web.api.errors import APIError, fields_of
 from web.api.schemas_campaigns import CampaignFields
 from web.campaigns.control import ACTIONS
@@ -110,8 +110,8 @@ def new() -> ResponseReturnValue:
         if upload is None or not upload.filename:
             raise APIError(422, "invalid", "choose a CSV file", {"file": "missing"})
         campaign_id, status, report = create_campaign(
-            _store(), spec_from(fields, upload.filename), CSVRecipients(upload.stream),
-            base_url=base_url())
+            _store(), spec_from(fields, upload.filename, uploaded_attachments()),
+            CSVRecipients(upload.stream), base_url=base_url())
     except ValidationError as err:
         return _form_again(form, "The campaign is not valid.", fields_of(err))
     except APIError as err:
