@@ -32,6 +32,7 @@ from web.campaigns import creation
 from web.campaigns.recipients import CSVRecipients, JSONRecipients, RecipientSource
 
 PAGE_LIMIT = 500
+Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
 
 
 def _store() -> CampaignStore:
@@ -41,9 +42,6 @@ def _store() -> CampaignStore:
 def base_url() -> str:
     """Where unsubscribe links point: ``PUBLIC_URL``, else the host this request came to."""
     return str(current_app.config.get("PUBLIC_URL") or request.host_url).rstrip("/")
-
-
-Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
 
 
 def spec_from(fields: CampaignFields, default_name: str,
