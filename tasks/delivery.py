@@ -22,6 +22,7 @@ from tasks.engine.errors import InvalidMessageError
 from tasks.engine.outcome import DeliveryOutcome
 from tasks.engine.session import BatchConnection
 from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.ledger_pipeline import LedgerPipeline
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,11 @@ class RetryPolicy:
         return (rng or random).uniform(ceiling / 2, ceiling)
 
 
-def lease_for(timeout: float) -> float:
+def lease_for(timeout: float, messages: int = 1) -> float:
     """How long a claim lasts: time for a session to open (connect, greeting, EHLO,
-    STARTTLS, AUTH) and a transaction to run, each reply waiting up to *timeout*.
-    Waits for the rate limit or a session slot happen before the claim, not in it."""
-    return max(10.0, timeout * 12)
+    STARTTLS, AUTH) and *messages* transactions to run, each reply waiting up to
+    *timeout*. Waits for the rate limit or a session slot happen before the claim."""
+    return max(10.0, timeout * 12 * messages)
 
 
 @dataclass(slots=True)
@@ -93,9 +94,12 @@ def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
     when given, is called before each claim and blocks as long as a shared rate
     limit (``MAIL_RATE_LIMIT``) requires; the outcomes of the message before are
     recorded first, so nothing waits unrecorded.
+
+    Without shared limits (no *pace*, no session gate) the Redis call for the
+    next message is written before the current one is sent and read after, so
+    Redis and the SMTP server work at the same time (see :class:`LedgerPipeline`).
     """
     report = BatchReport()
-    lease = lease_for(connection.settings.timeout)
     unrecorded: _Unrecorded | None = None
 
     def record(sent: _Unrecorded, settled: list[str]) -> None:
@@ -104,6 +108,11 @@ def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
         if after_send is not None:
             after_send(len(sent.claimed))
 
+    if pace is None and connection.gate is None:
+        _run_overlapped(ledger, envelopes, connection, composer, token=token,
+                        max_attempts=max_attempts, report=report, record=record)
+        return report
+    lease = lease_for(connection.settings.timeout)
     try:
         for envelope in envelopes:
             if unrecorded is not None and (pace is not None or connection.may_wait()):
@@ -130,6 +139,65 @@ def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
             record(unrecorded, ledger.finish(token, unrecorded.rows(),
                                              max_attempts=max_attempts))
     return report
+
+
+def _run_overlapped(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
+                    connection: BatchConnection, composer: Composer, *, token: str,
+                    max_attempts: int, report: BatchReport,
+                    record: Callable[[_Unrecorded, list[str]], None]) -> None:
+    """run_batch with one ledger request in flight while each message is sent.
+
+    The request written just before message k goes out records message k-1
+    (answered a moment ago) and claims message k+1, so its claim lasts two
+    messages' time.
+    """
+    lease = lease_for(connection.settings.timeout, messages=2)
+    upcoming = iter(envelopes)
+    unrecorded: _Unrecorded | None = None
+    requested: tuple[Envelope, _Unrecorded | None] | None = None  # on the wire, not yet read
+
+    def request(envelope: Envelope) -> None:
+        nonlocal unrecorded, requested
+        pipe.send(token, unrecorded.rows() if unrecorded else (), envelope.indices, lease,
+                  max_attempts=max_attempts)
+        requested, unrecorded = (envelope, unrecorded), None
+
+    def flush() -> None:
+        nonlocal unrecorded
+        assert unrecorded is not None
+        pipe.send(token, unrecorded.rows(), (), lease, max_attempts=max_attempts)
+        sent, unrecorded = unrecorded, None
+        record(sent, pipe.receive()[0])
+
+    with LedgerPipeline(ledger) as pipe:
+        try:
+            while True:
+                if requested is None:
+                    first = next(upcoming, None)
+                    if first is None:
+                        break
+                    request(first)
+                assert requested is not None
+                (envelope, recorded), requested = requested, None
+                settled, claim = pipe.receive()
+                if recorded is not None:
+                    record(recorded, settled)
+                if claim.busy_until is not None:
+                    report.busy_until = max(report.busy_until or 0.0, claim.busy_until)
+                if not claim.claimed:
+                    continue
+                following = next(upcoming, None)
+                if following is not None:
+                    request(following)
+                elif unrecorded is not None:
+                    flush()
+                unrecorded = _Unrecorded(claim.claimed,
+                                         _send(envelope, claim.claimed, connection, composer))
+            if unrecorded is not None:
+                flush()
+        finally:
+            if unrecorded is not None:  # an error came up: record what the server said
+                ledger.finish(token, unrecorded.rows(), max_attempts=max_attempts)
 
 
 def _send(envelope: Envelope, claimed: list[RecipientRecord], connection: BatchConnection,

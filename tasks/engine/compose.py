@@ -44,6 +44,7 @@ _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ADDR = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _ONE_ADDRESS = rf"(?:{_ADDR}|{_ATOM}(?: {_ATOM})* <{_ADDR}>)"
+BARE_ADDRESS = re.compile(_ADDR)  # user@example.com, nothing around it
 _SIMPLE_ADDRESSES = re.compile(rf"{_ONE_ADDRESS}(?:, {_ONE_ADDRESS})*")
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to", "sender"})
 
@@ -92,12 +93,19 @@ class Draft:
         """Every address that gets a copy, each once, in order."""
         seen: dict[str, None] = {}
         for address in (*self.to, *self.cc, *self.bcc):
-            seen.setdefault(parseaddr(address)[1] or address, None)
+            seen.setdefault(addr_spec(address), None)
         return list(seen)
 
     @property
     def envelope_sender(self) -> str:
-        return parseaddr(self.sender)[1] or self.sender
+        return addr_spec(self.sender)
+
+
+def addr_spec(address: str) -> str:
+    """``user@example.com`` out of ``Name <user@example.com>`` (or a bare address)."""
+    if BARE_ADDRESS.fullmatch(address):
+        return address
+    return parseaddr(address)[1] or address
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,15 +136,16 @@ class Composer:
     def compose(self, draft: Draft) -> ComposedMessage:
         """Build *draft* into bytes; raise :class:`InvalidMessageError` if it cannot be."""
         recipients = draft.envelope_recipients
+        sender = draft.envelope_sender
         if not recipients:
             raise InvalidMessageError("the message has no recipients")
         if not draft.sender:
             raise InvalidMessageError("the message has no sender and no default is configured")
-        message_id = draft.message_id or make_msgid(domain=self._domain_for(draft.envelope_sender))
+        message_id = draft.message_id or make_msgid(domain=self._domain_for(sender))
         if not (message_id.startswith("<") and message_id.endswith(">") and "@" in message_id):
             raise InvalidMessageError(f"Message-ID {message_id!r} is not <id@domain>")
         data = b"".join((self._head(draft, message_id), self._body(draft)))
-        return ComposedMessage(message_id, draft.envelope_sender, recipients, data)
+        return ComposedMessage(message_id, sender, recipients, data)
 
     def message_id_for(self, local_part: str, envelope_sender: str) -> str:
         """A Message-ID that stays the same for every build of one message (retries too)."""

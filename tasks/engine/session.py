@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from flask_mail import Connection
 
+from tasks.engine.compose import BARE_ADDRESS
 from tasks.engine.errors import PermanentDeliveryError, SessionError, TemporaryDeliveryError
 from tasks.engine.outcome import DeliveryOutcome
 
@@ -294,8 +295,8 @@ def _transaction(host: smtplib.SMTP, sender: str, recipients: list[str],
         if not host.has_extn("smtputf8"):
             return _all(recipients, (553, b"5.6.7 the server does not accept UTF-8 addresses"))
         options += " SMTPUTF8"
-    mail = f"MAIL FROM:{smtplib.quoteaddr(sender)}{options}\r\n".encode()
-    rcpts = [f"RCPT TO:{smtplib.quoteaddr(r)}\r\n".encode() for r in recipients]
+    mail = f"MAIL FROM:{_path(sender)}{options}\r\n".encode()
+    rcpts = [f"RCPT TO:{_path(r)}\r\n".encode() for r in recipients]
     if host.has_extn("pipelining"):
         host.send(b"".join((mail, *rcpts, b"DATA\r\n")))
         mail_reply = _reply(host)
@@ -332,6 +333,13 @@ def _transaction(host: smtplib.SMTP, sender: str, recipients: list[str],
     if final[0] == 421:
         raise _SessionClosing(outcomes)
     return outcomes
+
+
+def _path(address: str) -> str:
+    """``<user@example.com>`` for MAIL FROM / RCPT TO."""
+    if BARE_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
 
 
 def _text(reply: bytes | str) -> str:

