@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean compose-tool
+.PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool
 
 run: $(STAMP)
 	$(BIN)/postroom dev $(DEV_ARGS)
@@ -17,7 +17,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) compose-tool
+pytest: $(STAMP) compose-tool browser-tool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_compose.py validates docker-compose.yml with Debian's docker-compose.
@@ -30,6 +30,18 @@ compose-tool:
 	  else \
 	    echo "docker-compose is missing and cannot be installed here (needs root and apt-get);" \
 	      "tests/test_compose.py will fail until it is installed"; \
+	  fi; }
+
+# tests/test_browser.py drives Debian's chromium headless through Playwright.
+browser-tool:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing and cannot be installed here (needs root and apt-get);" \
+	      "tests/test_browser.py will fail until it is installed (or CHROMIUM names one)"; \
 	  fi; }
 
 bench: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
 from tests.redis_server import EmbeddedRedis
 from tests.smtp_server import SMTPTestServer
@@ -117,3 +119,19 @@ def celery_worker(worker_app: Flask) -> Iterator[Celery]:
                       queues=["otp", "mail", "bulk"], shutdown_timeout=30,
                       loglevel="WARNING"):
         yield celery_app
+
+
+@pytest.fixture
+def live_server(worker_app: Flask, celery_worker: Celery) -> Iterator[str]:
+    """The app served over real HTTP on a free port, its tasks run by a real worker.
+
+    Yields the base URL (``http://127.0.0.1:<port>``); werkzeug's threaded server
+    runs in a background thread until the test ends.
+    """
+    server = make_server("127.0.0.1", 0, worker_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+    server.server_close()
