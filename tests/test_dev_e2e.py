@@ -6,6 +6,7 @@ ports, embedding both Redis and the SMTP capture server.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -15,13 +16,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.smtp_server import free_port
+from tests.smtp_server import SMTPTestServer, free_port
 from web.config import SETTINGS
 
 pytestmark = pytest.mark.e2e
@@ -136,17 +138,25 @@ def start_dev(workdir: Path, *extra: str, environ: dict[str, str] | None = None)
 
 
 @pytest.fixture
-def dev_run(tmp_path: Path) -> Iterator[DevRun]:
-    run = start_dev(tmp_path)
-    run.wait_for(READY_LINE)
-    run.token = run.wait_for(r"API token\s+(\S+)").group(1)
-    yield run
-    if run.process.poll() is None:  # the test failed before stopping it
-        for pid, sid in descendants(run.process.pid).items():
-            if pid == sid:
-                os.killpg(pid, signal.SIGKILL)
-        run.process.kill()
-        run.process.wait(10)
+def launch(tmp_path: Path) -> Iterator[Callable[..., DevRun]]:
+    """Start ``postroom dev`` (with *environ* added to a clean environment), wait until ready."""
+    runs: list[DevRun] = []
+
+    def start(**environ: str) -> DevRun:
+        run = start_dev(tmp_path, environ=clean_environ() | environ)
+        runs.append(run)
+        run.wait_for(READY_LINE)
+        run.token = run.wait_for(r"API token\s+(\S+)").group(1)
+        return run
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:  # the test failed before stopping it
+            for pid, sid in descendants(run.process.pid).items():
+                if pid == sid:
+                    os.killpg(pid, signal.SIGKILL)
+            run.process.kill()
+            run.process.wait(10)
 
 
 def assert_nothing_left(children: dict[int, int]) -> None:
@@ -158,8 +168,8 @@ def assert_nothing_left(children: dict[int, int]) -> None:
     assert left == [], f"processes left behind: {left}"
 
 
-def post_and_deliver(run: DevRun, subject: str) -> Path:
-    """Post a message; return the outbox file it was captured in, once status is sent."""
+def post_and_deliver(run: DevRun, subject: str) -> None:
+    """Post a message to Ada (Bcc Eve) and wait until both are ``sent``."""
     status, accepted = run.api("POST", "/api/messages", {
         "to": ["ada@example.com"], "bcc": ["eve@example.com"], "subject": subject,
         "body": "Hello from the end-to-end test"})
@@ -167,28 +177,39 @@ def post_and_deliver(run: DevRun, subject: str) -> Path:
     shown = run.wait_until_sent(str(accepted["id"]))
     assert [(r["email"], r["status"]) for r in shown["recipients"]] == [  # type: ignore[index,union-attr]
         ("ada@example.com", "sent"), ("eve@example.com", "sent")]
-    captured = [path for path in (run.workdir / "var" / "outbox").glob("*.eml")
-                if f"Subject: {subject}" in path.read_text()]
-    assert len(captured) == 1, captured
-    return captured[0]
 
 
-def test_dev_delivers_a_message_and_sigint_stops_every_process(dev_run: DevRun) -> None:
+def captured(run: DevRun, subject: str) -> Path:
+    """The one outbox file holding the message with *subject*."""
+    found = [path for path in (run.workdir / "var" / "outbox").glob("*.eml")
+             if f"Subject: {subject}" in path.read_text()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_dev_delivers_a_message_and_sigint_stops_every_process(
+        launch: Callable[..., DevRun]) -> None:
+    dev_run = launch()
     children = descendants(dev_run.process.pid)
     names = " ".join(command_line(pid) for pid in children)
     for part in ("redis-server", "gunicorn", "worker -E -Q otp,mail,bulk", " beat ", " flower "):
         assert part in names, f"{part!r} not among the children: {names}"
     assert len(set(children.values())) >= 5  # every child leads its own session
 
-    eml = post_and_deliver(dev_run, "End to end")
-    text = eml.read_text()
+    post_and_deliver(dev_run, "End to end")
+    text = captured(dev_run, "End to end").read_text()
     assert "X-Envelope-To: ada@example.com, eve@example.com" in text
     assert "Hello from the end-to-end test" in text
 
     with urllib.request.urlopen(f"http://127.0.0.1:{dev_run.port}/outbox/", timeout=10) as page:
         assert "End to end" in page.read().decode()
+    user, password = dev_run.wait_for(r"Flower .*\(user (\S+), password (\S+)\)").groups()
     flower_auth = (dev_run.workdir / "var" / "flower_auth").read_text().strip()
-    assert flower_auth in dev_run.output().replace(", password ", ":").replace("user ", "")
+    assert f"{user}:{password}" == flower_auth
+    request = urllib.request.Request(f"http://127.0.0.1:{dev_run.flower_port}/", headers={
+        "Authorization": "Basic " + base64.b64encode(flower_auth.encode()).decode()})
+    with urllib.request.urlopen(request, timeout=10) as flower:
+        assert flower.status == 200
 
     assert dev_run.stop(signal.SIGINT) == 0
     assert_nothing_left(children)
@@ -196,7 +217,19 @@ def test_dev_delivers_a_message_and_sigint_stops_every_process(dev_run: DevRun) 
     assert (dev_run.workdir / "var" / "redis" / "appendonly.aof").is_file()
 
 
-def test_dev_restarts_a_killed_worker_and_sigterm_stops_every_process(dev_run: DevRun) -> None:
+def test_dev_uses_configured_servers_restarts_a_killed_worker_and_stops_on_sigterm(
+        launch: Callable[..., DevRun], redis_client: redis.Redis, redis_url: str,
+        smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    """With REDIS_URL and MAIL_SERVER set, nothing is embedded: mail goes to that server."""
+    dev_run = launch(REDIS_URL=redis_url, MAIL_SERVER="127.0.0.1",
+                     MAIL_PORT=str(smtp_server.port), CELERY_KEY_PREFIX=f"postroom:celery:{tmp_path.name}:",
+                     API_TOKENS="configured-token")
+    assert dev_run.token == "configured-token"
+    assert f"Redis        {redis_url}  (external)" in dev_run.output()
+    assert f"SMTP         127.0.0.1:{smtp_server.port}" in dev_run.output()
+    names = " ".join(command_line(pid) for pid in descendants(dev_run.process.pid))
+    assert "redis-server" not in names
+
     def worker_leader() -> int:
         [pid] = [pid for pid, sid in descendants(dev_run.process.pid).items()
                  if pid == sid and "worker -E" in command_line(pid)]
@@ -205,9 +238,11 @@ def test_dev_restarts_a_killed_worker_and_sigterm_stops_every_process(dev_run: D
     first = worker_leader()
     os.kill(first, signal.SIGKILL)
     dev_run.wait_for(r"worker exited with code -9; restarting it", timeout=15)
-    second = worker_leader()
-    assert second != first
+    assert worker_leader() != first
     post_and_deliver(dev_run, "After a restart")
+    [received] = smtp_server.to("eve@example.com")
+    assert received.message["Subject"] == "After a restart"
+    assert not (tmp_path / "var" / "outbox").exists()
 
     children = descendants(dev_run.process.pid)
     assert dev_run.stop(signal.SIGTERM) == 0
