@@ -222,8 +222,8 @@ def test_dev_uses_configured_servers_restarts_a_killed_worker_and_stops_on_sigte
         smtp_server: SMTPTestServer, tmp_path: Path) -> None:
     """With REDIS_URL and MAIL_SERVER set, nothing is embedded: mail goes to that server."""
     dev_run = launch(REDIS_URL=redis_url, MAIL_SERVER="127.0.0.1",
-                     MAIL_PORT=str(smtp_server.port), CELERY_KEY_PREFIX=f"postroom:celery:{tmp_path.name}:",
-                     API_TOKENS="configured-token")
+                     MAIL_PORT=str(smtp_server.port), API_TOKENS="configured-token",
+                     CELERY_KEY_PREFIX=f"postroom:celery:{tmp_path.name}:")
     assert dev_run.token == "configured-token"
     assert f"Redis        {redis_url}  (external)" in dev_run.output()
     assert f"SMTP         127.0.0.1:{smtp_server.port}" in dev_run.output()
