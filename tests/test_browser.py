@@ -7,18 +7,25 @@ that each page is seen before its work is done.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 from playwright.sync_api import Browser, Page, expect
 
+from tasks.stores.suppression import SuppressionList
 from tests.browser_support import chromium, screenshot
-from tests.campaign_helpers import csv_bytes, people
-from tests.otp_support import latest_code
-from tests.smtp_server import SMTPTestServer
+from tests.campaign_helpers import csv_bytes, people, wait_for
+from tests.conftest import AUTH
+from tests.otp_support import code_in, latest_code
+from tests.smtp_server import Received, SMTPTestServer, free_port
+from web.cli.embedded import CaptureServer
 
 pytestmark = pytest.mark.worker
 
@@ -45,9 +52,21 @@ document.addEventListener("DOMContentLoaded", function () {
 
 
 @pytest.fixture
-def config_overrides() -> dict[str, Any]:
-    return {"ADMIN_USERNAME": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1],
-            "CAMPAIGN_BATCH_SIZE": 5}
+def capture_server(tmp_path: Path) -> Iterator[CaptureServer]:
+    """The embedded capture server ``postroom dev`` runs, feeding the Outbox page."""
+    server = CaptureServer(tmp_path / "outbox", free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def config_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"ADMIN_USERNAME": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1],
+                                 "CAMPAIGN_BATCH_SIZE": 5}
+    if "capture_server" in request.fixturenames:  # mail goes there; the Outbox is on
+        capture: CaptureServer = request.getfixturevalue("capture_server")
+        overrides.update(MAIL_PORT=capture.port, OUTBOX_DIR=str(capture.outbox))
+    return overrides
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +213,47 @@ def test_operator_uploads_a_campaign_and_watches_it_complete(
     expect(row.locator("[data-part=status]")).to_have_text("completed")
     expect(row.locator("[data-part=bar]")).to_have_attribute("value", "30")
     screenshot(page, "campaign-list")
+
+
+def test_unsubscribe_link_from_a_campaign_mail(page: Page, live_server: str,
+                                              worker_app: Flask,
+                                              smtp_server: SMTPTestServer) -> None:
+    body = json.dumps({"recipients": [{"email": "lin@example.com"}, {"email": "kai@example.com"}],
+                       "subject": "News", "body": "Hello.\nLeave: {{ unsubscribe_url }}"})
+    request = urllib.request.Request(f"{live_server}/api/campaigns", data=body.encode(),
+                                     headers={**AUTH, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as created:
+        assert created.status == 202
+    [mail] = wait_for(lambda: smtp_server.to("lin@example.com"), timeout=15)
+    link = str(mail.message["List-Unsubscribe"]).strip("<>")
+    assert link.startswith(f"{live_server}/unsubscribe/")
+    assert link in mail.message.get_content()
+
+    page.goto(link)
+    expect(page.get_by_role("heading")).to_have_text("Unsubscribe?")
+    expect(page.locator("main")).to_contain_text("lin@example.com")
+    screenshot(page, "unsubscribe-confirm")
+    suppressed = SuppressionList(worker_app.extensions["redis"])
+    assert "lin@example.com" not in suppressed  # following the link changes nothing
+
+    page.get_by_role("button", name="Unsubscribe").click()
+    expect(page.get_by_role("heading")).to_have_text("You are unsubscribed")
+    assert "lin@example.com" in suppressed and "kai@example.com" not in suppressed
+    screenshot(page, "unsubscribe-done")
+
+
+def test_outbox_shows_what_the_capture_server_kept(page: Page,
+                                                  capture_server: CaptureServer) -> None:
+    ask_for_code(page, "ada@example.com")
+    expect(page.locator("[data-otp-status]")).to_have_text("sent", timeout=LIVE)
+    [kept] = capture_server.outbox.glob("*.eml")
+    code = code_in(Received("", [], kept.read_bytes(), 0))
+
+    page.goto("/outbox/")
+    row = page.get_by_role("row").filter(has_text="ada@example.com")
+    expect(row).to_have_count(1)
+    screenshot(page, "outbox")
+    row.get_by_role("link").click()
+    expect(page.locator(".message-body")).to_contain_text(code)
+    expect(page.locator("main")).to_contain_text("Delivered to")
+    screenshot(page, "outbox-message")
