@@ -44,6 +44,8 @@ browser-tool:
 	      "tests/test_browser.py will fail until it is installed (or CHROMIUM names one)"; \
 	  fi; }
 
+# Delivery benchmarks against postfix's smtp-sink; if it is missing:
+#   DEBIAN_FRONTEND=noninteractive apt-get install -y postfix
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

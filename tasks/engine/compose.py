@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.policy
+import functools
 import hashlib
 import re
 import secrets
@@ -105,6 +106,11 @@ def addr_spec(address: str) -> str:
     """``user@example.com`` out of ``Name <user@example.com>`` (or a bare address)."""
     if BARE_ADDRESS.fullmatch(address):
         return address
+    return _parsed_addr_spec(address)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_addr_spec(address: str) -> str:
     return parseaddr(address)[1] or address
 
 

@@ -31,6 +31,7 @@ from tasks.engine.outcome import DeliveryOutcome
 log = logging.getLogger(__name__)
 
 Reply = tuple[int, bytes]
+_MAX_REPLY_LINE = 8192  # as smtplib
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,8 +348,29 @@ def _text(reply: bytes | str) -> str:
 
 
 def _reply(host: smtplib.SMTP) -> Reply:
-    code, text = host.getreply()
-    return code, text
+    """One reply, multi-line or not; smtplib's reader when debugging (it prints)."""
+    if host.debuglevel or host.sock is None:
+        code, text = host.getreply()
+        return code, text
+    if host.file is None:
+        host.file = host.sock.makefile("rb")
+    lines: list[bytes] = []
+    while True:
+        line = host.file.readline(_MAX_REPLY_LINE + 1)
+        if not line:
+            host.close()
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        if len(line) > _MAX_REPLY_LINE:
+            host.close()
+            raise smtplib.SMTPResponseException(500, b"Line too long.")
+        lines.append(line[4:].strip(b" \t\r\n"))
+        if line[3:4] != b"-":
+            break
+    try:
+        code = int(line[:3])
+    except ValueError:
+        code = -1
+    return code, b"\n".join(lines)
 
 
 def _ok(reply: Reply) -> bool:

@@ -35,6 +35,7 @@ class LedgerPipeline:
         self.ledger = ledger
         self._sha = ledger.redis.script_load(_FINISH_AND_CLAIM)
         self._connection: Any = ledger.redis.connection_pool.get_connection()
+        self._prefix = ["EVALSHA", self._sha, "3", *ledger._keys]
         self.outstanding = False
 
     def __enter__(self) -> LedgerPipeline:
@@ -50,9 +51,10 @@ class LedgerPipeline:
         assert not self.outstanding, "read the last reply first"
         args = _outcome_args(outcomes)
         now = time.time()
-        self._connection.send_command(
-            "EVALSHA", self._sha, 3, *self.ledger._keys, token, now, max_attempts,
-            now + lease_seconds, len(args) // 4, *args, *map(str, indices))
+        command = _pack([*self._prefix, token, repr(now), str(max_attempts),
+                         repr(now + lease_seconds), str(len(args) // 4), *args,
+                         *map(str, indices)])
+        self._connection.send_packed_command([command], check_health=False)
         self.outstanding = True
 
     def receive(self) -> tuple[list[str], ClaimResult]:
@@ -74,3 +76,12 @@ class LedgerPipeline:
             connection.disconnect()  # only after another error, which is the one raised
         finally:
             self.ledger.redis.connection_pool.release(connection)
+
+
+def _pack(args: list[str]) -> bytes:
+    """A command in RESP (what redis-py's packer makes, without its generality)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
