@@ -7,10 +7,15 @@ from every worker followed by "Worker failed to boot".
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 # Gunicorn 23+ opens a control socket in $HOME that every instance would share.
 control_socket_disable = True
+
+# A CSV upload of a million recipients is read as a stream in about 40 s; the
+# default 30 s worker timeout would kill it half-way.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
 
 
 def on_starting(server: Any) -> None:
