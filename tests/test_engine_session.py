@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from flask import Flask
+from flask_mail import Message
 
 from tasks.engine.compose import Composer, Draft
+from tasks.engine.errors import PermanentDeliveryError, TemporaryDeliveryError
 from tasks.engine.session import BatchConnection, SMTPSettings
 from tests.smtp_server import DROP, SMTPTestServer, free_port
 
@@ -303,3 +306,32 @@ def test_auth_mechanisms_over_starttls(certificates: dict[str, Path], mechanism:
 
 def _fields(settings: SMTPSettings) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
+
+
+def test_421_defers_and_the_next_message_gets_a_new_session(smtp: SMTPTestServer) -> None:
+    replies = iter([None, "421 4.3.2 shutting down"])
+    smtp.handler.data_reply = lambda envelope: next(replies, None)
+    with BatchConnection(settings_for(smtp)) as connection:
+        outcomes = [connection.send_data(SENDER, [f"r{i}@example.com"], message(i))
+                    for i in range(3)]
+    assert [(o[f"r{i}@example.com"].status, o[f"r{i}@example.com"].smtp_code)
+            for i, o in enumerate(outcomes)] == [("sent", 250), ("deferred", 421),
+                                                 ("sent", 250)]
+    assert smtp.session_count == 2
+
+
+def test_flask_mail_send_raises_typed_errors(app: Flask, smtp_server: SMTPTestServer) -> None:
+    """Flask-Mail's ``Connection.send(message)`` still works, and fails loudly."""
+    smtp_server.handler.rcpt_reply = lambda address: {
+        "gone@example.com": "550 5.1.1 gone", "later@example.com": "451 4.3.0 later"}.get(address)
+    with app.app_context(), BatchConnection(settings_for(smtp_server)) as connection:
+        connection.send(Message("hi", recipients=["ok@example.com"], body="x", sender=SENDER))
+        with pytest.raises(PermanentDeliveryError) as permanent:
+            connection.send(Message("hi", recipients=["gone@example.com"], body="x",
+                                    sender=SENDER))
+        with pytest.raises(TemporaryDeliveryError) as temporary:
+            connection.send(Message("hi", recipients=["later@example.com"], body="x",
+                                    sender=SENDER))
+    assert permanent.value.smtp_code == 550
+    assert temporary.value.smtp_code == 451
+    assert [r.recipients for r in smtp_server.received] == [["ok@example.com"]]
