@@ -14,7 +14,9 @@ from tasks.delivery import BatchReport, Envelope, RetryPolicy, retry_countdown, 
 from tasks.engine.compose import Attachment, Composer, Draft
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.session import BatchConnection, SMTPSettings
+from tasks.mail import deliver_each
 from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.messages import MessageStore
 from tests.conftest import AUTH
 from tests.smtp_server import DROP, SMTPTestServer
 
@@ -196,3 +198,33 @@ def test_retry_eta_follows_the_broker_setting(app: Flask) -> None:
     app.extensions["celery"].conf.broker_transport_options = {"visibility_timeout": 40}
     policy = RetryPolicy(max_attempts=8, base=600, cap=3600)
     assert retry_countdown(BatchReport(counts={"deferred": 1}), policy, 5) == 20
+
+
+def test_a_retried_message_keeps_its_message_id(client: FlaskClient,
+                                                smtp_server: SMTPTestServer) -> None:
+    replies = iter(["451 4.3.0 try later"])
+    smtp_server.handler.rcpt_reply = (
+        lambda a: next(replies, None) if a == "bob@example.com" else None)
+    accepted = client.post("/api/messages", headers=AUTH, json={
+        "to": ["ada@example.com", "bob@example.com"], "subject": "x", "body": "x"}).get_json()
+    first, retry = smtp_server.received
+    assert (first.recipients, retry.recipients) == (["ada@example.com"], ["bob@example.com"])
+    assert first.message["Message-ID"] == retry.message["Message-ID"]
+    assert first.message["Message-ID"].startswith(f"<{accepted['id']}@")
+
+
+def test_deliver_each_sends_every_recipient_a_copy_of_its_own(
+        app: Flask, redis_client: redis.Redis, smtp_server: SMTPTestServer) -> None:
+    store = MessageStore(redis_client)
+    message = store.create({"subject": "News", "body": "Hello"},
+                           [f"r{i}@example.com" for i in range(12)])
+    with app.app_context():
+        deliver_each.apply(args=[message.id, 0, 12], throw=True)
+        deliver_each.apply(args=[message.id, 0, 12], throw=True)  # again: nothing new
+    received = smtp_server.received
+    assert [r.recipients for r in received] == [[f"r{i}@example.com"] for i in range(12)]
+    assert [r.message["To"] for r in received] == [f"r{i}@example.com" for i in range(12)]
+    assert len({r.message["Message-ID"] for r in received}) == 12
+    assert received[3].message["Message-ID"].startswith(f"<{message.id}.3@")
+    assert smtp_server.session_count == 1
+    assert store.ledger(message.id).counts()["sent"] == 12
