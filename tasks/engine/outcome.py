@@ -18,13 +18,13 @@ class DeliveryOutcome:
 
     @classmethod
     def from_reply(cls, code: int, text: bytes | str) -> DeliveryOutcome:
-        """Classify an SMTP reply: 2xx sent, 4xx deferred, anything else failed."""
+        """Classify an SMTP reply: 2xx sent, 5xx failed, 4xx (or anything unexpected) deferred."""
         message = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
         if 200 <= code < 300:
             return cls("sent", code)
-        if 400 <= code < 500:
-            return cls("deferred", code, message)
-        return cls("failed", code, message)
+        if 500 <= code < 600:
+            return cls("failed", code, message)
+        return cls("deferred", code, message)
 
     @classmethod
     def transport_failure(cls, reason: str) -> DeliveryOutcome:

@@ -61,6 +61,8 @@ def transaction(host: smtplib.SMTP, sender: str, recipients: list[str],
     refused = {r: reply for r, reply in zip(recipients, rcpt_replies, strict=True)
                if not _ok(reply)}
     if data_reply[0] != 354:
+        if _ok(data_reply):  # a server that says 2xx to DATA took no message
+            data_reply = (451, b"unexpected reply to DATA: %d %s" % data_reply)
         outcomes = {r: _outcome(refused.get(r, data_reply)) for r in recipients}
         return _abandon(host, outcomes)
     if len(refused) == len(recipients):  # nobody to deliver to, but DATA was accepted
