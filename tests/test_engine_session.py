@@ -202,8 +202,10 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
              "-CAcreateserial", "-out", "other.pem", "-days", "2", "-extfile", "other.ext",
              cwd=d)
+    _openssl("req", "-x509", *ec, "-keyout", "self.key", "-out", "self.pem", "-days", "2",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", cwd=d)
     return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key",
-            "other_cert": d / "other.pem"}
+            "other_cert": d / "other.pem", "self_cert": d / "self.pem", "self_key": d / "self.key"}
 
 
 def _server_context(certificates: dict[str, Path]) -> ssl.SSLContext:
@@ -335,3 +337,22 @@ def test_flask_mail_send_raises_typed_errors(app: Flask, smtp_server: SMTPTestSe
     assert permanent.value.smtp_code == 550
     assert temporary.value.smtp_code == 451
     assert [r.recipients for r in smtp_server.received] == [["ok@example.com"]]
+
+
+def test_self_signed_certificate_refused_unless_it_is_the_ca_file(
+        certificates: dict[str, Path]) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificates["self_cert"], certificates["self_key"])
+    server = SMTPTestServer(tls_context=context, require_starttls=True).start()
+    try:
+        with BatchConnection(settings_for(server, use_tls=True)) as connection:
+            refused = connection.send_data(SENDER, ["a@example.com"], message(0))
+        trusting = settings_for(server, use_tls=True, tls_ca_file=str(certificates["self_cert"]))
+        with BatchConnection(trusting) as connection:
+            accepted = connection.send_data(SENDER, ["b@example.com"], message(1))
+    finally:
+        server.stop()
+    assert refused["a@example.com"].status == "deferred"
+    assert "self-signed certificate" in (refused["a@example.com"].error or "")
+    assert accepted["b@example.com"].status == "sent"
+    assert [r.recipients for r in server.received] == [["b@example.com"]]
