@@ -356,3 +356,19 @@ def test_self_signed_certificate_refused_unless_it_is_the_ca_file(
     assert "self-signed certificate" in (refused["a@example.com"].error or "")
     assert accepted["b@example.com"].status == "sent"
     assert [r.recipients for r in server.received] == [["b@example.com"]]
+
+
+def test_server_silent_after_data_costs_one_timeout_not_one_per_message(
+        smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.data_delay = 0.8  # answers DATA long after MAIL_TIMEOUT...
+    smtp_server.handler.data_reply = lambda envelope: "451 4.3.0 too late"  # ...and records none
+    started = time.monotonic()
+    with BatchConnection(settings_for(smtp_server, timeout=0.2)) as connection:
+        outcomes = [connection.send_data(SENDER, [f"r{i}@example.com"], message(i))
+                    for i in range(10)]
+    elapsed = time.monotonic() - started
+    time.sleep(1.0)  # let the server's late answer pass before the next test
+    assert elapsed < 0.6
+    assert {o.status for by in outcomes for o in by.values()} == {"deferred"}
+    assert smtp_server.session_count == 1
+    assert smtp_server.received == []

@@ -102,8 +102,10 @@ class BatchConnection(Connection):
     Use as a context manager; :meth:`send_data` returns one
     :class:`DeliveryOutcome` per recipient and never raises for a reply the
     server gives. When a session cannot be opened at all (refused, silent,
-    TLS or AUTH failure) the rest of the batch is deferred at once instead of
-    waiting for the same failure once per message.
+    TLS or AUTH failure), or a fresh session fails on its first message, the
+    rest of the batch is deferred at once instead of waiting for the same
+    failure once per message. A session lost after it has carried messages is
+    replaced by a new one.
     """
 
     def __init__(self, settings: SMTPSettings, gate: SessionGate | None = None) -> None:
@@ -254,10 +256,13 @@ class BatchConnection(Connection):
             self._drop()
             return closing.outcomes
         except (ssl.SSLError, *TRANSPORT_ERRORS) as err:
+            first_on_session = self.num_emails == 1
             self._drop()
             reason = (f"connection to {self.settings.server}:{self.settings.port} "
                       f"lost: {err!r}")
             log.warning("SMTP transport failure: %s", reason)
+            if first_on_session:  # a fresh session failed at once: the next would too
+                self._unavailable = SessionError(reason)
             return {rcpt: DeliveryOutcome.transport_failure(reason) for rcpt in recipients}
 
     def send(self, message: Any, envelope_from: str | tuple[str, str] | None = None) -> None:
