@@ -77,7 +77,6 @@ def send_code(self: Task, request_id: str) -> None:
         report = run_batch(ledger, [Envelope([0], draft_to)], connection,
                            runtime.composer(settings), token=token,
                            max_attempts=policy.max_attempts, pace=runtime.pacer())
-    ledger.expire(store.policy.record_ttl)  # status indexes made by this run need a TTL too
     if report.counts:
         [record] = ledger.get([0])
         status = record.status if record.status in {"sent", "deferred"} else "failed"

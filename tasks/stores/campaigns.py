@@ -290,16 +290,8 @@ class CampaignStore:
         return current
 
     def move_recipients(self, campaign_id: str, from_status: str, to_status: str) -> int:
-        """Move every recipient in *from_status* to *to_status*, a page at a time.
-
-        Each call asks the ledger for fewer than a full page, so it never runs the
-        move script on an empty status (its ``HINCRBY -0`` is refused by Redis).
-        """
-        ledger = self.ledger(campaign_id)
-        total = 0
-        while (waiting := int(self.redis.zcard(ledger.index_prefix + from_status))) > 0:
-            total += ledger.move(from_status, to_status, page=min(waiting, 1000) + 1)
-        return total
+        """Move every recipient in *from_status* to *to_status*, a page at a time."""
+        return self.ledger(campaign_id).move(from_status, to_status)
 
     def restart_from_top(self, campaign_id: str) -> None:
         """Make the dispatcher look at every queued recipient again."""

@@ -28,6 +28,14 @@ STATUSES = ("queued", "sending", "sent", "deferred", "failed", "suppressed", "ca
 
 _FUNCTIONS = """
 -- KEYS: records, counts, status-index prefix
+-- A status index made after the ledger was given a TTL takes the same TTL.
+local function index(status, idx)
+  local name = KEYS[3] .. status
+  redis.call('ZADD', name, idx, idx)
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', name, ttl) end
+end
+
 local function claim(idx, token, now, lease_until, out)
   local raw = redis.call('HGET', KEYS[1], idx)
   if not raw then return end
@@ -43,7 +51,7 @@ local function claim(idx, token, now, lease_until, out)
     rec.attempts = (rec.attempts or 0) + 1
     rec.updated_at = now
     redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
-    redis.call('ZADD', KEYS[3] .. 'sending', idx, idx)
+    index('sending', idx)
     redis.call('HINCRBY', KEYS[2], 'sending', 1)
     table.insert(out, idx)
     table.insert(out, raw)
@@ -74,7 +82,7 @@ local function finish(idx, status, code, err, token, now, max_attempts, final)
   rec.lease_until = nil
   rec.updated_at = now
   redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
-  redis.call('ZADD', KEYS[3] .. status, idx, idx)
+  index(status, idx)
   redis.call('HINCRBY', KEYS[2], status, 1)
   table.insert(final, status)
 end
@@ -115,10 +123,11 @@ for i = claim_from, #ARGV do claim(ARGV[i], ARGV[1], now, lease_until, out) end
 return {final, out}
 """
 
-_MOVE = """
--- KEYS: records, counts, status-index prefix; ARGV: from, to, now, limit
+_MOVE = _FUNCTIONS + """
+-- ARGV: from, to, now, limit
 -- Move up to `limit` recipients from one status to another; return how many.
 local ids = redis.call('ZRANGE', KEYS[3] .. ARGV[1], 0, tonumber(ARGV[4]) - 1)
+if #ids == 0 then return 0 end
 for _, idx in ipairs(ids) do
   local rec = cjson.decode(redis.call('HGET', KEYS[1], idx))
   rec.status = ARGV[2]
@@ -126,7 +135,7 @@ for _, idx in ipairs(ids) do
   if ARGV[2] == 'queued' then rec.attempts = 0 end
   redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
   redis.call('ZREM', KEYS[3] .. ARGV[1], idx)
-  redis.call('ZADD', KEYS[3] .. ARGV[2], idx, idx)
+  index(ARGV[2], idx)
 end
 redis.call('HINCRBY', KEYS[2], ARGV[1], -#ids)
 redis.call('HINCRBY', KEYS[2], ARGV[2], #ids)
