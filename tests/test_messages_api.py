@@ -7,6 +7,7 @@ import time
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from openapi_spec_validator import validate
 
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
@@ -153,3 +154,17 @@ def test_message_through_a_real_worker(worker_app: Flask, celery_worker: object,
         time.sleep(0.05)
     assert status["status"] == "sent"
     assert [r.recipients for r in smtp_server.received] == [["grace@example.com"]]
+
+
+def test_openapi_document_is_valid_openapi(client: FlaskClient) -> None:
+    document = client.get("/api/openapi.json").get_json()
+    validate(document)  # raises with the path of the first problem
+    assert {"/api/messages", "/api/otp", "/api/campaigns"} <= set(document["paths"])
+
+
+def test_openapi_describes_the_multipart_form_and_idempotency_key(client: FlaskClient) -> None:
+    operation = client.get("/api/openapi.json").get_json()["paths"]["/api/messages"]["post"]
+    form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert form["attachments"]["items"]["format"] == "binary"
+    assert {"to", "subject", "body"} <= set(form)
+    assert {"name": "Idempotency-Key", "in": "header"}.items() <= operation["parameters"][0].items()

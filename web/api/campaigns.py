@@ -107,7 +107,9 @@ def create() -> ResponseReturnValue:
 
 describe("post", "/api/campaigns", "Create a campaign (JSON, or multipart with a CSV 'file')",
          status=202, request=CampaignIn, response=CampaignAccepted,
-         errors=(400, 401, 413, 415, 422))
+         errors=(400, 401, 413, 415, 422),
+         files={"file": "the recipients: CSV with an 'email' column plus variable columns",
+                "attachments": "files attached to every message"})
 
 
 def campaign_out(store: CampaignStore, campaign: Campaign) -> CampaignOut:

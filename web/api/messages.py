@@ -138,7 +138,10 @@ def _json_object(raw: str) -> Any:
 
 describe("post", "/api/messages", "Queue a message (JSON with base64 attachments, or "
          "multipart/form-data with files; Idempotency-Key honoured)", status=202,
-         request=MessageIn, response=Accepted, errors=(400, 401, 409, 413, 415, 422))
+         request=MessageIn, response=Accepted, errors=(400, 401, 409, 413, 415, 422),
+         headers={"Idempotency-Key": "the same key and body within 24 h return the first "
+                                     "message; the same key with another body is a 409"},
+         files={"attachments": "files to attach (any file field is attached)"})
 
 
 @bp.get("/messages/<message_id>")

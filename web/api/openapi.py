@@ -31,8 +31,14 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def describe(method: str, path: str, summary: str, *, status: int,
              response: type[BaseModel] | None = None, request: type[BaseModel] | None = None,
              errors: tuple[int, ...] = (401, 422), content_type: str = "application/json",
-             query: dict[str, str] | None = None) -> None:
-    """Add one operation: ``describe("post", "/api/messages", ..., request=MessageIn)``."""
+             query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+             files: dict[str, str] | None = None) -> None:
+    """Add one operation: ``describe("post", "/api/messages", ..., request=MessageIn)``.
+
+    *headers* and *query* map parameter names to what they mean; *files* names the
+    file fields of a ``multipart/form-data`` alternative to the JSON body, whose
+    other fields are the request model's.
+    """
     ok: dict[str, Any] = {"description": summary}
     if response is not None:
         ok["content"] = {"application/json": {"schema": _ref(response)}}
@@ -45,14 +51,28 @@ def describe(method: str, path: str, summary: str, *, status: int,
     }
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in _path_names(path)]
-    parameters += [{"name": name, "in": "query", "required": False, "description": why,
-                    "schema": {"type": "string"}} for name, why in (query or {}).items()]
+    for where, named in (("query", query), ("header", headers)):
+        parameters += [{"name": name, "in": where, "required": False, "description": why,
+                        "schema": {"type": "string"}} for name, why in (named or {}).items()]
     if parameters:
         operation["parameters"] = parameters
     if request is not None:
-        operation["requestBody"] = {"required": True,
-                                    "content": {content_type: {"schema": _ref(request)}}}
+        content: dict[str, Any] = {content_type: {"schema": _ref(request)}}
+        if files:
+            content["multipart/form-data"] = {"schema": _form_schema(request, files)}
+        operation["requestBody"] = {"required": True, "content": content}
     _paths.setdefault(path, {})[method.lower()] = operation
+
+
+def _form_schema(model: type[BaseModel], files: dict[str, str]) -> dict[str, Any]:
+    """The multipart form: the model's fields as text, plus the file fields."""
+    properties: dict[str, Any] = {name: {"type": "string", "description": field.description or ""}
+                                  for name, field in model.model_fields.items()
+                                  if name not in files}
+    properties.update({name: {"type": "array", "description": why,
+                              "items": {"type": "string", "format": "binary"}}
+                       for name, why in files.items()})
+    return {"type": "object", "properties": properties}
 
 
 def _path_names(path: str) -> list[str]:
