@@ -8,10 +8,6 @@ every build of one recipient's copy.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,74 +15,15 @@ from pathlib import Path
 
 import pytest
 import redis
-from celery import Celery
 
 from tasks.stores.messages import MessageStore
 from tests.smtp_server import SMTPTestServer
+from tests.worker_processes import WorkerProcesses
 
 pytestmark = pytest.mark.worker
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH = 500
 VISIBILITY_TIMEOUT = 3  # seconds before a dead worker's unacked task is given out again
-
-
-class Workers:
-    """Worker processes on the test Redis, started and killed one at a time."""
-
-    def __init__(self, tmp_path: Path, redis_url: str, smtp_port: int) -> None:
-        self.tmp_path = tmp_path
-        self.prefix = f"postroom:celery:{tmp_path.name}:"
-        self.env = os.environ | {
-            "POSTROOM_ENV": "testing",
-            "SECRET_KEY": "test-secret-key",
-            "REDIS_URL": redis_url,
-            "CELERY_BROKER_URL": redis_url,
-            "CELERY_KEY_PREFIX": self.prefix,
-            "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
-            "MAIL_SERVER": "127.0.0.1",
-            "MAIL_PORT": str(smtp_port),
-            "MAIL_DEFAULT_SENDER": "Postroom <noreply@postroom.test>",
-            "MAIL_TIMEOUT": "0.5",  # so a dead worker's claims lease out in 10 s
-            "DELIVERY_BACKOFF_BASE": "0.1",
-            "DELIVERY_BACKOFF_CAP": "0.5",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.producer = Celery("no-loss-test", broker=redis_url, set_as_current=False)
-        self.producer.conf.broker_transport_options = {"global_keyprefix": self.prefix}
-
-    def start(self, concurrency: int = 1) -> subprocess.Popen[bytes]:
-        n = len(self.processes) + 1
-        log_path = self.tmp_path / f"worker{n}.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "bulk",
-                 "--pool", "prefork", "-c", str(concurrency), "-n", f"noloss{n}.{os.getpid()}@%h",
-                 "-l", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        self.processes.append(process)
-        wait_until(lambda: " ready." in log_path.read_text(errors="replace"), 60,
-                   f"worker {n} did not start: {log_path}")
-        return process
-
-    def kill(self, process: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the worker and its pool children at once."""
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-        self.producer.close()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, failure: str) -> None:
@@ -99,8 +36,13 @@ def wait_until(condition: Callable[[], bool], timeout: float, failure: str) -> N
 
 @pytest.fixture
 def workers(tmp_path: Path, redis_url: str, redis_client: redis.Redis,
-            smtp_server: SMTPTestServer) -> Iterator[Workers]:
-    group = Workers(tmp_path, redis_url, smtp_server.port)
+            smtp_server: SMTPTestServer) -> Iterator[WorkerProcesses]:
+    group = WorkerProcesses(tmp_path, redis_url, smtp_server.port, {
+        "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        "MAIL_TIMEOUT": "0.5",  # so a dead worker's claims lease out in 10 s
+        "DELIVERY_BACKOFF_BASE": "0.1",
+        "DELIVERY_BACKOFF_CAP": "0.5",
+    })
     yield group
     group.stop()
 
@@ -117,15 +59,16 @@ def message_ids(smtp_server: SMTPTestServer) -> Counter[str]:
     return Counter(str(r.message["Message-ID"]) for r in smtp_server.received)
 
 
-def test_worker_killed_mid_batch_loses_nothing(workers: Workers, smtp_server: SMTPTestServer,
+def test_worker_killed_mid_batch_loses_nothing(workers: WorkerProcesses,
+                                               smtp_server: SMTPTestServer,
                                                redis_client: redis.Redis) -> None:
     smtp_server.handler.data_delay = 0.004  # a relay that takes a moment per message
     store, message_id = stored_batch(redis_client)
-    first = workers.start()
+    [first] = workers.start(queues="bulk")
     workers.producer.send_task("postroom.deliver_each", args=[message_id, 0, BATCH],
                                    queue="bulk")
     enqueued = time.monotonic()
-    wait_until(lambda: len(smtp_server.received) >= 100, 30, "the batch did not start")
+    wait_until(lambda: len(smtp_server.received) >= 100, 60, "the batch did not start")
     workers.kill(first)
     at_kill = len(smtp_server.received)
     assert at_kill < BATCH - 100, "the kill came too late to be mid-batch"
@@ -134,7 +77,7 @@ def test_worker_killed_mid_batch_loses_nothing(workers: Workers, smtp_server: SM
 
     # The unacked task is given out again once the visibility timeout has passed.
     time.sleep(max(0.0, enqueued + VISIBILITY_TIMEOUT + 0.5 - time.monotonic()))
-    workers.start()
+    workers.start(queues="bulk")
     ledger = store.ledger(message_id)
     wait_until(lambda: ledger.counts()["sent"] == BATCH, 45,
                f"not every recipient was sent: {ledger.counts()}")
@@ -148,12 +91,12 @@ def test_worker_killed_mid_batch_loses_nothing(workers: Workers, smtp_server: SM
     assert ledger.counts() | {"sent": 0} == dict.fromkeys(ledger.counts(), 0)
 
 
-def test_same_batch_enqueued_twice_sends_each_message_once(workers: Workers,
+def test_same_batch_enqueued_twice_sends_each_message_once(workers: WorkerProcesses,
                                                            smtp_server: SMTPTestServer,
                                                            redis_client: redis.Redis) -> None:
     smtp_server.handler.data_delay = 0.002
     store, message_id = stored_batch(redis_client)
-    workers.start(concurrency=2)
+    workers.start(queues="bulk", concurrency=2)
     for _ in range(2):
         workers.producer.send_task("postroom.deliver_each", args=[message_id, 0, BATCH],
                                    queue="bulk")

@@ -7,84 +7,23 @@ environment, exactly as in production. What counts is what the SMTP server saw.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from celery import Celery
 
 from tasks.stores.messages import MessageStore
 from tests.smtp_server import SMTPTestServer
+from tests.worker_processes import WorkerProcesses
 
 pytestmark = pytest.mark.worker
 
-ROOT = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT = 60.0
 
-
-class WorkerPair:
-    """Two worker processes with one environment, and a way to send them messages."""
-
-    def __init__(self, tmp_path: Path, redis_url: str, smtp_port: int,
-                 limits: dict[str, str]) -> None:
-        self.prefix = f"postroom:celery:{tmp_path.name}:"
-        self.env = os.environ | {
-            "POSTROOM_ENV": "testing",
-            "SECRET_KEY": "test-secret-key",
-            "REDIS_URL": redis_url,
-            "CELERY_BROKER_URL": redis_url,
-            "CELERY_KEY_PREFIX": self.prefix,
-            "MAIL_SERVER": "127.0.0.1",
-            "MAIL_PORT": str(smtp_port),
-            "MAIL_DEFAULT_SENDER": "Postroom <noreply@postroom.test>",
-            "MAIL_TIMEOUT": "10",
-            "PYTHONUNBUFFERED": "1",
-        } | limits
-        self.logs = [tmp_path / f"worker{n}.log" for n in (1, 2)]
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.redis = redis.Redis.from_url(redis_url)
-        self.producer = Celery("throttle-test", broker=redis_url, set_as_current=False)
-        self.producer.conf.broker_transport_options = {"global_keyprefix": self.prefix}
-
-    def start(self) -> WorkerPair:
-        for n, log_path in enumerate(self.logs, start=1):
-            with log_path.open("wb") as log_file:
-                self.processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "worker", "worker",
-                     "-Q", "mail,bulk,otp", "--pool", "prefork", "-c", "2",
-                     "-n", f"throttle{n}.{os.getpid()}@%h", "-l", "INFO",
-                     "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                    cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                    start_new_session=True))
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not all(" ready." in path.read_text(errors="replace") for path in self.logs):
-            for process, path in zip(self.processes, self.logs, strict=True):
-                if process.poll() is not None:
-                    raise RuntimeError(f"worker exited: {path.read_text(errors='replace')}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("workers did not start in time")
-            time.sleep(0.1)
-        return self
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-        self.producer.close()
-        self.redis.close()
+class WorkerPair(WorkerProcesses):
+    """Worker processes with one environment, and a way to send them messages."""
 
     def send(self, count: int) -> list[str]:
         """Store *count* one-recipient messages and queue a delivery task for each."""
@@ -114,9 +53,11 @@ def wait_for(smtp_server: SMTPTestServer, count: int, timeout: float = 30.0) -> 
 @pytest.fixture
 def workers(request: pytest.FixtureRequest, tmp_path: Path, redis_client: redis.Redis,
             redis_url: str, smtp_server: SMTPTestServer) -> Iterator[WorkerPair]:
-    pair = WorkerPair(tmp_path, redis_url, smtp_server.port, request.param)
+    pair = WorkerPair(tmp_path, redis_url, smtp_server.port,
+                      {"MAIL_TIMEOUT": "10"} | request.param)
     try:
-        yield pair.start()
+        pair.start(queues="mail,bulk,otp", concurrency=2, count=2)
+        yield pair
     finally:
         pair.stop()
 
