@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 import uuid
+from dataclasses import replace
 
 from celery import Task, shared_task
 
@@ -62,7 +63,9 @@ def send_code(self: Task, request_id: str) -> None:
         log.warning("otp request %s no longer exists; nothing to send", request_id)
         return
     ledger = store.ledger(request_id)
-    settings = runtime.smtp_settings()
+    # MAIL_DEBUG makes smtplib print every line it sends to stderr, the code among
+    # them; a secret never goes to an output stream, so one-time codes go quietly.
+    settings = replace(runtime.smtp_settings(), debug=False)
     policy = runtime.retry_policy()
 
     def draft_to(claimed: list[RecipientRecord]) -> Draft:

@@ -89,3 +89,15 @@ def test_codes_leave_no_trace(client: FlaskClient, smtp_server: SMTPTestServer,
     seen += [page, client.get(f"/api/otp/{second}", headers=AUTH).get_data(as_text=True)]
 
     assert_nowhere({first_code, second_code}, redis_client, caplog, *seen)
+
+
+@pytest.mark.parametrize("config_overrides", [{"OTP_LENGTH": LENGTH, "MAIL_DEBUG": True}])
+def test_mail_debug_does_not_print_codes(client: FlaskClient, smtp_server: SMTPTestServer,
+                                         capfd: pytest.CaptureFixture[str]) -> None:
+    client.post("/api/otp", json={"email": "ada@example.com"}, headers=AUTH)
+    code = latest_code(smtp_server, "ada@example.com", LENGTH)
+    client.post("/api/messages", json={"to": "bob@example.com", "subject": "Debug me",
+                                       "body": "Hello"}, headers=AUTH)
+    out, err = capfd.readouterr()
+    assert "Debug me" in err  # MAIL_DEBUG still works for ordinary mail
+    assert code not in out + err
