@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Task, shared_task
@@ -73,64 +73,70 @@ def _deliver(task: Task, ledger: DeliveryLedger, envelopes: list[Envelope], comp
         raise task.retry(countdown=countdown)
 
 
-def _stored(message_id: str) -> tuple[MessageStore, StoredMessage] | None:
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A stored message made ready for one batch: its ledger, composer and draft."""
+
+    ledger: DeliveryLedger
+    composer: Composer
+    template: Draft
+    problem: InvalidMessageError | None  # an attachment that expired: every copy fails
+
+    def checked(self, draft: Draft) -> Draft:
+        if self.problem is not None:
+            raise self.problem
+        return draft
+
+
+def _load(message_id: str) -> _Loaded | None:
+    """The message with its attachments loaded once for the batch, or None if gone."""
     store = MessageStore(runtime.redis_client())
     message = store.get(message_id)
     if message is None:
         log.warning("message %s no longer exists; nothing to send", message_id)
         return None
-    return store, message
+    settings = runtime.smtp_settings()
+    attachments = _attachments(message)
+    loaded = attachments if isinstance(attachments, list) else None
+    problem = attachments if isinstance(attachments, InvalidMessageError) else None
+    return _Loaded(store.ledger(message_id), runtime.composer(settings),
+                   draft_for(message, settings.default_sender, loaded), problem)
 
 
 @shared_task(name="postroom.deliver_message", bind=True, max_retries=None, ignore_result=True)
 def deliver_message(self: Task, message_id: str) -> None:
     """Send one stored message to its recipients that are not yet settled."""
-    found = _stored(message_id)
-    if found is None:
+    batch = _load(message_id)
+    if batch is None:
         return
-    store, message = found
-    ledger = store.ledger(message_id)
-    settings = runtime.smtp_settings()
-    composer = runtime.composer(settings)
-    attachments = _attachments(message)
-    draft = draft_for(message, settings.default_sender,
-                      attachments if isinstance(attachments, list) else None)
-    draft = _with_message_id(draft, composer, message_id)
+    draft = _with_message_id(batch.template, batch.composer, message_id)
 
     def draft_to(claimed: list[RecipientRecord]) -> Draft:
-        if isinstance(attachments, InvalidMessageError):
-            raise attachments
-        return draft  # the claim decides the envelope; headers stay as written
+        return batch.checked(draft)  # the claim decides the envelope; headers stay as written
 
+    ledger = batch.ledger
     recipients = _unsettled(ledger, range(sum(ledger.counts().values())))
-    _deliver(self, ledger, [Envelope(recipients, draft_to)] if recipients else [], composer,
-             f"message {message_id}")
+    _deliver(self, ledger, [Envelope(recipients, draft_to)] if recipients else [],
+             batch.composer, f"message {message_id}")
 
 
 @shared_task(name="postroom.deliver_each", bind=True, max_retries=None, ignore_result=True)
 def deliver_each(self: Task, message_id: str, first: int, stop: int) -> None:
     """Send each unsettled recipient numbered *first* to *stop* - 1 a copy of its own."""
-    found = _stored(message_id)
-    if found is None:
+    batch = _load(message_id)
+    if batch is None:
         return
-    store, message = found
-    ledger = store.ledger(message_id)
-    settings = runtime.smtp_settings()
-    composer = runtime.composer(settings)
-    attachments = _attachments(message)
-    template = draft_for(message, settings.default_sender,
-                         attachments if isinstance(attachments, list) else None)
+    template, composer = batch.template, batch.composer
 
     def copy_for(claimed: list[RecipientRecord]) -> Draft:
-        if isinstance(attachments, InvalidMessageError):
-            raise attachments
         [recipient] = claimed
-        return replace(template, to=[recipient.email], cc=(), bcc=(),
-                        message_id=composer.message_id_for(f"{message_id}.{recipient.index}",
-                                                           template.envelope_sender))
+        return batch.checked(replace(
+            template, to=[recipient.email], cc=(), bcc=(),
+            message_id=composer.message_id_for(f"{message_id}.{recipient.index}",
+                                               template.envelope_sender)))
 
-    indices = _unsettled(ledger, range(first, stop))
-    _deliver(self, ledger, [Envelope([i], copy_for) for i in indices], composer,
+    indices = _unsettled(batch.ledger, range(first, stop))
+    _deliver(self, batch.ledger, [Envelope([i], copy_for) for i in indices], composer,
              f"message {message_id} copies {first}-{stop - 1}")
 
 
