@@ -178,3 +178,22 @@ def test_custom_headers_are_kept() -> None:
                                          "X-Note": "ünïcode"})
     assert message["List-Unsubscribe"] == "<https://postroom.test/u/1>"
     assert message["X-Note"] == "ünïcode"
+
+
+def test_long_ascii_headers_are_folded_not_encoded() -> None:
+    url = "<https://postroom.test/unsubscribe/" + "Wy" * 80 + ">"
+    subject = "A long subject line " * 8
+    draft = Draft(sender=SENDER, to=["ada@example.com"], subject=subject.strip(), text="x",
+                  headers={"List-Unsubscribe": url})
+    data = Composer().compose(draft).data
+    assert b"=?" not in data.split(b"\r\n\r\n", 1)[0]  # no RFC 2047 encoded-words
+    assert f"List-Unsubscribe: {url}\r\n".encode() in data  # clients read the URL as written
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert max(len(line) for line in head if not line.startswith(b"List-Unsubscribe")) <= 78
+    assert parse(data)["Subject"] == subject.strip()
+
+
+def test_a_header_word_longer_than_a_line_may_be_is_refused() -> None:
+    with pytest.raises(InvalidMessageError, match="X-Token"):
+        Composer().compose(Draft(sender=SENDER, to=["ada@example.com"], subject="Hi", text="x",
+                                 headers={"X-Token": "t" * 1000}))

@@ -194,7 +194,9 @@ class Composer:
             return f"{name}: {value}\r\n".encode("ascii")
         folded = self._headers.get((name, value))
         if folded is None:
-            folded = _fold(name, value)
+            plain = (value.isascii() and value.isprintable()
+                     and name.lower() not in _ADDRESS_HEADERS)
+            folded = _fold_ascii(name, value) if plain else _fold(name, value)
             if len(self._headers) < _CACHE_LIMIT:
                 self._headers[(name, value)] = folded
         return folded
@@ -257,6 +259,24 @@ class Composer:
             return filename  # non-ASCII names are encoded per RFC 2231 by the policy
         folded = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
         return folded or "attachment"
+
+
+def _fold_ascii(name: str, value: str) -> bytes:
+    """An ASCII header folded at spaces only, never encoded.
+
+    The standard library turns a word longer than a line (a URL in
+    ``List-Unsubscribe``, a long token) into RFC 2047 encoded-words, which
+    clients do not decode in such headers; RFC 5322 allows lines up to 998.
+    """
+    lines = [f"{name}:"]
+    for word in value.split(" "):
+        starts_line = lines[-1].strip() in ("", f"{name}:")
+        if len(lines[-1]) + 1 + len(word) > _FOLD_AT and not starts_line:
+            lines.append("")
+        lines[-1] += " " + word
+    if any(len(line) > MAX_LINE for line in lines):
+        raise InvalidMessageError(f"the {name} header has a word longer than a line may be")
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
 def _fold(name: str, value: str) -> bytes:
