@@ -7,6 +7,7 @@ ports, embedding both Redis and the SMTP capture server.
 from __future__ import annotations
 
 import base64
+import http.cookiejar
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -210,6 +212,19 @@ def test_dev_delivers_a_message_and_sigint_stops_every_process(
         "Authorization": "Basic " + base64.b64encode(flower_auth.encode()).decode()})
     with urllib.request.urlopen(request, timeout=10) as flower:
         assert flower.status == 200
+
+    admin, admin_password = dev_run.wait_for(
+        r"Campaigns .*\(user (\S+), password (\S+)\)").groups()
+    browser = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    login_url = f"http://127.0.0.1:{dev_run.port}/campaigns/login"
+    with browser.open(login_url, timeout=10) as form:
+        found = re.search(r'name="csrf_token" value="([^"]+)"', form.read().decode())
+    assert found, "the sign-in form has no CSRF token"
+    fields = {"csrf_token": found.group(1), "username": admin, "password": admin_password}
+    with browser.open(login_url, urllib.parse.urlencode(fields).encode(), timeout=10) as page:
+        assert page.url.rstrip("/").endswith("/campaigns")  # followed the 303 to the list
+        assert "Sign out" in page.read().decode()
 
     assert dev_run.stop(signal.SIGINT) == 0
     assert_nothing_left(children)

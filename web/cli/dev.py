@@ -99,6 +99,9 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
         env["FLOWER_BASIC_AUTH"] = persisted_secret(
             var / "flower_auth", lambda: f"admin:{secrets.token_urlsafe(12)}")
     plan.flower_auth = env["FLOWER_BASIC_AUTH"].split(",")[0]
+    if not (env.get("ADMIN_USERNAME") and env.get("ADMIN_PASSWORD")):
+        admin = persisted_secret(var / "admin_auth", lambda: f"admin:{secrets.token_urlsafe(12)}")
+        env["ADMIN_USERNAME"], _, env["ADMIN_PASSWORD"] = admin.partition(":")
 
     if not env.get("REDIS_URL"):
         plan.embed_redis = not redis_answers(plan.redis_port)
@@ -208,6 +211,9 @@ def banner(plan: Plan) -> list[str]:
     else:
         lines.append(f"  SMTP         {plan.env['MAIL_SERVER']}:{plan.env.get('MAIL_PORT', '25')}")
     lines += [
+        f"  Verify       {plan.url(plan.port, '/verify')}  (email verification with a code)",
+        f"  Campaigns    {plan.url(plan.port, '/campaigns/')}  (user {plan.env['ADMIN_USERNAME']}, "
+        f"password {plan.env['ADMIN_PASSWORD']})",
         f"  Flower       {plan.url(plan.flower_port)}  (user {user}, password {password})",
         f"  Redis        {plan.env['REDIS_URL']}  ({redis_note})",
         f"  API token    {plan.api_token}",
