@@ -27,6 +27,7 @@ RESERVED_HEADERS = frozenset({
     "return-path", "received",
 })
 MAX_RECIPIENTS = 100
+MAX_HEADER_LINE = 998  # RFC 5322 section 2.1.1
 MAX_ATTACHMENTS = 20
 
 
@@ -117,6 +118,10 @@ class MessageIn(BaseModel):
                 raise ValueError(f"{name!r} is not a valid header name")
             if name.lower() in RESERVED_HEADERS:
                 raise ValueError(f"{name!r} is set by Postroom; use the matching field")
+            longest_word = max(map(len, headers[name].split(" ")), default=0)
+            if len(name) + 2 + longest_word > MAX_HEADER_LINE:
+                raise ValueError(f"{name!r} has a word too long for one header line "
+                                 f"({MAX_HEADER_LINE} characters with the name)")
         return headers
 
     @model_validator(mode="after")
