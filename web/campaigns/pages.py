@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from tasks.stores.campaigns import CampaignStore
 from web.api.campaigns import base_url, campaign_out, spec_from, uploaded_attachments
 from web.api.errors import APIError, fields_of
-from web.api.schemas_campaigns import CampaignFields
+from web.api.schemas_campaigns import CampaignFields, CampaignOut
 from web.campaigns.control import ACTIONS
 from web.campaigns.creation import create_campaign
 from web.campaigns.recipients import CSVRecipients
@@ -127,27 +127,28 @@ def _form_again(form: dict[str, str], message: str,
     return render_template("campaigns/new.html", form=form, errors=errors), 422
 
 
+def _shown(store: CampaignStore, campaign_id: str) -> CampaignOut:
+    """The campaign as the API shows it, or a 404 page."""
+    campaign = store.get(campaign_id)
+    if campaign is None:
+        abort(404)
+    return campaign_out(store, campaign)
+
+
 @bp.get("/<campaign_id>")
 @admin_required
 def show(campaign_id: str) -> ResponseReturnValue:
     store = _store()
-    campaign = store.get(campaign_id)
-    if campaign is None:
-        abort(404)
+    shown = _shown(store, campaign_id)
     failed, _ = store.ledger(campaign_id).page(status="failed", limit=20)
-    return render_template("campaigns/show.html", campaign=campaign_out(store, campaign),
-                           failed=failed, final=FINAL)
+    return render_template("campaigns/show.html", campaign=shown, failed=failed, final=FINAL)
 
 
 @bp.get("/<campaign_id>/progress")
 @admin_required
 def progress(campaign_id: str) -> ResponseReturnValue:
     """What the show page polls to move its progress bars."""
-    store = _store()
-    campaign = store.get(campaign_id)
-    if campaign is None:
-        abort(404)
-    return jsonify(campaign_out(store, campaign).model_dump())
+    return jsonify(_shown(_store(), campaign_id).model_dump())
 
 
 @bp.post("/<campaign_id>/<action>")
