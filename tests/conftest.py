@@ -17,8 +17,9 @@ from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from tests.redis_server import EmbeddedRedis
-from tests.smtp_server import SMTPTestServer
+from tests.smtp_server import SMTPTestServer, free_port
 from web import create_app
+from web.cli.embedded import CaptureServer
 
 API_TOKEN = "test-token-7f3a"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -47,6 +48,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def smtp_session_server() -> Iterator[SMTPTestServer]:
     server = SMTPTestServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def capture_server(tmp_path: Path) -> Iterator[CaptureServer]:
+    """The embedded capture server ``postroom dev`` runs, feeding the Outbox page."""
+    server = CaptureServer(tmp_path / "outbox", free_port()).start()
     yield server
     server.stop()
 

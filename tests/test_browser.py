@@ -12,7 +12,6 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from tests.browser_support import chromium, screenshot
 from tests.campaign_helpers import csv_bytes, people, wait_for
 from tests.conftest import AUTH
 from tests.otp_support import code_in, latest_code
-from tests.smtp_server import Received, SMTPTestServer, free_port
+from tests.smtp_server import Received, SMTPTestServer
 from web.cli.embedded import CaptureServer
 
 pytestmark = pytest.mark.worker
@@ -49,14 +48,6 @@ document.addEventListener("DOMContentLoaded", function () {
   });
 });
 """
-
-
-@pytest.fixture
-def capture_server(tmp_path: Path) -> Iterator[CaptureServer]:
-    """The embedded capture server ``postroom dev`` runs, feeding the Outbox page."""
-    server = CaptureServer(tmp_path / "outbox", free_port()).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

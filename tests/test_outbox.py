@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,39 +11,32 @@ import redis
 from flask.testing import FlaskClient
 
 from tests.conftest import app_config
-from tests.smtp_server import SMTPTestServer, free_port
+from tests.smtp_server import SMTPTestServer
 from web import create_app
 from web.cli.embedded import CaptureServer
 
 
 @pytest.fixture
-def capture(tmp_path: Path) -> Iterator[CaptureServer]:
-    server = CaptureServer(tmp_path / "outbox", free_port()).start()
-    yield server
-    server.stop()
+def config_overrides(capture_server: CaptureServer) -> dict[str, Any]:
+    return {"OUTBOX_DIR": str(capture_server.outbox)}
 
 
-@pytest.fixture
-def config_overrides(capture: CaptureServer) -> dict[str, Any]:
-    return {"OUTBOX_DIR": str(capture.outbox)}
-
-
-def send(capture: CaptureServer, subject: str, body: str) -> None:
+def send(capture_server: CaptureServer, subject: str, body: str) -> None:
     message = EmailMessage()
     message["From"] = "Postroom <noreply@postroom.test>"
     message["To"] = "Ada <ada@example.com>"
     message["Subject"] = subject
     message.set_content(body)
-    with smtplib.SMTP("127.0.0.1", capture.port, timeout=5) as session:
+    with smtplib.SMTP("127.0.0.1", capture_server.port, timeout=5) as session:
         session.send_message(message, to_addrs=["ada@example.com", "eve@example.com"])
 
 
-def test_capture_server_keeps_each_message_with_its_envelope(capture: CaptureServer) -> None:
-    send(capture, "First", "one")
-    send(capture, "Second", "two")
-    files = sorted(capture.outbox.glob("*.eml"))
+def test_capture_server_keeps_each_message_with_its_envelope(capture_server: CaptureServer) -> None:
+    send(capture_server, "First", "one")
+    send(capture_server, "Second", "two")
+    files = sorted(capture_server.outbox.glob("*.eml"))
     assert len(files) == 2
-    assert list(capture.outbox.glob(".*")) == []  # no partial files left
+    assert list(capture_server.outbox.glob(".*")) == []  # no partial files left
     first = files[0].read_text()
     assert "X-Envelope-From: noreply@postroom.test" in first
     assert "X-Envelope-To: ada@example.com, eve@example.com" in first
@@ -53,13 +44,13 @@ def test_capture_server_keeps_each_message_with_its_envelope(capture: CaptureSer
 
 
 def test_outbox_page_lists_and_shows_captured_mail(client: FlaskClient,
-                                                   capture: CaptureServer) -> None:
-    send(capture, "Welcome <aboard>", "Hello Ada,\nwelcome.")
+                                                   capture_server: CaptureServer) -> None:
+    send(capture_server, "Welcome <aboard>", "Hello Ada,\nwelcome.")
     page = client.get("/outbox/")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert "Welcome &lt;aboard&gt;" in html  # escaped
-    [eml] = capture.outbox.glob("*.eml")
+    [eml] = capture_server.outbox.glob("*.eml")
     shown = client.get(f"/outbox/{eml.stem}")
     assert shown.status_code == 200
     text = shown.get_data(as_text=True)
