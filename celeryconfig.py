@@ -46,6 +46,7 @@ task_routes = {
     "postroom.deliver_message": {"queue": "mail"},
     "postroom.deliver_each": {"queue": "bulk"},
     "postroom.campaign.*": {"queue": "bulk"},
+    "postroom.reconcile": {"queue": "mail"},
 }
 
 # Events for Flower.
@@ -56,8 +57,13 @@ worker_hijack_root_logger = False
 timezone = "UTC"
 enable_utc = True
 beat_schedule: dict[str, dict[str, object]] = {}
-# Beat starts due scheduled campaigns (no long ETAs on Redis) and nudges running ones.
+# Beat starts due scheduled campaigns (no long ETAs on Redis) ...
 beat_schedule["postroom-campaigns-due"] = {
     "task": "postroom.campaign.start_due",
     "schedule": float(os.environ.get("CAMPAIGN_SCAN_INTERVAL", "10")),
+}
+# ... and runs the reconciler, which re-enqueues whatever stopped moving.
+beat_schedule["postroom-reconcile"] = {
+    "task": "postroom.reconcile",
+    "schedule": float(os.environ.get("RECONCILE_INTERVAL", "30")),
 }

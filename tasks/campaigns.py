@@ -1,31 +1,38 @@
 """Campaign tasks on the ``bulk`` queue: start, dispatch batches, send a batch, start due ones.
 
-The dispatcher never enqueues a whole campaign: it reserves at most
-``CAMPAIGN_BATCHES_AHEAD`` batches of ``CAMPAIGN_BATCH_SIZE`` queued recipients
-(see :meth:`CampaignStore.reserve_batch`), and every batch that ends asks it for
-the next. Pausing therefore stops new batches at once; a batch already running
-checks the status before each message and stops after the one in flight.
+The dispatcher never enqueues a whole campaign: it keeps as many batches in
+flight as there are bulk SMTP sessions to carry them (``CAMPAIGN_BATCHES_AHEAD``,
+by default ``MAIL_MAX_CONNECTIONS`` less the one kept for codes), each at most
+``CAMPAIGN_BATCH_SIZE`` queued recipients, the queue spread evenly over them
+(see :meth:`CampaignStore.reserve_batch`); every batch that ends asks for the
+next. Pausing therefore stops new batches at once; a running batch looks at
+the status at least twice a second and stops before its next message.
+Batches lost with their worker are found by the reconciler
+(:mod:`tasks.reconcile`).
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterator
+import time
+from collections.abc import Sequence
 
 from celery import Task, shared_task
+from redis.exceptions import RedisError
 
 from tasks import runtime
-from tasks.delivery import Envelope, retry_countdown, run_batch
-from tasks.engine.compose import Attachment, Draft
+from tasks.delivery import BatchOptions, BatchReport, Envelope, retry_countdown, run_batch
+from tasks.engine.compose import Attachment, Composer, Draft, addr_spec
 from tasks.engine.errors import InvalidMessageError
+from tasks.engine.outcome import DeliveryOutcome
 from tasks.engine.session import BatchConnection
 from tasks.engine.templating import CampaignTemplates
 from tasks.stores import key
 from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentRef, AttachmentStore
-from tasks.stores.campaigns import Campaign, CampaignStore, TransitionRefused
+from tasks.stores.campaigns import Campaign, CampaignStore, TransitionRefused, batch_token
 from tasks.stores.ledger import RecipientRecord
-from tasks.stores.suppression import unsubscribe_token
+from tasks.stores.suppression import SuppressionList, unsubscribe_token
+from tasks.stores.watch import Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +43,10 @@ class CampaignMailing:
     """Drafts one campaign's message for each recipient, with its unsubscribe link."""
 
     def __init__(self, campaign: Campaign, *, secret_key: str, default_sender: str | None,
+                 composer: Composer,
                  attachments: list[Attachment] | InvalidMessageError | None = None):
         self.campaign = campaign
+        self.composer = composer
         self.templates = CampaignTemplates(campaign.subject, campaign.body, campaign.html)
         self.secret_key = secret_key
         self.sender = campaign.sender or default_sender or ""
@@ -55,10 +64,12 @@ class CampaignMailing:
         url = self.unsubscribe_url(recipient.email)
         context = {**recipient.vars, "email": recipient.email, "unsubscribe_url": url}
         subject, text, html = self.templates.render(context)
+        message_id = self.composer.message_id_for(f"{self.campaign.id}.{recipient.index}",
+                                                  addr_spec(self.sender))
         return Draft(sender=self.sender, to=[recipient.email], subject=subject, text=text,
                      html=html, headers={"List-Unsubscribe": f"<{url}>",
                                          "List-Unsubscribe-Post": ONE_CLICK},
-                     attachments=self.attachments)
+                     attachments=self.attachments, message_id=message_id)
 
 
 def load_attachments(campaign: Campaign) -> list[Attachment] | InvalidMessageError:
@@ -87,9 +98,17 @@ def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
             + store.move_recipients(campaign_id, "deferred", "cancelled"))
 
 
+def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
+    cancelled = (store.move_recipients(campaign_id, "queued", "cancelled")
+                 + store.move_recipients(campaign_id, "deferred", "cancelled"))
+    store.keep_summary_only(campaign_id, runtime.retention_seconds())
+    return cancelled
+
+
 @shared_task(name="postroom.campaign.start", ignore_result=True)
 def start_campaign(campaign_id: str) -> None:
     """``queued|scheduled -> running``, then hand out the first batches."""
+    Watchlist(runtime.redis_client()).done("campaign", campaign_id)
     try:
         _store().transition(campaign_id, ("queued", "scheduled"), "running", stamp="started_at")
     except (TransitionRefused, KeyError):
@@ -99,24 +118,66 @@ def start_campaign(campaign_id: str) -> None:
     dispatch_batches(campaign_id)
 
 
+def batch_plan(store: CampaignStore, campaign_id: str) -> tuple[int, int]:
+    """``(size, ahead)``: as many batches in flight as bulk sessions, the queue spread evenly."""
+    config = runtime.app_config()
+    ahead = runtime.bulk_sessions()
+    queued = store.ledger(campaign_id).counts()["queued"]
+    size = min(int(config["CAMPAIGN_BATCH_SIZE"]), max(10, -(-queued // ahead)))
+    return size, ahead
+
+
 @shared_task(name="postroom.campaign.dispatch", ignore_result=True)
 def dispatch_batches(campaign_id: str) -> None:
     """Enqueue batches while the campaign runs and a slot is free; complete it when done."""
     store = _store()
-    config = runtime.app_config()
-    size = int(config["CAMPAIGN_BATCH_SIZE"])
-    ahead = int(config["CAMPAIGN_BATCHES_AHEAD"])
-    forget_after = float(config["CAMPAIGN_BATCH_FORGET_AFTER"])
+    size, ahead = batch_plan(store, campaign_id)
     enqueued = 0
-    while (batch := store.reserve_batch(campaign_id, size=size, ahead=ahead,
-                                        forget_after=forget_after)) is not None:
+    while (batch := store.reserve_batch(campaign_id, size=size, ahead=ahead)) is not None:
         slot, first, last = batch
         send_campaign_batch.delay(campaign_id, first, last, slot)
         enqueued += 1
-    if store.complete_if_done(campaign_id):
+    if store.complete_if_done(campaign_id, retention=runtime.retention_seconds()):
         log.info("campaign %s completed", campaign_id)
     elif enqueued:
         log.debug("campaign %s: %d batch(es) enqueued", campaign_id, enqueued)
+
+
+class _StatusCheck:
+    """Whether the campaign stopped running, read from Redis at most every *every* seconds."""
+
+    def __init__(self, store: CampaignStore, campaign_id: str, every: float = 0.5) -> None:
+        self.store = store
+        self.campaign_id = campaign_id
+        self.every = every
+        self.checked = time.monotonic()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked < self.every:
+            return False
+        self.checked = now
+        return self.store.status(self.campaign_id) != "running"
+
+
+class _SentCounter:
+    """Messages handed to the server, added to the campaign's rate about once a second."""
+
+    def __init__(self, store: CampaignStore, campaign_id: str) -> None:
+        self.store = store
+        self.campaign_id = campaign_id
+        self.pending = 0
+        self.second = int(time.time())
+
+    def __call__(self, sent: Sequence[tuple[RecipientRecord, DeliveryOutcome]]) -> None:
+        self.pending += len(sent)
+        if int(time.time()) != self.second:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.store.count_sent(self.campaign_id, self.pending)
+        self.pending, self.second = 0, int(time.time())
 
 
 @shared_task(name="postroom.campaign.send_batch", bind=True, max_retries=None,
@@ -130,46 +191,51 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
             _cancel_unsent(store, campaign_id)
         store.release_batch(campaign_id, slot)
         return
-    config = runtime.app_config()
-    settings = runtime.smtp_settings()
-    policy = runtime.retry_policy()
-    mailing = CampaignMailing(campaign, secret_key=str(config["SECRET_KEY"]),
-                              default_sender=settings.default_sender,
-                              attachments=load_attachments(campaign))
-    indices = store.batch_indices(campaign_id, first, last, limit=last - first + 1)
-
-    def envelopes() -> Iterator[Envelope]:
-        for index in indices:
-            if store.status(campaign_id) != "running":
-                return  # paused or cancelled: stop before the next message
-            yield Envelope([index], mailing.draft_for)
-
-    token = f"{self.request.id or 'local'}:{uuid.uuid4().hex}"
-    with BatchConnection(settings, gate=runtime.session_gate(bulk=True)) as connection:
-        report = run_batch(store.ledger(campaign_id), envelopes(), connection,
-                           runtime.composer(settings), token=token,
-                           max_attempts=policy.max_attempts, pace=runtime.pacer(),
-                           after_send=lambda n: store.count_sent(campaign_id, n))
-    log.info("campaign %s batch %d-%d: %s (%d session(s))", campaign_id, first, last,
-             report.counts, connection.sessions_opened)
+    try:
+        report = _send_batch(store, campaign, first, last, slot)
+    except RedisError as err:  # Redis went away mid-batch: what was claimed comes back
+        log.warning("campaign %s batch %d-%d stopped by a Redis error; retrying: %s",
+                    campaign_id, first, last, err)
+        raise self.retry(countdown=runtime.retry_policy().countdown(self.request.retries + 1),
+                         exc=err) from err
     store.release_batch(campaign_id, slot)
     status = store.status(campaign_id)
     if status == "cancelled":
         _cancel_unsent(store, campaign_id)
-    countdown = retry_countdown(report, policy, self.request.retries + 1)
     if not self.request.is_eager:  # eagerly, the dispatcher's own loop goes on
-        dispatch_batches.delay(campaign_id)
+        dispatch_batches(campaign_id)
+    countdown = retry_countdown(report)
     if countdown is not None and status == "running":
         raise self.retry(countdown=countdown)  # deferred recipients; the slot is free meanwhile
 
 
+def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
+                slot: str) -> BatchReport:
+    settings = runtime.smtp_settings()
+    composer = runtime.composer(settings)
+    mailing = CampaignMailing(campaign, secret_key=str(runtime.app_config()["SECRET_KEY"]),
+                              default_sender=settings.default_sender, composer=composer,
+                              attachments=load_attachments(campaign))
+    indices = store.batch_indices(campaign.id, first, last, limit=last - first + 1)
+    counter = _SentCounter(store, campaign.id)
+    options = BatchOptions(token=batch_token(campaign.id, slot), policy=runtime.retry_policy(),
+                           created_at=campaign.started_at or campaign.created_at,
+                           lease=runtime.claim_lease(), pace=runtime.pacer(),
+                           suppressed=SuppressionList(store.redis).which,
+                           should_stop=_StatusCheck(store, campaign.id), after_send=counter)
+    with BatchConnection(settings, gate=runtime.session_gate(bulk=True)) as connection:
+        report = run_batch(store.ledger(campaign.id),
+                           (Envelope([index], mailing.draft_for) for index in indices),
+                           connection, composer, options)
+    counter.flush()
+    log.info("campaign %s batch %d-%d: %s (%d session(s))", campaign.id, first, last,
+             report.counts, connection.sessions_opened)
+    return report
+
+
 @shared_task(name="postroom.campaign.start_due", ignore_result=True)
 def start_due_campaigns() -> None:
-    """Run by beat: start scheduled campaigns whose time has come; nudge running ones.
-
-    Nudging re-runs the dispatcher, which hands out batches whose task was lost
-    (their slot is forgotten after ``CAMPAIGN_BATCH_FORGET_AFTER``).
-    """
+    """Run by beat: start scheduled campaigns whose time has come."""
     store = _store()
     for campaign_id in store.due():
         try:
@@ -177,7 +243,6 @@ def start_due_campaigns() -> None:
         except (TransitionRefused, KeyError):
             continue
         log.info("scheduled campaign %s is due; starting", campaign_id)
-    for campaign_id in store.running():
         dispatch_batches.delay(campaign_id)
 
 

@@ -1,10 +1,20 @@
 """The delivery service: claim recipients, build, send, record — for one batch.
 
 Tasks call :func:`run_batch` with a ledger, the envelopes to send and an open
-:class:`~tasks.engine.session.BatchConnection`. Each envelope's recipients are
-claimed atomically just before it is sent and settled right after the server
-answers, so a batch delivered twice sends nothing twice and a worker that dies
-can have duplicated at most the message it had in flight.
+:class:`~tasks.engine.session.BatchConnection`. One loop serves every kind of
+batch, with or without shared limits:
+
+1. take the batch's claim lease (:class:`~tasks.stores.leases.ClaimLease`), so
+   its claims stay good exactly as long as this run is alive;
+2. claim the recipients of the next few envelopes in one Redis call, and drop
+   those on the suppression list;
+3. for each envelope: wait for the rate limit, build the message, send it on
+   the batch's connection, and write its outcomes to Redis without waiting for
+   the reply (:class:`~tasks.stores.ledger_stream.LedgerStream`);
+4. give back whatever was claimed and not sent when the batch stops early.
+
+A batch delivered twice sends nothing twice; a worker that dies can have
+duplicated at most the message it had in flight.
 """
 
 from __future__ import annotations
@@ -12,19 +22,24 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import celery
+from redis.exceptions import RedisError
 
 from tasks.engine.compose import Composer, Draft
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.outcome import DeliveryOutcome
 from tasks.engine.session import BatchConnection
-from tasks.stores.ledger import DeliveryLedger, RecipientRecord
-from tasks.stores.ledger_pipeline import LedgerPipeline
+from tasks.stores.leases import ClaimLease, LeaseBusy
+from tasks.stores.ledger import DeliveryLedger, Outcome, RecipientRecord
+from tasks.stores.ledger_stream import LedgerStream
 
 log = logging.getLogger(__name__)
+
+CLAIM_AHEAD = 32  # envelopes claimed in one Redis call
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +55,16 @@ class BatchReport:
     """What one run of a batch did."""
 
     counts: dict[str, int] = field(default_factory=dict)
-    busy_until: float | None = None  # another worker holds some recipients until then
+    busy_until: float | None = None  # another live run holds some recipients until then
+    next_retry: float | None = None  # the earliest retry time of what this run deferred
+    lost: int = 0  # claims another run took over before this one recorded them
 
     def add(self, status: str, n: int = 1) -> None:
         self.counts[status] = self.counts.get(status, 0) + n
+
+    def busy(self, until: float | None) -> None:
+        if until is not None:
+            self.busy_until = max(self.busy_until or 0.0, until)
 
     @property
     def deferred(self) -> int:
@@ -52,152 +73,139 @@ class BatchReport:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by the broker's visibility timeout."""
+    """Exponential backoff with full jitter, within an attempt limit and a deadline."""
 
     max_attempts: int = 8
     base: float = 30.0
     cap: float = 1800.0
+    max_age: float | None = None  # seconds from a delivery's creation to its deadline
 
     def countdown(self, attempt: int, rng: random.Random | None = None) -> float:
         ceiling = min(self.cap, self.base * 2 ** max(attempt - 1, 0))
         return (rng or random).uniform(ceiling / 2, ceiling)
 
-
-def lease_for(timeout: float, messages: int = 1) -> float:
-    """How long a claim lasts: time for a session to open (connect, greeting, EHLO,
-    STARTTLS, AUTH) and *messages* transactions to run, each reply waiting up to
-    *timeout*. Waits for the rate limit or a session slot happen before the claim."""
-    return max(10.0, timeout * 12 * messages)
+    def deadline(self, created_at: float | None) -> float | None:
+        if self.max_age is None or created_at is None:
+            return None
+        return created_at + self.max_age
 
 
-@dataclass(slots=True)
-class _Unrecorded:
-    """A message the server has answered whose outcomes are not in the ledger yet."""
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """How a batch runs beyond what it sends."""
 
-    claimed: list[RecipientRecord]
-    outcomes: list[DeliveryOutcome]
-
-    def rows(self) -> list[tuple[int, str, int | None, str | None]]:
-        return [(r.index, o.status, o.smtp_code, o.error)
-                for r, o in zip(self.claimed, self.outcomes, strict=True)]
+    token: str  # the same for every run of one batch (a redelivered task, a retry)
+    policy: RetryPolicy = RetryPolicy()
+    created_at: float | None = None  # of the delivery, for the policy's deadline
+    lease: float = 30.0  # seconds a claim outlives the last renewal of its run
+    pace: Callable[[], None] | None = None  # blocks for MAIL_RATE_LIMIT before each message
+    suppressed: Callable[[list[str]], list[bool]] | None = None  # the suppression list
+    should_stop: Callable[[], bool] | None = None  # paused or cancelled: stop before a message
+    after_send: Callable[[Sequence[tuple[RecipientRecord, DeliveryOutcome]]], None] | None = None
 
 
 def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
-              connection: BatchConnection, composer: Composer, *, token: str,
-              max_attempts: int, pace: Callable[[], None] | None = None,
-              after_send: Callable[[int], None] | None = None) -> BatchReport:
-    """Send every envelope whose recipients can be claimed; record every outcome.
-
-    Each message's recipients are claimed just before it is built and sent, and
-    its outcomes are recorded in the same Redis call that claims the next
-    message's recipients, so a message costs one round trip to Redis. *pace*,
-    when given, is called before each claim and blocks as long as a shared rate
-    limit (``MAIL_RATE_LIMIT``) requires; the outcomes of the message before are
-    recorded first, so nothing waits unrecorded.
-
-    Without shared limits (no *pace*, no session gate) the Redis call for the
-    next message is written before the current one is sent and read after, so
-    Redis and the SMTP server work at the same time (see :class:`LedgerPipeline`).
-    """
+              connection: BatchConnection, composer: Composer,
+              options: BatchOptions) -> BatchReport:
+    """Send every envelope whose recipients can be claimed; record every outcome."""
     report = BatchReport()
-    unrecorded: _Unrecorded | None = None
-
-    def record(sent: _Unrecorded, settled: list[str]) -> None:
-        for status in settled:
-            report.add(status)
-        if after_send is not None:
-            after_send(len(sent.claimed))
-
-    if pace is None and connection.gate is None:
-        _run_overlapped(ledger, envelopes, connection, composer, token=token,
-                        max_attempts=max_attempts, report=report, record=record)
-        return report
-    lease = lease_for(connection.settings.timeout)
     try:
-        for envelope in envelopes:
-            if unrecorded is not None and (pace is not None or connection.may_wait()):
-                record(unrecorded, ledger.finish(token, unrecorded.rows(),
-                                                 max_attempts=max_attempts))
-                unrecorded = None
-            if pace is not None:
-                pace()
-            connection.reserve()
-            if unrecorded is None:
-                claim = ledger.claim(envelope.indices, token, lease)
-            else:
-                sent, unrecorded = unrecorded, None
-                settled, claim = ledger.finish_and_claim(token, sent.rows(), envelope.indices,
-                                                         lease, max_attempts=max_attempts)
-                record(sent, settled)
-            if claim.busy_until is not None:
-                report.busy_until = max(report.busy_until or 0.0, claim.busy_until)
-            if claim.claimed:
-                unrecorded = _Unrecorded(claim.claimed,
-                                         _send(envelope, claim.claimed, connection, composer))
+        lease = ClaimLease(ledger.redis, options.token, options.lease).__enter__()
+    except LeaseBusy as busy:
+        report.busy(busy.until)
+        return report
+    try:
+        with LedgerStream(ledger) as stream:
+            _Run(stream, connection, composer, options, report).deliver(envelopes)
     finally:
-        if unrecorded is not None:
-            record(unrecorded, ledger.finish(token, unrecorded.rows(),
-                                             max_attempts=max_attempts))
+        lease.__exit__(None, None, None)
     return report
 
 
-def _run_overlapped(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
-                    connection: BatchConnection, composer: Composer, *, token: str,
-                    max_attempts: int, report: BatchReport,
-                    record: Callable[[_Unrecorded, list[str]], None]) -> None:
-    """run_batch with one ledger request in flight while each message is sent.
+class _Run:
+    """One run of :func:`run_batch`: the loop and what it has claimed."""
 
-    The request written just before message k goes out records message k-1
-    (answered a moment ago) and claims message k+1, so its claim lasts two
-    messages' time.
-    """
-    lease = lease_for(connection.settings.timeout, messages=2)
-    upcoming = iter(envelopes)
-    unrecorded: _Unrecorded | None = None
-    requested: tuple[Envelope, _Unrecorded | None] | None = None  # on the wire, not yet read
+    def __init__(self, stream: LedgerStream, connection: BatchConnection, composer: Composer,
+                 options: BatchOptions, report: BatchReport) -> None:
+        self.stream = stream
+        self.connection = connection
+        self.composer = composer
+        self.options = options
+        self.report = report
+        self.deadline = options.policy.deadline(options.created_at)
+        self.held: dict[int, RecipientRecord] = {}  # claimed, not yet sent
 
-    def request(envelope: Envelope) -> None:
-        nonlocal unrecorded, requested
-        pipe.send(token, unrecorded.rows() if unrecorded else (), envelope.indices, lease,
-                  max_attempts=max_attempts)
-        requested, unrecorded = (envelope, unrecorded), None
-
-    def flush() -> None:
-        nonlocal unrecorded
-        assert unrecorded is not None
-        pipe.send(token, unrecorded.rows(), (), lease, max_attempts=max_attempts)
-        sent, unrecorded = unrecorded, None
-        record(sent, pipe.receive()[0])
-
-    with LedgerPipeline(ledger) as pipe:
+    def deliver(self, envelopes: Iterable[Envelope]) -> None:
         try:
-            while True:
-                if requested is None:
-                    first = next(upcoming, None)
-                    if first is None:
-                        break
-                    request(first)
-                assert requested is not None
-                (envelope, recorded), requested = requested, None
-                settled, claim = pipe.receive()
-                if recorded is not None:
-                    record(recorded, settled)
-                if claim.busy_until is not None:
-                    report.busy_until = max(report.busy_until or 0.0, claim.busy_until)
-                if not claim.claimed:
-                    continue
-                following = next(upcoming, None)
-                if following is not None:
-                    request(following)
-                elif unrecorded is not None:
-                    flush()
-                unrecorded = _Unrecorded(claim.claimed,
-                                         _send(envelope, claim.claimed, connection, composer))
-            if unrecorded is not None:
-                flush()
+            for chunk in _chunks(iter(envelopes), CLAIM_AHEAD):
+                self._claim(chunk)
+                for envelope in chunk:
+                    claimed = [self.held[i] for i in envelope.indices if i in self.held]
+                    if not claimed:
+                        continue
+                    if self.options.should_stop is not None and self.options.should_stop():
+                        return
+                    if self.options.pace is not None:
+                        self.options.pace()
+                    outcomes = _send(envelope, claimed, self.connection, self.composer)
+                    self._record(claimed, outcomes)
         finally:
-            if unrecorded is not None:  # an error came up: record what the server said
-                ledger.finish(token, unrecorded.rows(), max_attempts=max_attempts)
+            self._give_back()
+
+    def _claim(self, chunk: list[Envelope]) -> None:
+        claim = self.stream.claim([i for e in chunk for i in e.indices], self.options.token)
+        self.report.busy(claim.busy_until)
+        claimed = claim.claimed
+        if self.options.suppressed is not None and claimed:
+            flags = self.options.suppressed([r.email for r in claimed])
+            barred = [r for r, flag in zip(claimed, flags, strict=True) if flag]
+            if barred:
+                self._record(barred, [DeliveryOutcome("suppressed", None,
+                                                      "on the suppression list")] * len(barred))
+                claimed = [r for r, flag in zip(claimed, flags, strict=True) if not flag]
+        self.held.update((r.index, r) for r in claimed)
+
+    def _record(self, claimed: list[RecipientRecord], outcomes: list[DeliveryOutcome]) -> None:
+        policy = self.options.policy
+        now = time.time()
+        rows = [Outcome(r.index, o.status, o.smtp_code, o.error, counted=o.reached,
+                        retry_at=now + policy.countdown(r.deferrals + 1)
+                        if o.status == "deferred" else 0.0)
+                for r, o in zip(claimed, outcomes, strict=True)]
+        for r in claimed:
+            self.held.pop(r.index, None)
+        retry = min((row.retry_at for row in rows if row.status == "deferred"), default=None)
+        if retry is not None:
+            self.report.next_retry = min(self.report.next_retry or retry, retry)
+        self.stream.finish(self.options.token, rows, max_attempts=policy.max_attempts,
+                           deadline=self.deadline, then=self._settled)
+        if self.options.after_send is not None:
+            self.options.after_send(list(zip(claimed, outcomes, strict=True)))
+
+    def _settled(self, statuses: list[str]) -> None:
+        for status in statuses:
+            if status.startswith("lost:"):
+                self.report.lost += 1
+                log.warning("claim on recipient %s of %s was taken over before its outcome "
+                            "was recorded", status[5:], self.stream.ledger.delivery_id)
+            else:
+                self.report.add(status)
+
+    def _give_back(self) -> None:
+        if not self.held:
+            return
+        indices, self.held = sorted(self.held), {}
+        try:
+            self.stream.drain()
+            self.stream.ledger.release(self.options.token, indices)
+        except (RedisError, OSError) as err:  # the lease runs out; a later run takes them
+            log.warning("could not give back %d claimed recipient(s) of %s: %s",
+                        len(indices), self.stream.ledger.delivery_id, err)
+
+
+def _chunks(envelopes: Iterator[Envelope], size: int) -> Iterator[list[Envelope]]:
+    while chunk := list(islice(envelopes, size)):
+        yield chunk
 
 
 def _send(envelope: Envelope, claimed: list[RecipientRecord], connection: BatchConnection,
@@ -219,19 +227,16 @@ def visibility_timeout() -> float | None:
     return float(value) if value else None
 
 
-def retry_countdown(report: BatchReport, policy: RetryPolicy, attempt: int,
-                    *, now: float | None = None, ceiling: float | None = None) -> float | None:
+def retry_countdown(report: BatchReport, *, now: float | None = None,
+                    ceiling: float | None = None) -> float | None:
     """Seconds until this batch should run again, or ``None`` when nothing is left.
 
     Never more than half the broker's visibility timeout (or *ceiling*): a
     longer ETA on Redis would be redelivered while it waits.
     """
-    waits: list[float] = []
-    if report.deferred:
-        waits.append(policy.countdown(attempt))
-    if report.busy_until is not None:
-        current = time.time() if now is None else now
-        waits.append(max(1.0, report.busy_until - current + 1.0))
+    current = time.time() if now is None else now
+    waits = [max(0.1, when - current + 0.1)
+             for when in (report.next_retry, report.busy_until) if when is not None]
     if not waits:
         return None
     if ceiling is None:

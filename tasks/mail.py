@@ -12,24 +12,26 @@ so a copy sent twice, were it ever, can be recognised by the receiver.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Task, shared_task
+from redis.exceptions import RedisError
 
 from tasks import runtime
-from tasks.delivery import Envelope, retry_countdown, run_batch
+from tasks.delivery import BatchOptions, Envelope, retry_countdown, run_batch
 from tasks.engine.compose import Attachment, Composer, Draft
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.session import BatchConnection
 from tasks.stores.attachments import AttachmentRef, AttachmentStore
-from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
 from tasks.stores.messages import MessageStore, StoredMessage
+from tasks.stores.watch import Watchlist
 
 log = logging.getLogger(__name__)
 
-UNSETTLED = frozenset({"queued", "deferred", "sending"})
 
 
 def draft_for(message: StoredMessage, default_sender: str | None,
@@ -59,24 +61,35 @@ def _attachments(message: StoredMessage) -> list[Attachment] | InvalidMessageErr
         return err
 
 
-def _deliver(task: Task, ledger: DeliveryLedger, envelopes: list[Envelope], composer: Composer,
-             what: str) -> None:
+def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
+             envelopes: list[Envelope], composer: Composer, what: str) -> None:
     settings = runtime.smtp_settings()
-    policy = runtime.retry_policy()
-    token = f"{task.request.id or 'local'}:{uuid.uuid4().hex}"
-    with BatchConnection(settings, gate=runtime.session_gate()) as connection:
-        report = run_batch(ledger, envelopes, connection, composer, token=token,
-                           max_attempts=policy.max_attempts, pace=runtime.pacer())
+    watch = Watchlist(runtime.redis_client())
+    options = BatchOptions(token=f"{task.name}:{task.request.id or uuid.uuid4().hex}",
+                           policy=runtime.retry_policy(), created_at=message.created_at,
+                           lease=runtime.claim_lease(), pace=runtime.pacer())
+    try:
+        with BatchConnection(settings, gate=runtime.session_gate()) as connection:
+            report = run_batch(ledger, envelopes, connection, composer, options)
+    except RedisError as err:  # what was claimed comes back when the lease runs out
+        log.warning("%s stopped by a Redis error; retrying: %s", what, err)
+        raise task.retry(countdown=runtime.retry_policy().countdown(task.request.retries + 1),
+                         exc=err) from err
     log.info("%s: %s (%d session(s))", what, report.counts, connection.sessions_opened)
-    countdown = retry_countdown(report, policy, task.request.retries + 1)
-    if countdown is not None:
-        raise task.retry(countdown=countdown)
+    countdown = retry_countdown(report)
+    if countdown is None:
+        if not UNSETTLED.intersection(s for s, n in ledger.counts().items() if n):
+            watch.done("message", message.id)
+        return
+    watch.expect("message", message.id, time.time() + countdown + runtime.watch_after())
+    raise task.retry(countdown=countdown)
 
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     """A stored message made ready for one batch: its ledger, composer and draft."""
 
+    message: StoredMessage
     ledger: DeliveryLedger
     composer: Composer
     template: Draft
@@ -99,7 +112,7 @@ def _load(message_id: str) -> _Loaded | None:
     attachments = _attachments(message)
     loaded = attachments if isinstance(attachments, list) else None
     problem = attachments if isinstance(attachments, InvalidMessageError) else None
-    return _Loaded(store.ledger(message_id), runtime.composer(settings),
+    return _Loaded(message, store.ledger(message_id), runtime.composer(settings),
                    draft_for(message, settings.default_sender, loaded), problem)
 
 
@@ -116,7 +129,7 @@ def deliver_message(self: Task, message_id: str) -> None:
 
     ledger = batch.ledger
     recipients = _unsettled(ledger, range(sum(ledger.counts().values())))
-    _deliver(self, ledger, [Envelope(recipients, draft_to)] if recipients else [],
+    _deliver(self, batch.message, ledger, [Envelope(recipients, draft_to)] if recipients else [],
              batch.composer, f"message {message_id}")
 
 
@@ -136,8 +149,8 @@ def deliver_each(self: Task, message_id: str, first: int, stop: int) -> None:
                                                template.envelope_sender)))
 
     indices = _unsettled(batch.ledger, range(first, stop))
-    _deliver(self, batch.ledger, [Envelope([i], copy_for) for i in indices], composer,
-             f"message {message_id} copies {first}-{stop - 1}")
+    _deliver(self, batch.message, batch.ledger, [Envelope([i], copy_for) for i in indices],
+             composer, f"message {message_id} copies {first}-{stop - 1}")
 
 
 def _unsettled(ledger: DeliveryLedger, indices: range) -> list[int]:

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import html
 import logging
+import time
 import uuid
 from dataclasses import replace
 
 from celery import Task, shared_task
+from redis.exceptions import RedisError
 
 from tasks import runtime
-from tasks.delivery import Envelope, retry_countdown, run_batch
+from tasks.delivery import BatchOptions, Envelope, retry_countdown, run_batch
 from tasks.engine.compose import Draft
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.session import BatchConnection
 from tasks.stores.ledger import RecipientRecord
 from tasks.stores.otp import OTPStore
+from tasks.stores.watch import Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +62,16 @@ def send_code(self: Task, request_id: str) -> None:
     """Mail a fresh code for OTP request *request_id*, unless it is closed or gone."""
     redis = runtime.redis_client()
     store = OTPStore.from_config(redis, runtime.app_config())
-    if store.get(request_id) is None:
+    request = store.get(request_id)
+    if request is None:
+        Watchlist(redis).done("otp", request_id)
         log.warning("otp request %s no longer exists; nothing to send", request_id)
         return
     ledger = store.ledger(request_id)
     # MAIL_DEBUG makes smtplib print every line it sends to stderr, the code among
     # them; a secret never goes to an output stream, so one-time codes go quietly.
     settings = replace(runtime.smtp_settings(), debug=False)
-    policy = runtime.retry_policy()
+    policy = replace(runtime.retry_policy(), max_age=float(store.policy.ttl))  # no use later
 
     def draft_to(claimed: list[RecipientRecord]) -> Draft:
         code = store.issue(request_id)
@@ -75,11 +80,17 @@ def send_code(self: Task, request_id: str) -> None:
         return code_draft(settings.default_sender or "", claimed[0].email, code,
                           store.policy.ttl)
 
-    token = f"{self.request.id or 'local'}:{uuid.uuid4().hex}"
-    with BatchConnection(settings, gate=runtime.session_gate()) as connection:
-        report = run_batch(ledger, [Envelope([0], draft_to)], connection,
-                           runtime.composer(settings), token=token,
-                           max_attempts=policy.max_attempts, pace=runtime.pacer())
+    options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
+                           policy=policy, created_at=request.created_at,
+                           lease=runtime.claim_lease(), pace=runtime.pacer())
+    watch = Watchlist(redis)
+    try:
+        with BatchConnection(settings, gate=runtime.session_gate()) as connection:
+            report = run_batch(ledger, [Envelope([0], draft_to)], connection,
+                               runtime.composer(settings), options)
+    except RedisError as err:
+        log.warning("otp request %s stopped by a Redis error; retrying: %s", request_id, err)
+        raise self.retry(countdown=policy.countdown(self.request.retries + 1), exc=err) from err
     if report.counts:
         [record] = ledger.get([0])
         status = record.status if record.status in {"sent", "deferred"} else "failed"
@@ -88,6 +99,9 @@ def send_code(self: Task, request_id: str) -> None:
             error = "sending is suppressed (MAIL_SUPPRESS_SEND)"
         store.record_delivery(request_id, status, record.smtp_code, error)
     log.info("otp request %s: %s", request_id, report.counts)
-    countdown = retry_countdown(report, policy, self.request.retries + 1)
-    if countdown is not None:
-        raise self.retry(countdown=countdown)
+    countdown = retry_countdown(report)
+    if countdown is None:
+        watch.done("otp", request_id)
+        return
+    watch.expect("otp", request_id, time.time() + countdown + runtime.watch_after())
+    raise self.retry(countdown=countdown)

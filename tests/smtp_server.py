@@ -136,8 +136,12 @@ class SMTPTestServer:
     def __init__(self, **controller_options: Any) -> None:
         self.handler = RecordingHandler()
         self.port = free_port()
-        self.controller = CountingController(self.handler, hostname="127.0.0.1", port=self.port,
-                                     **controller_options)
+        self.options = controller_options
+        self.controller = self._controller()
+
+    def _controller(self) -> CountingController:
+        return CountingController(self.handler, hostname="127.0.0.1", port=self.port,
+                                  **self.options)
 
     def start(self) -> SMTPTestServer:
         self.controller.start()
@@ -145,6 +149,11 @@ class SMTPTestServer:
 
     def stop(self) -> None:
         self.controller.stop()
+
+    def restart(self) -> None:
+        """Listen again on the same port after :meth:`stop` (a relay back from an outage)."""
+        self.controller = self._controller()
+        self.controller.start()
 
     def reset(self) -> None:
         handler = self.handler

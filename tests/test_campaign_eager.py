@@ -21,7 +21,8 @@ from tests.smtp_server import SMTPTestServer
 
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
-    return {"MAIL_MAX_EMAILS": 20, "PUBLIC_URL": "https://mail.example.org"}
+    return {"MAIL_MAX_EMAILS": 20, "PUBLIC_URL": "https://mail.example.org",
+            "CAMPAIGN_BATCH_SIZE": 100, "CAMPAIGN_BATCHES_AHEAD": 1}
 
 
 def test_250_recipient_csv_campaign_is_personalised_and_batched(

@@ -7,7 +7,8 @@ import time
 import pytest
 import redis
 
-from tasks.stores.campaigns import CampaignStore, TransitionRefused
+from tasks.stores.campaigns import CampaignStore, TransitionRefused, batch_token
+from tasks.stores.leases import ClaimLease
 from tasks.stores.suppression import SuppressionList
 
 
@@ -76,36 +77,42 @@ def test_transitions_are_checked_atomically(redis_client: redis.Redis) -> None:
 def test_batches_are_reserved_a_few_at_a_time(redis_client: redis.Redis) -> None:
     store = CampaignStore(redis_client)
     campaign_id = new_campaign(store, 250)
-    assert store.reserve_batch(campaign_id, size=100, ahead=2, forget_after=60) is None  # queued
+    assert store.reserve_batch(campaign_id, size=100, ahead=2) is None  # queued
     store.transition(campaign_id, ("queued",), "running")
-    first = store.reserve_batch(campaign_id, size=100, ahead=2, forget_after=60)
-    second = store.reserve_batch(campaign_id, size=100, ahead=2, forget_after=60)
+    first = store.reserve_batch(campaign_id, size=100, ahead=2)
+    second = store.reserve_batch(campaign_id, size=100, ahead=2)
     assert first is not None and second is not None
     assert (first[1:], second[1:]) == ((0, 99), (100, 199))
-    assert store.reserve_batch(campaign_id, size=100, ahead=2, forget_after=60) is None
-    assert 0 < redis_client.ttl(f"postroom:campaign:{campaign_id}:inflight") <= 120
+    assert store.reserve_batch(campaign_id, size=100, ahead=2) is None
+    assert store.batches_in_flight(campaign_id) == 2
 
     store.release_batch(campaign_id, first[0])
-    third = store.reserve_batch(campaign_id, size=100, ahead=2, forget_after=60)
+    third = store.reserve_batch(campaign_id, size=100, ahead=2)
     assert third is not None and third[1:] == (200, 249)
     store.release_batch(campaign_id, second[0])
-    assert store.reserve_batch(campaign_id, size=100, ahead=2, forget_after=60) is None
+    assert store.reserve_batch(campaign_id, size=100, ahead=2) is None
     assert store.batch_indices(campaign_id, 200, 249, limit=50) == list(range(200, 250))
 
     store.transition(campaign_id, ("running",), "paused")
-    assert store.reserve_batch(campaign_id, size=100, ahead=2, forget_after=60) is None
+    assert store.reserve_batch(campaign_id, size=100, ahead=2) is None
 
 
-def test_a_lost_batch_is_handed_out_again(redis_client: redis.Redis) -> None:
+def test_a_batch_whose_run_holds_no_lease_is_silent(redis_client: redis.Redis) -> None:
     store = CampaignStore(redis_client)
     campaign_id = new_campaign(store, 30)
     store.transition(campaign_id, ("queued",), "running")
-    lost = store.reserve_batch(campaign_id, size=100, ahead=1, forget_after=60)
+    lost = store.reserve_batch(campaign_id, size=100, ahead=2)
     assert lost is not None and lost[1:] == (0, 29)
-    assert store.reserve_batch(campaign_id, size=100, ahead=1, forget_after=60) is None
-    time.sleep(0.05)
-    again = store.reserve_batch(campaign_id, size=100, ahead=1, forget_after=0.01)
-    assert again is not None and again[1:] == (0, 29) and again[0] != lost[0]
+    slot = lost[0]
+    assert store.silent_batches(campaign_id, dispatched_before=time.time() - 60) == []
+    later = time.time() + 1
+    assert store.silent_batches(campaign_id, dispatched_before=later) == [(slot, 0, 29)]
+    with ClaimLease(redis_client, batch_token(campaign_id, slot)):  # its run is alive
+        assert store.silent_batches(campaign_id, dispatched_before=later) == []
+    store.release_batch(campaign_id, slot)
+    assert store.silent_batches(campaign_id, dispatched_before=later) == []
+    rescue = store.rescue_batch(campaign_id, 3, 7)
+    assert store.silent_batches(campaign_id, dispatched_before=later) == [(rescue, 3, 7)]
 
 
 def test_moving_exactly_a_page_of_recipients(redis_client: redis.Redis) -> None:

@@ -36,7 +36,7 @@ DESIGN_VARIABLES = [
     "MAIL_MAX_CONNECTIONS", "MAIL_RATE_LIMIT", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY",
     "API_TOKENS", "ADMIN_USERNAME", "ADMIN_PASSWORD", "OTP_LENGTH", "OTP_TTL",
     "OTP_MAX_ATTEMPTS", "MAX_ATTACHMENT_BYTES", "MAX_MESSAGE_BYTES"]
-APP_SERVICES = ("web", "worker", "beat", "flower")
+APP_SERVICES = ("web", "worker", "worker-bulk", "beat", "flower")
 
 
 def docker_compose(*args: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -62,16 +62,21 @@ def services() -> dict[str, Any]:
 
 
 def test_compose_defines_every_service(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", "mailpit", "web", "worker", "beat", "flower"}
+    assert set(services) == {"redis", "mailpit", "web", "worker", "worker-bulk", "beat",
+                             "flower"}
     redis_service = services["redis"]
     assert redis_service["command"][-2:] == ["--appendonly", "yes"]
     assert any(volume.startswith("redis-data:/data") for volume in redis_service["volumes"])
     assert services["mailpit"]["image"].startswith("axllent/mailpit")
     assert services["web"]["command"][0] == "gunicorn"
     assert services["web"]["command"][-1] == "web:create_app()"
-    worker = services["worker"]["command"]
-    assert worker[:4] == ["celery", "-A", "worker", "worker"]
-    assert "-E" in worker and worker[worker.index("-Q") + 1] == "otp,mail,bulk"
+    lane, bulk = services["worker"]["command"], services["worker-bulk"]["command"]
+    for worker in (lane, bulk):
+        assert worker[:4] == ["celery", "-A", "worker", "worker"] and "-E" in worker
+        assert worker[worker.index("--pool") + 1] == "threads"
+    assert lane[lane.index("-Q") + 1] == "otp,mail"  # codes never wait behind campaigns
+    assert bulk[bulk.index("-Q") + 1] == "bulk"
+    assert bulk[bulk.index("--concurrency") + 1] == "16"
     assert services["beat"]["command"][:4] == ["celery", "-A", "worker", "beat"]
     assert services["flower"]["command"][:4] == ["celery", "-A", "worker", "flower"]
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "ops:compose-password"

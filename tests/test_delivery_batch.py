@@ -10,7 +10,14 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.delivery import BatchReport, Envelope, RetryPolicy, retry_countdown, run_batch
+from tasks.delivery import (
+    BatchOptions,
+    BatchReport,
+    Envelope,
+    RetryPolicy,
+    retry_countdown,
+    run_batch,
+)
 from tasks.engine.compose import Attachment, Composer, Draft
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.session import BatchConnection, SMTPSettings
@@ -41,7 +48,8 @@ def run(ledger: DeliveryLedger, n: int, smtp: SMTPTestServer, *, composer: Compo
     options = {"server": "127.0.0.1", "port": smtp.port, "timeout": 5.0} | settings
     with BatchConnection(SMTPSettings(**options)) as connection:
         return run_batch(ledger, [Envelope([i], draft) for i in range(n)], connection,
-                         composer or Composer(), token="t1", max_attempts=max_attempts)
+                         composer or Composer(),
+                         BatchOptions(token="t1", policy=RetryPolicy(max_attempts=max_attempts)))
 
 
 @pytest.mark.parametrize("pipelining", [False, True])
@@ -186,18 +194,19 @@ def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
 
 
 def test_retry_eta_never_exceeds_the_visibility_timeout() -> None:
-    policy = RetryPolicy(max_attempts=8, base=600, cap=3600)
-    deferred = BatchReport(counts={"deferred": 1})
-    assert retry_countdown(deferred, policy, 8, ceiling=30) == 30
+    deferred = BatchReport(counts={"deferred": 1}, next_retry=10_000.0)
+    assert retry_countdown(deferred, now=0.0, ceiling=30) == 30
     busy = BatchReport(busy_until=10_000.0)
-    assert retry_countdown(busy, policy, 1, now=0.0, ceiling=45) == 45
-    assert retry_countdown(BatchReport(counts={"sent": 3}), policy, 1) is None
+    assert retry_countdown(busy, now=0.0, ceiling=45) == 45
+    assert retry_countdown(BatchReport(counts={"sent": 3})) is None
+    soon = BatchReport(counts={"deferred": 1}, next_retry=12.0, busy_until=50.0)
+    assert retry_countdown(soon, now=2.0, ceiling=45) == pytest.approx(10.1)
 
 
 def test_retry_eta_follows_the_broker_setting(app: Flask) -> None:
     app.extensions["celery"].conf.broker_transport_options = {"visibility_timeout": 40}
-    policy = RetryPolicy(max_attempts=8, base=600, cap=3600)
-    assert retry_countdown(BatchReport(counts={"deferred": 1}), policy, 5) == 20
+    later = BatchReport(counts={"deferred": 1}, next_retry=1e12)
+    assert retry_countdown(later) == 20
 
 
 def test_a_retried_message_keeps_its_message_id(client: FlaskClient,

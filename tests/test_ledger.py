@@ -1,10 +1,15 @@
-"""The delivery ledger's atomic transitions, against the real Redis."""
+"""The delivery ledger's atomic transitions and claim leases, against the real Redis."""
 
 from __future__ import annotations
 
+import json
+import time
+
+import pytest
 import redis
 
-from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.leases import ClaimLease, LeaseBusy
+from tasks.stores.ledger import DeliveryLedger, Outcome, RecipientRecord
 
 
 def make_ledger(client: redis.Redis, n: int) -> DeliveryLedger:
@@ -16,22 +21,31 @@ def make_ledger(client: redis.Redis, n: int) -> DeliveryLedger:
 def test_status_indexes_made_later_inherit_the_ledgers_ttl(redis_client: redis.Redis) -> None:
     ledger = make_ledger(redis_client, 3)
     ledger.expire(600)
-    claim = ledger.claim([0, 1, 2], "token-a", lease_seconds=60)
-    ledger.finish("token-a", [(0, "sent", 250, None), (1, "deferred", 451, "later"),
-                              (2, "failed", 550, "no such user")], max_attempts=5)
+    with ClaimLease(redis_client, "token-a"):
+        claim = ledger.claim([0, 1, 2], "token-a")
+        ledger.finish("token-a", [Outcome(0, "sent", 250), Outcome(1, "deferred", 451, "later",
+                                                                    retry_at=time.time() + 60),
+                                  Outcome(2, "failed", 550, "no such user")], max_attempts=5)
     ledger.move("failed", "queued")
 
     assert len(claim.claimed) == 3
     for status in ("sent", "deferred", "queued"):
         ttl = redis_client.ttl(ledger.index_prefix + status)
         assert 0 < ttl <= 600, (status, ttl)
-    assert all(redis_client.ttl(name) > 0 for name in redis_client.keys("postroom:*"))
+    assert all(redis_client.ttl(name) > 0 for name in redis_client.keys("postroom:delivery:*"))
 
 
 def test_a_durable_ledger_stays_durable(redis_client: redis.Redis) -> None:
     ledger = make_ledger(redis_client, 1)
-    ledger.claim([0], "t", lease_seconds=60)
+    ledger.claim([0], "t")
     assert redis_client.ttl(ledger.index_prefix + "sending") == -1
+
+
+def test_a_queued_recipient_costs_few_bytes(redis_client: redis.Redis) -> None:
+    ledger = DeliveryLedger(redis_client, "test:compact")
+    ledger.add([RecipientRecord(index=0, email="ada@example.com", vars={"name": "Ada"})])
+    raw = redis_client.hget(ledger.records_key, "0")
+    assert json.loads(raw) == {"e": "ada@example.com", "s": "queued", "v": {"name": "Ada"}}
 
 
 def test_move_of_an_empty_or_exactly_paged_status(redis_client: redis.Redis) -> None:
@@ -43,19 +57,89 @@ def test_move_of_an_empty_or_exactly_paged_status(redis_client: redis.Redis) -> 
     assert [r.status for r in ledger.get([0, 1, 2, 3])] == ["cancelled"] * 4
 
 
-def test_a_live_claim_is_busy_and_a_stale_one_can_be_taken_over(
+def test_a_live_claim_is_busy_and_an_abandoned_one_is_taken_over(
         redis_client: redis.Redis) -> None:
     ledger = make_ledger(redis_client, 2)
-    live = ledger.claim([0], "worker-1", lease_seconds=60)
-    blocked = ledger.claim([0], "worker-2", lease_seconds=60)
-    assert [r.index for r in live.claimed] == [0]
-    assert blocked.claimed == [] and blocked.busy_until is not None
+    with ClaimLease(redis_client, "worker-1", ttl=60):
+        live = ledger.claim([0], "worker-1")
+        blocked = ledger.claim([0], "worker-2")
+        assert [r.index for r in live.claimed] == [0]
+        assert blocked.claimed == [] and blocked.busy_until is not None
+        assert blocked.busy_until > time.time() + 50
 
-    dead = ledger.claim([1], "worker-1", lease_seconds=-1)  # its lease is already over
-    taken = ledger.claim([1], "worker-2", lease_seconds=60)
-    assert [r.index for r in dead.claimed] == [r.index for r in taken.claimed] == [1]
-    assert taken.claimed[0].attempts == 2
+    # worker-1's lease is gone (its run ended without recording): its claim is abandoned
+    assert ledger.orphaned() == [0]
+    taken = ledger.claim([0], "worker-2")
+    assert [r.index for r in taken.claimed] == [0]
+    assert ledger.finish("worker-1", [Outcome(0, "sent", 250)], max_attempts=5) == ["lost:0"]
+    assert ledger.finish("worker-2", [Outcome(0, "sent", 250)], max_attempts=5) == ["sent"]
+    assert ledger.counts()["sent"] == 1 and ledger.orphaned() == []
 
-    assert ledger.finish("worker-1", [(1, "sent", 250, None)], max_attempts=5) == []
-    assert ledger.finish("worker-2", [(1, "sent", 250, None)], max_attempts=5) == ["sent"]
-    assert ledger.counts()["sent"] == 1
+
+def test_only_the_relays_answers_use_up_attempts(redis_client: redis.Redis) -> None:
+    ledger = make_ledger(redis_client, 1)
+    for _ in range(5):  # the relay could not be reached: no attempt used, however often
+        ledger.claim([0], "t")
+        ledger.finish("t", [Outcome(0, "deferred", None, "connection refused", counted=False,
+                                    retry_at=1.0)], max_attempts=3)
+    [record] = ledger.get([0])
+    assert (record.status, record.attempts, record.deferrals) == ("deferred", 0, 5)
+    for expected in ("deferred", "deferred", "failed"):
+        ledger.claim([0], "t")
+        assert ledger.finish("t", [Outcome(0, "deferred", 451, "4.7.1 later", retry_at=1.0)],
+                             max_attempts=3) == [expected]
+    [record] = ledger.get([0])
+    assert record.error == "retries exhausted after 3 attempts: 4.7.1 later"
+
+
+def test_a_deferral_past_the_deadline_fails(redis_client: redis.Redis) -> None:
+    ledger = make_ledger(redis_client, 1)
+    ledger.claim([0], "t")
+    assert ledger.finish("t", [Outcome(0, "deferred", None, "refused", counted=False)],
+                         max_attempts=8, deadline=time.time() - 1) == ["failed"]
+    [record] = ledger.get([0])
+    assert "DELIVERY_MAX_AGE" in (record.error or "")
+
+
+def test_deferred_recipients_are_scheduled_and_given_back(redis_client: redis.Redis) -> None:
+    ledger = make_ledger(redis_client, 3)
+    ledger.claim([0, 1, 2], "t")
+    now = time.time()
+    ledger.finish("t", [Outcome(0, "deferred", 451, "later", retry_at=now - 5),
+                        Outcome(1, "deferred", 451, "later", retry_at=now + 300)],
+                  max_attempts=5)
+    assert ledger.due_for_retry(now) == [0]
+    assert ledger.next_retry() == pytest.approx(now - 5)
+    assert ledger.release("t", [2]) == 1  # claimed, never sent: queued again
+    assert [r.status for r in ledger.get([0, 1, 2])] == ["deferred", "deferred", "queued"]
+    ledger.claim([0], "t2")
+    assert ledger.due_for_retry(now + 600) == [1]  # a claim takes it off the schedule
+
+
+def test_a_lease_is_held_by_one_live_run(redis_client: redis.Redis) -> None:
+    with ClaimLease(redis_client, "batch-1", ttl=30):
+        with pytest.raises(LeaseBusy) as busy:
+            ClaimLease(redis_client, "batch-1", ttl=30).__enter__()
+        assert busy.value.until > time.time() + 20
+    with ClaimLease(redis_client, "batch-1", ttl=30):  # released: the next run takes it
+        assert redis_client.exists("postroom:lease:batch-1")
+    assert not redis_client.exists("postroom:lease:batch-1")
+
+
+def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_at_once(
+        redis_client: redis.Redis) -> None:
+    import socket
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    holder = f"{socket.gethostname()}:{dead.stdout.strip()}:abc"
+    redis_client.set("postroom:lease:batch-2", holder, px=60_000)
+    with ClaimLease(redis_client, "batch-2", ttl=30) as lease:
+        assert redis_client.get("postroom:lease:batch-2").decode() == lease.holder
+
+
+def test_a_lease_is_renewed_while_its_run_lives(redis_client: redis.Redis) -> None:
+    with ClaimLease(redis_client, "batch-3", ttl=0.6):
+        time.sleep(1.5)  # more than twice the lease: only renewal keeps it
+        assert redis_client.exists("postroom:lease:batch-3")

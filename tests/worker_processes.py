@@ -44,8 +44,8 @@ class WorkerProcesses:
         self.producer.conf.broker_transport_options = {"global_keyprefix": self.prefix}
 
     def start(self, *, queues: str = "otp,mail,bulk", concurrency: int = 1,
-              count: int = 1) -> list[subprocess.Popen[bytes]]:
-        """Start *count* prefork workers and wait until every one says it is ready."""
+              count: int = 1, pool: str = "prefork") -> list[subprocess.Popen[bytes]]:
+        """Start *count* workers and wait until every one says it is ready."""
         started: list[subprocess.Popen[bytes]] = []
         for _ in range(count):
             n = len(self.processes) + 1
@@ -53,7 +53,7 @@ class WorkerProcesses:
             with log_path.open("wb") as log_file:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues,
-                     "--pool", "prefork", "-c", str(concurrency),
+                     "--pool", pool, "-c", str(concurrency),
                      "-n", f"test{n}.{os.getpid()}@%h", "-l", "INFO",
                      "--without-gossip", "--without-mingle", "--without-heartbeat"],
                     cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -63,6 +63,19 @@ class WorkerProcesses:
             started.append(process)
         self._wait_ready(started)
         return started
+
+    def start_beat(self) -> subprocess.Popen[bytes]:
+        """``celery beat``: due campaigns and the reconciler, on this group's broker."""
+        log_path = self.tmp_path / "beat.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO",
+                 "--schedule", str(self.tmp_path / "celerybeat-schedule")],
+                cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self.processes.append(process)
+        self.logs.append(log_path)
+        return process
 
     def _wait_ready(self, processes: list[subprocess.Popen[bytes]]) -> None:
         logs = [self.logs[self.processes.index(process)] for process in processes]

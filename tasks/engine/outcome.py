@@ -15,6 +15,7 @@ class DeliveryOutcome:
     status: OutcomeStatus
     smtp_code: int | None = None
     error: str | None = None
+    reached: bool = True  # False: no session reached the relay, so no attempt was used
 
     @classmethod
     def from_reply(cls, code: int, text: bytes | str) -> DeliveryOutcome:
@@ -30,3 +31,8 @@ class DeliveryOutcome:
     def transport_failure(cls, reason: str) -> DeliveryOutcome:
         """A timeout or a dropped connection: nothing was confirmed, try again."""
         return cls("deferred", None, reason)
+
+    @classmethod
+    def unreached(cls, reason: str, smtp_code: int | None = None) -> DeliveryOutcome:
+        """No session could be opened (refused, timed out, greeting or TLS refused)."""
+        return cls("deferred", smtp_code, reason, reached=False)

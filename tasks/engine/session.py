@@ -188,13 +188,6 @@ class BatchConnection(Connection):
         assert self.host is not None
         return self.host
 
-    def may_wait(self) -> bool:
-        """Whether :meth:`reserve` may block (for a session slot) before the next message."""
-        if self.gate is None or self.settings.suppress or self._unavailable is not None:
-            return False
-        max_emails = self.settings.max_emails
-        return self.host is None or bool(max_emails and self.num_emails >= max_emails)
-
     def reserve(self) -> None:
         """Get ready for the next message before its recipients are claimed.
 
@@ -247,7 +240,7 @@ class BatchConnection(Connection):
         try:
             host = self.open_session()
         except SessionError as err:
-            return {rcpt: DeliveryOutcome("deferred", err.smtp_code, str(err))
+            return {rcpt: DeliveryOutcome.unreached(str(err), err.smtp_code)
                     for rcpt in recipients}
         self.num_emails += 1
         try:

@@ -25,12 +25,13 @@ from typing import Any
 from redis import Redis
 
 from tasks.stores import key
-from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.ledger import LEASE_PREFIX, UNSETTLED, DeliveryLedger, RecipientRecord, text
 from tasks.stores.suppression import SuppressionList, normalise
+from tasks.stores.watch import WATCH_AFTER, WATCH_KEY
 
 IMPORT_TTL = 24 * 3600  # a campaign whose import never finished disappears after a day
 RATE_WINDOW = 10  # seconds over which the current rate is averaged
-SETTLED = ("queued", "sending", "deferred")  # recipients still to be decided
+SETTLED = tuple(sorted(UNSETTLED))  # recipients still to be decided
 
 _TRANSITION = """
 -- KEYS: campaign, scheduled, running; ARGV: id, to, now, stamp field or '', from...
@@ -66,23 +67,28 @@ return 1
 """
 
 _RESERVE = """
--- KEYS: campaign, in-flight batches, queued index
--- ARGV: now, forget slots reserved before, ahead, size, slot, TTL of the in-flight set
+-- KEYS: campaign, in-flight batches (slot -> reserved at), batch ranges (slot -> first:last),
+--       queued index
+-- ARGV: now, ahead, size, slot
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return {} end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {} end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return {} end
 local cursor = redis.call('HGET', KEYS[1], 'cursor') or '0'
-local ids = redis.call('ZRANGEBYSCORE', KEYS[3], cursor, '+inf', 'LIMIT', 0, tonumber(ARGV[4]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[4], cursor, '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
 if #ids == 0 and cursor ~= '0' and redis.call('ZCARD', KEYS[2]) == 0 then
-  -- nothing in flight yet some recipients behind the cursor are queued (a lost batch)
-  ids = redis.call('ZRANGEBYSCORE', KEYS[3], 0, '+inf', 'LIMIT', 0, tonumber(ARGV[4]))
+  -- nothing in flight yet some recipients behind the cursor are queued (given back)
+  ids = redis.call('ZRANGEBYSCORE', KEYS[4], 0, '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
 end
 if #ids == 0 then return {} end
 redis.call('HSET', KEYS[1], 'cursor', tonumber(ids[#ids]) + 1)
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[4], ids[1] .. ':' .. ids[#ids])
 return {ids[1], ids[#ids]}
 """
+
+
+def batch_token(campaign_id: str, slot: str) -> str:
+    """The claim token of every run of one campaign batch."""
+    return f"campaign:{campaign_id}:{slot}"
 
 
 class TransitionRefused(Exception):
@@ -225,6 +231,8 @@ class CampaignStore:
         pipe.zadd(self.index_key, {campaign_id: now})
         if send_at is not None:
             pipe.zadd(self.scheduled_key, {campaign_id: send_at})
+        else:  # its start task is a doorbell: if it never rings, the reconciler starts it
+            pipe.zadd(WATCH_KEY, {f"campaign:{campaign_id}": now + WATCH_AFTER})
         pipe.execute()
         return status
 
@@ -297,34 +305,83 @@ class CampaignStore:
         """Make the dispatcher look at every queued recipient again."""
         self.redis.hset(self._key(campaign_id), "cursor", 0)
 
-    def complete_if_done(self, campaign_id: str) -> bool:
-        """``running -> completed`` when no recipient is queued, sending or deferred."""
-        done = self.redis.eval(_COMPLETE, 3, self._key(campaign_id),
-                               self.ledger(campaign_id).counts_key, self.running_key,
-                               campaign_id, time.time(), *SETTLED)
-        return bool(done)
+    def complete_if_done(self, campaign_id: str, *, retention: int | None = None) -> bool:
+        """``running -> completed`` when no recipient is queued, sending or deferred.
+
+        With *retention* (seconds), the per-recipient records then expire after
+        that long; the campaign and its counts stay.
+        """
+        done = bool(self.redis.eval(_COMPLETE, 3, self._key(campaign_id),
+                                    self.ledger(campaign_id).counts_key, self.running_key,
+                                    campaign_id, time.time(), *SETTLED))
+        if done:
+            self.keep_summary_only(campaign_id, retention)
+        return done
+
+    def keep_summary_only(self, campaign_id: str, retention: int | None) -> None:
+        """A finished campaign: its batches are forgotten, its recipients expire."""
+        self.redis.unlink(self._key(campaign_id, "inflight"), self._key(campaign_id, "batches"))
+        if retention is not None:
+            self.ledger(campaign_id).expire(retention, keep_counts=True)
 
     # -- batches ------------------------------------------------------------------------------
 
-    def reserve_batch(self, campaign_id: str, *, size: int, ahead: int,
-                      forget_after: float) -> tuple[str, int, int] | None:
+    def reserve_batch(self, campaign_id: str, *, size: int,
+                      ahead: int) -> tuple[str, int, int] | None:
         """The next batch ``(slot, first, last)`` if the campaign runs and a slot is free."""
         slot = uuid.uuid4().hex[:12]
-        now = time.time()
-        ledger = self.ledger(campaign_id)
-        reply = self.redis.eval(_RESERVE, 3, self._key(campaign_id),
+        reply = self.redis.eval(_RESERVE, 4, self._key(campaign_id),
                                 self._key(campaign_id, "inflight"),
-                                ledger.index_prefix + "queued", now, now - forget_after,
-                                ahead, size, slot, int(forget_after * 2))
+                                self._key(campaign_id, "batches"),
+                                self.ledger(campaign_id).index_prefix + "queued",
+                                time.time(), ahead, size, slot)
         if not reply:
             return None
         return slot, int(reply[0]), int(reply[1])
 
+    def rescue_batch(self, campaign_id: str, first: int, last: int) -> str:
+        """A batch of its own for recipients *first*..*last* (found stuck); its slot."""
+        slot = uuid.uuid4().hex[:12]
+        self.mark_dispatched(campaign_id, slot, first, last)
+        return slot
+
+    def mark_dispatched(self, campaign_id: str, slot: str, first: int, last: int) -> None:
+        """The batch in *slot* was (re)published now."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(self._key(campaign_id, "inflight"), {slot: time.time()})
+        pipe.hset(self._key(campaign_id, "batches"), slot, f"{first}:{last}")
+        pipe.execute()
+
     def release_batch(self, campaign_id: str, slot: str) -> None:
-        self.redis.zrem(self._key(campaign_id, "inflight"), slot)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(self._key(campaign_id, "inflight"), slot)
+        pipe.hdel(self._key(campaign_id, "batches"), slot)
+        pipe.execute()
 
     def batches_in_flight(self, campaign_id: str) -> int:
         return int(self.redis.zcard(self._key(campaign_id, "inflight")))
+
+    def silent_batches(self, campaign_id: str, *,
+                       dispatched_before: float) -> list[tuple[str, int, int]]:
+        """Batches dispatched before then whose run holds no lease: lost, or still waiting."""
+        slots = [text(s) for s in self.redis.zrange(self._key(campaign_id, "inflight"),
+                                                   "-inf", dispatched_before, byscore=True)]
+        if not slots:
+            return []
+        ranges = self.redis.hmget(self._key(campaign_id, "batches"), slots)
+        pipe = self.redis.pipeline(transaction=False)
+        for slot in slots:
+            pipe.exists(LEASE_PREFIX + batch_token(campaign_id, slot))
+        silent = []
+        for slot, span, alive in zip(slots, ranges, pipe.execute(), strict=True):
+            if alive:
+                continue
+            if span is None:  # no range known: nothing to rerun
+                self.release_batch(campaign_id, slot)
+                continue
+            first, _, last = text(span).partition(":")
+            silent.append((slot, int(first), int(last)))
+        return silent
 
     def batch_indices(self, campaign_id: str, first: int, last: int, *,
                       limit: int) -> list[int]:

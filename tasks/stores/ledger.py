@@ -1,15 +1,17 @@
 """Per-recipient delivery state of a message or campaign, moved atomically.
 
 A delivery (a message id or a campaign id) has recipients numbered from 0.
-Each recipient's record is JSON in one hash; an index per status (a sorted set
-scored by recipient number) and a count per status are kept beside it. Every
-transition is one Lua script, so the three never disagree and two workers can
+Each recipient's record is compact JSON in one hash; an index per status (a
+sorted set scored by recipient number), a count per status and a retry
+schedule for deferred recipients are kept beside it. Every transition is one
+Lua script (``tasks/stores/lua/``), so they never disagree and two workers can
 never both hold the same recipient:
 
-    queued/deferred --claim--> sending --finish--> sent | deferred | failed
+    queued/deferred --claim--> sending --finish--> sent | deferred | failed | suppressed
 
-A claim carries a token and a lease; a recipient left ``sending`` by a worker
-that died can be claimed again once its lease has run out.
+A claim carries a token; the claim stays good while the token's lease key
+(:mod:`tasks.stores.leases`) lives. A worker that dies stops renewing its
+lease, and its recipients can be claimed again as soon as the lease is gone.
 """
 
 from __future__ import annotations
@@ -18,129 +20,55 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
+from importlib import resources
 from typing import Any
 
 from redis import Redis
 
 from tasks.stores import key
 
-STATUSES = ("queued", "sending", "sent", "deferred", "failed", "suppressed", "cancelled")
 
-_FUNCTIONS = """
--- KEYS: records, counts, status-index prefix
--- A status index made after the ledger was given a TTL takes the same TTL.
-local function index(status, idx)
-  local name = KEYS[3] .. status
-  redis.call('ZADD', name, idx, idx)
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('PEXPIRE', name, ttl) end
-end
+class RecipientStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+    BOUNCED = "bounced"
 
-local function claim(idx, token, now, lease_until, out)
-  local raw = redis.call('HGET', KEYS[1], idx)
-  if not raw then return end
-  local rec = cjson.decode(raw)
-  local s = rec.status
-  local stale = s == 'sending' and tonumber(rec.lease_until) < now
-  if s == 'queued' or s == 'deferred' or stale then
-    redis.call('ZREM', KEYS[3] .. s, idx)
-    redis.call('HINCRBY', KEYS[2], s, -1)
-    rec.status = 'sending'
-    rec.token = token
-    rec.lease_until = lease_until
-    rec.attempts = (rec.attempts or 0) + 1
-    rec.updated_at = now
-    redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
-    index('sending', idx)
-    redis.call('HINCRBY', KEYS[2], 'sending', 1)
-    table.insert(out, idx)
-    table.insert(out, raw)
-  elseif s == 'sending' then
-    table.insert(out, idx)
-    table.insert(out, 'busy:' .. tostring(rec.lease_until))
-  end
-end
 
-local function finish(idx, status, code, err, token, now, max_attempts, final)
-  local raw = redis.call('HGET', KEYS[1], idx)
-  if not raw then return end
-  local rec = cjson.decode(raw)
-  if rec.status ~= 'sending' or rec.token ~= token then return end
-  if status == 'deferred' and rec.attempts >= max_attempts then
-    status = 'failed'
-    rec.error = 'retries exhausted after ' .. rec.attempts .. ' attempts: ' .. err
-  elseif err ~= '' then
-    rec.error = err
-  else
-    rec.error = nil
-  end
-  if code ~= '' then rec.smtp_code = tonumber(code) end
-  redis.call('ZREM', KEYS[3] .. 'sending', idx)
-  redis.call('HINCRBY', KEYS[2], 'sending', -1)
-  rec.status = status
-  rec.token = nil
-  rec.lease_until = nil
-  rec.updated_at = now
-  redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
-  index(status, idx)
-  redis.call('HINCRBY', KEYS[2], status, 1)
-  table.insert(final, status)
-end
-"""
+STATUSES = tuple(status.value for status in RecipientStatus)
+UNSETTLED = frozenset({"queued", "sending", "deferred"})  # still to be decided
+LEASE_PREFIX = key("lease") + ":"
 
-_CLAIM = _FUNCTIONS + """
--- ARGV: token, now, lease_until, idx...
-local out = {}
-local now = tonumber(ARGV[2])
-local lease_until = tonumber(ARGV[3])
-for i = 4, #ARGV do claim(ARGV[i], ARGV[1], now, lease_until, out) end
-return out
-"""
 
-_FINISH = _FUNCTIONS + """
--- ARGV: token, now, max_attempts, then (idx, status, smtp_code, error) per recipient
-local final = {}
-local now = tonumber(ARGV[2])
-local max_attempts = tonumber(ARGV[3])
-for i = 4, #ARGV, 4 do
-  finish(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[1], now, max_attempts, final)
-end
-return final
-"""
+def _script(name: str) -> str:
+    folder = resources.files("tasks.stores") / "lua"
+    common = (folder / "ledger_common.lua").read_text()
+    return common + "\n" + (folder / f"{name}.lua").read_text()
 
-_FINISH_AND_CLAIM = _FUNCTIONS + """
--- ARGV: token, now, max_attempts, lease_until, n, then n * (idx, status, smtp_code, error),
--- then the recipients to claim next
-local final, out = {}, {}
-local now = tonumber(ARGV[2])
-local max_attempts = tonumber(ARGV[3])
-local claim_from = 6 + 4 * tonumber(ARGV[5])
-for i = 6, claim_from - 1, 4 do
-  finish(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[1], now, max_attempts, final)
-end
-local lease_until = tonumber(ARGV[4])
-for i = claim_from, #ARGV do claim(ARGV[i], ARGV[1], now, lease_until, out) end
-return {final, out}
-"""
 
-_MOVE = _FUNCTIONS + """
--- ARGV: from, to, now, limit
--- Move up to `limit` recipients from one status to another; return how many.
-local ids = redis.call('ZRANGE', KEYS[3] .. ARGV[1], 0, tonumber(ARGV[4]) - 1)
-if #ids == 0 then return 0 end
-for _, idx in ipairs(ids) do
-  local rec = cjson.decode(redis.call('HGET', KEYS[1], idx))
-  rec.status = ARGV[2]
-  rec.updated_at = tonumber(ARGV[3])
-  if ARGV[2] == 'queued' then rec.attempts = 0 end
-  redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
-  redis.call('ZREM', KEYS[3] .. ARGV[1], idx)
-  index(ARGV[2], idx)
-end
-redis.call('HINCRBY', KEYS[2], ARGV[1], -#ids)
-redis.call('HINCRBY', KEYS[2], ARGV[2], #ids)
-return #ids
-"""
+SCRIPTS = {name: _script(name) for name in ("claim", "finish", "release", "move")}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to record for one claimed recipient."""
+
+    index: int
+    status: str
+    smtp_code: int | None = None
+    error: str | None = None
+    counted: bool = True  # the relay answered about this recipient: one attempt used
+    retry_at: float = 0.0  # for a deferral: when to try again
+
+    def args(self) -> list[str]:
+        return [str(self.index), self.status,
+                "" if self.smtp_code is None else str(self.smtp_code), self.error or "",
+                "1" if self.counted else "0", repr(self.retry_at)]
 
 
 @dataclass(slots=True)
@@ -155,21 +83,28 @@ class RecipientRecord:
     error: str | None = None
     updated_at: float | None = None
     vars: dict[str, Any] = field(default_factory=dict)
+    deferrals: int = 0
+    retry_at: float | None = None
 
     @classmethod
     def load(cls, index: int, raw: bytes | str) -> RecipientRecord:
         data = json.loads(raw)
-        return cls(index=index, email=data["email"], status=data["status"],
-                   attempts=int(data.get("attempts") or 0), smtp_code=data.get("smtp_code"),
-                   error=data.get("error"), updated_at=data.get("updated_at"),
-                   vars=data.get("vars") or {})
+        variables = data.get("v")
+        return cls(index=index, email=data["e"], status=data["s"],
+                   attempts=int(data.get("a") or 0), smtp_code=data.get("c"),
+                   error=data.get("r"), updated_at=data.get("u"),
+                   vars=variables if isinstance(variables, dict) else {},
+                   deferrals=int(data.get("d") or 0), retry_at=data.get("n"))
 
     def dump(self) -> str:
-        data: dict[str, Any] = {"email": self.email, "status": self.status,
-                                "attempts": self.attempts, "updated_at": self.updated_at}
-        if self.vars:
-            data["vars"] = self.vars
-        return json.dumps(data)
+        """Compact JSON; what is empty or zero is left out (a recipient is kept in bytes)."""
+        data: dict[str, Any] = {"e": self.email, "s": self.status}
+        for name, value in (("a", self.attempts), ("d", self.deferrals), ("v", self.vars),
+                            ("c", self.smtp_code), ("r", self.error), ("u", self.updated_at),
+                            ("n", self.retry_at)):
+            if value:
+                data[name] = value
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     def public(self) -> dict[str, Any]:
         """The shape the HTTP API shows."""
@@ -184,10 +119,10 @@ class RecipientRecord:
 
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
-    """What a claim got: records now ours, and recipients another worker holds."""
+    """What a claim got: records now ours, and recipients another live claim holds."""
 
     claimed: list[RecipientRecord]
-    busy_until: float | None  # the latest lease among recipients held elsewhere
+    busy_until: float | None  # when the longest of the other claims' leases runs out
 
 
 class DeliveryLedger:
@@ -199,23 +134,21 @@ class DeliveryLedger:
         self.records_key = key("delivery", delivery_id, "recipients")
         self.counts_key = key("delivery", delivery_id, "counts")
         self.index_prefix = key("delivery", delivery_id, "status") + ":"
-        self._keys = [self.records_key, self.counts_key, self.index_prefix]
-        self._claim = redis.register_script(_CLAIM)
-        self._finish = redis.register_script(_FINISH)
-        self._finish_and_claim = redis.register_script(_FINISH_AND_CLAIM)
+        self.retry_key = key("delivery", delivery_id, "retry")
+        self.keys = [self.records_key, self.counts_key, self.index_prefix, self.retry_key]
+        self.scripts = {name: redis.register_script(source) for name, source in SCRIPTS.items()}
 
     def all_keys(self) -> list[str]:
-        return [self.records_key, self.counts_key, *(self.index_prefix + s for s in STATUSES)]
+        return [self.records_key, self.counts_key, self.retry_key,
+                *(self.index_prefix + s for s in STATUSES)]
 
     def add(self, records: Iterable[RecipientRecord], *, start: int = 0) -> int:
         """Store new recipients numbered from *start*; return the next free number."""
         number = start
         pipe = self.redis.pipeline(transaction=True)
         added: dict[str, int] = {}
-        now = time.time()
         for record in records:
             record.index = number
-            record.updated_at = now
             pipe.hset(self.records_key, str(number), record.dump())
             pipe.zadd(self.index_prefix + record.status, {str(number): number})
             added[record.status] = added.get(record.status, 0) + 1
@@ -225,49 +158,57 @@ class DeliveryLedger:
         pipe.execute()
         return number
 
-    def expire(self, seconds: int) -> None:
+    def expire(self, seconds: int, *, keep_counts: bool = False) -> None:
+        """Let the records go after *seconds*; with *keep_counts* the counts stay."""
         pipe = self.redis.pipeline(transaction=True)
         for name in self.all_keys():
-            pipe.expire(name, seconds)
+            if keep_counts and name == self.counts_key:
+                pipe.persist(name)
+            else:
+                pipe.expire(name, seconds)
         pipe.execute()
 
-    def claim(self, indices: Sequence[int], token: str, lease_seconds: float) -> ClaimResult:
-        """Move claimable recipients to ``sending`` under *token*."""
-        now = time.time()
-        reply = self._claim(self._keys, [token, now, now + lease_seconds, *map(str, indices)])
-        return _claim_result(reply)
+    def claim(self, indices: Sequence[int], token: str) -> ClaimResult:
+        """Move claimable recipients to ``sending`` under *token* (whose lease the caller holds)."""
+        reply = self.scripts["claim"](self.keys, self.claim_args(indices, token))
+        return claim_result(reply)
 
-    def finish(self, token: str, outcomes: Iterable[tuple[int, str, int | None, str | None]],
-               *, max_attempts: int) -> list[str]:
-        """Record ``(index, status, smtp_code, error)`` for recipients this token holds.
+    def claim_args(self, indices: Sequence[int], token: str) -> list[Any]:
+        return [token, repr(time.time()), LEASE_PREFIX, *map(str, indices)]
 
-        A deferral past *max_attempts* becomes ``failed``. Returns the statuses set,
-        one per recipient changed (a recipient another worker took over is skipped).
+    def finish(self, token: str, outcomes: Iterable[Outcome], *, max_attempts: int,
+               deadline: float | None = None) -> list[str]:
+        """Record outcomes for recipients *token* holds.
+
+        Returns the status set per recipient, or ``lost:<n>`` where another claim
+        had taken recipient *n* over.
         """
-        args = _outcome_args(outcomes)
-        if not args:
+        args = self.finish_args(token, outcomes, max_attempts=max_attempts, deadline=deadline)
+        if len(args) == 4:
             return []
-        reply = self._finish(self._keys, [token, time.time(), max_attempts, *args])
-        return [_text(s) for s in reply]
+        return [text(s) for s in self.scripts["finish"](self.keys, args)]
 
-    def finish_and_claim(self, token: str,
-                         outcomes: Iterable[tuple[int, str, int | None, str | None]],
-                         indices: Sequence[int], lease_seconds: float, *,
-                         max_attempts: int) -> tuple[list[str], ClaimResult]:
-        """:meth:`finish` one message and :meth:`claim` the next in one round trip."""
-        args = _outcome_args(outcomes)
-        now = time.time()
-        reply = self._finish_and_claim(self._keys, [
-            token, now, max_attempts, now + lease_seconds, len(args) // 4, *args,
-            *map(str, indices)])
-        return [_text(s) for s in reply[0]], _claim_result(reply[1])
+    @staticmethod
+    def finish_args(token: str, outcomes: Iterable[Outcome], *, max_attempts: int,
+                    deadline: float | None) -> list[str]:
+        args = [token, repr(time.time()), str(max_attempts), repr(deadline or 0)]
+        for outcome in outcomes:
+            args += outcome.args()
+        return args
+
+    def release(self, token: str, indices: Sequence[int]) -> int:
+        """Give back recipients *token* claimed and never sent; return how many."""
+        if not indices:
+            return 0
+        return int(self.scripts["release"](self.keys, [token, repr(time.time()),
+                                                       *map(str, indices)]))
 
     def move(self, from_status: str, to_status: str, *, page: int = 1000) -> int:
         """Move every recipient in *from_status* to *to_status*, a page at a time."""
         total = 0
         while True:
-            moved = int(self.redis.eval(_MOVE, 3, *self._keys, from_status, to_status,
-                                        time.time(), page))
+            moved = int(self.scripts["move"](self.keys, [from_status, to_status,
+                                                         repr(time.time()), page]))
             total += moved
             if moved < page:
                 return total
@@ -276,7 +217,7 @@ class DeliveryLedger:
         raw = self.redis.hgetall(self.counts_key)
         counts = dict.fromkeys(STATUSES, 0)
         for name, value in raw.items():
-            counts[name.decode() if isinstance(name, bytes) else name] = int(value)
+            counts[text(name)] = int(value)
         return counts
 
     def get(self, indices: Sequence[int]) -> list[RecipientRecord]:
@@ -285,6 +226,32 @@ class DeliveryLedger:
         raws = self.redis.hmget(self.records_key, [str(i) for i in indices])
         return [RecipientRecord.load(i, raw) for i, raw in zip(indices, raws, strict=True)
                 if raw is not None]
+
+    def due_for_retry(self, now: float, *, limit: int = 1000) -> list[int]:
+        """Deferred recipients whose retry time has come."""
+        members = self.redis.zrange(self.retry_key, "-inf", now, byscore=True, offset=0,
+                                    num=limit)
+        return [int(m) for m in members]
+
+    def next_retry(self) -> float | None:
+        """When the earliest deferred recipient is due, if any is."""
+        first = self.redis.zrange(self.retry_key, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def orphaned(self, *, limit: int = 1000) -> list[int]:
+        """Recipients left ``sending`` under a claim whose lease is gone (its worker died)."""
+        members = [int(m) for m in self.redis.zrange(self.index_prefix + "sending", 0, limit - 1)]
+        if not members:
+            return []
+        raws = self.redis.hmget(self.records_key, [str(i) for i in members])
+        tokens = {i: str(json.loads(raw).get("t") or "")
+                  for i, raw in zip(members, raws, strict=True) if raw is not None}
+        distinct = sorted(set(tokens.values()))
+        pipe = self.redis.pipeline(transaction=False)
+        for token in distinct:
+            pipe.exists(LEASE_PREFIX + token)
+        alive = {token for token, found in zip(distinct, pipe.execute(), strict=True) if found}
+        return [i for i, token in tokens.items() if token not in alive]
 
     def page(self, *, status: str | None = None, cursor: int = 0,
              limit: int = 100) -> tuple[list[RecipientRecord], int | None]:
@@ -313,28 +280,21 @@ class DeliveryLedger:
             cursor = int(members[-1]) + 1
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _outcome_args(outcomes: Iterable[tuple[int, str, int | None, str | None]]) -> list[str]:
-    args: list[str] = []
-    for index, status, code, error in outcomes:
-        args += [str(index), status, "" if code is None else str(code), error or ""]
-    return args
-
-
-def _claim_result(reply: list[Any]) -> ClaimResult:
+def claim_result(reply: list[Any]) -> ClaimResult:
     claimed: list[RecipientRecord] = []
     busy_until: float | None = None
+    now = time.time()
     for idx, raw in zip(reply[::2], reply[1::2], strict=True):
-        text = _text(raw)
-        if text.startswith("busy:"):
-            lease = float(text[5:])
-            busy_until = lease if busy_until is None else max(busy_until, lease)
+        value = text(raw)
+        if value.startswith("busy:"):
+            until = now + int(value[5:]) / 1000
+            busy_until = until if busy_until is None else max(busy_until, until)
             continue
-        record = RecipientRecord.load(int(idx), text)
+        record = RecipientRecord.load(int(idx), value)
         record.status = "sending"
-        record.attempts += 1
         claimed.append(record)
     return ClaimResult(claimed, busy_until)

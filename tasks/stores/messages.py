@@ -13,6 +13,7 @@ from redis import Redis
 
 from tasks.stores import key
 from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.watch import WATCH_AFTER, Watchlist
 
 RECORD_TTL = 30 * 24 * 3600  # a message and its statuses are kept for 30 days
 IDEMPOTENCY_TTL = 24 * 3600  # how long an Idempotency-Key stands for its first message
@@ -98,6 +99,7 @@ class MessageStore:
         ledger = self.ledger(message.id)
         ledger.add(RecipientRecord(index=0, email=email) for email in recipients)
         ledger.expire(self.ttl)
+        Watchlist(self.redis).expect("message", message.id, message.created_at + WATCH_AFTER)
         return message
 
     def get(self, message_id: str) -> StoredMessage | None:

@@ -32,6 +32,7 @@ from redis.exceptions import WatchError
 
 from tasks.stores import key
 from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.watch import WATCH_AFTER, Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ class OTPStore:
         ledger = self.ledger(request.id)
         ledger.add([RecipientRecord(index=0, email=email)])
         ledger.expire(self.policy.record_ttl)
+        Watchlist(self.redis).expect("otp", request.id, now + WATCH_AFTER)
         pointer = self.address_key(email)
         with self.redis.pipeline() as pipe:
             while True:

@@ -2,8 +2,13 @@
 
 It embeds what is not configured — Redis when ``REDIS_URL`` is unset and none
 answers on 127.0.0.1, an SMTP capture server when ``MAIL_SERVER`` is unset —
-then runs web, worker, beat and Flower, prints where they are and how to log
+then runs web, workers, beat and Flower, prints where they are and how to log
 in, restarts a child that dies, and stops them all on Ctrl-C or SIGTERM.
+
+Workers run in the shape delivery needs: one worker for the ``otp`` and
+``mail`` queues, so codes and single messages never wait behind a campaign,
+and one ``bulk`` worker process per core, each holding many SMTP sessions in
+threads (a relay's latency, not the CPU, bounds a session).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from web.config import ConfigError
 
 READY_TIMEOUT = 60.0
 DEV_SENDER = "Postroom <postroom@localhost>"
-QUEUES = "otp,mail,bulk"
+LANE_QUEUES = "otp,mail"  # codes and single messages: a worker of their own, never behind bulk
+DEFAULT_BULK_THREADS = 16  # SMTP sessions per bulk process when MAIL_MAX_CONNECTIONS is unset
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -142,17 +148,36 @@ def check_ports(plan: Plan) -> None:
                  f"choose another with {option}")
 
 
+def bulk_shape(env: dict[str, str], cores: int | None = None) -> tuple[int, int]:
+    """``(processes, threads each)`` for bulk workers: one process per core (composing is
+    CPU work), and as many SMTP sessions in flight as ``MAIL_MAX_CONNECTIONS`` allows, or
+    ``BULK_CONCURRENCY`` per process (16 when neither is set)."""
+    processes = max(1, cores or os.cpu_count() or 1)
+    if env.get("BULK_CONCURRENCY"):
+        return processes, max(1, int(env["BULK_CONCURRENCY"]))
+    limit = env.get("MAIL_MAX_CONNECTIONS")
+    if limit:
+        return processes, max(1, -(-int(limit) // processes))
+    return processes, DEFAULT_BULK_THREADS
+
+
 def commands(plan: Plan) -> dict[str, list[str]]:
     python = sys.executable
+    celery = [python, "-m", "celery", "-A", "worker"]
+    worker = [*celery, "worker", "-E", "--without-gossip", "--without-mingle",
+              "--loglevel", "INFO"]
+    processes, threads = bulk_shape(plan.env)
+    bulk = {f"bulk-{n}" if processes > 1 else "bulk":
+            [*worker, "-Q", "bulk", "-P", "threads", "-c", str(threads), "-n", f"bulk{n}@%h"]
+            for n in range(1, processes + 1)}
     return {
         "web": [python, "-m", "gunicorn", "-c", "python:web.cli.gunicorn_conf",
                 "--bind", f"{plan.host}:{plan.port}", "--workers", "2", "web:create_app()"],
-        "worker": [python, "-m", "celery", "-A", "worker", "worker", "-E", "-Q", QUEUES,
-                   "--loglevel", "INFO"],
-        "beat": [python, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
+        "worker": [*worker, "-Q", LANE_QUEUES, "-P", "threads", "-c", "8", "-n", "lane@%h"],
+        **bulk,
+        "beat": [*celery, "beat", "--loglevel", "INFO",
                  "--schedule", str(plan.var_dir / "celerybeat-schedule")],
-        "flower": [python, "-m", "celery", "-A", "worker", "flower",
-                   f"--address={plan.host}", f"--port={plan.flower_port}"],
+        "flower": [*celery, "flower", f"--address={plan.host}", f"--port={plan.flower_port}"],
     }
 
 
