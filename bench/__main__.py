@@ -36,7 +36,7 @@ from flask import Flask
 from flask_mail import Mail, Message
 
 from bench.servers import redis_server, smtp_sink
-from tasks.delivery import Envelope, run_batch
+from tasks.delivery import BatchOptions, Envelope, RetryPolicy, run_batch
 from tasks.engine.compose import Attachment, Composer, Draft
 from tasks.engine.session import BatchConnection, SMTPSettings
 from tasks.stores.ledger import DeliveryLedger, RecipientRecord
@@ -116,7 +116,8 @@ def engine_batch(redis_url: str, port: int, delivery_id: str, first: int, stop: 
     settings = SMTPSettings(server="127.0.0.1", port=port, timeout=30)
     with BatchConnection(settings) as connection:
         report = run_batch(ledger, (Envelope([i], personal) for i in range(first, stop)),
-                           connection, composer, token=uuid.uuid4().hex, max_attempts=3)
+                           connection, composer,
+                           BatchOptions(token=uuid.uuid4().hex, policy=RetryPolicy(max_attempts=3)))
     elapsed = time.perf_counter() - started
     if report.counts != {"sent": stop - first}:
         raise SystemExit(f"engine batch did not send everything: {report.counts}")
