@@ -31,7 +31,7 @@ from tasks.stores import key
 from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentRef, AttachmentStore
 from tasks.stores.campaigns import Campaign, CampaignStore, TransitionRefused, batch_token
 from tasks.stores.ledger import RecipientRecord
-from tasks.stores.suppression import SuppressionList, unsubscribe_token
+from tasks.stores.suppression import SuppressionList, UnsubscribeTokens
 from tasks.stores.watch import Watchlist
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,12 @@ class CampaignMailing:
         self.campaign = campaign
         self.composer = composer
         self.templates = CampaignTemplates(campaign.subject, campaign.body, campaign.html)
-        self.secret_key = secret_key
+        self.tokens = UnsubscribeTokens(secret_key)
         self.sender = campaign.sender or default_sender or ""
         self.attachments = attachments or []
 
     def unsubscribe_url(self, email: str) -> str:
-        token = unsubscribe_token(self.secret_key, email, self.campaign.id)
+        token = self.tokens.token(email, self.campaign.id)
         return f"{self.campaign.base_url.rstrip('/')}/unsubscribe/{token}"
 
     def draft_for(self, claimed: list[RecipientRecord]) -> Draft:

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from celery import shared_task
 from redis import Redis
@@ -103,11 +104,12 @@ class Reconciler:
     # -- the watch list -----------------------------------------------------------------------
 
     def _watched(self, kind: str, item_id: str, now: float, found: Reconciled) -> None:
+        task: Any
         if kind == "campaign":
             if self.campaigns.status(item_id) != "queued":
                 self.watch.done(kind, item_id)
                 return
-            start_campaign.delay(item_id)
+            task = start_campaign
         else:
             ledger = self._ledger(kind, item_id)
             if ledger is None or not UNSETTLED.intersection(
@@ -118,8 +120,9 @@ class Reconciler:
                 later = ledger.next_retry()
                 self.watch.expect(kind, item_id, max(later or 0.0, now) + self.grace)
                 return
-            (deliver_message if kind == "message" else send_code).delay(item_id)
-        self.watch.expect(kind, item_id, now + 2 * self.grace)
+            task = deliver_message if kind == "message" else send_code
+        self.watch.expect(kind, item_id, now + 2 * self.grace)  # before: the task may clear it
+        task.delay(item_id)
         found.add(kind)
 
     def _ledger(self, kind: str, item_id: str) -> DeliveryLedger | None:

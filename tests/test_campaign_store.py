@@ -122,3 +122,30 @@ def test_moving_exactly_a_page_of_recipients(redis_client: redis.Redis) -> None:
     assert store.move_recipients(campaign_id, "queued", "cancelled") == 0
     counts = store.ledger(campaign_id).counts()
     assert (counts["queued"], counts["cancelled"]) == (0, 1000)
+
+
+def test_a_campaign_recipient_costs_redis_at_most_300_bytes(redis_client: redis.Redis) -> None:
+    store = CampaignStore(redis_client)
+    n = 20_000
+    before = int(redis_client.info("memory")["used_memory"])
+    campaign_id = store.begin(name="m", subject="Hello {{ name }}", body="Dear {{ name }}",
+                              html=None, sender=None, base_url="http://x")
+    for start in range(0, n, 1000):
+        store.add_recipients(campaign_id, [(f"customer{i}@example.com", {"name": f"Customer {i}"})
+                                           for i in range(start, start + 1000)], start=start)
+    store.open(campaign_id, total=n, send_at=time.time() + 3600, report={})
+    used = int(redis_client.info("memory")["used_memory"]) - before
+    assert used / n <= 300, f"{used / n:.0f} bytes per recipient"
+
+
+def test_a_finished_campaign_keeps_its_summary_and_lets_recipients_expire(
+        redis_client: redis.Redis) -> None:
+    store = CampaignStore(redis_client)
+    campaign_id = new_campaign(store, 3)
+    store.transition(campaign_id, ("queued",), "running")
+    store.move_recipients(campaign_id, "queued", "cancelled")
+    assert store.complete_if_done(campaign_id, retention=3600)
+    ledger = store.ledger(campaign_id)
+    assert 0 < redis_client.ttl(ledger.records_key) <= 3600
+    assert redis_client.ttl(ledger.counts_key) == -1  # the summary stays
+    assert redis_client.ttl(f"postroom:campaign:{campaign_id}") == -1

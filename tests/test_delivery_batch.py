@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -237,3 +239,27 @@ def test_deliver_each_sends_every_recipient_a_copy_of_its_own(
     assert received[3].message["Message-ID"].startswith(f"<{message.id}.3@")
     assert smtp_server.session_count == 1
     assert store.ledger(message.id).counts()["sent"] == 12
+
+
+def test_a_relay_slower_than_the_lease_never_lets_a_second_run_claim(
+        redis_client: redis.Redis, smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.data_delay = 0.8  # each message outlives the 0.3 s lease many times
+    ledger = ledger_of(redis_client, 3)
+    reports: dict[str, BatchReport] = {}
+
+    def run_as(token: str) -> None:
+        settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, timeout=5.0)
+        with BatchConnection(settings) as connection:
+            reports[token] = run_batch(ledger, [Envelope([i], personal) for i in range(3)],
+                                       connection, Composer(), BatchOptions(token=token,
+                                                                            lease=0.3))
+
+    first = threading.Thread(target=run_as, args=("first",))
+    first.start()
+    time.sleep(1.0)  # the first run is mid-message, long past its lease without renewal
+    run_as("second")
+    first.join(10)
+    assert reports["second"].counts == {} and reports["second"].busy_until is not None
+    assert reports["first"].counts == {"sent": 3}
+    assert sorted(r.recipients[0] for r in smtp_server.received) == [
+        f"r{i}@example.com" for i in range(3)]

@@ -32,7 +32,17 @@ class Unsubscribe:
 
 def unsubscribe_token(secret_key: str, email: str, campaign_id: str) -> str:
     """A URL-safe token naming *email* and the campaign it came from."""
-    return str(URLSafeSerializer(secret_key, salt=SALT).dumps([normalise(email), campaign_id]))
+    return UnsubscribeTokens(secret_key).token(email, campaign_id)
+
+
+class UnsubscribeTokens:
+    """Signs unsubscribe tokens with one key (built once, used for a whole batch)."""
+
+    def __init__(self, secret_key: str) -> None:
+        self.serializer = URLSafeSerializer(secret_key, salt=SALT)
+
+    def token(self, email: str, campaign_id: str) -> str:
+        return str(self.serializer.dumps([normalise(email), campaign_id]))
 
 
 def read_unsubscribe_token(secret_key: str, token: str) -> Unsubscribe | None:
