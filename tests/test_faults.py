@@ -95,9 +95,13 @@ def completed(redis_client: redis.Redis, campaign_id: str) -> Callable[[], bool]
     return lambda: CampaignStore(redis_client).status(campaign_id) == "completed"
 
 
+@pytest.mark.parametrize("limits", [{}, {"MAIL_MAX_CONNECTIONS": "6", "MAIL_RATE_LIMIT": "400"}],
+                         ids=["unlimited", "shared-limits"])
 def test_a_worker_host_killed_mid_campaign_recovers_in_seconds(
-        group: WorkerProcesses, smtp_server: SMTPTestServer, redis_client: redis.Redis) -> None:
+        group: WorkerProcesses, smtp_server: SMTPTestServer, redis_client: redis.Redis,
+        limits: dict[str, str]) -> None:
     n = 600
+    group.env.update(limits)  # the same delivery loop runs with and without shared limits
     smtp_server.handler.data_delay = 0.01  # a relay that takes a moment per message
     doomed, survivor = group.start(queues="mail,bulk", pool="threads", concurrency=4, count=2)
     group.start_beat()
