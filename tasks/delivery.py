@@ -8,9 +8,11 @@ batch, with or without shared limits:
    its claims stay good exactly as long as this run is alive;
 2. claim the recipients of the next few envelopes in one Redis call, and drop
    those on the suppression list;
-3. for each envelope: wait for the rate limit, build the message, send it on
-   the batch's connection, and write its outcomes to Redis without waiting for
-   the reply (:class:`~tasks.stores.ledger_stream.LedgerStream`);
+3. for each envelope: build the message (one ahead of the one being sent, so
+   the session can send its commands with the previous message's content),
+   wait for the rate limit, send it on the batch's connection, and write its
+   outcomes to Redis without waiting for the reply
+   (:class:`~tasks.stores.ledger_stream.LedgerStream`);
 4. give back whatever was claimed and not sent when the batch stops early.
 
 A batch delivered twice sends nothing twice; a worker that dies can have
@@ -29,10 +31,11 @@ from itertools import islice
 import celery
 from redis.exceptions import RedisError
 
-from tasks.engine.compose import Composer, Draft
+from tasks.engine.compose import ComposedMessage, Composer, Draft
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.outcome import DeliveryOutcome
 from tasks.engine.session import BatchConnection
+from tasks.engine.transaction import Upcoming
 from tasks.stores.leases import ClaimLease, LeaseBusy
 from tasks.stores.ledger import DeliveryLedger, Outcome, RecipientRecord
 from tasks.stores.ledger_stream import LedgerStream
@@ -136,6 +139,9 @@ class _Run:
         self.held: dict[int, RecipientRecord] = {}  # claimed, not yet sent
 
     def deliver(self, envelopes: Iterable[Envelope]) -> None:
+        """Build each message one step ahead of sending it, so the session can send the
+        next message's commands with this one's content."""
+        built: _Built | None = None
         try:
             for chunk in _chunks(iter(envelopes), CLAIM_AHEAD):
                 self._claim(chunk)
@@ -143,14 +149,32 @@ class _Run:
                     claimed = [self.held[i] for i in envelope.indices if i in self.held]
                     if not claimed:
                         continue
-                    if self.options.should_stop is not None and self.options.should_stop():
+                    following = _build(envelope, claimed, self.composer)
+                    if built is not None and not self._send(built, following):
                         return
-                    if self.options.pace is not None:
-                        self.options.pace()
-                    outcomes = _send(envelope, claimed, self.connection, self.composer)
-                    self._record(claimed, outcomes)
+                    built = following
+            if built is not None:
+                self._send(built, None)
         finally:
             self._give_back()
+
+    def _send(self, built: _Built, following: _Built | None) -> bool:
+        """Send *built* (or record why it cannot be); ``False`` when the batch must stop."""
+        if self.options.should_stop is not None and self.options.should_stop():
+            return False
+        if built.message is None:
+            self._record(built.claimed, built.failure)
+            return True
+        if self.options.pace is not None:
+            self.options.pace()
+        upcoming = None
+        if following is not None and following.message is not None:
+            upcoming = Upcoming(following.message.envelope_sender,
+                                tuple(following.emails), len(following.message.data))
+        by_email = self.connection.send_data(built.message.envelope_sender, built.emails,
+                                             built.message.data, upcoming=upcoming)
+        self._record(built.claimed, [by_email[email] for email in built.emails])
+        return True
 
     def _claim(self, chunk: list[Envelope]) -> None:
         claim = self.stream.claim([i for e in chunk for i in e.indices], self.options.token)
@@ -208,16 +232,24 @@ def _chunks(envelopes: Iterator[Envelope], size: int) -> Iterator[list[Envelope]
         yield chunk
 
 
-def _send(envelope: Envelope, claimed: list[RecipientRecord], connection: BatchConnection,
-          composer: Composer) -> list[DeliveryOutcome]:
+@dataclass(slots=True)
+class _Built:
+    """A claimed envelope, built: its message, or the reason it cannot be built."""
+
+    claimed: list[RecipientRecord]
+    emails: list[str]
+    message: ComposedMessage | None
+    failure: list[DeliveryOutcome]
+
+
+def _build(envelope: Envelope, claimed: list[RecipientRecord], composer: Composer) -> _Built:
+    emails = [record.email for record in claimed]
     try:
-        message = composer.compose(envelope.draft_for(claimed))
+        return _Built(claimed, emails, composer.compose(envelope.draft_for(claimed)), [])
     except InvalidMessageError as err:
         log.warning("message for %d recipient(s) cannot be built: %s", len(claimed), err)
-        return [DeliveryOutcome("failed", None, str(err))] * len(claimed)
-    emails = [record.email for record in claimed]
-    by_email = connection.send_data(message.envelope_sender, emails, message.data)
-    return [by_email[email] for email in emails]
+        return _Built(claimed, emails, None, [DeliveryOutcome("failed", None, str(err))]
+                      * len(claimed))
 
 
 def visibility_timeout() -> float | None:

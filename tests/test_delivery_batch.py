@@ -263,3 +263,44 @@ def test_a_relay_slower_than_the_lease_never_lets_a_second_run_claim(
     assert reports["first"].counts == {"sent": 3}
     assert sorted(r.recipients[0] for r in smtp_server.received) == [
         f"r{i}@example.com" for i in range(3)]
+
+
+def test_the_next_messages_commands_go_with_this_ones_content(
+        redis_client: redis.Redis, smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.pipelining = True
+    smtp_server.handler.rcpt_reply = (
+        lambda a: "550 5.1.1 unknown" if a == "r2@example.com" else None)
+    verdicts = iter([None, None, None, "451 4.3.0 try later"])  # r4 (the fourth DATA)
+    smtp_server.handler.data_reply = lambda envelope: next(verdicts, None)
+
+    def sometimes_broken(claimed: list[RecipientRecord]) -> Draft:
+        if claimed[0].index == 5:
+            raise InvalidMessageError("template error")
+        return personal(claimed)
+
+    ledger = ledger_of(redis_client, 8)
+    report = run(ledger, 8, smtp_server, draft=sometimes_broken)
+    assert report.counts == {"sent": 5, "failed": 2, "deferred": 1}
+    assert [r.status for r in ledger.get(list(range(8)))] == [
+        "sent", "sent", "failed", "sent", "deferred", "failed", "sent", "sent"]
+    assert smtp_server.session_count == 1  # refusals and a broken message keep the session
+    assert sorted(r.recipients[0] for r in smtp_server.received) == [
+        f"r{i}@example.com" for i in (0, 1, 3, 6, 7)]
+
+
+def test_a_batch_stopped_after_sending_ahead_sends_nothing_more(
+        redis_client: redis.Redis, smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.pipelining = True
+    ledger = ledger_of(redis_client, 6)
+    checks = iter([False, False, True])  # paused just before the third message
+
+    settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, timeout=5.0)
+    with BatchConnection(settings) as connection:
+        report = run_batch(ledger, [Envelope([i], personal) for i in range(6)], connection,
+                           Composer(), BatchOptions(token="t", should_stop=lambda: next(checks)))
+    time.sleep(0.2)
+    assert report.counts == {"sent": 2}
+    assert [r.recipients[0] for r in smtp_server.received] == ["r0@example.com",
+                                                               "r1@example.com"]
+    # the third message's commands had gone out: its session was dropped, not given content
+    assert [r.status for r in ledger.get(list(range(6)))] == ["sent", "sent"] + ["queued"] * 4

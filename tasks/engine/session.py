@@ -22,7 +22,13 @@ from flask_mail import Connection
 
 from tasks.engine.errors import PermanentDeliveryError, SessionError, TemporaryDeliveryError
 from tasks.engine.outcome import DeliveryOutcome
-from tasks.engine.transaction import SessionClosing, transaction
+from tasks.engine.transaction import (
+    SessionClosing,
+    Upcoming,
+    can_send_ahead,
+    envelope_commands,
+    transaction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,7 @@ class BatchConnection(Connection):
         self.gate = gate
         self._gate_handle: str | None = None
         self._unavailable: SessionError | None = None
+        self._ahead: tuple[str, tuple[str, ...]] | None = None  # commands sent for this one
         self.sessions_opened = 0
 
     def __enter__(self) -> BatchConnection:
@@ -212,6 +219,9 @@ class BatchConnection(Connection):
 
     def close(self) -> None:
         """End the current session politely if there is one."""
+        if self._ahead is not None:  # a transaction is open on it: QUIT would be content
+            self._drop()
+            return
         host, self.host = self.host, None
         self.num_emails = 0
         try:
@@ -223,6 +233,7 @@ class BatchConnection(Connection):
             self._release_gate()
 
     def _drop(self) -> None:
+        self._ahead = None
         host, self.host = self.host, None
         self.num_emails = 0
         if host is not None:
@@ -231,11 +242,20 @@ class BatchConnection(Connection):
 
     # -- sending
 
-    def send_data(self, sender: str, recipients: Sequence[str],
-                  data: bytes) -> dict[str, DeliveryOutcome]:
-        """Send one message to *recipients*; classify each recipient's fate."""
+    def send_data(self, sender: str, recipients: Sequence[str], data: bytes, *,
+                  upcoming: Upcoming | None = None) -> dict[str, DeliveryOutcome]:
+        """Send one message to *recipients*; classify each recipient's fate.
+
+        *upcoming*: the message the caller will send next. Where the server
+        pipelines and this session will carry it, its commands go out with this
+        message's content, saving a round trip; a caller that then sends
+        something else (or nothing) makes the session start afresh.
+        """
         if self.settings.suppress:
             return {rcpt: DeliveryOutcome("suppressed") for rcpt in recipients}
+        envelope = (sender, tuple(recipients))
+        if self._ahead is not None and self._ahead != envelope:
+            self._drop()  # the commands sent ahead were for another message: start afresh
         self.reserve()
         try:
             host = self.open_session()
@@ -243,8 +263,16 @@ class BatchConnection(Connection):
             return {rcpt: DeliveryOutcome.unreached(str(err), err.smtp_code)
                     for rcpt in recipients}
         self.num_emails += 1
+        then = b""
+        max_emails = self.settings.max_emails
+        if (upcoming is not None and can_send_ahead(host)
+                and not (max_emails and self.num_emails >= max_emails)):
+            then = b"".join(envelope_commands(host, upcoming.sender, upcoming.recipients,
+                                              upcoming.size) or ())
+        sent_ahead, self._ahead = self._ahead is not None, None
         try:
-            return transaction(host, sender, list(recipients), data)
+            done = transaction(host, sender, list(recipients), data, sent_ahead=sent_ahead,
+                               then=then)
         except SessionClosing as closing:
             self._drop()
             return closing.outcomes
@@ -257,6 +285,9 @@ class BatchConnection(Connection):
             if first_on_session:  # a fresh session failed at once: the next would too
                 self._unavailable = SessionError(reason)
             return {rcpt: DeliveryOutcome.transport_failure(reason) for rcpt in recipients}
+        if done.ahead and upcoming is not None:
+            self._ahead = (upcoming.sender, upcoming.recipients)
+        return done.outcomes
 
     def send(self, message: Any, envelope_from: str | tuple[str, str] | None = None) -> None:
         """Flask-Mail's ``Connection.send``: raise unless every recipient took it."""

@@ -1,8 +1,10 @@
 """One SMTP mail transaction (MAIL FROM, RCPT TO, DATA) on an open session.
 
 Where the server advertises PIPELINING (RFC 2920) ``MAIL FROM``, every
-``RCPT TO`` and ``DATA`` go out in one write, so a message costs two round
-trips instead of three plus one per recipient. Every recipient's outcome comes
+``RCPT TO`` and ``DATA`` go out in one write, and the next message's commands
+go out with this message's content (RFC 2920 allows message content as the
+first "command" of a group), so on a busy session a message costs one round
+trip instead of three plus one per recipient. Every recipient's outcome comes
 from the reply that concerns it; a refused transaction is reset (RSET) so the
 session can carry the next message.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import smtplib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tasks.engine.compose import BARE_ADDRESS
 from tasks.engine.outcome import DeliveryOutcome
@@ -27,18 +30,59 @@ class SessionClosing(Exception):
         self.outcomes = outcomes
 
 
-def transaction(host: smtplib.SMTP, sender: str, recipients: list[str],
-                 data: bytes) -> dict[str, DeliveryOutcome]:
-    """One MAIL/RCPT/DATA transaction, pipelined where the server allows it."""
-    options = f" SIZE={len(data)}" if host.has_extn("size") else ""
+@dataclass(frozen=True, slots=True)
+class Transacted:
+    """Each recipient's outcome, and whether the next message's commands went out."""
+
+    outcomes: dict[str, DeliveryOutcome]
+    ahead: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Upcoming:
+    """The next message on this session, whose commands may go out ahead (RFC 2920)."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    size: int
+
+
+def envelope_commands(host: smtplib.SMTP, sender: str, recipients: Sequence[str],
+                      size: int) -> list[bytes] | None:
+    """``MAIL FROM``, each ``RCPT TO`` and ``DATA``; ``None`` if the server cannot take
+    these addresses (UTF-8 without SMTPUTF8)."""
+    options = f" SIZE={size}" if host.has_extn("size") else ""
     if not (sender.isascii() and all(r.isascii() for r in recipients)):
         if not host.has_extn("smtputf8"):
-            return _all(recipients, (553, b"5.6.7 the server does not accept UTF-8 addresses"))
+            return None
         options += " SMTPUTF8"
-    mail = f"MAIL FROM:{_path(sender)}{options}\r\n".encode()
-    rcpts = [f"RCPT TO:{_path(r)}\r\n".encode() for r in recipients]
+    return [f"MAIL FROM:{_path(sender)}{options}\r\n".encode(),
+            *(f"RCPT TO:{_path(r)}\r\n".encode() for r in recipients), b"DATA\r\n"]
+
+
+def can_send_ahead(host: smtplib.SMTP) -> bool:
+    """Whether the next message's commands may follow this one's content in one write."""
+    return bool(host.has_extn("pipelining")) and not host.debuglevel
+
+
+def transaction(host: smtplib.SMTP, sender: str, recipients: list[str], data: bytes, *,
+                sent_ahead: bool = False, then: bytes = b"") -> Transacted:
+    """One MAIL/RCPT/DATA transaction, pipelined where the server allows it.
+
+    *sent_ahead*: this message's commands went out with the previous message's
+    content, so only their replies are read here. *then*: the next message's
+    commands, written together with this message's content, so a message costs
+    one round trip; the caller must send that message next on this session or
+    drop the session. The result says whether *then* went out.
+    """
+    commands = envelope_commands(host, sender, recipients, len(data))
+    if commands is None:
+        unsupported = (553, b"5.6.7 the server does not accept UTF-8 addresses")
+        return Transacted(_all(recipients, unsupported), ahead=False)
+    mail, *rcpts, data_command = commands
     if host.has_extn("pipelining"):
-        host.send(b"".join((mail, *rcpts, b"DATA\r\n")))
+        if not sent_ahead:
+            host.send(b"".join(commands))
         mail_reply = _reply(host)
         rcpt_replies = [_reply(host) for _ in rcpts]
         data_reply = _reply(host)
@@ -46,35 +90,35 @@ def transaction(host: smtplib.SMTP, sender: str, recipients: list[str],
         host.send(mail)
         mail_reply = _reply(host)
         if not _ok(mail_reply):
-            return _abandon(host, _all(recipients, mail_reply))
+            return Transacted(_abandon(host, _all(recipients, mail_reply)), ahead=False)
         rcpt_replies = []
         for command in rcpts:
             host.send(command)
             rcpt_replies.append(_reply(host))
         if not any(_ok(reply) for reply in rcpt_replies):
-            return _abandon(host, dict(zip(recipients, map(_outcome, rcpt_replies),
-                                           strict=True)))
-        host.send(b"DATA\r\n")
+            return Transacted(_abandon(host, dict(zip(recipients, map(_outcome, rcpt_replies),
+                                                      strict=True))), ahead=False)
+        host.send(data_command)
         data_reply = _reply(host)
     if not _ok(mail_reply):
-        return _abandon(host, _all(recipients, mail_reply))
+        return Transacted(_abandon(host, _all(recipients, mail_reply), then=then), bool(then))
     refused = {r: reply for r, reply in zip(recipients, rcpt_replies, strict=True)
                if not _ok(reply)}
     if data_reply[0] != 354:
         if _ok(data_reply):  # a server that says 2xx to DATA took no message
             data_reply = (451, b"unexpected reply to DATA: %d %s" % data_reply)
         outcomes = {r: _outcome(refused.get(r, data_reply)) for r in recipients}
-        return _abandon(host, outcomes)
+        return Transacted(_abandon(host, outcomes, then=then), bool(then))
     if len(refused) == len(recipients):  # nobody to deliver to, but DATA was accepted
-        host.send(b".\r\n")
+        host.send(b".\r\n" + then)
         _reply(host)
-        return {r: _outcome(refused[r]) for r in recipients}
-    host.send(_dot_stuffed(data))
+        return Transacted({r: _outcome(refused[r]) for r in recipients}, bool(then))
+    host.send(_dot_stuffed(data) + then)
     final = _reply(host)
     outcomes = {r: _outcome(refused.get(r, final)) for r in recipients}
     if final[0] == 421:
         raise SessionClosing(outcomes)
-    return outcomes
+    return Transacted(outcomes, bool(then))
 
 
 def _path(address: str) -> str:
@@ -122,12 +166,12 @@ def _all(recipients: Sequence[str], reply: Reply) -> dict[str, DeliveryOutcome]:
     return {r: _outcome(reply) for r in recipients}
 
 
-def _abandon(host: smtplib.SMTP, outcomes: dict[str, DeliveryOutcome]) -> dict[str,
-                                                                               DeliveryOutcome]:
+def _abandon(host: smtplib.SMTP, outcomes: dict[str, DeliveryOutcome], *,
+             then: bytes = b"") -> dict[str, DeliveryOutcome]:
     """End a failed transaction so the session can carry the next message."""
     if any(o.smtp_code == 421 for o in outcomes.values()):
         raise SessionClosing(outcomes)
-    host.send(b"RSET\r\n")
+    host.send(b"RSET\r\n" + then)
     code, _ = _reply(host)
     if code == 421:
         raise SessionClosing(outcomes)
