@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -91,6 +92,20 @@ def group(tmp_path: Path, redis_url: str, smtp_server: SMTPTestServer) -> Iterat
     workers.stop()
 
 
+def launch(workers: WorkerProcesses, client: redis.Redis, smtp_server: SMTPTestServer, n: int,
+           *, until_received: int, count: int = 1) -> tuple[str, list[Any]]:
+    """Bulk workers in threads (as ``make run`` runs them) and beat; a campaign of *n*
+    started and under way (*until_received* messages at the relay)."""
+    smtp_server.handler.data_delay = 0.01  # a relay that takes a moment per message
+    started = workers.start(queues="mail,bulk", pool="threads", concurrency=4, count=count)
+    workers.start_beat()
+    campaign_id = new_campaign(client, n)
+    workers.producer.send_task("postroom.campaign.start", args=[campaign_id], queue="bulk")
+    wait_until(lambda: len(smtp_server.received) >= until_received, 60,
+               lambda: summary(client, campaign_id, smtp_server))
+    return campaign_id, started
+
+
 def completed(redis_client: redis.Redis, campaign_id: str) -> Callable[[], bool]:
     return lambda: CampaignStore(redis_client).status(campaign_id) == "completed"
 
@@ -102,13 +117,8 @@ def test_a_worker_host_killed_mid_campaign_recovers_in_seconds(
         limits: dict[str, str]) -> None:
     n = 600
     group.env.update(limits)  # the same delivery loop runs with and without shared limits
-    smtp_server.handler.data_delay = 0.01  # a relay that takes a moment per message
-    doomed, survivor = group.start(queues="mail,bulk", pool="threads", concurrency=4, count=2)
-    group.start_beat()
-    campaign_id = new_campaign(redis_client, n)
-    group.producer.send_task("postroom.campaign.start", args=[campaign_id], queue="bulk")
-    wait_until(lambda: len(smtp_server.received) >= 150, 60,
-               lambda: summary(redis_client, campaign_id, smtp_server))
+    campaign_id, (doomed, _) = launch(group, redis_client, smtp_server, n, until_received=150,
+                                      count=2)
     group.kill(doomed)  # every process of one worker host, without warning
     killed_at = len(smtp_server.received)
     took = wait_until(completed(redis_client, campaign_id), 60,
@@ -156,13 +166,7 @@ def test_redis_restarted_with_aof_mid_campaign(
     client = redis.Redis.from_url(server.url)
     workers = WorkerProcesses(tmp_path, server.url, smtp_server.port, FAST_RECOVERY)
     try:
-        smtp_server.handler.data_delay = 0.01
-        workers.start(queues="mail,bulk", pool="threads", concurrency=4)
-        workers.start_beat()
-        campaign_id = new_campaign(client, n)
-        workers.producer.send_task("postroom.campaign.start", args=[campaign_id], queue="bulk")
-        wait_until(lambda: len(smtp_server.received) >= 150, 60,
-                   lambda: summary(client, campaign_id, smtp_server))
+        campaign_id, _ = launch(workers, client, smtp_server, n, until_received=150)
         server.restart()  # down for a moment; the AOF brings every key back
         restarted_at = len(smtp_server.received)
         wait_until(completed(client, campaign_id), 90,
@@ -181,11 +185,7 @@ def test_redis_restarted_with_aof_mid_campaign(
 def test_redis_connections_killed_mid_campaign(
         group: WorkerProcesses, smtp_server: SMTPTestServer, redis_client: redis.Redis) -> None:
     n = 600
-    smtp_server.handler.data_delay = 0.01
-    group.start(queues="mail,bulk", pool="threads", concurrency=4)
-    group.start_beat()
-    campaign_id = new_campaign(redis_client, n)
-    group.producer.send_task("postroom.campaign.start", args=[campaign_id], queue="bulk")
+    campaign_id, _ = launch(group, redis_client, smtp_server, n, until_received=1)
     for threshold in (100, 250, 400):
         wait_until(lambda t=threshold: len(smtp_server.received) >= t, 60,  # type: ignore[misc]
                    lambda: summary(redis_client, campaign_id, smtp_server))
@@ -201,13 +201,7 @@ def test_redis_connections_killed_mid_campaign(
 def test_the_relay_down_for_a_while_delays_but_never_fails_a_campaign(
         group: WorkerProcesses, smtp_server: SMTPTestServer, redis_client: redis.Redis) -> None:
     n = 300
-    smtp_server.handler.data_delay = 0.01
-    group.start(queues="mail,bulk", pool="threads", concurrency=4)
-    group.start_beat()
-    campaign_id = new_campaign(redis_client, n)
-    group.producer.send_task("postroom.campaign.start", args=[campaign_id], queue="bulk")
-    wait_until(lambda: len(smtp_server.received) >= 60, 60,
-               lambda: summary(redis_client, campaign_id, smtp_server))
+    campaign_id, _ = launch(group, redis_client, smtp_server, n, until_received=60)
     smtp_server.stop()  # the relay is gone: connections refused
     down_at = len(smtp_server.received)
     ledger = CampaignStore(redis_client).ledger(campaign_id)
