@@ -41,7 +41,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     celery_init_app(app)
 
     import tasks  # noqa: F401  (registers the tasks with the Celery app)
-    from web import api, health, outbox
+    from web import api, health, outages, outbox
+
+    outages.init_app(app)
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
