@@ -28,7 +28,7 @@ from tasks.stores import key
 
 log = logging.getLogger(__name__)
 
-STATE_TTL = 7 * 24 * 3600  # a relay's last outcome is forgotten a week after its last session
+STATE_TTL = 3600  # a relay's last outcome is forgotten an hour after its last session
 MAX_ERROR = 300  # characters of a failure kept with the state
 
 
