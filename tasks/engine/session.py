@@ -207,7 +207,8 @@ class BatchConnection(Connection):
                 failure = session_failure(relay, err)
                 failures.append(failure)
                 if state is not None:
-                    state.failed(str(relay), str(failure))
+                    code = failure.smtp_code
+                    state.failed(str(relay), f"{code} {failure}" if code else str(failure))
                 if len(relays) > 1:
                     log.warning("SMTP relay %s failed: %s", relay, failure)
                 continue
