@@ -70,6 +70,9 @@ def test_message_not_queued_is_withdrawn_and_the_retry_is_sent(
     app = working_app(redis_url, smtp_server.port)
     retried = app.test_client().post("/api/messages", json=MESSAGE, headers=headers)
     assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
+    [held] = [redis_client.get(name).decode()
+              for name in redis_client.scan_iter("postroom:idempotency:*")]
+    assert held.endswith(retried.get_json()["id"]), f"the key should be marked queued: {held}"
     replayed = app.test_client().post("/api/messages", json=MESSAGE, headers=headers)
     assert replayed.headers["Idempotent-Replayed"] == "true"
     counts = Counter(rcpt for r in smtp_server.received for rcpt in r.recipients)

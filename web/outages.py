@@ -20,10 +20,13 @@ from web.api.errors import error_response
 log = logging.getLogger(__name__)
 
 # Redis refused, reset or timed out (BusyLoadingError, Redis loading its AOF, is a
-# ConnectionError); kombu raises OperationalError when a task cannot be published.
+# ConnectionError), or cannot take writes for now (a replica during a failover, or
+# maxmemory reached); kombu raises OperationalError when a task cannot be published.
 UNREACHABLE: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
     kombu.exceptions.OperationalError,
 )
 RETRY_AFTER = 5  # seconds: long enough for a Redis restart, short enough for a form

@@ -79,6 +79,7 @@ class Admission:
     created: bool  # False: a replay of the key's first request
     queued: bool  # its delivery task is known to be on the broker
     idempotency_name: str | None = None  # the key's Redis name, if it had one
+    digest: str = ""  # the request's fingerprint, kept with the key
 
 
 class MessageStore:
@@ -114,14 +115,16 @@ class MessageStore:
                                args=[f"{digest}:{message.id}:{PENDING}", IDEMPOTENCY_TTL,
                                      self._record(message), self.ttl])
             if not held:
-                return Admission(message, created=True, queued=False, idempotency_name=name)
+                return Admission(message, created=True, queued=False, idempotency_name=name,
+                                 digest=digest)
             self._forget(message.id)  # another request took the key first
         held_digest, _, rest = _text(held).partition(":")
         held_id, _, state = rest.partition(":")
         if held_digest != digest:
             raise IdempotencyConflict(held_id)
         message = self.get(held_id) or StoredMessage(held_id, fields, time.time())
-        return Admission(message, created=False, queued=state != PENDING, idempotency_name=name)
+        return Admission(message, created=False, queued=state != PENDING, idempotency_name=name,
+                         digest=digest)
 
     def accept(self, fields: dict[str, Any], recipients: list[str]) -> Admission:
         """:meth:`create`, for a request without an Idempotency-Key."""
@@ -153,7 +156,7 @@ class MessageStore:
         if admission.idempotency_name is not None:
             try:
                 self.redis.set(admission.idempotency_name,
-                               f"{fingerprint(admission.message.fields)}:{admission.message.id}",
+                               f"{admission.digest}:{admission.message.id}",
                                xx=True, keepttl=True)
             except RedisError as err:  # the task is queued; a replay re-queues it harmlessly
                 log.warning("message %s queued, its Idempotency-Key left pending: %s",
