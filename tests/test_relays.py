@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,6 +212,66 @@ def test_auth_refused_moves_on_with_the_same_credentials(redis_client: redis.Red
     finally:
         refusing.stop()
         accepting.stop()
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", f"/CN={name}", "-addext",
+                    "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_refused_moves_on_with_the_same_tls_settings(tmp_path: Path,
+                                                         redis_client: redis.Redis) -> None:
+    servers = []
+    for name in ("untrusted", "trusted"):
+        cert, key = self_signed(tmp_path, name)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        servers.append(SMTPTestServer(tls_context=context, require_starttls=True).start())
+    untrusted, trusted = servers
+    try:
+        board = RelayBoard(redis_client, COOLDOWN)
+        settings = two_relays(untrusted.port, trusted.port, board, use_tls=True,
+                              tls_ca_file=str(tmp_path / "trusted.pem"))
+        with BatchConnection(settings) as connection:
+            outcome = connection.send_data(SENDER, ["a@example.com"], message(0))["a@example.com"]
+        assert outcome.status == "sent"
+        assert (len(untrusted.received), len(trusted.received)) == (0, 1), (
+            f"received {len(untrusted.received)} and {len(trusted.received)}: the second "
+            "relay requires STARTTLS, so the message crossed it over verified TLS")
+        [status, _] = board.statuses([f"127.0.0.1:{untrusted.port}",
+                                      f"127.0.0.1:{trusted.port}"])
+        assert status.state == "cooling_down" and "CERTIFICATE_VERIFY_FAILED" in (
+            status.error or ""), status
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_healthz_opens_no_smtp_connection_and_names_smtp_when_every_relay_failed(
+        redis_client: redis.Redis, redis_url: str, smtp_server: SMTPTestServer) -> None:
+    dead = DeadRelay()
+    try:
+        app = create_app(relay_config(redis_url, dead.port, smtp_server))
+        client = app.test_client()
+        for _ in range(5):
+            assert client.get("/healthz").status_code == 200  # no session yet: unknown
+        assert (dead.accepted, smtp_server.session_count) == (0, 0), (
+            f"5 /healthz calls opened {dead.accepted} and {smtp_server.session_count} "
+            "connection(s) to the relays (expected none)")
+        board = RelayBoard(redis_client, COOLDOWN)
+        for relay in (f"127.0.0.1:{dead.port}", f"127.0.0.1:{smtp_server.port}"):
+            board.failed(relay, "421 4.3.2 Service not available")
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.get_json()["down"] == ["smtp"]
+        assert {r["state"] for r in health.get_json()["checks"]["smtp"]["relays"]} == {
+            "cooling_down"}
+    finally:
+        dead.close()
 
 
 def test_every_relay_cooling_down_defers_without_connecting(redis_client: redis.Redis,
