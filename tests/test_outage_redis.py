@@ -102,6 +102,12 @@ def test_every_api_route_answers_503_and_the_keyed_retry_is_sent_once(
     refused = client.post("/api/messages", json=MESSAGE, headers=key)
     assert_api_unavailable(refused, "POST /api/messages with Idempotency-Key")
     calls = api_calls()
+    adapter = outage_app.url_map.bind("localhost")
+    covered = {(adapter.match(path, method)[0], method) for method, path, _ in calls}
+    routes = {(rule.endpoint, method) for rule in outage_app.url_map.iter_rules()
+              if rule.rule.startswith("/api/") and rule.endpoint != "api.openapi"
+              for method in rule.methods or () if method in {"GET", "POST", "PUT", "DELETE"}}
+    assert routes <= covered, f"API routes not tried with Redis down: {routes - covered}"
     statuses = {}
     for method, path, options in calls:
         response = client.open(path, method=method, headers=AUTH, **options)
