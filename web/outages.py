@@ -37,8 +37,8 @@ MESSAGE = ("the service cannot store or queue work right now; nothing was accept
 def wants_json() -> bool:
     if request.path.startswith("/api/") or request.blueprint == "api":
         return True
-    accept = request.accept_mimetypes
-    return accept.best_match(["application/json", "text/html"]) == "application/json"
+    accept = request.accept_mimetypes  # a page unless JSON is preferred (e.g. a poll)
+    return accept.best_match(["text/html", "application/json"]) == "application/json"
 
 
 def unavailable(err: Exception) -> tuple[Response | str, int, dict[str, str]]:
