@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from email.headerregistry import Address
 from email.utils import getaddresses
 from typing import Any
@@ -13,6 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from tasks.mail import deliver_message
 from tasks.stores.attachments import AttachmentStore
+from tasks.stores.ledger import STATUSES
 from tasks.stores.messages import IdempotencyConflict, MessageStore, message_status
 from web.api import bp
 from web.api.errors import APIError
@@ -153,10 +155,12 @@ def show_message(message_id: str) -> ResponseReturnValue:
     if message is None:
         raise APIError(404, "not_found", f"no message with id {message_id!r}")
     ledger = store.ledger(message_id)
-    records, _ = ledger.page(limit=10_000)
+    records, more = ledger.page(limit=10_000)
+    # the status from the same read as the recipients, so the two never disagree
+    counts = dict.fromkeys(STATUSES, 0) | Counter(record.status for record in records)
     shown = MessageOut(
         id=message.id,
-        status=message_status(ledger.counts()),
+        status=message_status(ledger.counts() if more is not None else counts),
         created_at=message.created_at,
         recipients=[RecipientOut(**record.public()) for record in records],
     )
