@@ -15,6 +15,7 @@ from redis import Redis
 from tasks.delivery import RetryPolicy
 from tasks.engine.compose import Composer
 from tasks.engine.session import SessionGate, SMTPSettings
+from tasks.stores.relays import RelayBoard
 from tasks.stores.throttle import SendRate, SessionSlots
 
 DEFAULT_BULK_SESSIONS = 32  # campaign batches in flight when MAIL_MAX_CONNECTIONS is unset
@@ -31,7 +32,8 @@ def app_config() -> Mapping[str, Any]:
 
 
 def smtp_settings() -> SMTPSettings:
-    return SMTPSettings.from_config(current_app.config)
+    relays = RelayBoard.from_config(redis_client(), current_app.config)
+    return SMTPSettings.from_config(current_app.config, relay_state=relays)
 
 
 def composer(settings: SMTPSettings) -> Composer:

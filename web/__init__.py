@@ -15,6 +15,8 @@ from web.extensions import csrf, limiter, mail
 
 __all__ = ["create_app"]
 
+REDIS_CONNECT_TIMEOUT = 5.0  # seconds
+
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then the environment, then *config* (tests).
@@ -27,12 +29,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(config)
     if not app.config.get("CELERY_BROKER_URL"):
         app.config["CELERY_BROKER_URL"] = app.config["REDIS_URL"]
+    settings.normalise(app.config)
     settings.check(app.config)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = os.urandom(32).hex()  # dev/testing only (checked above)
     app.config.setdefault("MAX_CONTENT_LENGTH", app.config["MAX_MESSAGE_BYTES"])
 
-    app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"])
+    # a Redis host that does not answer at all is a 503 within seconds, not a hung request
+    app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"],
+                                                   socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
     mail.init_app(app)
     csrf.init_app(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
@@ -40,7 +45,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     celery_init_app(app)
 
     import tasks  # noqa: F401  (registers the tasks with the Celery app)
-    from web import api, health, outbox
+    from web import api, health, outages, outbox
+
+    outages.init_app(app)
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)

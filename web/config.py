@@ -7,8 +7,10 @@ naming the variable, so start-up stops with one clear line.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
+
+from tasks.engine.relays import Relay
 
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
@@ -70,6 +72,25 @@ def _token_list(name: str, raw: str) -> list[str]:
     return [token.strip() for token in raw.split(",") if token.strip()]
 
 
+def relay_list(name: str, raw: str | Sequence[str | Relay]) -> tuple[Relay, ...]:
+    """``host:port,host:port`` (or a list of them, from a test's config) as relays."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    relays: list[Relay] = []
+    for item in items:
+        if isinstance(item, Relay):
+            relays.append(item)
+            continue
+        if isinstance(raw, str) and not item.strip():
+            if raw.strip():
+                raise ConfigError(f"{name}: an empty entry in {raw!r}")
+            continue
+        try:
+            relays.append(Relay.parse(str(item)))
+        except ValueError as err:
+            raise ConfigError(f"{name}: {err}") from None
+    return tuple(relays)
+
+
 def _file_path(name: str, raw: str) -> str | None:
     if not raw:
         return None
@@ -108,6 +129,8 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "MAIL_MAX_CONNECTIONS": (_optional_whole_number, None),
     "MAIL_RATE_LIMIT": (_optional_positive_number, None),
     "MAIL_MESSAGE_ID_DOMAIN": (_optional_text, None),
+    "MAIL_FALLBACK_SERVERS": (relay_list, ()),
+    "MAIL_RELAY_COOLDOWN": (_positive_number, 60.0),
     "REDIS_URL": (_text, "redis://127.0.0.1:6379/0"),
     "CELERY_BROKER_URL": (_optional_text, None),
     "SECRET_KEY": (_optional_text, None),
@@ -147,6 +170,15 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     return config
 
 
+def normalise(config: MutableMapping[str, Any]) -> None:
+    """Bring values a test's config may give in their text form to the parsed form."""
+    config["MAIL_FALLBACK_SERVERS"] = relay_list("MAIL_FALLBACK_SERVERS",
+                                                 config.get("MAIL_FALLBACK_SERVERS") or ())
+    cooldown = config.get("MAIL_RELAY_COOLDOWN")
+    if isinstance(cooldown, str):
+        config["MAIL_RELAY_COOLDOWN"] = _positive_number("MAIL_RELAY_COOLDOWN", cooldown)
+
+
 def check(config: Mapping[str, Any]) -> None:
     """Reject combinations that cannot work, whatever their source."""
     if config["MAIL_USE_TLS"] and config["MAIL_USE_SSL"]:
@@ -156,3 +188,7 @@ def check(config: Mapping[str, Any]) -> None:
         raise ConfigError("SECRET_KEY: must be set outside development and testing")
     if not config.get("CELERY_BROKER_URL"):
         raise ConfigError("CELERY_BROKER_URL: empty")
+    primary = Relay(str(config["MAIL_SERVER"]), int(config["MAIL_PORT"]))
+    if primary in config.get("MAIL_FALLBACK_SERVERS", ()):
+        raise ConfigError(f"MAIL_FALLBACK_SERVERS: lists MAIL_SERVER:MAIL_PORT ({primary}), "
+                          "which is always tried first")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
+import kombu.exceptions
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tasks.engine.session import SMTPSettings
+from tasks.stores.relays import RelayBoard, RelayStatus
 from tasks.stores.throttle import sessions_open
 
 bp = Blueprint("health", __name__)
@@ -26,23 +28,54 @@ def _check_redis() -> dict[str, Any]:
     return {"ok": True}
 
 
-def _check_smtp() -> dict[str, Any]:
+def _check_broker(redis_check: dict[str, Any]) -> dict[str, Any]:
+    """Whether a task could be published now (the same server as Redis by default)."""
     config = current_app.config
-    if config["MAIL_SUPPRESS_SEND"]:
+    if config["CELERY_BROKER_URL"] == config["REDIS_URL"]:
+        return {**redis_check, "note": "the broker is the Redis server above"}
+    celery_app = current_app.extensions["celery"]
+    try:
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=0, timeout=2)
+    except (kombu.exceptions.KombuError, OSError) as err:
+        return {"ok": False, "error": str(err)}
+    return {"ok": True}
+
+
+def relay_names() -> list[str]:
+    return [str(relay) for relay in SMTPSettings.from_config(current_app.config).relays]
+
+
+def relay_statuses() -> list[RelayStatus]:
+    """What workers last saw of each relay (raises RedisError if Redis is down)."""
+    board = RelayBoard.from_config(current_app.extensions["redis"], current_app.config)
+    return board.statuses(relay_names())
+
+
+def _check_smtp() -> dict[str, Any]:
+    """The relays as the workers last found them: no SMTP connection is opened here.
+
+    Healthy unless every relay's last session failed (or is cooling down); a relay
+    no worker has used yet counts as healthy.
+    """
+    if current_app.config["MAIL_SUPPRESS_SEND"]:
         return {"ok": True, "note": "sending suppressed"}
     try:
-        with socket.create_connection((config["MAIL_SERVER"], config["MAIL_PORT"]), timeout=2):
-            pass
-    except OSError as err:
-        return {"ok": False, "error": f"{config['MAIL_SERVER']}:{config['MAIL_PORT']}: {err}"}
-    return {"ok": True}
+        statuses = relay_statuses()
+    except redis.RedisError:
+        return {"ok": True, "note": "relay states are kept in Redis, which cannot be reached",
+                "relays": [{"relay": name, "state": "unknown"} for name in relay_names()]}
+    usable = [s for s in statuses if s.state in ("up", "unknown")]
+    return {"ok": bool(usable), "relays": [s.public() for s in statuses]}
 
 
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
-    checks = {"redis": _check_redis(), "smtp": _check_smtp()}
+    redis_check = _check_redis()
+    checks = {"redis": redis_check, "broker": _check_broker(redis_check), "smtp": _check_smtp()}
     healthy = all(check["ok"] for check in checks.values())
-    return jsonify({"ok": healthy, "checks": checks}), 200 if healthy else 503
+    down = [name for name, check in checks.items() if not check["ok"]]
+    return jsonify({"ok": healthy, "down": down, "checks": checks}), 200 if healthy else 503
 
 
 def queue_depths(client: redis.Redis, prefix: str) -> dict[str, int]:
@@ -74,7 +107,30 @@ def metrics() -> ResponseReturnValue:
         for queue, count in queue_depths(client, prefix).items():
             depth.labels(queue=queue).set(count)
         sending_limits(registry, client)
+        relay_gauges(registry, relay_statuses())
         up.set(1)
     except redis.RedisError:
         up.set(0)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def relay_gauges(registry: CollectorRegistry, statuses: list[RelayStatus]) -> None:
+    """Each relay's last session and cooldown (MAIL_SERVER, then MAIL_FALLBACK_SERVERS)."""
+    ok = Gauge("postroom_relay_last_session_ok",
+               "1 if the last session on the relay opened, 0 if it failed", ["relay"],
+               registry=registry)
+    at = Gauge("postroom_relay_last_session_timestamp_seconds",
+               "When the relay's last session was opened or failed", ["relay"],
+               registry=registry)
+    cooling = Gauge("postroom_relay_cooling_down",
+                    "1 while workers skip the relay after a failed session", ["relay"],
+                    registry=registry)
+    until = Gauge("postroom_relay_cooling_down_until_seconds",
+                  "When the relay's cooldown ends (0 when it is not cooling down)", ["relay"],
+                  registry=registry)
+    for status in statuses:
+        if status.outcome is not None:
+            ok.labels(relay=status.relay).set(1 if status.outcome == "opened" else 0)
+            at.labels(relay=status.relay).set(status.at or 0)
+        cooling.labels(relay=status.relay).set(1 if status.cooling_down_until else 0)
+        until.labels(relay=status.relay).set(status.cooling_down_until or 0)

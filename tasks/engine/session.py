@@ -14,7 +14,7 @@ import smtplib
 import socket
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -22,6 +22,7 @@ from flask_mail import Connection
 
 from tasks.engine.errors import PermanentDeliveryError, SessionError, TemporaryDeliveryError
 from tasks.engine.outcome import DeliveryOutcome
+from tasks.engine.relays import Relay, RelayState, no_relay, session_failure
 from tasks.engine.transaction import (
     SessionClosing,
     Upcoming,
@@ -31,7 +32,6 @@ from tasks.engine.transaction import (
 )
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +53,22 @@ class SMTPSettings:
     tls_verify: bool = True
     tls_ca_file: str | None = None
     message_id_domain: str | None = None
+    fallbacks: tuple[Relay, ...] = ()  # MAIL_FALLBACK_SERVERS, tried in order
+    relay_state: RelayState | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def relays(self) -> tuple[Relay, ...]:
+        """``MAIL_SERVER:MAIL_PORT``, then the fallbacks: the order sessions are tried in."""
+        return (Relay(self.server, self.port), *self.fallbacks)
 
     @classmethod
-    def from_config(cls, config: Any) -> SMTPSettings:
-        """Read the settings from a Flask-style config mapping."""
+    def from_config(cls, config: Any, *, relay_state: RelayState | None = None) -> SMTPSettings:
+        """Read the settings from a Flask-style config mapping.
+
+        ``MAIL_FALLBACK_SERVERS`` may hold :class:`Relay` values or ``host:port`` text.
+        """
+        fallbacks = tuple(relay if isinstance(relay, Relay) else Relay.parse(str(relay))
+                          for relay in config.get("MAIL_FALLBACK_SERVERS") or ())
         return cls(
             server=config["MAIL_SERVER"],
             port=int(config["MAIL_PORT"]),
@@ -73,6 +85,8 @@ class SMTPSettings:
             tls_verify=bool(config["MAIL_TLS_VERIFY"]),
             tls_ca_file=config.get("MAIL_TLS_CA_FILE"),
             message_id_domain=config.get("MAIL_MESSAGE_ID_DOMAIN"),
+            fallbacks=fallbacks,
+            relay_state=relay_state,
         )
 
     def tls_context(self) -> ssl.SSLContext:
@@ -122,6 +136,7 @@ class BatchConnection(Connection):
         self._unavailable: SessionError | None = None
         self._ahead: tuple[str, tuple[str, ...]] | None = None  # commands sent for this one
         self.sessions_opened = 0
+        self.relay: Relay | None = None  # where the current (or last) session was opened
 
     def __enter__(self) -> BatchConnection:
         self.host = None  # connect lazily, when the first message needs it
@@ -134,18 +149,20 @@ class BatchConnection(Connection):
 
     # -- sessions
 
-    def configure_host(self) -> smtplib.SMTP:
-        """Open a session: connect, greet, STARTTLS, AUTH (raises smtplib/ssl/OS errors)."""
+    def configure_host(self, relay: Relay | None = None) -> smtplib.SMTP:
+        """Open a session on *relay* (the first relay by default): connect, greet,
+        STARTTLS, AUTH. Raises smtplib/ssl/OS errors."""
         s = self.settings
+        relay = relay or s.relays[0]
         if self.gate is not None and self._gate_handle is None:
             self._gate_handle = self.gate.acquire()
         host: smtplib.SMTP
         try:
             if s.use_ssl:
-                host = smtplib.SMTP_SSL(s.server, s.port, timeout=s.timeout,
+                host = smtplib.SMTP_SSL(relay.host, relay.port, timeout=s.timeout,
                                         context=s.tls_context())
             else:
-                host = smtplib.SMTP(s.server, s.port, timeout=s.timeout)
+                host = smtplib.SMTP(relay.host, relay.port, timeout=s.timeout)
         except BaseException:
             self._release_gate()
             raise
@@ -166,34 +183,50 @@ class BatchConnection(Connection):
         return host
 
     def open_session(self) -> smtplib.SMTP:
-        """The current session, opened if needed; :class:`SessionError` if it cannot be."""
+        """The current session, opened if needed; :class:`SessionError` if it cannot be.
+
+        The relays are tried in order (``MAIL_SERVER``, then ``MAIL_FALLBACK_SERVERS``),
+        skipping those the relay state says are cooling down. A relay that cannot
+        open a session (refused, silent, TLS, AUTH, a 4xx/5xx greeting) is reported
+        to the relay state and the next one is tried. Nothing has been sent on a
+        session that failed to open, so no message can reach two relays.
+        """
         if self._unavailable is not None:
             raise self._unavailable
         if self.host is not None:
             return self.host
-        where = f"{self.settings.server}:{self.settings.port}"
-        try:
-            self.host = self.configure_host()
-        except ssl.SSLError as err:
-            detail = getattr(err, "verify_message", None)  # why the certificate was refused
-            reason = f"{err.reason}: {detail}" if detail else (err.reason or str(err))
-            self._unavailable = SessionError(f"TLS with {where} failed: {reason}")
-        except smtplib.SMTPAuthenticationError as err:
-            self._unavailable = SessionError(
-                f"{where} refused the credentials: {_text(err.smtp_error)}",
-                err.smtp_code)
-        except smtplib.SMTPResponseException as err:
-            self._unavailable = SessionError(
-                f"{where} refused the session: {_text(err.smtp_error)}",
-                err.smtp_code)
-        except (smtplib.SMTPException, *TRANSPORT_ERRORS) as err:
-            self._unavailable = SessionError(f"connection to {where} failed: {err!r}")
-        if self._unavailable is not None:
-            log.warning("SMTP session not opened; deferring the rest of the batch: %s",
-                        self._unavailable)
-            raise self._unavailable
-        assert self.host is not None
-        return self.host
+        relays = self.settings.relays
+        state = self.settings.relay_state
+        skipped = state.cooling_down([str(r) for r in relays]) if state is not None else set()
+        failures: list[SessionError] = []
+        for relay in relays:
+            if str(relay) in skipped:
+                continue
+            if self.gate is not None and self._gate_handle is None:
+                try:  # a slot that does not come free is no fault of the relay
+                    self._gate_handle = self.gate.acquire()
+                except (TimeoutError, OSError) as err:
+                    self._unavailable = SessionError(str(err))
+                    raise self._unavailable from err
+            try:
+                self.host = self.configure_host(relay)
+            except (smtplib.SMTPException, *TRANSPORT_ERRORS) as err:
+                failure = session_failure(relay, err)
+                failures.append(failure)
+                if state is not None:
+                    code = failure.smtp_code
+                    state.failed(str(relay), f"{code} {failure}" if code else str(failure))
+                if len(relays) > 1:
+                    log.warning("SMTP relay %s failed: %s", relay, failure)
+                continue
+            self.relay = relay
+            if state is not None:
+                state.opened(str(relay))
+            return self.host
+        self._unavailable = no_relay(failures, [r for r in relays if str(r) in skipped])
+        log.warning("SMTP session not opened; deferring the rest of the batch: %s",
+                    self._unavailable)
+        raise self._unavailable
 
     def reserve(self) -> None:
         """Get ready for the next message before its recipients are claimed.
@@ -279,8 +312,8 @@ class BatchConnection(Connection):
         except (ssl.SSLError, *TRANSPORT_ERRORS) as err:
             first_on_session = self.num_emails == 1
             self._drop()
-            reason = (f"connection to {self.settings.server}:{self.settings.port} "
-                      f"lost: {err!r}")
+            where = self.relay or f"{self.settings.server}:{self.settings.port}"
+            reason = f"connection to {where} lost: {err!r}"
             log.warning("SMTP transport failure: %s", reason)
             if first_on_session:  # a fresh session failed at once: the next would too
                 self._unavailable = SessionError(reason)
@@ -302,6 +335,3 @@ class BatchConnection(Connection):
             if outcome.status == "failed":
                 raise PermanentDeliveryError(f"{rcpt}: {outcome.error}", outcome.smtp_code)
 
-
-def _text(reply: bytes | str) -> str:
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from email.headerregistry import Address
 from email.utils import getaddresses
 from typing import Any
@@ -13,6 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from tasks.mail import deliver_message
 from tasks.stores.attachments import AttachmentStore
+from tasks.stores.ledger import STATUSES
 from tasks.stores.messages import IdempotencyConflict, MessageStore, message_status
 from web.api import bp
 from web.api.errors import APIError
@@ -33,8 +35,9 @@ def create_message() -> ResponseReturnValue:
     """Accept a message, queue its delivery, answer 202 without touching SMTP.
 
     With an ``Idempotency-Key`` header, a repeat of the same request within 24 h
-    answers with the first message's id and sends nothing; the same key with a
-    different request is 409.
+    answers with the first message's id and sends nothing more; the same key with a
+    different request is 409. The key is stored with the message and counts as
+    used once the delivery task is queued: a repeat after a 503 queues it then.
     """
     limit = int(current_app.config["MAX_ATTACHMENT_BYTES"])
     if request.mimetype == "multipart/form-data":
@@ -53,21 +56,22 @@ def create_message() -> ResponseReturnValue:
     store = _store()
     key = _idempotency_key()
     if key is None:
-        stored, created = store.create(fields, message.recipients()), True
+        admission = store.accept(fields, message.recipients())
     else:
         try:
-            stored, created = store.create_once(key, fields, message.recipients())
+            admission = store.create_once(key, fields, message.recipients())
         except IdempotencyConflict:
             raise APIError(409, "idempotency_conflict",
                            "this Idempotency-Key was used for a different request; "
                            "send a new key for a new message") from None
-    if created:
-        deliver_message.delay(stored.id)
-        status = "queued"
-    else:
-        status = message_status(store.ledger(stored.id).counts())
+    stored = admission.message
+    if not admission.queued:  # new, or a replay of a request whose task was never queued
+        with store.enqueueing(admission):
+            deliver_message.delay(stored.id)
+    status = ("queued" if admission.created
+              else message_status(store.ledger(stored.id).counts()))
     response = jsonify(Accepted(id=stored.id, status=status).model_dump())
-    if not created:
+    if not admission.created:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202
 
@@ -151,10 +155,12 @@ def show_message(message_id: str) -> ResponseReturnValue:
     if message is None:
         raise APIError(404, "not_found", f"no message with id {message_id!r}")
     ledger = store.ledger(message_id)
-    records, _ = ledger.page(limit=10_000)
+    records, more = ledger.page(limit=10_000)
+    # the status from the same read as the recipients, so the two never disagree
+    counts = dict.fromkeys(STATUSES, 0) | Counter(record.status for record in records)
     shown = MessageOut(
         id=message.id,
-        status=message_status(ledger.counts()),
+        status=message_status(ledger.counts() if more is not None else counts),
         created_at=message.created_at,
         recipients=[RecipientOut(**record.public()) for record in records],
     )

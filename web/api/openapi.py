@@ -49,6 +49,11 @@ def describe(method: str, path: str, summary: str, *, status: int,
                         "content": {"application/json": {"schema": _ref(ErrorOut)}}}
             for code in errors}},
     }
+    operation["responses"]["503"] = {  # web.outages: Redis or the broker out of reach
+        "description": "Redis or the broker cannot be reached; nothing was stored",
+        "headers": {"Retry-After": {"description": "seconds to wait before retrying",
+                                    "schema": {"type": "integer"}}},
+        "content": {"application/json": {"schema": _ref(ErrorOut)}}}
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in _path_names(path)]
     for where, named in (("query", query), ("header", headers)):

