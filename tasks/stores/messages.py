@@ -20,7 +20,7 @@ from tasks.stores.watch import WATCH_AFTER, Watchlist
 
 log = logging.getLogger(__name__)
 
-RECORD_TTL = 30 * 24 * 3600  # a message and its statuses are kept for 30 days
+RECORD_TTL = 35 * 24 * 3600  # a message and its statuses: RETENTION_DAYS + DELIVERY_MAX_AGE
 IDEMPOTENCY_TTL = 24 * 3600  # how long an Idempotency-Key stands for its first message
 
 # Accept a message under an Idempotency-Key unless the key is taken: the key (marked

@@ -27,7 +27,9 @@ Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
 
 
 def _store() -> MessageStore:
-    return MessageStore(current_app.extensions["redis"])
+    config = current_app.config  # kept for RETENTION_DAYS, plus the time it may take to send
+    ttl = int((float(config["RETENTION_DAYS"]) * 86400) + float(config["DELIVERY_MAX_AGE"]))
+    return MessageStore(current_app.extensions["redis"], ttl=ttl)
 
 
 @bp.post("/messages")
