@@ -95,7 +95,7 @@ def report(stats: pstats.Stats, n: int) -> str:
         total += tottime
         for part, seconds in parts_of(func, tottime).items():
             own[part] = own.get(part, 0.0) + seconds
-    lines = [f"  {"part":44s} {'µs/message':>10s} {'share':>6s}"]
+    lines = [f"  {'part':44s} {'µs/message':>10s} {'share':>6s}"]
     for part, seconds in sorted(own.items(), key=lambda item: -item[1]):
         lines.append(f"  {part:44s} {seconds / n * 1e6:10.0f} {seconds / total:6.0%}")
     text = io.StringIO()
