@@ -30,6 +30,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings.check(app.config)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = os.urandom(32).hex()  # dev/testing only (checked above)
+    if not app.config.get("PUBLIC_URL"):
+        app.config["PUBLIC_URL"] = settings.DEV_PUBLIC_URL  # dev/testing only (checked above)
     app.config.setdefault("MAX_CONTENT_LENGTH", app.config["MAX_MESSAGE_BYTES"])
 
     app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"])

@@ -1,7 +1,10 @@
 """One-time codes for email verification: requests, their status, and the code's HMAC.
 
 An OTP request is one JSON record in Redis (``postroom:otp:<id>``) with a TTL
-of ``record_ttl``. The plain code is never stored: the send task draws it with
+of ``record_ttl``; ids are checked for their form (:func:`is_record_id`) before
+they reach a key. The pointer to an address's current request lives apart, under
+``postroom:otp-mailbox:<digest>``, so no id a client sends can read it. The
+plain code is never stored: the send task draws it with
 :meth:`OTPStore.issue`, which keeps only ``HMAC(key, "<id>:<code>")`` and hands
 the code to the mail. A retry draws a fresh code and replaces the hash.
 
@@ -11,6 +14,12 @@ address retires the previous one in the same transaction that creates it.
 
 Statuses: ``queued -> sending -> sent | deferred | failed``, then ``verified``,
 ``expired`` or ``locked``. Every change is stamped in the record's history.
+
+Guessing is bounded per mailbox, not per request: every code compared counts
+against the mailbox (:mod:`tasks.stores.mailbox`) in a window of
+:data:`GUESS_WINDOW` seconds, across requests, and once
+``guesses_per_day`` wrong codes are spent no code is compared for that mailbox
+until the window ends. See ``docs/SECURITY.md`` for the arithmetic.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ from redis import Redis
 from redis.exceptions import WatchError
 
 from tasks.stores import key
+from tasks.stores.identifiers import is_record_id
 from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.mailbox import mailbox_digest
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +51,8 @@ CLOSED = frozenset({"verified", "expired", "locked"})  # no code works any more
 SENDABLE = frozenset({"queued", "sending", "deferred"})
 DELIVERY_STATUSES = frozenset({"sent", "deferred", "failed"})
 
-Verdict = Literal["verified", "wrong", "locked", "expired", "closed", "unknown"]
+Verdict = Literal["verified", "wrong", "locked", "expired", "closed", "unknown", "exhausted"]
+GUESS_WINDOW = 24 * 3600  # seconds a mailbox's guess budget lasts from its first wrong code
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -53,11 +65,6 @@ def normalise_code(raw: str, length: int) -> str:
     return code
 
 
-def address_digest(email: str) -> str:
-    """A stable, non-reversible name for an address (for keys and rate limits)."""
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
-
-
 @dataclass(frozen=True, slots=True)
 class OTPPolicy:
     """How codes are made and kept: from ``SECRET_KEY`` and the ``OTP_*`` settings."""
@@ -67,6 +74,7 @@ class OTPPolicy:
     ttl: int = 600
     max_attempts: int = 5
     record_ttl: int = 24 * 3600
+    guesses_per_day: int = 20  # codes compared per mailbox per GUESS_WINDOW
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OTPPolicy:
@@ -75,7 +83,8 @@ class OTPPolicy:
         ttl = int(config["OTP_TTL"])
         return cls(secret_key=secret_bytes, length=int(config["OTP_LENGTH"]), ttl=ttl,
                    max_attempts=int(config["OTP_MAX_ATTEMPTS"]),
-                   record_ttl=max(int(config.get("OTP_RECORD_TTL") or 0), ttl))
+                   record_ttl=max(int(config.get("OTP_RECORD_TTL") or 0), ttl),
+                   guesses_per_day=int(config.get("OTP_GUESSES_PER_DAY") or 20))
 
     @property
     def hmac_key(self) -> bytes:
@@ -167,12 +176,21 @@ class OTPStore:
 
     @staticmethod
     def address_key(email: str) -> str:
-        return key("otp", "address", address_digest(email))
+        """The pointer to the mailbox's current request (never reachable by a request id)."""
+        return key("otp-mailbox", mailbox_digest(email))
+
+    @staticmethod
+    def guesses_key(email: str) -> str:
+        """Codes compared for the mailbox in the current :data:`GUESS_WINDOW`."""
+        return key("otp-guesses", mailbox_digest(email))
 
     def ledger(self, request_id: str) -> DeliveryLedger:
         return DeliveryLedger(self.redis, f"otp:{request_id}")
 
     def get(self, request_id: str) -> OTPRequest | None:
+        """The request, or ``None`` for an unknown id or one not of the form issued."""
+        if not is_record_id(request_id):
+            return None
         raw = self.redis.get(self.record_key(request_id))
         return None if raw is None else OTPRequest.load(raw)
 
@@ -213,6 +231,8 @@ class OTPStore:
     def _change(self, request_id: str,
                 change: Callable[[OTPRequest, float], bool]) -> OTPRequest | None:
         """Apply *change* atomically; it returns whether to write. ``None``: no such request."""
+        if not is_record_id(request_id):
+            return None
         record_key = self.record_key(request_id)
         with self.redis.pipeline() as pipe:
             while True:
@@ -276,9 +296,19 @@ class OTPStore:
     def verify(self, request_id: str, code: str) -> Verdict:
         """Consume the request if *code* is its code; count a wrong one.
 
-        *code* must already be normalised (:func:`normalise_code`).
+        *code* must already be normalised (:func:`normalise_code`). Each code
+        compared spends one guess of the mailbox's daily budget first (so
+        concurrent guesses cannot overrun it); a right code, or one never
+        compared, gives it back. With the budget spent the verdict is
+        ``exhausted`` and the request is locked, whatever the code.
         """
         normalise_code(code, self.policy.length)
+        found = self.get(request_id)
+        if found is None:
+            log.info("otp request %s: verification unknown", request_id[:40])
+            return "unknown"
+        guesses = self.guesses_key(found.email)
+        spent = self._spend_guess(guesses)
         candidate = self.policy.digest(request_id, code)
         verdict: Verdict = "unknown"
 
@@ -290,6 +320,10 @@ class OTPStore:
             if now >= request.expires_at:
                 verdict = "expired"
                 request.move("expired", now, smtp_code=request.smtp_code, error=request.error)
+                return True
+            if spent > self.policy.guesses_per_day:
+                verdict = "exhausted"
+                request.move("locked", now, error="too many wrong codes")
                 return True
             stored = request.code_hash or ""
             if stored and hmac.compare_digest(candidate.encode(), stored.encode()):
@@ -306,5 +340,37 @@ class OTPStore:
             return True
 
         self._change(request_id, check)
+        if verdict not in {"wrong", "locked"}:
+            self._give_back_guess(guesses)  # no wrong code was compared
         log.info("otp request %s: verification %s", request_id, verdict)
         return verdict
+
+    def _spend_guess(self, guesses_key: str) -> int:
+        """Count one guess against the mailbox; the window starts at its first guess."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(guesses_key, 0, ex=GUESS_WINDOW, nx=True)  # INCR keeps this TTL
+            pipe.incr(guesses_key)
+            _, spent = pipe.execute()
+        return int(spent)
+
+    def _give_back_guess(self, guesses_key: str) -> None:
+        """Undo one :meth:`_spend_guess`; a count back at zero leaves no key behind."""
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(guesses_key)
+                    spent = int(pipe.get(guesses_key) or 0)
+                    pipe.multi()
+                    if spent <= 1:
+                        pipe.delete(guesses_key)
+                    else:
+                        pipe.decr(guesses_key)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+    def guesses_left(self, email: str) -> int:
+        """Wrong codes the mailbox may still have compared in the current window."""
+        spent = int(self.redis.get(self.guesses_key(email)) or 0)
+        return max(self.policy.guesses_per_day - spent, 0)

@@ -13,6 +13,7 @@ from flask.typing import ResponseReturnValue
 
 from tasks.mail import deliver_message
 from tasks.stores.attachments import AttachmentStore
+from tasks.stores.identifiers import is_record_id
 from tasks.stores.messages import IdempotencyConflict, MessageStore, message_status
 from web.api import bp
 from web.api.errors import APIError
@@ -147,9 +148,9 @@ describe("post", "/api/messages", "Queue a message (JSON with base64 attachments
 @bp.get("/messages/<message_id>")
 def show_message(message_id: str) -> ResponseReturnValue:
     store = _store()
-    message = store.get(message_id)
+    message = store.get(message_id) if is_record_id(message_id) else None
     if message is None:
-        raise APIError(404, "not_found", f"no message with id {message_id!r}")
+        raise APIError(404, "not_found", f"no message with id {message_id[:64]!r}")
     ledger = store.ledger(message_id)
     records, _ = ledger.page(limit=10_000)
     shown = MessageOut(

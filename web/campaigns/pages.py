@@ -27,6 +27,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 
 from tasks.stores.campaigns import CampaignStore
+from tasks.stores.identifiers import is_record_id
 from web.api.campaigns import base_url, campaign_out, spec_from, uploaded_attachments
 from web.api.errors import APIError, fields_of
 from web.api.schemas_campaigns import CampaignFields, CampaignOut
@@ -129,7 +130,7 @@ def _form_again(form: dict[str, str], message: str,
 
 def _shown(store: CampaignStore, campaign_id: str) -> CampaignOut:
     """The campaign as the API shows it, or a 404 page."""
-    campaign = store.get(campaign_id)
+    campaign = store.get(campaign_id) if is_record_id(campaign_id) else None
     if campaign is None:
         abort(404)
     return campaign_out(store, campaign)
@@ -155,7 +156,7 @@ def progress(campaign_id: str) -> ResponseReturnValue:
 @admin_required
 def control(campaign_id: str, action: str) -> ResponseReturnValue:
     act = ACTIONS.get(action)
-    if act is None:
+    if act is None or not is_record_id(campaign_id):
         abort(404)
     try:
         act(_store(), campaign_id)
