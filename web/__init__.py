@@ -33,6 +33,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not app.config.get("PUBLIC_URL"):
         app.config["PUBLIC_URL"] = settings.DEV_PUBLIC_URL  # dev/testing only (checked above)
     app.config.setdefault("MAX_CONTENT_LENGTH", app.config["MAX_MESSAGE_BYTES"])
+    # the session cookie (CSRF tokens, operator sign-in): HttpOnly, SameSite=Lax, and
+    # Secure outside development and testing
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"
+    app.config["SESSION_COOKIE_SECURE"] = bool(
+        app.config.get("SESSION_COOKIE_SECURE") or not settings.relaxed(app.config))
 
     app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"])
     mail.init_app(app)
