@@ -10,7 +10,6 @@ At send time the same bounds fail only the recipient whose variables break them.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, nodes
 
+from tasks.engine.compose import HEADER_CONTROLS
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.sandbox import BoundedSandbox, render_bounded
 
-HEADER_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Variables every recipient has, whatever the recipient list holds.
 BUILTIN_VARIABLES = frozenset({"email", "unsubscribe_url"})
 MAX_TEMPLATE_CHARS = 200_000

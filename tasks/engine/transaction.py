@@ -5,6 +5,10 @@ Where the server advertises PIPELINING (RFC 2920) ``MAIL FROM``, every
 trips instead of three plus one per recipient. Every recipient's outcome comes
 from the reply that concerns it; a refused transaction is reset (RSET) so the
 session can carry the next message.
+
+Domains go out as A-labels (``RCPT TO:<ada@xn--bcher-kva.de>``); a local part
+that is not ASCII needs SMTPUTF8, and without it the recipient fails with a
+clear 553 rather than the message going out mangled.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Sequence
 
-from tasks.engine.compose import BARE_ADDRESS
+from tasks.engine.compose import BARE_ADDRESS, a_label_address
 from tasks.engine.outcome import DeliveryOutcome
 
 Reply = tuple[int, bytes]
@@ -27,13 +31,45 @@ class SessionClosing(Exception):
         self.outcomes = outcomes
 
 
+NO_A_LABEL: Reply = (553, b"5.1.3 the domain has no A-label (IDNA) form")
+NO_SMTPUTF8: Reply = (553, b"5.6.7 the address has a non-ASCII local part and the server "
+                           b"does not offer SMTPUTF8")
+
+
 def transaction(host: smtplib.SMTP, sender: str, recipients: list[str],
-                 data: bytes) -> dict[str, DeliveryOutcome]:
-    """One MAIL/RCPT/DATA transaction, pipelined where the server allows it."""
+                data: bytes) -> dict[str, DeliveryOutcome]:
+    """One MAIL/RCPT/DATA transaction, pipelined where the server allows it.
+
+    Outcomes are keyed by *recipients* as given; on the wire every domain is an A-label.
+    """
+    try:
+        wire_sender = a_label_address(sender)
+    except ValueError:
+        return _all(recipients, NO_A_LABEL)
+    wire: dict[str, str] = {}
+    refused: dict[str, DeliveryOutcome] = {}
+    for recipient in recipients:
+        try:
+            wire[recipient] = a_label_address(recipient)
+        except ValueError:
+            refused[recipient] = _outcome(NO_A_LABEL)
+    utf8 = not (wire_sender.isascii() and all(w.isascii() for w in wire.values()))
+    if utf8 and not host.has_extn("smtputf8"):
+        return {**_all(recipients, NO_SMTPUTF8), **refused}
+    if not wire:
+        return refused
+    addresses = list(dict.fromkeys(wire.values()))
+    try:
+        outcomes = _transaction(host, wire_sender, addresses, data, utf8)
+    except SessionClosing as closing:
+        raise SessionClosing({r: closing.outcomes[w] for r, w in wire.items()}) from None
+    return {**{r: outcomes[w] for r, w in wire.items()}, **refused}
+
+
+def _transaction(host: smtplib.SMTP, sender: str, recipients: list[str], data: bytes,
+                 utf8: bool) -> dict[str, DeliveryOutcome]:
     options = f" SIZE={len(data)}" if host.has_extn("size") else ""
-    if not (sender.isascii() and all(r.isascii() for r in recipients)):
-        if not host.has_extn("smtputf8"):
-            return _all(recipients, (553, b"5.6.7 the server does not accept UTF-8 addresses"))
+    if utf8:
         options += " SMTPUTF8"
     mail = f"MAIL FROM:{_path(sender)}{options}\r\n".encode()
     rcpts = [f"RCPT TO:{_path(r)}\r\n".encode() for r in recipients]

@@ -18,7 +18,7 @@ from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
-from web.api.schemas import MAX_ATTACHMENTS
+from web.api.schemas import MAX_ATTACHMENTS, file_name_checked
 from web.api.schemas_campaigns import (
     CampaignAccepted,
     CampaignFields,
@@ -74,7 +74,8 @@ def uploaded_attachments() -> list[Upload]:
     for storage in request.files.getlist("attachments"):
         data = storage.stream.read(limit + 1)
         if storage.filename or data:
-            found.append((storage.filename or "attachment", storage.mimetype or None, data))
+            name = file_name_checked(storage.filename or "attachment")
+            found.append((name, storage.mimetype or None, data))
     if len(found) > MAX_ATTACHMENTS:
         raise APIError(422, "invalid", f"at most {MAX_ATTACHMENTS} attachments",
                        {"attachments": f"at most {MAX_ATTACHMENTS}"})

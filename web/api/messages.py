@@ -19,7 +19,7 @@ from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
-from web.api.schemas import Accepted, MessageIn, MessageOut, RecipientOut
+from web.api.schemas import Accepted, MessageIn, MessageOut, RecipientOut, file_name_checked
 
 ADDRESS_FIELDS = frozenset({"to", "cc", "bcc", "reply_to"})
 Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
@@ -110,6 +110,7 @@ def _multipart(limit: int) -> tuple[dict[str, Any], list[Upload]]:
             continue  # an empty file input
         name = storage.filename or field_name
         _check_size(name, len(data), limit)
+        file_name_checked(name)
         uploads.append((name, storage.mimetype or None, data))
     return body, uploads
 
