@@ -12,6 +12,7 @@ from flask import Flask
 from web import config as settings
 from web.celery import celery_init_app
 from web.extensions import csrf, limiter, mail
+from web.json_provider import BoundedJSONProvider
 
 __all__ = ["create_app"]
 
@@ -22,6 +23,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Raises :class:`web.config.ConfigError` for a malformed or missing value.
     """
     app = Flask(__name__)
+    app.json = BoundedJSONProvider(app)
     app.config.from_mapping(settings.from_environ(os.environ))
     if config:
         app.config.from_mapping(config)
