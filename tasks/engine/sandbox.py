@@ -14,19 +14,20 @@ adds, with the sandbox's own hooks:
   lists at most :data:`MAX_VALUE_CHARS`;
 - ``range`` at most :data:`MAX_COUNT` items, and no ``lipsum`` generator.
 
-:func:`render_bounded` then bounds time (a deadline checked on every line the
-template's code runs) and output. Anything over a bound raises
-:class:`RenderLimitExceeded`, a :class:`jinja2.exceptions.SecurityError`.
+:func:`render_bounded` then bounds time and output: a deadline checked at every
+step of every ``{% for %}`` loop (each loop's iterable is rewritten into a
+checked iterator), every call, operator, filter and ``~``. Anything over a
+bound raises :class:`RenderLimitExceeded`, a :class:`jinja2.exceptions.SecurityError`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
-import sys
 import time
-from collections.abc import Callable, Mapping
-from types import FrameType
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from jinja2 import nodes, pass_eval_context
@@ -40,6 +41,7 @@ MAX_VALUE_CHARS = 1_000_000  # any one string or list a template builds
 MAX_COUNT = 10_000  # widths, repeats, range() items, batch sizes
 MAX_INT_BITS = 4096  # integers (about 1,200 digits)
 CONCAT = "postroom_concat"  # the global that ``a ~ b`` becomes
+LOOP = "postroom_loop"  # the global every ``{% for %}`` iterates through
 
 _SIZED = (str, bytes, list, tuple, dict, set, frozenset)
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
@@ -52,6 +54,17 @@ class RenderLimitExceeded(SecurityError):
     """A template tried to build too much, or ran too long."""
 
 
+# (monotonic deadline, seconds allowed) of the render running in this context
+_DEADLINE: ContextVar[tuple[float, float]] = ContextVar("postroom_render_deadline",
+                                                       default=(math.inf, math.inf))
+
+
+def _tick() -> None:
+    deadline, seconds = _DEADLINE.get()
+    if time.monotonic() > deadline:
+        raise _refuse(f"rendering took longer than {seconds:.2g} s")
+
+
 def _refuse(reason: str) -> RenderLimitExceeded:
     return RenderLimitExceeded(reason)
 
@@ -62,6 +75,7 @@ def _size(value: Any) -> int:
 
 def checked(value: Any) -> Any:
     """*value*, unless it is larger than a template may build."""
+    _tick()
     if isinstance(value, _SIZED) and len(value) > MAX_VALUE_CHARS:
         raise _refuse(f"a value of more than {MAX_VALUE_CHARS:,} items or characters")
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
@@ -172,6 +186,13 @@ def _bounded_range(*bounds: int) -> range:
     return numbers
 
 
+def _loop(iterable: Iterable[Any]) -> Iterator[Any]:
+    """What ``{% for %}`` iterates: the same items, with the deadline checked at each."""
+    for item in iterable:
+        _tick()
+        yield item
+
+
 @pass_eval_context
 def _concat(eval_ctx: EvalContext, *parts: Any) -> str:
     """``a ~ b``: as Jinja joins them (escaping under autoescape), within the bounds."""
@@ -183,13 +204,23 @@ def _concat(eval_ctx: EvalContext, *parts: Any) -> str:
     return joined
 
 
-class _ConcatToCall(NodeTransformer):
-    """``a ~ b ~ c`` -> ``postroom_concat(a, b, c)``, a call the sandbox checks."""
+class _Checkpoints(NodeTransformer):
+    """``a ~ b ~ c`` -> ``postroom_concat(a, b, c)``; ``for x in xs`` -> ``for x in
+    postroom_loop(xs)``: calls the sandbox checks, and loops that watch the deadline."""
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         parts = [self.visit(part) for part in node.nodes]
-        return nodes.Call(nodes.Name(CONCAT, "load", lineno=node.lineno), parts, [], None,
-                          None, lineno=node.lineno)
+        return _call(CONCAT, parts, node.lineno)
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        node.iter = _call(LOOP, [node.iter], node.lineno)
+        return node
+
+
+def _call(name: str, args: list[Any], lineno: int) -> nodes.Call:
+    return nodes.Call(nodes.Name(name, "load", lineno=lineno), args, [], None, None,
+                      lineno=lineno)
 
 
 class BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -203,10 +234,11 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.globals.pop("lipsum", None)
         self.globals["range"] = _bounded_range
         self.globals[CONCAT] = _concat
+        self.globals[LOOP] = _loop
 
     def rewrite(self, tree: nodes.Template) -> nodes.Template:
-        """*tree* with every ``~`` turned into a checked call (before compiling it)."""
-        rewritten: nodes.Template = _ConcatToCall().visit(tree)
+        """*tree* with every ``~`` and loop turned into checked calls (before compiling it)."""
+        rewritten: nodes.Template = _Checkpoints().visit(tree)
         return rewritten
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
@@ -239,21 +271,9 @@ def render_bounded(template: Any, context: Mapping[str, Any], *, seconds: float,
                    max_chars: int) -> str:
     """Render *template* within *seconds* and *max_chars*, or raise :class:`RenderLimitExceeded`.
 
-    The deadline is checked on every line the template's compiled code runs (a
-    trace function scoped to template frames), so loops over loops stop in time.
+    *template* must come from a tree passed through :meth:`BoundedSandbox.rewrite`.
     """
-    deadline = time.monotonic() + seconds
-
-    def on_line(frame: FrameType, event: str, arg: Any) -> Any:
-        if time.monotonic() > deadline:
-            raise _refuse(f"rendering took longer than {seconds:g} s")
-        return on_line
-
-    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
-        return on_line if frame.f_code.co_filename == "<template>" else None
-
-    previous = sys.gettrace()
-    sys.settrace(on_call)
+    token = _DEADLINE.set((time.monotonic() + seconds, seconds))
     try:
         chunks: list[str] = []
         size = 0
@@ -264,4 +284,4 @@ def render_bounded(template: Any, context: Mapping[str, Any], *, seconds: float,
             chunks.append(chunk)
         return "".join(chunks)
     finally:
-        sys.settrace(previous)
+        _DEADLINE.reset(token)
