@@ -6,6 +6,8 @@ real Redis and a real SMTP server: the budgets must hold.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ import redis
 from flask.testing import FlaskClient
 
 from tasks.stores.mailbox import canonical_mailbox
+from tasks.stores.otp import OTPPolicy, OTPStore
 from tests.conftest import API_TOKEN, AUTH
 from tests.otp_support import csrf_token, latest_code, request_code, submit_code
 from tests.smtp_server import SMTPTestServer
@@ -172,3 +175,26 @@ class TestVerifyThrottle:
         request_id = api_create(client, "ada@example.com")
         statuses = [api_verify(client, request_id, "000000") for _ in range(5)]
         assert statuses == [422, 422, 422, 422, 429]
+
+
+def test_parallel_guesses_cannot_overrun_the_budget(redis_client: redis.Redis) -> None:
+    policy = OTPPolicy(secret_key=b"k", max_attempts=50, guesses_per_day=GUESSES)
+    store = OTPStore(redis_client, policy)
+    request_id = store.create("victim@example.com").id
+    assert store.issue(request_id) is not None
+    verdicts: list[str] = []
+    lock = threading.Lock()
+
+    def guess(n: int) -> None:
+        verdict = OTPStore(redis_client, policy).verify(request_id, f"{n:06d}")
+        with lock:
+            verdicts.append(verdict)
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    compared = sum(verdict in {"wrong", "locked", "verified"} for verdict in verdicts)
+    assert compared <= GUESSES, Counter(verdicts)
+    assert store.guesses.left("VICTIM@example.com") == GUESSES - compared  # any spelling

@@ -16,10 +16,9 @@ Statuses: ``queued -> sending -> sent | deferred | failed``, then ``verified``,
 ``expired`` or ``locked``. Every change is stamped in the record's history.
 
 Guessing is bounded per mailbox, not per request: every code compared counts
-against the mailbox (:mod:`tasks.stores.mailbox`) in a window of
-:data:`GUESS_WINDOW` seconds, across requests, and once
-``guesses_per_day`` wrong codes are spent no code is compared for that mailbox
-until the window ends. See ``docs/SECURITY.md`` for the arithmetic.
+against the mailbox's :class:`~tasks.stores.guesses.GuessBudget`, across
+requests, and once ``guesses_per_day`` wrong codes are spent no code is
+compared for that mailbox until the window ends (``docs/SECURITY.md``).
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from redis import Redis
 from redis.exceptions import WatchError
 
 from tasks.stores import key
+from tasks.stores.guesses import GuessBudget
 from tasks.stores.identifiers import is_record_id
 from tasks.stores.ledger import DeliveryLedger, RecipientRecord
 from tasks.stores.mailbox import mailbox_digest
@@ -52,7 +52,6 @@ SENDABLE = frozenset({"queued", "sending", "deferred"})
 DELIVERY_STATUSES = frozenset({"sent", "deferred", "failed"})
 
 Verdict = Literal["verified", "wrong", "locked", "expired", "closed", "unknown", "exhausted"]
-GUESS_WINDOW = 24 * 3600  # seconds a mailbox's guess budget lasts from its first wrong code
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -74,7 +73,7 @@ class OTPPolicy:
     ttl: int = 600
     max_attempts: int = 5
     record_ttl: int = 24 * 3600
-    guesses_per_day: int = 20  # codes compared per mailbox per GUESS_WINDOW
+    guesses_per_day: int = 20  # wrong codes compared per mailbox per GuessBudget window
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OTPPolicy:
@@ -164,6 +163,7 @@ class OTPStore:
         self.redis = redis
         self.policy = policy
         self.now = now
+        self.guesses = GuessBudget(redis, policy.guesses_per_day)
 
     @classmethod
     def from_config(cls, redis: Redis, config: Mapping[str, Any]) -> OTPStore:
@@ -178,11 +178,6 @@ class OTPStore:
     def address_key(email: str) -> str:
         """The pointer to the mailbox's current request (never reachable by a request id)."""
         return key("otp-mailbox", mailbox_digest(email))
-
-    @staticmethod
-    def guesses_key(email: str) -> str:
-        """Codes compared for the mailbox in the current :data:`GUESS_WINDOW`."""
-        return key("otp-guesses", mailbox_digest(email))
 
     def ledger(self, request_id: str) -> DeliveryLedger:
         return DeliveryLedger(self.redis, f"otp:{request_id}")
@@ -307,8 +302,7 @@ class OTPStore:
         if found is None:
             log.info("otp request %s: verification unknown", request_id[:40])
             return "unknown"
-        guesses = self.guesses_key(found.email)
-        spent = self._spend_guess(guesses)
+        within_budget = self.guesses.spend(found.email)
         candidate = self.policy.digest(request_id, code)
         verdict: Verdict = "unknown"
 
@@ -321,7 +315,7 @@ class OTPStore:
                 verdict = "expired"
                 request.move("expired", now, smtp_code=request.smtp_code, error=request.error)
                 return True
-            if spent > self.policy.guesses_per_day:
+            if not within_budget:
                 verdict = "exhausted"
                 request.move("locked", now, error="too many wrong codes")
                 return True
@@ -341,36 +335,6 @@ class OTPStore:
 
         self._change(request_id, check)
         if verdict not in {"wrong", "locked"}:
-            self._give_back_guess(guesses)  # no wrong code was compared
+            self.guesses.give_back(found.email)  # no wrong code was compared
         log.info("otp request %s: verification %s", request_id, verdict)
         return verdict
-
-    def _spend_guess(self, guesses_key: str) -> int:
-        """Count one guess against the mailbox; the window starts at its first guess."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(guesses_key, 0, ex=GUESS_WINDOW, nx=True)  # INCR keeps this TTL
-            pipe.incr(guesses_key)
-            _, spent = pipe.execute()
-        return int(spent)
-
-    def _give_back_guess(self, guesses_key: str) -> None:
-        """Undo one :meth:`_spend_guess`; a count back at zero leaves no key behind."""
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(guesses_key)
-                    spent = int(pipe.get(guesses_key) or 0)
-                    pipe.multi()
-                    if spent <= 1:
-                        pipe.delete(guesses_key)
-                    else:
-                        pipe.decr(guesses_key)
-                    pipe.execute()
-                    return
-                except WatchError:
-                    continue
-
-    def guesses_left(self, email: str) -> int:
-        """Wrong codes the mailbox may still have compared in the current window."""
-        spent = int(self.redis.get(self.guesses_key(email)) or 0)
-        return max(self.policy.guesses_per_day - spent, 0)
