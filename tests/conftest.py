@@ -134,13 +134,16 @@ def celery_worker(worker_app: Flask) -> Iterator[Celery]:
 def live_server(worker_app: Flask, celery_worker: Celery) -> Iterator[str]:
     """The app served over real HTTP on a free port, its tasks run by a real worker.
 
-    Yields the base URL (``http://127.0.0.1:<port>``); werkzeug's threaded server
-    runs in a background thread until the test ends.
+    Yields the base URL (``http://127.0.0.1:<port>``), which is also the app's
+    ``PUBLIC_URL``; werkzeug's threaded server runs in a background thread until
+    the test ends.
     """
     server = make_server("127.0.0.1", 0, worker_app, threaded=True)
+    url = f"http://127.0.0.1:{server.server_port}"
+    worker_app.config["PUBLIC_URL"] = url  # links in mail point here (never the Host header)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
+    yield url
     server.shutdown()
     thread.join(timeout=10)
     server.server_close()

@@ -35,7 +35,7 @@ def test_multipart_with_files_and_fields(client: FlaskClient, smtp_server: SMTPT
                                "subject": "Your documents", "body": "Two files attached.",
                                "headers": json.dumps({"X-Ticket": "42"}),
                                "file1": (io.BytesIO(PDF), "/home/ada/résumé.pdf", ""),
-                               "file2": (io.BytesIO(b"a,b\n1,2\n"), "../../etc/re\x07port.csv",
+                               "file2": (io.BytesIO(b"a,b\n1,2\n"), "../../etc/report.csv",
                                          "text/csv"),
                            })
     assert response.status_code == 202, response.get_json()

@@ -100,3 +100,44 @@ def test_sign_in_is_off_without_credentials(client: FlaskClient, app: Any) -> No
     app.config["ADMIN_USERNAME"] = None
     assert "Operator sign-in is off" in client.get("/campaigns/login").get_data(as_text=True)
     assert sign_in(client).status_code == 401
+
+
+def test_sign_in_is_throttled_per_network(client: FlaskClient) -> None:
+    """The attack: 300 wrong passwords in a tenth of a second."""
+    statuses = [sign_in(client, f"guess-{n}").status_code for n in range(8)]
+    assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+    # the right password is refused too until the window passes
+    assert sign_in(client).status_code == 429
+    assert client.get("/campaigns/").status_code == 302
+
+
+def test_sign_in_is_throttled_per_user_name_across_networks(client: FlaskClient) -> None:
+    statuses = []
+    for n in range(7):
+        token = csrf_token(client, "/campaigns/login")
+        statuses.append(client.post(
+            "/campaigns/login", data={"csrf_token": token, "username": "Operator",
+                                      "password": f"guess-{n}"},
+            environ_base={"REMOTE_ADDR": f"198.51.100.{n + 1}"}).status_code)
+    assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+
+
+def test_the_session_cookie_is_httponly_and_samesite(client: FlaskClient) -> None:
+    signed_in = sign_in(client)
+    cookie = signed_in.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # testing; see test_config for production
+
+
+def test_sign_out_revokes_every_copy_of_the_cookie(client: FlaskClient, app: Any) -> None:
+    sign_in(client)
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    copy = app.test_client()
+    copy.set_cookie("session", cookie.value)
+    assert copy.get("/campaigns/").status_code == 200
+    token = csrf_token(client, "/campaigns/")
+    assert client.post("/campaigns/logout", data={"csrf_token": token}).status_code == 303
+    assert client.get("/campaigns/").status_code == 302
+    replayed = copy.get("/campaigns/")
+    assert replayed.status_code == 302 and "/campaigns/login" in replayed.location

@@ -27,7 +27,7 @@ from tests.smtp_server import SMTPTestServer, free_port
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SECRETS = {"SECRET_KEY": "compose-secret", "API_TOKENS": "compose-token",
-           "FLOWER_BASIC_AUTH": "ops:compose-password"}
+           "FLOWER_BASIC_AUTH": "ops:compose-password", "PUBLIC_URL": "https://mail.example.com"}
 # The configuration list of the design: every one must reach the app's processes.
 DESIGN_VARIABLES = [
     "MAIL_SERVER", "MAIL_PORT", "MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_DEBUG", "MAIL_USERNAME",
@@ -96,6 +96,21 @@ def test_compose_takes_settings_from_the_environment() -> None:
     environment = yaml.safe_load(result.stdout)["services"]["worker"]["environment"]
     assert (environment["MAIL_SERVER"], environment["MAIL_PORT"], environment["MAIL_USE_TLS"]) \
         == ("relay.example.com", "587", "true")
+
+
+def test_mailpit_and_flower_are_published_on_loopback_only(services: dict[str, Any]) -> None:
+    """Mailpit's UI shows every mail (one-time codes too); Flower controls the workers."""
+    for name, port in (("mailpit", 8025), ("flower", 5555)):
+        assert [str(p) for p in services[name]["ports"]] == [f"127.0.0.1:{port}:{port}/tcp"]
+
+
+def test_metrics_token_reaches_the_processes() -> None:
+    result = docker_compose("config", environ=compose_environ(**SECRETS, METRICS_TOKEN="m-t"))
+    assert result.returncode == 0, result.stderr
+    for name in APP_SERVICES:
+        environment = yaml.safe_load(result.stdout)["services"][name]["environment"]
+        assert environment["METRICS_TOKEN"] == "m-t"
+        assert environment["PUBLIC_URL"] == "https://mail.example.com"
 
 
 @pytest.mark.parametrize("missing", sorted(SECRETS))

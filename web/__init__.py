@@ -12,6 +12,7 @@ from flask import Flask
 from web import config as settings
 from web.celery import celery_init_app
 from web.extensions import csrf, limiter, mail
+from web.json_provider import BoundedJSONProvider
 
 __all__ = ["create_app"]
 
@@ -24,6 +25,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Raises :class:`web.config.ConfigError` for a malformed or missing value.
     """
     app = Flask(__name__)
+    app.json = BoundedJSONProvider(app)
     app.config.from_mapping(settings.from_environ(os.environ))
     if config:
         app.config.from_mapping(config)
@@ -33,7 +35,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings.check(app.config)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = os.urandom(32).hex()  # dev/testing only (checked above)
+    if not app.config.get("PUBLIC_URL"):
+        app.config["PUBLIC_URL"] = settings.DEV_PUBLIC_URL  # dev/testing only (checked above)
     app.config.setdefault("MAX_CONTENT_LENGTH", app.config["MAX_MESSAGE_BYTES"])
+    # the session cookie (CSRF tokens, operator sign-in): HttpOnly, SameSite=Lax, and
+    # Secure outside development and testing
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"
+    app.config["SESSION_COOKIE_SECURE"] = bool(
+        app.config.get("SESSION_COOKIE_SECURE") or not settings.relaxed(app.config))
 
     # a Redis host that does not answer at all is a 503 within seconds, not a hung request
     app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"],

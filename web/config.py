@@ -143,6 +143,11 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "OTP_RECORD_TTL": (_whole_number(60), 24 * 3600),
     "OTP_RATE_LIMIT_PER_ADDRESS": (_rate_limits, "3/minute;10/hour"),
     "OTP_RATE_LIMIT_PER_IP": (_rate_limits, "10/minute;50/hour"),
+    "OTP_RATE_LIMIT_PER_TOKEN": (_rate_limits, "300/minute;5000/hour"),
+    "OTP_VERIFY_RATE_LIMIT_PER_IP": (_rate_limits, "10/minute;60/hour"),
+    "OTP_GUESSES_PER_DAY": (_whole_number(1), 20),
+    "ADMIN_LOGIN_RATE_LIMIT": (_rate_limits, "5/minute;30/hour"),
+    "METRICS_TOKEN": (_optional_text, None),
     "MAX_ATTACHMENT_BYTES": (_whole_number(1), 10 * 1024 * 1024),
     "MAX_MESSAGE_BYTES": (_whole_number(1), 25 * 1024 * 1024),
     "DELIVERY_MAX_ATTEMPTS": (_whole_number(1), 8),
@@ -179,13 +184,41 @@ def normalise(config: MutableMapping[str, Any]) -> None:
         config["MAIL_RELAY_COOLDOWN"] = _positive_number("MAIL_RELAY_COOLDOWN", cooldown)
 
 
+DEV_PUBLIC_URL = "http://127.0.0.1:5000"  # links in development and tests without PUBLIC_URL
+# An attacker's chance of guessing one address's code in a day stays below this.
+GUESS_CHANCE_PER_DAY = 1 / 10_000
+
+
+def relaxed(config: Mapping[str, Any]) -> bool:
+    """Development or testing: secrets may be generated and links may point at localhost."""
+    return bool(config.get("TESTING") or config["POSTROOM_ENV"] in {"development", "testing"})
+
+
+def guess_chance(length: int, guesses_per_day: int) -> float:
+    """The most an attacker can win in any 24 hours: two guess windows overlap one day,
+    and each compared guess hits at most one of the codes not yet tried."""
+    compared = 2 * guesses_per_day
+    return compared / (10 ** length - compared) if 10 ** length > compared else 1.0
+
+
 def check(config: Mapping[str, Any]) -> None:
     """Reject combinations that cannot work, whatever their source."""
     if config["MAIL_USE_TLS"] and config["MAIL_USE_SSL"]:
         raise ConfigError("MAIL_USE_TLS and MAIL_USE_SSL: choose one, not both")
-    relaxed = config.get("TESTING") or config["POSTROOM_ENV"] in {"development", "testing"}
-    if not config.get("SECRET_KEY") and not relaxed:
+    if not config.get("SECRET_KEY") and not relaxed(config):
         raise ConfigError("SECRET_KEY: must be set outside development and testing")
+    public_url = config.get("PUBLIC_URL")
+    if public_url and not str(public_url).startswith(("http://", "https://")):
+        raise ConfigError(f"PUBLIC_URL: expected an http:// or https:// URL, got {public_url!r}")
+    if not public_url and not relaxed(config):
+        raise ConfigError("PUBLIC_URL: must be set outside development and testing "
+                          "(the base of links in mail, e.g. https://mail.example.com)")
+    length, guesses = int(config["OTP_LENGTH"]), int(config.get("OTP_GUESSES_PER_DAY") or 20)
+    if guess_chance(length, guesses) >= GUESS_CHANCE_PER_DAY:
+        raise ConfigError(f"OTP_GUESSES_PER_DAY: {guesses} wrong codes a day against "
+                          f"{length}-digit codes would let an attacker guess one address's "
+                          "code with a chance of 1 in 10,000 or more a day; lower it or "
+                          "raise OTP_LENGTH")
     if not config.get("CELERY_BROKER_URL"):
         raise ConfigError("CELERY_BROKER_URL: empty")
     primary = Relay(str(config["MAIL_SERVER"]), int(config["MAIL_PORT"]))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_mail import Mail
 from flask_wtf import CSRFProtect
+
+from web.clients import client_network
 
 mail = Mail()
 csrf = CSRFProtect()
 # Counters live in Redis (RATELIMIT_STORAGE_URI, set from REDIS_URL in create_app), so a
-# limit holds across every web process. Routes opt in with @limiter.limit/shared_limit.
-limiter = Limiter(key_func=get_remote_address, strategy="fixed-window",
+# limit holds across every web process; a client counts per IPv4 address or IPv6 /64.
+# Routes opt in with @limiter.limit/shared_limit.
+limiter = Limiter(key_func=client_network, strategy="fixed-window",
                   storage_options={"key_prefix": "postroom:ratelimit"})

@@ -1,12 +1,17 @@
-"""``GET /healthz`` (dependency checks) and ``GET /metrics`` (Prometheus text)."""
+"""``GET /healthz`` (dependency checks) and ``GET /metrics`` (Prometheus text).
+
+With ``METRICS_TOKEN`` set, ``/metrics`` answers only a request that sends it as
+``Authorization: Bearer <token>`` (Prometheus: ``authorization: {credentials: ...}``).
+"""
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import kombu.exceptions
 import redis
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -94,8 +99,20 @@ def sending_limits(registry: CollectorRegistry, client: redis.Redis) -> None:
           registry=registry).set(sessions_open(client))
 
 
+def _metrics_allowed() -> bool:
+    expected = current_app.config.get("METRICS_TOKEN")
+    if not expected:
+        return True
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), str(expected).encode())
+
+
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
+    if not _metrics_allowed():
+        return Response("send METRICS_TOKEN as 'Authorization: Bearer <token>'\n", status=401,
+                        mimetype="text/plain", headers={"WWW-Authenticate": "Bearer"})
     registry = CollectorRegistry()
     depth = Gauge("postroom_queue_depth", "Tasks waiting in a Celery queue", ["queue"],
                   registry=registry)

@@ -14,6 +14,12 @@ straight to bytes around a MIME skeleton fixed for the batch:
 Output is 7-bit clean with CRLF line ends: text is sent as-is when it is ASCII
 with lines of at most 998 characters, otherwise quoted-printable (mostly
 ASCII) or base64; attachments are base64 with RFC 2231 file names.
+
+Domains in address headers go out as A-labels (IDNA: ``bücher.de`` becomes
+``xn--bcher-kva.de``). An address whose local part is not ASCII cannot be
+written any other way than in UTF-8, so its header is written in UTF-8 (RFC
+6532), never as an encoded-word inside the address; such a message can only go
+to a relay that offers SMTPUTF8 (:mod:`tasks.engine.transaction` checks).
 """
 
 from __future__ import annotations
@@ -33,15 +39,21 @@ from email.headerregistry import Address, AddressHeader
 from email.message import MIMEPart
 from email.utils import formatdate, make_msgid, parseaddr
 
+import idna
+
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.plaintext import text_from_html
 
 POLICY = email.policy.SMTP  # CRLF line ends, long lines folded or encoded
+UTF8_POLICY = email.policy.SMTPUTF8  # for headers with non-ASCII local parts (RFC 6532)
 MAX_LINE = 998  # RFC 5322 section 2.1.1
 _FOLD_AT = 78
 _CACHE_LIMIT = 4096
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
+# C0 and C1 control characters (tab included) and the Unicode line and paragraph
+# separators: none may appear in a header field, whatever a client sends.
+HEADER_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ADDR = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _ONE_ADDRESS = rf"(?:{_ADDR}|{_ATOM}(?: {_ATOM})* <{_ADDR}>)"
@@ -102,6 +114,38 @@ class Draft:
         return addr_spec(self.sender)
 
 
+def a_label_address(address: str) -> str:
+    """``ada@xn--bcher-kva.de`` for ``ada@bücher.de``; :class:`ValueError` if it cannot be."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError as err:
+        raise ValueError(f"the domain of {address!r} has no A-label form: {err}") from None
+
+
+def _a_label_mailbox(value: str) -> str:
+    """``Name <ada@xn--bcher-kva.de>`` for ``Name <ada@bücher.de>``; ASCII values as they are."""
+    if value.isascii():
+        return value
+    name, address = parseaddr(value)
+    if not address:
+        return value
+    try:
+        ascii_address = a_label_address(address)
+    except ValueError as err:
+        raise InvalidMessageError(str(err)) from None
+    if not name:
+        return ascii_address
+    username, _, domain = ascii_address.rpartition("@")
+    return str(Address(display_name=name, username=username, domain=domain))
+
+
+def _address_list(values: Sequence[str]) -> str:
+    return ", ".join(_a_label_mailbox(value) for value in values)
+
+
 def addr_spec(address: str) -> str:
     """``user@example.com`` out of ``Name <user@example.com>`` (or a bare address)."""
     if BARE_ADDRESS.fullmatch(address):
@@ -160,18 +204,21 @@ class Composer:
     def _domain_for(self, envelope_sender: str) -> str:
         if self.message_id_domain:
             return self.message_id_domain
-        return envelope_sender.rpartition("@")[2] or "postroom.invalid"
+        try:
+            return a_label_address(envelope_sender).rpartition("@")[2] or "postroom.invalid"
+        except ValueError:
+            return "postroom.invalid"
 
     # -- headers
 
     def _head(self, draft: Draft, message_id: str) -> bytes:
         header = self._header
-        lines = [header("Subject", draft.subject), header("From", draft.sender),
-                 header("To", ", ".join(draft.to))]
+        lines = [header("Subject", draft.subject), header("From", _address_list([draft.sender])),
+                 header("To", _address_list(draft.to))]
         if draft.cc:
-            lines.append(header("Cc", ", ".join(draft.cc)))
+            lines.append(header("Cc", _address_list(draft.cc)))
         if draft.reply_to:
-            lines.append(header("Reply-To", ", ".join(draft.reply_to)))
+            lines.append(header("Reply-To", _address_list(draft.reply_to)))
         lines += [self._date_line(), header("Message-ID", message_id)]
         for name, value in draft.headers.items():
             if not _HEADER_NAME.fullmatch(name):
@@ -187,8 +234,9 @@ class Composer:
         return self._date[1]
 
     def _header(self, name: str, value: str) -> bytes:
-        if "\r" in value or "\n" in value:
-            raise InvalidMessageError(f"{name}: a header value must not contain line breaks")
+        if HEADER_CONTROLS.search(value):
+            raise InvalidMessageError(f"{name}: a header value must not contain control "
+                                      "characters or line breaks")
         if (len(name) + len(value) + 2 <= _FOLD_AT and value.isascii() and value.isprintable()
                 and (name.lower() not in _ADDRESS_HEADERS or _SIMPLE_ADDRESSES.fullmatch(value))):
             return f"{name}: {value}\r\n".encode("ascii")
@@ -283,12 +331,15 @@ def _fold(name: str, value: str) -> bytes:
     """One header, folded and encoded (RFC 2047) by the standard library."""
     try:
         header = POLICY.header_factory(name, value)
+        policy = POLICY
         if isinstance(header, AddressHeader):
             for address in header.addresses:
                 if not address.username or not address.domain:
                     raise ValueError(f"{address!s} is not an email address")
-        folded: str = header.fold(policy=POLICY)
-        return folded.encode("ascii")
+                if not address.username.isascii():
+                    policy = UTF8_POLICY  # an encoded-word is not allowed in an address
+        folded: str = header.fold(policy=policy)
+        return folded.encode("utf-8" if policy is UTF8_POLICY else "ascii")
     except (ValueError, TypeError, IndexError, UnicodeError) as err:
         raise InvalidMessageError(f"the {name} header cannot be built: {err}") from err
 

@@ -23,13 +23,7 @@ from flask_mail import Connection
 from tasks.engine.errors import PermanentDeliveryError, SessionError, TemporaryDeliveryError
 from tasks.engine.outcome import DeliveryOutcome
 from tasks.engine.relays import Relay, RelayState, no_relay, session_failure
-from tasks.engine.transaction import (
-    SessionClosing,
-    Upcoming,
-    can_send_ahead,
-    envelope_commands,
-    transaction,
-)
+from tasks.engine.transaction import SessionClosing, Upcoming, commands_ahead, transaction
 
 log = logging.getLogger(__name__)
 
@@ -298,10 +292,8 @@ class BatchConnection(Connection):
         self.num_emails += 1
         then = b""
         max_emails = self.settings.max_emails
-        if (upcoming is not None and can_send_ahead(host)
-                and not (max_emails and self.num_emails >= max_emails)):
-            then = b"".join(envelope_commands(host, upcoming.sender, upcoming.recipients,
-                                              upcoming.size) or ())
+        if upcoming is not None and not (max_emails and self.num_emails >= max_emails):
+            then = commands_ahead(host, upcoming)
         sent_ahead, self._ahead = self._ahead is not None, None
         try:
             done = transaction(host, sender, list(recipients), data, sent_ahead=sent_ahead,

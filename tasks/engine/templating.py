@@ -1,26 +1,34 @@
-"""Campaign templates: Jinja in its immutable sandbox, compiled once, rendered per recipient.
+"""Campaign templates: Jinja in a bounded sandbox, compiled once, rendered per recipient.
 
 Subjects and text bodies render without escaping; HTML bodies autoescape every
 variable. Templates are checked when a campaign is created, so a template that
-does not compile, reaches for private attributes (``{{ ''.__class__ }}``) or
-names a variable no recipient has is refused then, not at send time.
+does not compile, reaches for private attributes (``{{ ''.__class__ }}``),
+names a variable no recipient has, or builds too much or runs too long for the
+first recipient (:mod:`tasks.engine.sandbox`) is refused then, not at send time.
+At send time the same bounds fail only the recipient whose variables break them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tasks.engine.compose import HEADER_CONTROLS
 from tasks.engine.errors import InvalidMessageError
+from tasks.engine.sandbox import BoundedSandbox, render_bounded
 
 # Variables every recipient has, whatever the recipient list holds.
 BUILTIN_VARIABLES = frozenset({"email", "unsubscribe_url"})
 MAX_TEMPLATE_CHARS = 200_000
-RENDER_ERRORS = (TemplateError, ArithmeticError, LookupError, TypeError, ValueError)
+MAX_RENDERED_CHARS = 2_000_000  # subject, text and HTML of one message together
+RENDER_SECONDS = 1.0  # per recipient, at send time
+CHECK_SECONDS = 0.25  # the sample render when a campaign is created
+RENDER_ERRORS = (TemplateError, ArithmeticError, LookupError, TypeError, ValueError,
+                 RecursionError)
 
 
 class TemplateProblem(ValueError):
@@ -32,9 +40,9 @@ class TemplateProblem(ValueError):
         self.reason = reason
 
 
-def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined,
-                                         keep_trailing_newline=True)
+def _environment(autoescape: bool) -> BoundedSandbox:
+    return BoundedSandbox(autoescape=autoescape, undefined=StrictUndefined,
+                          keep_trailing_newline=True)
 
 
 _TEXT = _environment(autoescape=False)
@@ -66,10 +74,11 @@ class _Compiled:
     template: Any  # jinja2.Template
     variables: frozenset[str]
 
-    def render(self, context: Mapping[str, Any]) -> str:
+    def render(self, context: Mapping[str, Any], *, seconds: float = RENDER_SECONDS,
+               max_chars: int = MAX_RENDERED_CHARS) -> str:
         try:
-            return str(self.template.render(context))
-        except RENDER_ERRORS as err:  # SecurityError, undefined variables, 1/0, huge ranges
+            return render_bounded(self.template, context, seconds=seconds, max_chars=max_chars)
+        except RENDER_ERRORS as err:  # SecurityError, bounds, undefined variables, 1/0
             raise InvalidMessageError(f"{self.field} template: {err}") from err
 
 
@@ -84,21 +93,24 @@ class CampaignTemplates:
         self.html = None if html is None else self._compile("html", html, _HTML)
 
     @staticmethod
-    def _compile(field: str, source: str, env: ImmutableSandboxedEnvironment) -> _Compiled:
+    def _compile(field: str, source: str, env: BoundedSandbox) -> _Compiled:
         if len(source) > MAX_TEMPLATE_CHARS:
             raise TemplateProblem(field, f"longer than {MAX_TEMPLATE_CHARS} characters")
         try:
             tree = env.parse(source)
-            template = env.from_string(tree)
+            private = _private_names(tree)
+            variables = frozenset(_variables(tree))
+            template = env.from_string(env.rewrite(tree))
         except TemplateError as err:
             line = getattr(err, "lineno", None)
             where = f" (line {line})" if line else ""
             raise TemplateProblem(field, f"does not compile{where}: {err}") from None
-        private = _private_names(tree)
+        except RecursionError:
+            raise TemplateProblem(field, "is nested too deeply to compile") from None
         if private:
             raise TemplateProblem(field, f"refers to private attribute {private[0]!r}, "
                                          "which the sandbox forbids")
-        return _Compiled(field, template, frozenset(_variables(tree)))
+        return _Compiled(field, template, variables)
 
     @property
     def variables(self) -> frozenset[str]:
@@ -109,19 +121,47 @@ class CampaignTemplates:
                 used |= part.variables
         return frozenset(used - BUILTIN_VARIABLES)
 
-    def render(self, context: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
-        """``(subject, text, html)`` for one recipient; :class:`InvalidMessageError` if not."""
-        subject = self.subject.render(context).replace("\r", " ").replace("\n", " ").strip()
-        text = None if self.body is None else self.body.render(context)
-        html = None if self.html is None else self.html.render(context)
-        return subject, text, html
+    def render(self, context: Mapping[str, Any], *, seconds: float = RENDER_SECONDS
+               ) -> tuple[str, str | None, str | None]:
+        """``(subject, text, html)`` for one recipient; :class:`InvalidMessageError` if not.
+
+        The three together get *seconds* and :data:`MAX_RENDERED_CHARS`; control
+        characters a recipient's variables put in the subject become spaces.
+        """
+        deadline = time.monotonic() + seconds
+        rendered: list[str | None] = []
+        room = MAX_RENDERED_CHARS
+        for part in (self.subject, self.body, self.html):
+            if part is None:
+                rendered.append(None)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InvalidMessageError(f"{part.field} template: rendering took longer "
+                                          f"than {seconds:g} s")
+            text = part.render(context, seconds=left, max_chars=room)
+            room -= len(text)
+            rendered.append(text)
+        subject, body, markup = rendered
+        return header_text(subject or ""), body, markup
 
     def check(self, context: Mapping[str, Any]) -> None:
-        """Render once for a sample recipient; raise :class:`TemplateProblem` if it fails."""
+        """Render once for a sample recipient; raise :class:`TemplateProblem` if it fails.
+
+        All three get :data:`CHECK_SECONDS` together: the web process is never pinned.
+        """
+        deadline = time.monotonic() + CHECK_SECONDS
+        room = MAX_RENDERED_CHARS
         for part in (self.subject, self.body, self.html):
             if part is None:
                 continue
             try:
-                part.render(context)
+                left = max(deadline - time.monotonic(), 0.001)
+                room -= len(part.render(context, seconds=left, max_chars=room))
             except InvalidMessageError as err:
                 raise TemplateProblem(part.field, str(err.__cause__ or err)) from None
+
+
+def header_text(value: str) -> str:
+    """*value* for a header: every control character (C0, C1, U+2028/2029) a space."""
+    return HEADER_CONTROLS.sub(" ", value).strip()

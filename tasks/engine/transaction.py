@@ -7,6 +7,10 @@ first "command" of a group), so on a busy session a message costs one round
 trip instead of three plus one per recipient. Every recipient's outcome comes
 from the reply that concerns it; a refused transaction is reset (RSET) so the
 session can carry the next message.
+
+Domains go out as A-labels (``RCPT TO:<ada@xn--bcher-kva.de>``); a local part
+that is not ASCII needs SMTPUTF8, and without it the recipient fails with a
+clear 553 rather than the message going out mangled.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ import smtplib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tasks.engine.compose import BARE_ADDRESS
+from tasks.engine.compose import BARE_ADDRESS, a_label_address
 from tasks.engine.outcome import DeliveryOutcome
 
 Reply = tuple[int, bytes]
 _MAX_REPLY_LINE = 8192  # as smtplib
+
+NO_A_LABEL: Reply = (553, b"5.1.3 the domain has no A-label (IDNA) form")
+NO_SMTPUTF8: Reply = (553, b"5.6.7 the address has a non-ASCII local part and the server "
+                           b"does not offer SMTPUTF8")
 
 
 class SessionClosing(Exception):
@@ -47,38 +55,89 @@ class Upcoming:
     size: int
 
 
-def envelope_commands(host: smtplib.SMTP, sender: str, recipients: Sequence[str],
-                      size: int) -> list[bytes] | None:
-    """``MAIL FROM``, each ``RCPT TO`` and ``DATA``; ``None`` if the server cannot take
-    these addresses (UTF-8 without SMTPUTF8)."""
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """A message's envelope as it goes on the wire: A-label domains, each address once."""
+
+    sender: str
+    by_recipient: dict[str, str]  # as given -> on the wire
+    refused: dict[str, DeliveryOutcome]  # recipients that cannot be written at all
+    utf8: bool
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(dict.fromkeys(self.by_recipient.values()))
+
+
+def on_the_wire(host: smtplib.SMTP, sender: str,
+                recipients: Sequence[str]) -> Wire | dict[str, DeliveryOutcome]:
+    """The envelope to send, or every recipient's outcome if nothing can be sent."""
+    try:
+        wire_sender = a_label_address(sender)
+    except ValueError:
+        return _all(recipients, NO_A_LABEL)
+    wire: dict[str, str] = {}
+    refused: dict[str, DeliveryOutcome] = {}
+    for recipient in recipients:
+        try:
+            wire[recipient] = a_label_address(recipient)
+        except ValueError:
+            refused[recipient] = _outcome(NO_A_LABEL)
+    utf8 = not (wire_sender.isascii() and all(w.isascii() for w in wire.values()))
+    if utf8 and not host.has_extn("smtputf8"):
+        return {**_all(recipients, NO_SMTPUTF8), **refused}
+    if not wire:
+        return refused
+    return Wire(wire_sender, wire, refused, utf8)
+
+
+def envelope_commands(host: smtplib.SMTP, wire: Wire, size: int) -> list[bytes]:
+    """``MAIL FROM``, each ``RCPT TO`` and ``DATA`` for *wire*."""
     options = f" SIZE={size}" if host.has_extn("size") else ""
-    if not (sender.isascii() and all(r.isascii() for r in recipients)):
-        if not host.has_extn("smtputf8"):
-            return None
+    if wire.utf8:
         options += " SMTPUTF8"
-    return [f"MAIL FROM:{_path(sender)}{options}\r\n".encode(),
-            *(f"RCPT TO:{_path(r)}\r\n".encode() for r in recipients), b"DATA\r\n"]
+    return [f"MAIL FROM:{_path(wire.sender)}{options}\r\n".encode(),
+            *(f"RCPT TO:{_path(r)}\r\n".encode() for r in wire.addresses), b"DATA\r\n"]
 
 
-def can_send_ahead(host: smtplib.SMTP) -> bool:
-    """Whether the next message's commands may follow this one's content in one write."""
-    return bool(host.has_extn("pipelining")) and not host.debuglevel
+def commands_ahead(host: smtplib.SMTP, upcoming: Upcoming) -> bytes:
+    """The next message's commands, to send with this message's content; empty when the
+    server does not pipeline or the next message cannot be sent as it is."""
+    if not host.has_extn("pipelining") or host.debuglevel:
+        return b""
+    wire = on_the_wire(host, upcoming.sender, upcoming.recipients)
+    if not isinstance(wire, Wire) or wire.refused:
+        return b""
+    return b"".join(envelope_commands(host, wire, upcoming.size))
 
 
 def transaction(host: smtplib.SMTP, sender: str, recipients: list[str], data: bytes, *,
                 sent_ahead: bool = False, then: bytes = b"") -> Transacted:
     """One MAIL/RCPT/DATA transaction, pipelined where the server allows it.
 
-    *sent_ahead*: this message's commands went out with the previous message's
-    content, so only their replies are read here. *then*: the next message's
-    commands, written together with this message's content, so a message costs
-    one round trip; the caller must send that message next on this session or
-    drop the session. The result says whether *then* went out.
+    Outcomes are keyed by *recipients* as given; on the wire every domain is an
+    A-label. *sent_ahead*: this message's commands went out with the previous
+    message's content, so only their replies are read here. *then*: the next
+    message's commands (:func:`commands_ahead`), written together with this
+    message's content; the caller must send that message next on this session
+    or drop the session. The result says whether *then* went out.
     """
-    commands = envelope_commands(host, sender, recipients, len(data))
-    if commands is None:
-        unsupported = (553, b"5.6.7 the server does not accept UTF-8 addresses")
-        return Transacted(_all(recipients, unsupported), ahead=False)
+    wire = on_the_wire(host, sender, recipients)
+    if not isinstance(wire, Wire):
+        return Transacted(wire, ahead=False)
+    try:
+        done = _transaction(host, wire, data, sent_ahead=sent_ahead, then=then)
+    except SessionClosing as closing:
+        raise SessionClosing({r: closing.outcomes[w]
+                              for r, w in wire.by_recipient.items()}) from None
+    outcomes = {r: done.outcomes[w] for r, w in wire.by_recipient.items()}
+    return Transacted({**outcomes, **wire.refused}, done.ahead)
+
+
+def _transaction(host: smtplib.SMTP, wire: Wire, data: bytes, *, sent_ahead: bool,
+                 then: bytes) -> Transacted:
+    recipients = wire.addresses
+    commands = envelope_commands(host, wire, len(data))
     mail, *rcpts, data_command = commands
     if host.has_extn("pipelining"):
         if not sent_ahead:

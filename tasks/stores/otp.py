@@ -1,7 +1,10 @@
 """One-time codes for email verification: requests, their status, and the code's HMAC.
 
 An OTP request is one JSON record in Redis (``postroom:otp:<id>``) with a TTL
-of ``record_ttl``. The plain code is never stored: the send task draws it with
+of ``record_ttl``; ids are checked for their form (:func:`is_record_id`) before
+they reach a key. The pointer to an address's current request lives apart, under
+``postroom:otp-mailbox:<digest>``, so no id a client sends can read it. The
+plain code is never stored: the send task draws it with
 :meth:`OTPStore.issue`, which keeps only ``HMAC(key, "<id>:<code>")`` and hands
 the code to the mail. A retry draws a fresh code and replaces the hash.
 
@@ -11,6 +14,11 @@ address retires the previous one in the same transaction that creates it.
 
 Statuses: ``queued -> sending -> sent | deferred | failed``, then ``verified``,
 ``expired`` or ``locked``. Every change is stamped in the record's history.
+
+Guessing is bounded per mailbox, not per request: every code compared counts
+against the mailbox's :class:`~tasks.stores.guesses.GuessBudget`, across
+requests, and once ``guesses_per_day`` wrong codes are spent no code is
+compared for that mailbox until the window ends (``docs/SECURITY.md``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ from redis import Redis
 from redis.exceptions import WatchError
 
 from tasks.stores import key
+from tasks.stores.guesses import GuessBudget
+from tasks.stores.identifiers import is_record_id
 from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.mailbox import mailbox_digest
 from tasks.stores.watch import WATCH_AFTER, Watchlist
 
 log = logging.getLogger(__name__)
@@ -41,7 +52,7 @@ CLOSED = frozenset({"verified", "expired", "locked"})  # no code works any more
 SENDABLE = frozenset({"queued", "sending", "deferred"})
 DELIVERY_STATUSES = frozenset({"sent", "deferred", "failed"})
 
-Verdict = Literal["verified", "wrong", "locked", "expired", "closed", "unknown"]
+Verdict = Literal["verified", "wrong", "locked", "expired", "closed", "unknown", "exhausted"]
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -54,11 +65,6 @@ def normalise_code(raw: str, length: int) -> str:
     return code
 
 
-def address_digest(email: str) -> str:
-    """A stable, non-reversible name for an address (for keys and rate limits)."""
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
-
-
 @dataclass(frozen=True, slots=True)
 class OTPPolicy:
     """How codes are made and kept: from ``SECRET_KEY`` and the ``OTP_*`` settings."""
@@ -68,6 +74,7 @@ class OTPPolicy:
     ttl: int = 600
     max_attempts: int = 5
     record_ttl: int = 24 * 3600
+    guesses_per_day: int = 20  # wrong codes compared per mailbox per GuessBudget window
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OTPPolicy:
@@ -76,7 +83,8 @@ class OTPPolicy:
         ttl = int(config["OTP_TTL"])
         return cls(secret_key=secret_bytes, length=int(config["OTP_LENGTH"]), ttl=ttl,
                    max_attempts=int(config["OTP_MAX_ATTEMPTS"]),
-                   record_ttl=max(int(config.get("OTP_RECORD_TTL") or 0), ttl))
+                   record_ttl=max(int(config.get("OTP_RECORD_TTL") or 0), ttl),
+                   guesses_per_day=int(config.get("OTP_GUESSES_PER_DAY") or 20))
 
     @property
     def hmac_key(self) -> bytes:
@@ -156,6 +164,7 @@ class OTPStore:
         self.redis = redis
         self.policy = policy
         self.now = now
+        self.guesses = GuessBudget(redis, policy.guesses_per_day)
 
     @classmethod
     def from_config(cls, redis: Redis, config: Mapping[str, Any]) -> OTPStore:
@@ -168,12 +177,16 @@ class OTPStore:
 
     @staticmethod
     def address_key(email: str) -> str:
-        return key("otp", "address", address_digest(email))
+        """The pointer to the mailbox's current request (never reachable by a request id)."""
+        return key("otp-mailbox", mailbox_digest(email))
 
     def ledger(self, request_id: str) -> DeliveryLedger:
         return DeliveryLedger(self.redis, f"otp:{request_id}")
 
     def get(self, request_id: str) -> OTPRequest | None:
+        """The request, or ``None`` for an unknown id or one not of the form issued."""
+        if not is_record_id(request_id):
+            return None
         raw = self.redis.get(self.record_key(request_id))
         return None if raw is None else OTPRequest.load(raw)
 
@@ -215,6 +228,8 @@ class OTPStore:
     def _change(self, request_id: str,
                 change: Callable[[OTPRequest, float], bool]) -> OTPRequest | None:
         """Apply *change* atomically; it returns whether to write. ``None``: no such request."""
+        if not is_record_id(request_id):
+            return None
         record_key = self.record_key(request_id)
         with self.redis.pipeline() as pipe:
             while True:
@@ -278,9 +293,18 @@ class OTPStore:
     def verify(self, request_id: str, code: str) -> Verdict:
         """Consume the request if *code* is its code; count a wrong one.
 
-        *code* must already be normalised (:func:`normalise_code`).
+        *code* must already be normalised (:func:`normalise_code`). Each code
+        compared spends one guess of the mailbox's daily budget first (so
+        concurrent guesses cannot overrun it); a right code, or one never
+        compared, gives it back. With the budget spent the verdict is
+        ``exhausted`` and the request is locked, whatever the code.
         """
         normalise_code(code, self.policy.length)
+        found = self.get(request_id)
+        if found is None:
+            log.info("otp request %s: verification unknown", request_id[:40])
+            return "unknown"
+        within_budget = self.guesses.spend(found.email)
         candidate = self.policy.digest(request_id, code)
         verdict: Verdict = "unknown"
 
@@ -292,6 +316,10 @@ class OTPStore:
             if now >= request.expires_at:
                 verdict = "expired"
                 request.move("expired", now, smtp_code=request.smtp_code, error=request.error)
+                return True
+            if not within_budget:
+                verdict = "exhausted"
+                request.move("locked", now, error="too many wrong codes")
                 return True
             stored = request.code_hash or ""
             if stored and hmac.compare_digest(candidate.encode(), stored.encode()):
@@ -308,5 +336,7 @@ class OTPStore:
             return True
 
         self._change(request_id, check)
+        if verdict not in {"wrong", "locked"}:
+            self.guesses.give_back(found.email)  # no wrong code was compared
         log.info("otp request %s: verification %s", request_id, verdict)
         return verdict

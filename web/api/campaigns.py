@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -11,12 +12,13 @@ from flask.typing import ResponseReturnValue
 
 from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentStore
 from tasks.stores.campaigns import Campaign, CampaignStore
+from tasks.stores.identifiers import is_record_id
 from tasks.stores.ledger import STATUSES
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
-from web.api.schemas import MAX_ATTACHMENTS
+from web.api.schemas import MAX_ATTACHMENTS, file_name_checked
 from web.api.schemas_campaigns import (
     CampaignAccepted,
     CampaignFields,
@@ -32,6 +34,7 @@ from web.campaigns import creation
 from web.campaigns.recipients import CSVRecipients, JSONRecipients, RecipientSource
 
 PAGE_LIMIT = 500
+MAX_NUMBER = 2**53  # cursors are indices and timestamps; Redis scores are doubles
 Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
 
 
@@ -40,8 +43,8 @@ def _store() -> CampaignStore:
 
 
 def base_url() -> str:
-    """Where unsubscribe links point: ``PUBLIC_URL``, else the host this request came to."""
-    return str(current_app.config.get("PUBLIC_URL") or request.host_url).rstrip("/")
+    """Where unsubscribe links point: ``PUBLIC_URL``, never the Host header of a request."""
+    return str(current_app.config["PUBLIC_URL"]).rstrip("/")
 
 
 def spec_from(fields: CampaignFields, default_name: str,
@@ -71,7 +74,8 @@ def uploaded_attachments() -> list[Upload]:
     for storage in request.files.getlist("attachments"):
         data = storage.stream.read(limit + 1)
         if storage.filename or data:
-            found.append((storage.filename or "attachment", storage.mimetype or None, data))
+            name = file_name_checked(storage.filename or "attachment")
+            found.append((name, storage.mimetype or None, data))
     if len(found) > MAX_ATTACHMENTS:
         raise APIError(422, "invalid", f"at most {MAX_ATTACHMENTS} attachments",
                        {"attachments": f"at most {MAX_ATTACHMENTS}"})
@@ -120,10 +124,16 @@ def campaign_out(store: CampaignStore, campaign: Campaign) -> CampaignOut:
                        rate=store.current_rate(campaign.id), imported=campaign.report)
 
 
+def not_found(campaign_id: str) -> APIError:
+    return APIError(404, "not_found", f"no campaign with id {campaign_id[:64]!r}")
+
+
 def _campaign(store: CampaignStore, campaign_id: str) -> Campaign:
+    if not is_record_id(campaign_id):
+        raise not_found(campaign_id)
     campaign = store.get(campaign_id)
     if campaign is None:
-        raise APIError(404, "not_found", f"no campaign with id {campaign_id!r}")
+        raise not_found(campaign_id)
     return campaign
 
 
@@ -135,8 +145,13 @@ def _number(name: str, value: str | None, kind: type[Any]) -> Any:
     except ValueError:
         raise APIError(422, "invalid", f"{name} must be a number",
                        {name: "must be a number"}) from None
+    if not math.isfinite(number):  # nan, inf
+        raise APIError(422, "invalid", f"{name} must be a finite number",
+                       {name: "must be a finite number"})
     if number < 0:
         raise APIError(422, "invalid", f"{name} must not be negative", {name: "negative"})
+    if number > MAX_NUMBER:
+        raise APIError(422, "invalid", f"{name} is too large", {name: f"at most {MAX_NUMBER}"})
     return number
 
 
@@ -194,6 +209,8 @@ describe("get", "/api/campaigns/{campaign_id}/recipients", "A campaign's recipie
 @bp.post("/campaigns/<campaign_id>/<action>")
 def control(campaign_id: str, action: str) -> ResponseReturnValue:
     act = levers.ACTIONS.get(action)
+    if not is_record_id(campaign_id):
+        raise not_found(campaign_id)
     if act is None:
         raise APIError(404, "not_found",
                        f"no action {action!r}; use one of {', '.join(levers.ACTIONS)}")

@@ -14,13 +14,14 @@ from flask.typing import ResponseReturnValue
 
 from tasks.mail import deliver_message
 from tasks.stores.attachments import AttachmentStore
+from tasks.stores.identifiers import is_record_id
 from tasks.stores.ledger import STATUSES
 from tasks.stores.messages import IdempotencyConflict, MessageStore, message_status
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
-from web.api.schemas import Accepted, MessageIn, MessageOut, RecipientOut
+from web.api.schemas import Accepted, MessageIn, MessageOut, RecipientOut, file_name_checked
 
 ADDRESS_FIELDS = frozenset({"to", "cc", "bcc", "reply_to"})
 Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
@@ -115,6 +116,7 @@ def _multipart(limit: int) -> tuple[dict[str, Any], list[Upload]]:
             continue  # an empty file input
         name = storage.filename or field_name
         _check_size(name, len(data), limit)
+        file_name_checked(name)
         uploads.append((name, storage.mimetype or None, data))
     return body, uploads
 
@@ -153,9 +155,9 @@ describe("post", "/api/messages", "Queue a message (JSON with base64 attachments
 @bp.get("/messages/<message_id>")
 def show_message(message_id: str) -> ResponseReturnValue:
     store = _store()
-    message = store.get(message_id)
+    message = store.get(message_id) if is_record_id(message_id) else None
     if message is None:
-        raise APIError(404, "not_found", f"no message with id {message_id!r}")
+        raise APIError(404, "not_found", f"no message with id {message_id[:64]!r}")
     ledger = store.ledger(message_id)
     records, more = ledger.page(limit=10_000)
     # the status from the same read as the recipients, so the two never disagree

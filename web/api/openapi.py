@@ -54,7 +54,7 @@ def describe(method: str, path: str, summary: str, *, status: int,
         "headers": {"Retry-After": {"description": "seconds to wait before retrying",
                                     "schema": {"type": "integer"}}},
         "content": {"application/json": {"schema": _ref(ErrorOut)}}}
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    parameters = [{"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
                   for name in _path_names(path)]
     for where, named in (("query", query), ("header", headers)):
         parameters += [{"name": name, "in": where, "required": False, "description": why,
@@ -78,6 +78,13 @@ def _form_schema(model: type[BaseModel], files: dict[str, str]) -> dict[str, Any
                               "items": {"type": "string", "format": "binary"}}
                        for name, why in files.items()})
     return {"type": "object", "properties": properties}
+
+
+def _path_schema(name: str) -> dict[str, str]:
+    """Ids are 32 lowercase hex digits (anything else is a 404 without a lookup)."""
+    if name.endswith("_id"):
+        return {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+    return {"type": "string"}
 
 
 def _path_names(path: str) -> list[str]:

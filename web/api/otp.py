@@ -13,7 +13,7 @@ from web.api.openapi import describe
 from web.api.requests import json_body, parse
 from web.api.schemas import Accepted
 from web.api.schemas_otp import OTPCodeIn, OTPRequestIn, OTPStatusOut, OTPVerifiedOut
-from web.otp.throttle import per_address, per_ip
+from web.otp.throttle import per_address, per_token, verify_per_token
 
 GENERIC_FAILURE = "the code is wrong, used or expired; request a new code if in doubt"
 
@@ -23,10 +23,14 @@ def _store() -> OTPStore:
 
 
 @bp.post("/otp")
-@per_ip
+@per_token
 @per_address
 def create_otp() -> ResponseReturnValue:
-    """Queue a code for an address; the same answer for every address."""
+    """Queue a code for an address; the same answer for every address.
+
+    Budgeted per token and per mailbox, never per client IP: the caller is a
+    backend, and one abusive end user must not block all of its users.
+    """
     body = parse(OTPRequestIn, json_body())
     otp_request = _store().create(body.email)
     send_code.delay(otp_request.id)
@@ -42,7 +46,7 @@ def show_otp(request_id: str) -> ResponseReturnValue:
     store = _store()
     otp_request = store.get(request_id)
     if otp_request is None:
-        raise APIError(404, "not_found", f"no OTP request with id {request_id!r}")
+        raise APIError(404, "not_found", f"no OTP request with id {request_id[:64]!r}")
     shown = OTPStatusOut.model_validate(otp_request.public(store.now()))
     return jsonify(shown.model_dump(exclude_none=True))
 
@@ -52,15 +56,16 @@ describe("get", "/api/otp/{request_id}", "An OTP request's delivery and verifica
 
 
 @bp.post("/otp/<request_id>/verify")
+@verify_per_token
 def verify_otp(request_id: str) -> ResponseReturnValue:
     store = _store()
     body = OTPCodeIn.model_validate(json_body(), context={"length": store.policy.length})
     if store.get(request_id) is None:
-        raise APIError(404, "not_found", f"no OTP request with id {request_id!r}")
+        raise APIError(404, "not_found", f"no OTP request with id {request_id[:64]!r}")
     if store.verify(request_id, body.code) != "verified":
         raise APIError(422, "invalid_code", GENERIC_FAILURE)
     return jsonify(OTPVerifiedOut(verified=True).model_dump())
 
 
 describe("post", "/api/otp/{request_id}/verify", "Check a code; it works once", status=200,
-         request=OTPCodeIn, response=OTPVerifiedOut, errors=(400, 401, 404, 415, 422))
+         request=OTPCodeIn, response=OTPVerifiedOut, errors=(400, 401, 404, 415, 422, 429))

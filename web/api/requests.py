@@ -19,7 +19,7 @@ def json_body() -> dict[str, object]:
                        "send JSON with Content-Type: application/json")
     body = request.get_json(silent=True)
     if body is None:
-        raise APIError(400, "bad_json", "the body is not valid JSON")
+        raise APIError(400, "bad_json", "the body is not valid JSON (or nested too deeply)")
     if not isinstance(body, dict):
         raise APIError(422, "invalid", "the body must be a JSON object")
     return body

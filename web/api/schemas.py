@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from email.utils import formataddr, parseaddr
+from email.utils import parseaddr
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -18,7 +18,9 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.engine.compose import HEADER_CONTROLS, format_address
 from tasks.stores.attachments import content_type_for
+from web.api.errors import APIError
 
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII, no colon
 RESERVED_HEADERS = frozenset({
@@ -31,17 +33,29 @@ MAX_HEADER_LINE = 998  # RFC 5322 section 2.1.1
 MAX_ATTACHMENTS = 20
 
 
-def _no_line_breaks(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must not contain line breaks (CR or LF)")
+def header_safe(value: str) -> str:
+    """*value*, unless it holds a character no header may: C0/C1 controls, U+2028/2029."""
+    found = HEADER_CONTROLS.search(value)
+    if found:
+        raise ValueError("must not contain control characters or line breaks "
+                         f"(found U+{ord(found.group()):04X})")
     return value
+
+
+def file_name_checked(name: str) -> str:
+    """An uploaded file's name, or a 422 naming ``attachments`` when no header may carry it."""
+    try:
+        return header_safe(name)
+    except ValueError as err:
+        raise APIError(422, "invalid", "an attachment's file name is not valid",
+                       {"attachments": f"{name[:80]!r}: {err}"}) from None
 
 
 def mailbox(value: Any) -> str:
     """Validate ``user@example.com`` or ``Name <user@example.com>``; normalise it."""
     if not isinstance(value, str):
         raise ValueError("must be an email address as a string")
-    _no_line_breaks(value)
+    header_safe(value)
     name, address = parseaddr(value)
     if not address or ("<" in value and not value.rstrip().endswith(">")):
         raise ValueError(f"{value!r} is not an email address")
@@ -49,7 +63,8 @@ def mailbox(value: Any) -> str:
         checked = validate_email(address, check_deliverability=False)
     except EmailNotValidError as err:
         raise ValueError(str(err)) from None
-    return formataddr((name, checked.normalized)) if name else checked.normalized
+    address = f"{checked.local_part}@{checked.ascii_domain}"  # the domain as an A-label
+    return format_address(name, address) if name else address
 
 
 def _address_list(value: Any) -> Any:
@@ -59,7 +74,7 @@ def _address_list(value: Any) -> Any:
 Mailbox = Annotated[str, BeforeValidator(mailbox)]
 MailboxList = Annotated[list[Mailbox], BeforeValidator(_address_list),
                         Field(max_length=MAX_RECIPIENTS)]
-HeaderText = Annotated[str, BeforeValidator(lambda v: _no_line_breaks(v) if isinstance(v, str)
+HeaderText = Annotated[str, BeforeValidator(lambda v: header_safe(v) if isinstance(v, str)
                                             else v), Field(max_length=998)]
 
 
@@ -72,6 +87,11 @@ class AttachmentIn(BaseModel):
     content: str = Field(description="the file's bytes, base64-encoded")
     content_type: str | None = Field(default=None, description="e.g. application/pdf; "
                                      "guessed from the file name when absent")
+
+    @field_validator("filename")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        return header_safe(value)
 
     @field_validator("content")
     @classmethod
@@ -114,7 +134,7 @@ class MessageIn(BaseModel):
     @classmethod
     def _custom_headers(cls, headers: dict[str, str]) -> dict[str, str]:
         for name in headers:
-            if not HEADER_NAME.match(name):
+            if not HEADER_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid header name")
             if name.lower() in RESERVED_HEADERS:
                 raise ValueError(f"{name!r} is set by Postroom; use the matching field")

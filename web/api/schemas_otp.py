@@ -15,7 +15,8 @@ class OTPRequestIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(max_length=254, description="a bare address: user@example.com")
+    email: str = Field(max_length=254, description="a bare address: user@example.com",
+                       json_schema_extra={"format": "email"})
 
     @field_validator("email", mode="before")
     @classmethod

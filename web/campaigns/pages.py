@@ -1,7 +1,8 @@
 """The operator's campaign pages: sign in, list, upload a CSV, watch progress, control.
 
-Signing in checks ``ADMIN_USERNAME``/``ADMIN_PASSWORD`` (constant time) and marks
-the session; every other page needs that mark. Forms are CSRF-protected.
+Signing in checks ``ADMIN_USERNAME``/``ADMIN_PASSWORD`` (constant time, throttled)
+and opens a server-side session (:mod:`web.campaigns.signin`); every other page
+needs it open, and signing out closes it. Forms are CSRF-protected.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from flask_limiter.errors import RateLimitExceeded
 from pydantic import ValidationError
 
 from tasks.stores.campaigns import CampaignStore
+from tasks.stores.identifiers import is_record_id
 from web.api.campaigns import base_url, campaign_out, spec_from, uploaded_attachments
 from web.api.errors import APIError, fields_of
 from web.api.schemas_campaigns import CampaignFields, CampaignOut
 from web.campaigns.control import ACTIONS
 from web.campaigns.creation import create_campaign
 from web.campaigns.recipients import CSVRecipients
+from web.campaigns.signin import per_ip, per_user_name, sessions
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ def _store() -> CampaignStore:
 def admin_required(view: Any) -> Any:
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if not session.get(SESSION_KEY):
+        if not sessions().is_open(session.get(SESSION_KEY)):
             return redirect(url_for("campaigns.login", next=request.path))
         return view(*args, **kwargs)
 
@@ -66,13 +70,16 @@ def _credentials_match(username: str, password: str) -> bool:
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@per_ip
+@per_user_name
 def login() -> ResponseReturnValue:
     configured = bool(current_app.config.get("ADMIN_USERNAME")
                       and current_app.config.get("ADMIN_PASSWORD"))
     if request.method == "POST":
         if _credentials_match(request.form.get("username", ""), request.form.get("password", "")):
+            sessions().revoke(session.get(SESSION_KEY))
             session.clear()
-            session[SESSION_KEY] = True
+            session[SESSION_KEY] = sessions().open()
             target = request.args.get("next", "")
             return redirect(target if target.startswith("/campaigns") else url_for(".index"),
                             code=303)
@@ -82,9 +89,19 @@ def login() -> ResponseReturnValue:
     return render_template("campaigns/login.html", configured=configured)
 
 
+@bp.errorhandler(RateLimitExceeded)
+def throttled(err: RateLimitExceeded) -> ResponseReturnValue:
+    log.warning("operator sign-in throttled from %s: %s", request.remote_addr, err.description)
+    flash("Too many sign-in attempts. Wait a few minutes, then try again.", "error")
+    configured = bool(current_app.config.get("ADMIN_USERNAME"))
+    return render_template("campaigns/login.html", configured=configured), 429
+
+
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
-    session.pop(SESSION_KEY, None)
+    """Sign out: the session ends on the server, so a copy of the cookie stops working too."""
+    sessions().revoke(session.get(SESSION_KEY))
+    session.clear()
     return redirect(url_for(".login"), code=303)
 
 
@@ -129,7 +146,7 @@ def _form_again(form: dict[str, str], message: str,
 
 def _shown(store: CampaignStore, campaign_id: str) -> CampaignOut:
     """The campaign as the API shows it, or a 404 page."""
-    campaign = store.get(campaign_id)
+    campaign = store.get(campaign_id) if is_record_id(campaign_id) else None
     if campaign is None:
         abort(404)
     return campaign_out(store, campaign)
@@ -155,7 +172,7 @@ def progress(campaign_id: str) -> ResponseReturnValue:
 @admin_required
 def control(campaign_id: str, action: str) -> ResponseReturnValue:
     act = ACTIONS.get(action)
-    if act is None:
+    if act is None or not is_record_id(campaign_id):
         abort(404)
     try:
         act(_store(), campaign_id)

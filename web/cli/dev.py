@@ -93,6 +93,7 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
     var = plan.var_dir
     env = dict(environ)
     env.setdefault("POSTROOM_ENV", "development")
+    env.setdefault("PUBLIC_URL", plan.url(plan.port, ""))  # links in mail, never the Host header
     env["PYTHONUNBUFFERED"] = "1"
     if not env.get("SECRET_KEY"):  # kept, so codes and sessions survive a restart
         env["SECRET_KEY"] = persisted_secret(var / "secret_key", lambda: secrets.token_hex(32))

@@ -16,7 +16,7 @@ from tasks.otp import send_code
 from tasks.stores.otp import OTPStore
 from web.otp import bp, status
 from web.otp.forms import AddressForm, CodeForm
-from web.otp.throttle import per_address, per_ip
+from web.otp.throttle import email_problem, per_address, per_ip, verify_per_ip
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ GENERIC_FAILURE = ("That code did not work. It may be wrong, used or expired: "
                    "check the most recent email, or request a new code.")
 THROTTLED = ("Too many codes were requested for this address or from your network. "
              "Wait a few minutes, then try again.")
+TOO_MANY_TRIES = "Too many codes were tried from your network. Wait a few minutes, then try again."
 
 
 def otp_store() -> OTPStore:
@@ -35,6 +36,11 @@ def otp_store() -> OTPStore:
 @per_address
 def verify() -> ResponseReturnValue:
     form = AddressForm()
+    problem = email_problem() if request.method == "POST" else None
+    if problem is not None:  # a list or a number is not one address, nor its first item
+        form.email.data = ""
+        form.email.errors = [f"Email address {problem}."]
+        return render_template("otp/verify.html", form=form), 422
     if form.validate_on_submit():
         otp_request = otp_store().create(form.email.data)
         send_code.delay(otp_request.id)
@@ -45,10 +51,12 @@ def verify() -> ResponseReturnValue:
 @bp.errorhandler(RateLimitExceeded)
 def throttled(err: RateLimitExceeded) -> ResponseReturnValue:
     log.info("otp request throttled: %s", err.description)
-    return render_template("otp/verify.html", form=AddressForm(), throttled=THROTTLED), 429
+    message = TOO_MANY_TRIES if request.endpoint == "otp.validate" else THROTTLED
+    return render_template("otp/verify.html", form=AddressForm(), throttled=message), 429
 
 
 @bp.route("/validate", methods=["GET", "POST"])
+@verify_per_ip
 def validate() -> ResponseReturnValue:
     form = CodeForm()
     request_id = form.request_id.data or request.args.get("request", "")
