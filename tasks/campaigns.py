@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 
 from celery import Task, shared_task
 from redis.exceptions import RedisError
 
 from tasks import runtime
-from tasks.delivery import BatchOptions, BatchReport, Envelope, retry_countdown, run_batch
+from tasks.delivery import (
+    BatchOptions,
+    BatchReport,
+    Dispatched,
+    Envelope,
+    retry_countdown,
+    run_batch,
+)
 from tasks.engine.compose import Attachment, Composer, Draft, addr_spec
 from tasks.engine.errors import InvalidMessageError
-from tasks.engine.outcome import DeliveryOutcome
 from tasks.engine.session import BatchConnection
 from tasks.engine.templating import CampaignTemplates
 from tasks.stores import key
@@ -169,8 +174,8 @@ class _SentCounter:
         self.pending = 0
         self.second = int(time.time())
 
-    def __call__(self, sent: Sequence[tuple[RecipientRecord, DeliveryOutcome]]) -> None:
-        self.pending += len(sent)
+    def __call__(self, sent: Dispatched) -> None:
+        self.pending += len(sent.recipients) if sent.message is not None else 0
         if int(time.time()) != self.second:
             self.flush()
 
@@ -222,7 +227,7 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
                            created_at=campaign.started_at or campaign.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
                            suppressed=SuppressionList(store.redis).which,
-                           should_stop=_StatusCheck(store, campaign.id), after_send=counter)
+                           should_stop=_StatusCheck(store, campaign.id), observe=counter)
     with BatchConnection(settings, gate=runtime.session_gate(bulk=True)) as connection:
         report = run_batch(store.ledger(campaign.id),
                            (Envelope([index], mailing.draft_for) for index in indices),

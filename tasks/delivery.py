@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -94,6 +94,19 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Dispatched:
+    """One message's fate: what was built (``None`` when it was not: it could not be, or
+    its recipients are on the suppression list), to whom, what each recipient's outcome
+    was and how long the SMTP exchange took."""
+
+    draft: Draft | None
+    message: ComposedMessage | None
+    recipients: list[RecipientRecord]
+    outcomes: list[DeliveryOutcome]
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class BatchOptions:
     """How a batch runs beyond what it sends."""
 
@@ -104,7 +117,7 @@ class BatchOptions:
     pace: Callable[[], None] | None = None  # blocks for MAIL_RATE_LIMIT before each message
     suppressed: Callable[[list[str]], list[bool]] | None = None  # the suppression list
     should_stop: Callable[[], bool] | None = None  # paused or cancelled: stop before a message
-    after_send: Callable[[Sequence[tuple[RecipientRecord, DeliveryOutcome]]], None] | None = None
+    observe: Callable[[Dispatched], None] | None = None  # each message's fate, as it is known
 
 
 def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
@@ -163,7 +176,7 @@ class _Run:
         if self.options.should_stop is not None and self.options.should_stop():
             return False
         if built.message is None:
-            self._record(built.claimed, built.failure)
+            self._record(built.claimed, built.failure, built)
             return True
         if self.options.pace is not None:
             self.options.pace()
@@ -171,9 +184,11 @@ class _Run:
         if following is not None and following.message is not None:
             upcoming = Upcoming(following.message.envelope_sender,
                                 tuple(following.emails), len(following.message.data))
+        started = time.perf_counter()
         by_email = self.connection.send_data(built.message.envelope_sender, built.emails,
                                              built.message.data, upcoming=upcoming)
-        self._record(built.claimed, [by_email[email] for email in built.emails])
+        self._record(built.claimed, [by_email[email] for email in built.emails], built,
+                     time.perf_counter() - started)
         return True
 
     def _claim(self, chunk: list[Envelope]) -> None:
@@ -189,7 +204,8 @@ class _Run:
                 claimed = [r for r, flag in zip(claimed, flags, strict=True) if not flag]
         self.held.update((r.index, r) for r in claimed)
 
-    def _record(self, claimed: list[RecipientRecord], outcomes: list[DeliveryOutcome]) -> None:
+    def _record(self, claimed: list[RecipientRecord], outcomes: list[DeliveryOutcome],
+                built: _Built | None = None, seconds: float = 0.0) -> None:
         policy = self.options.policy
         now = time.time()
         rows = [Outcome(r.index, o.status, o.smtp_code, o.error, counted=o.reached,
@@ -203,8 +219,10 @@ class _Run:
             self.report.next_retry = min(self.report.next_retry or retry, retry)
         self.stream.finish(self.options.token, rows, max_attempts=policy.max_attempts,
                            deadline=self.deadline, then=self._settled)
-        if self.options.after_send is not None:
-            self.options.after_send(list(zip(claimed, outcomes, strict=True)))
+        if self.options.observe is not None:
+            self.options.observe(Dispatched(built.draft if built else None,
+                                            built.message if built else None, claimed,
+                                            outcomes, seconds))
 
     def _settled(self, statuses: list[str]) -> None:
         for status in statuses:
@@ -238,17 +256,20 @@ class _Built:
 
     claimed: list[RecipientRecord]
     emails: list[str]
+    draft: Draft | None
     message: ComposedMessage | None
     failure: list[DeliveryOutcome]
 
 
 def _build(envelope: Envelope, claimed: list[RecipientRecord], composer: Composer) -> _Built:
     emails = [record.email for record in claimed]
+    draft: Draft | None = None
     try:
-        return _Built(claimed, emails, composer.compose(envelope.draft_for(claimed)), [])
+        draft = envelope.draft_for(claimed)
+        return _Built(claimed, emails, draft, composer.compose(draft), [])
     except InvalidMessageError as err:
         log.warning("message for %d recipient(s) cannot be built: %s", len(claimed), err)
-        return _Built(claimed, emails, None, [DeliveryOutcome("failed", None, str(err))]
+        return _Built(claimed, emails, draft, None, [DeliveryOutcome("failed", None, str(err))]
                       * len(claimed))
 
 
