@@ -12,23 +12,20 @@ so a copy sent twice, were it ever, can be recognised by the receiver.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Task, shared_task
-from redis.exceptions import RedisError
 
 from tasks import runtime
-from tasks.delivery import BatchOptions, Envelope, retry_countdown, run_batch
+from tasks.delivery import BatchOptions, Envelope
 from tasks.engine.compose import Attachment, Composer, Draft
 from tasks.engine.errors import InvalidMessageError
-from tasks.engine.session import BatchConnection
 from tasks.stores.attachments import AttachmentRef, AttachmentStore
 from tasks.stores.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
 from tasks.stores.messages import MessageStore, StoredMessage
-from tasks.stores.watch import Watchlist
+from tasks.watched import run_watched, settle_watched
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +60,12 @@ def _attachments(message: StoredMessage) -> list[Attachment] | InvalidMessageErr
 
 def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
              envelopes: list[Envelope], composer: Composer, what: str) -> None:
-    settings = runtime.smtp_settings()
-    watch = Watchlist(runtime.redis_client())
     options = BatchOptions(token=f"{task.name}:{task.request.id or uuid.uuid4().hex}",
                            policy=runtime.retry_policy(), created_at=message.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer())
-    try:
-        with BatchConnection(settings, gate=runtime.session_gate()) as connection:
-            report = run_batch(ledger, envelopes, connection, composer, options)
-    except RedisError as err:  # what was claimed comes back when the lease runs out
-        log.warning("%s stopped by a Redis error; retrying: %s", what, err)
-        raise task.retry(countdown=runtime.retry_policy().countdown(task.request.retries + 1),
-                         exc=err) from err
-    log.info("%s: %s (%d session(s))", what, report.counts, connection.sessions_opened)
-    countdown = retry_countdown(report)
-    if countdown is None:
-        if not UNSETTLED.intersection(s for s, n in ledger.counts().items() if n):
-            watch.done("message", message.id)
-        return
-    watch.expect("message", message.id, time.time() + countdown + runtime.watch_after())
-    raise task.retry(countdown=countdown)
+    report = run_watched(task, ledger, envelopes, composer, runtime.smtp_settings(), options,
+                         what)
+    settle_watched(task, "message", message.id, ledger, report)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import html
 import logging
-import time
 import uuid
 from dataclasses import replace
 
 from celery import Task, shared_task
-from redis.exceptions import RedisError
 
 from tasks import runtime
-from tasks.delivery import BatchOptions, Envelope, retry_countdown, run_batch
+from tasks.delivery import BatchOptions, Envelope
 from tasks.engine.compose import Draft
 from tasks.engine.errors import InvalidMessageError
-from tasks.engine.session import BatchConnection
 from tasks.stores.ledger import RecipientRecord
 from tasks.stores.otp import OTPStore
 from tasks.stores.watch import Watchlist
+from tasks.watched import run_watched, settle_watched
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +81,8 @@ def send_code(self: Task, request_id: str) -> None:
     options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=request.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer())
-    watch = Watchlist(redis)
-    try:
-        with BatchConnection(settings, gate=runtime.session_gate()) as connection:
-            report = run_batch(ledger, [Envelope([0], draft_to)], connection,
-                               runtime.composer(settings), options)
-    except RedisError as err:
-        log.warning("otp request %s stopped by a Redis error; retrying: %s", request_id, err)
-        raise self.retry(countdown=policy.countdown(self.request.retries + 1), exc=err) from err
+    report = run_watched(self, ledger, [Envelope([0], draft_to)], runtime.composer(settings),
+                         settings, options, f"otp request {request_id}")
     if report.counts:
         [record] = ledger.get([0])
         status = record.status if record.status in {"sent", "deferred"} else "failed"
@@ -98,10 +90,4 @@ def send_code(self: Task, request_id: str) -> None:
         if record.status == "suppressed":
             error = "sending is suppressed (MAIL_SUPPRESS_SEND)"
         store.record_delivery(request_id, status, record.smtp_code, error)
-    log.info("otp request %s: %s", request_id, report.counts)
-    countdown = retry_countdown(report)
-    if countdown is None:
-        watch.done("otp", request_id)
-        return
-    watch.expect("otp", request_id, time.time() + countdown + runtime.watch_after())
-    raise self.retry(countdown=countdown)
+    settle_watched(self, "otp", request_id, ledger, report)

@@ -1,0 +1,55 @@
+"""Running a message's or a code's delivery task, with the watch list kept true.
+
+Both ``postroom.deliver_message`` and ``postroom.otp.send`` run one batch on a
+connection of their own, retry it with backoff when Redis fails under it, and
+end by taking their delivery off the reconciler's watch list, or by retrying
+when recipients are deferred and asking the reconciler to look again should
+that retry be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from celery import Task
+from redis.exceptions import RedisError
+
+from tasks import runtime
+from tasks.delivery import BatchOptions, BatchReport, Envelope, retry_countdown, run_batch
+from tasks.engine.compose import Composer
+from tasks.engine.session import BatchConnection, SMTPSettings
+from tasks.stores.ledger import UNSETTLED, DeliveryLedger
+from tasks.stores.watch import Watchlist
+
+log = logging.getLogger(__name__)
+
+
+def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope],
+                composer: Composer, settings: SMTPSettings, options: BatchOptions,
+                what: str) -> BatchReport:
+    """:func:`run_batch` on one connection; a Redis error retries the task with backoff
+    (what it had claimed comes back when its lease runs out)."""
+    try:
+        with BatchConnection(settings, gate=runtime.session_gate()) as connection:
+            report = run_batch(ledger, envelopes, connection, composer, options)
+    except RedisError as err:
+        log.warning("%s stopped by a Redis error; retrying: %s", what, err)
+        countdown = options.policy.countdown(task.request.retries + 1)
+        raise task.retry(countdown=countdown, exc=err) from err
+    log.info("%s: %s (%d session(s))", what, report.counts, connection.sessions_opened)
+    return report
+
+
+def settle_watched(task: Task, kind: str, item_id: str, ledger: DeliveryLedger,
+                   report: BatchReport) -> None:
+    """Off the watch list when nothing is left; else retry, and be looked at after that."""
+    watch = Watchlist(runtime.redis_client())
+    countdown = retry_countdown(report)
+    if countdown is None:
+        if not UNSETTLED.intersection(s for s, n in ledger.counts().items() if n):
+            watch.done(kind, item_id)
+        return
+    watch.expect(kind, item_id, time.time() + countdown + runtime.watch_after())
+    raise task.retry(countdown=countdown)
