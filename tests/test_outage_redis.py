@@ -24,7 +24,8 @@ from werkzeug.test import TestResponse
 from tasks.stores.suppression import unsubscribe_token
 from tests.campaign_helpers import csv_bytes, people
 from tests.conftest import AUTH, app_config
-from tests.outage_support import StoppableRedis
+from tests.outage_support import stoppable_redis
+from tests.redis_server import EmbeddedRedis
 from tests.smtp_server import SMTPTestServer
 from web import create_app
 
@@ -32,14 +33,14 @@ ADMIN = {"ADMIN_USERNAME": "operator", "ADMIN_PASSWORD": "correct horse battery"
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[StoppableRedis]:
-    server = StoppableRedis(tmp_path).start()
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = stoppable_redis(tmp_path)
     yield server
     server.stop()
 
 
 @pytest.fixture
-def outage_app(own_redis: StoppableRedis, smtp_server: SMTPTestServer) -> Flask:
+def outage_app(own_redis: EmbeddedRedis, smtp_server: SMTPTestServer) -> Flask:
     return create_app(app_config(own_redis.url, smtp_server.port, **ADMIN))
 
 
@@ -94,7 +95,7 @@ def api_calls() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def test_every_api_route_answers_503_and_the_keyed_retry_is_sent_once(
-        outage_app: Flask, own_redis: StoppableRedis, smtp_server: SMTPTestServer) -> None:
+        outage_app: Flask, own_redis: EmbeddedRedis, smtp_server: SMTPTestServer) -> None:
     client = outage_app.test_client()
     key = {"Idempotency-Key": "statement-2026-q3", **AUTH}
     own_redis.stop()
@@ -131,7 +132,7 @@ def test_every_api_route_answers_503_and_the_keyed_retry_is_sent_once(
     assert received[0].recipients == ["ada@example.com"]
 
 
-def test_pages_answer_a_503_page(outage_app: Flask, own_redis: StoppableRedis,
+def test_pages_answer_a_503_page(outage_app: Flask, own_redis: EmbeddedRedis,
                                  smtp_server: SMTPTestServer) -> None:
     client = outage_app.test_client()
     login_token = token_from(client, "/campaigns/login")
@@ -184,7 +185,7 @@ def wait_for_import(client: redis.Redis, at_least: int, stop: threading.Event) -
 
 
 def test_upload_cut_off_by_redis_leaves_no_campaign(outage_app: Flask,
-                                                    own_redis: StoppableRedis,
+                                                    own_redis: EmbeddedRedis,
                                                     smtp_server: SMTPTestServer) -> None:
     client = outage_app.test_client()
     rows = 40_000
