@@ -82,6 +82,10 @@ def headers_of(content: bytes) -> tuple[str, str]:
     return message_id, subject
 
 
+# when it is due, the bytes, the envelopes and contents it accepts, whether to close after it
+Reply = tuple[float, bytes, list[tuple[str, ...]], list[bytes], bool]
+
+
 class Sink:
     """What every session shares: the latency, the session counter and the log."""
 
@@ -103,12 +107,12 @@ class DelayedSession(asyncio.Protocol):
         self.sink = sink
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self.number = 0
         self.buffer = bytearray()
         self.in_data = False
         self.scan_from = 0
         self.recipients: list[str] = []
-        self.pending: deque[tuple[float, bytes, list[tuple[str, ...]], list[bytes], bool]]
-        self.pending = deque()
+        self.pending: deque[Reply] = deque()
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
 
@@ -234,9 +238,9 @@ class DelayedSession(asyncio.Protocol):
 
 async def serve(host: str, port: int, latency: float, log_path: Path) -> None:
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signum, stop.set)
     with log_path.open("a", encoding="utf-8", buffering=1 << 16) as log:
         sink = Sink(latency, log)
         server = await loop.create_server(lambda: DelayedSession(sink), host, port,
@@ -252,7 +256,7 @@ async def serve(host: str, port: int, latency: float, log_path: Path) -> None:
 
         flusher = asyncio.create_task(flush_log())
         try:
-            await stop
+            await stop.wait()
         finally:
             flusher.cancel()
             server.close()

@@ -44,6 +44,7 @@ def scenario_million(workdir: Path, args: argparse.Namespace) -> None:
     csv_path = write_campaign_csv(workdir / "million.csv", n)
     with redis_server() as redis_url, smtp_sink() as port, \
             postroom_dev(workdir / "million", redis_url, port) as stack:
+        stack.wait_for_worker()
         sampler = MemorySampler(stack.process.pid).start()
         wall = time.time()
         started = time.monotonic()

@@ -16,14 +16,19 @@ from pathlib import Path
 PAGE_KIB = 4
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of *pid*, or ``None`` once it is gone."""
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, session id) of *pid*, or ``None`` once it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = text.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[1])
+    return fields[0], int(fields[1]), int(fields[3])
+
+
+def session_id(pid: int) -> int | None:
+    stat = _stat(pid)
+    return None if stat is None else stat[2]
 
 
 def descendants(root: int) -> list[int]:

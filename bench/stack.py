@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.processes import descendants, session_id
 from bench.servers import free_port
 
 POSTROOM = Path(sys.executable).with_name("postroom")
@@ -88,6 +89,27 @@ class Stack:
             raise StackFailed(f"GET /api/campaigns/{campaign_id}: {response.status} "
                               f"{response.body}")
         return response.body
+
+    def wait_for_worker(self, timeout: float = 60.0) -> float:
+        """Send one message and wait until a worker has tried it; seconds it took.
+
+        ``Postroom is running.`` means web and Flower answer; a worker may still be
+        starting. A message that is sent (or deferred, with the relay down) shows
+        that one is consuming, and nothing timed afterwards pays for its start.
+        """
+        started = time.monotonic()
+        accepted = self.post_json("/api/messages", {
+            "to": ["warm-up@example.org"], "subject": "warm-up", "body": "warm-up"})
+        if accepted.status != 202:
+            raise StackFailed(f"POST /api/messages: {accepted.status} {accepted.body}")
+        path = f"/api/messages/{accepted.body['id']}"
+        while time.monotonic() - started < timeout:
+            shown = self.request("GET", path).body
+            if any(r.get("attempts", 0) > 0 for r in shown.get("recipients", [])):
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise StackFailed(f"no worker tried a message within {timeout:.0f} s; postroom dev's "
+                          f"output ends:\n{self.log_tail()}")
 
     def create_campaign_from_csv(self, csv_path: Path, fields: dict[str, str],
                                  timeout: float = 3600.0) -> dict[str, Any]:
@@ -172,11 +194,18 @@ def _wait_until_ready(stack: Stack) -> None:
 def _stop(stack: Stack) -> None:
     if stack.process.poll() is not None:
         return
+    children = descendants(stack.process.pid)  # each runs in a session of its own
     stack.process.send_signal(signal.SIGTERM)
     try:
         stack.process.wait(STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         print(f"  postroom dev (pid {stack.process.pid}) did not stop within "
-              f"{STOP_TIMEOUT:.0f} s of SIGTERM; killing it")
+              f"{STOP_TIMEOUT:.0f} s of SIGTERM; killing it and its process groups")
+        for pid in children:
+            if session_id(pid) == pid:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         stack.process.kill()
         stack.process.wait(10)

@@ -34,6 +34,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -57,6 +58,8 @@ def scenario_sink(workdir: Path, args: argparse.Namespace) -> None:
     csv_path = write_campaign_csv(workdir / "sink.csv", n)
     with redis_server() as redis_url, smtp_sink() as port, \
             postroom_dev(workdir / "sink", redis_url, port) as stack:
+        print(f"  a worker sent a first message {stack.wait_for_worker():.1f} s after "
+              "`Postroom is running.`")
         loop = connection_loop(port, n)
         print(f"  {LOOP}: {rate(n, loop)}")
         run = run_campaign(stack, csv_path, args.timeout)
@@ -80,6 +83,8 @@ def scenario_delay(workdir: Path, args: argparse.Namespace) -> None:
              "OTP_RATE_LIMIT_PER_IP": "100000/minute", "OTP_RATE_LIMIT_PER_ADDRESS": "100/minute"}
     with redis_server() as redis_url, delay_sink(latency, log_path) as port, \
             postroom_dev(workdir / "delay", redis_url, port, extra) as stack:
+        print(f"  a worker sent a first message {stack.wait_for_worker():.1f} s after "
+              "`Postroom is running.`")
         loop = connection_loop(port, args.loop_messages)
         print(f"  {LOOP}, {args.loop_messages} messages: {rate(args.loop_messages, loop)}")
         accepted = AcceptedLog(log_path)
@@ -139,6 +144,11 @@ def report_otp(probe: OTPProbe, arrivals: dict[str, float], wait: float) -> None
     print(f"  OTP p99 {p99:.2f} s   goal p99 < 2 s: {verdict(p99 < 2.0 and not missing)}")
 
 
+def used_memory(client: redis.Redis) -> int:
+    info: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+    return int(info["used_memory"])
+
+
 def scenario_memory(workdir: Path, args: argparse.Namespace) -> None:
     rows = args.memory_rows
     print(f"\n[memory] Redis used_memory for a scheduled {rows:,}-row CSV campaign "
@@ -150,12 +160,12 @@ def scenario_memory(workdir: Path, args: argparse.Namespace) -> None:
         client = redis.Redis.from_url(redis_url)
         stack.request("GET", "/api/campaigns")  # the app's first request is behind us
         time.sleep(1.0)
-        before = int(client.info("memory")["used_memory"])
+        before = used_memory(client)
         accepted = stack.create_campaign_from_csv(csv_path, {
             "subject": "Hello {{ name }}", "body": "Hi {{ name }} in {{ city }}",
             "send_at": "2099-01-01T00:00:00Z"})
         time.sleep(1.0)
-        after = int(client.info("memory")["used_memory"])
+        after = used_memory(client)
         client.close()
         per = (after - before) / accepted["total"]
         print(f"  used_memory {before:,} -> {after:,} bytes, {accepted['total']:,} recipients "
@@ -169,6 +179,8 @@ def scenario_enqueue(workdir: Path, args: argparse.Namespace) -> None:
     print(f"\n[enqueue] POST /api/messages at {args.enqueue_rate:g}/s for "
           f"{args.enqueue_seconds:g} s, open loop, the relay down (MAIL_PORT={closed}, closed)")
     with redis_server() as redis_url, postroom_dev(workdir / "enqueue", redis_url, closed) as stack:
+        print(f"  a worker tried (and deferred) a first message {stack.wait_for_worker():.1f} s "
+              "after `Postroom is running.`")
         for i in range(20):  # warm: imports, first connections
             stack.post_json("/api/messages", {"to": [f"warm{i}@example.com"],
                                               "subject": "warm", "body": "warm"})
