@@ -16,7 +16,8 @@ never shares a GIL with what it measures.
 Each accepted message becomes one line of ``--log`` (tab-separated), written
 when its ``250`` is sent: the time on ``CLOCK_MONOTONIC`` (``time.monotonic()``,
 the same clock in every process on a Linux machine), the session number, the
-recipients (comma-separated), the ``Message-ID`` and the ``Subject``. The file
+recipients (comma-separated), the content's size in bytes, the ``Message-ID``
+and the ``Subject``. The file
 is flushed every 50 ms and on SIGTERM. :class:`AcceptedLog` reads it back.
 """
 
@@ -45,17 +46,19 @@ class Accepted:
     at: float
     session: int
     recipients: tuple[str, ...]
+    size: int
     message_id: str
     subject: str
 
     @classmethod
     def from_line(cls, line: str) -> Accepted:
-        at, session, recipients, message_id, subject = line.rstrip("\n").split("\t")
-        return cls(float(at), int(session), tuple(recipients.split(",")), message_id, subject)
+        at, session, recipients, size, message_id, subject = line.rstrip("\n").split("\t")
+        return cls(float(at), int(session), tuple(recipients.split(",")), int(size),
+                   message_id, subject)
 
     def line(self) -> str:
         fields = (f"{self.at:.6f}", str(self.session), ",".join(self.recipients),
-                  self.message_id, self.subject)
+                  str(self.size), self.message_id, self.subject)
         return "\t".join(" ".join(f.split()) for f in fields) + "\n"
 
 
@@ -227,7 +230,8 @@ class DelayedSession(asyncio.Protocol):
             at = time.monotonic()
             for recipients, content in zip(envelopes, contents, strict=True):
                 message_id, subject = headers_of(content)
-                self.sink.record(Accepted(at, self.number, recipients, message_id, subject))
+                self.sink.record(Accepted(at, self.number, recipients, len(content),
+                                          message_id, subject))
             if close:
                 self.transport.close()
                 self.pending.clear()

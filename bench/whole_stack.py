@@ -40,7 +40,7 @@ import redis
 
 from bench.campaign_csv_memory import write_csv as write_member_csv
 from bench.campaign_run import CampaignRun, run_campaign, write_campaign_csv
-from bench.delay_sink import AcceptedLog
+from bench.delay_sink import Accepted, AcceptedLog
 from bench.engine import connection_loop
 from bench.load import OTPProbe, open_loop
 from bench.million import scenario_million
@@ -94,12 +94,15 @@ def scenario_delay(workdir: Path, args: argparse.Namespace) -> None:
         run = run_campaign(stack, csv_path, args.timeout, probe=probe)
         print(f"  Postroom campaign: {run.describe()}")
         arrivals = wait_for_arrivals(accepted, run, probe, args.otp_wait)
-        campaign_times = [at for email, at in arrivals.items() if email.endswith("@example.com")]
-        if run.timed_out or run.sent != n or len(campaign_times) < n:
-            print(f"  Postroom did not send all {n:,} within {args.timeout:.0f} s "
-                  f"(the sink took {len(campaign_times):,}); no ratio")
+        mails = [m for email, m in arrivals.items() if email.endswith("@example.com")]
+        if mails:
+            print(f"  the sink took {len(mails):,} campaign messages, "
+                  f"{sum(m.size for m in mails) / len(mails):,.0f} bytes each on average, "
+                  f"over {len({m.session for m in mails})} SMTP sessions")
+        if run.timed_out or run.sent != n or len(mails) < n:
+            print(f"  Postroom did not send all {n:,} within {args.timeout:.0f} s; no ratio")
         else:
-            last = max(campaign_times) - run.started
+            last = max(m.at for m in mails) - run.started
             print(f"  Postroom: POST /api/campaigns -> the sink's last 250:       "
                   f"{rate(n, last)}")
             loop_rate, stack_rate = args.loop_messages / loop, n / last
@@ -109,9 +112,9 @@ def scenario_delay(workdir: Path, args: argparse.Namespace) -> None:
 
 
 def wait_for_arrivals(log: AcceptedLog, run: CampaignRun, probe: OTPProbe,
-                      wait: float) -> dict[str, float]:
-    """Recipient -> when the sink accepted its mail, once every sent mail and code is in."""
-    arrivals: dict[str, float] = {}
+                      wait: float) -> dict[str, Accepted]:
+    """Recipient -> the mail the sink accepted for it, once every sent mail and code is in."""
+    arrivals: dict[str, Accepted] = {}
     wanted = {r.email for r in probe.requests if r.status == 202}
     deadline = time.monotonic() + wait
     while True:
@@ -119,7 +122,7 @@ def wait_for_arrivals(log: AcceptedLog, run: CampaignRun, probe: OTPProbe,
             if message.at < run.started:
                 continue  # the baseline loop's
             for recipient in message.recipients:
-                arrivals.setdefault(recipient, message.at)
+                arrivals.setdefault(recipient, message)
         campaign_in = sum(1 for email in arrivals if email.endswith("@example.com"))
         if (campaign_in >= run.sent and wanted <= arrivals.keys()) \
                 or time.monotonic() > deadline:
@@ -127,9 +130,9 @@ def wait_for_arrivals(log: AcceptedLog, run: CampaignRun, probe: OTPProbe,
         time.sleep(0.1)
 
 
-def report_otp(probe: OTPProbe, arrivals: dict[str, float], wait: float) -> None:
+def report_otp(probe: OTPProbe, arrivals: dict[str, Accepted], wait: float) -> None:
     refused = [r for r in probe.requests if r.status != 202]
-    waits = [arrivals[r.email] - r.called_at for r in probe.requests
+    waits = [arrivals[r.email].at - r.called_at for r in probe.requests
              if r.status == 202 and r.email in arrivals]
     missing = len(probe.requests) - len(refused) - len(waits)
     print(f"  OTP during the campaign: {len(probe.requests)} POST /api/otp, one every "

@@ -89,6 +89,7 @@ def test_pipelined_commands_are_answered_in_one_write(sink: tuple[int, AcceptedL
     [accepted] = wait_for(log, 1)
     assert accepted.recipients == ("b@example.com", "c@example.com")
     assert (accepted.message_id, accepted.subject) == ("<p@example.com>", "piped")
+    assert accepted.size == len(b"Message-ID: <p@example.com>\r\nSubject: piped\r\n\r\nbody\r\n")
 
 
 def test_headers_are_unfolded_and_decoded() -> None:
