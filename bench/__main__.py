@@ -19,6 +19,7 @@ COMMANDS = {"stack": whole_stack.main, "engine": engine.main}
 
 
 def main(argv: list[str]) -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # shown as it goes
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return

@@ -15,10 +15,11 @@ never shares a GIL with what it measures.
 
 Each accepted message becomes one line of ``--log`` (tab-separated), written
 when its ``250`` is sent: the time on ``CLOCK_MONOTONIC`` (``time.monotonic()``,
-the same clock in every process on a Linux machine), the session number, the
-recipients (comma-separated), the content's size in bytes, the ``Message-ID``
-and the ``Subject``. The file
-is flushed every 50 ms and on SIGTERM. :class:`AcceptedLog` reads it back.
+the same clock in every process on a Linux machine), how long after its due
+time the reply went out (the sink's own lag, which should stay near zero), the
+session number, the recipients (comma-separated), the content's size in bytes,
+the ``Message-ID`` and the ``Subject``. The file is flushed every 50 ms and on
+SIGTERM. :class:`AcceptedLog` reads it back.
 """
 
 from __future__ import annotations
@@ -49,16 +50,18 @@ class Accepted:
     size: int
     message_id: str
     subject: str
+    late: float = 0.0  # how long after its due time the 250 went out (the sink's own lag)
 
     @classmethod
     def from_line(cls, line: str) -> Accepted:
-        at, session, recipients, size, message_id, subject = line.rstrip("\n").split("\t")
+        at, late, session, recipients, size, message_id, subject = (
+            line.rstrip("\n").split("\t"))
         return cls(float(at), int(session), tuple(recipients.split(",")), int(size),
-                   message_id, subject)
+                   message_id, subject, float(late))
 
     def line(self) -> str:
-        fields = (f"{self.at:.6f}", str(self.session), ",".join(self.recipients),
-                  str(self.size), self.message_id, self.subject)
+        fields = (f"{self.at:.6f}", f"{self.late:.6f}", str(self.session),
+                  ",".join(self.recipients), str(self.size), self.message_id, self.subject)
         return "\t".join(" ".join(f.split()) for f in fields) + "\n"
 
 
@@ -222,7 +225,7 @@ class DelayedSession(asyncio.Protocol):
         self.timer = None
         now = self.loop.time()
         while self.pending and self.pending[0][0] <= now:
-            _, payload, envelopes, contents, close = self.pending.popleft()
+            due, payload, envelopes, contents, close = self.pending.popleft()
             if self.transport is None:
                 self.pending.clear()
                 return
@@ -231,7 +234,7 @@ class DelayedSession(asyncio.Protocol):
             for recipients, content in zip(envelopes, contents, strict=True):
                 message_id, subject = headers_of(content)
                 self.sink.record(Accepted(at, self.number, recipients, len(content),
-                                          message_id, subject))
+                                          message_id, subject, max(0.0, at - due)))
             if close:
                 self.transport.close()
                 self.pending.clear()

@@ -98,7 +98,8 @@ def scenario_delay(workdir: Path, args: argparse.Namespace) -> None:
         if mails:
             print(f"  the sink took {len(mails):,} campaign messages, "
                   f"{sum(m.size for m in mails) / len(mails):,.0f} bytes each on average, "
-                  f"over {len({m.session for m in mails})} SMTP sessions")
+                  f"over {len({m.session for m in mails})} SMTP sessions; the sink's own lag "
+                  f"behind its {latency * 1000:g} ms: {spread([m.late for m in mails])}")
         if run.timed_out or run.sent != n or len(mails) < n:
             print(f"  Postroom did not send all {n:,} within {args.timeout:.0f} s; no ratio")
         else:
