@@ -99,11 +99,9 @@ class Sink:
         self.latency = latency
         self.log = log
         self.sessions = 0
-        self.accepted = 0
 
     def record(self, message: Accepted) -> None:
         self.log.write(message.line())
-        self.accepted += 1
 
 
 class DelayedSession(asyncio.Protocol):
