@@ -16,10 +16,11 @@ never shares a GIL with what it measures.
 Each accepted message becomes one line of ``--log`` (tab-separated), written
 when its ``250`` is sent: the time on ``CLOCK_MONOTONIC`` (``time.monotonic()``,
 the same clock in every process on a Linux machine), how long after its due
-time the reply went out (the sink's own lag, which should stay near zero), the
-session number, the recipients (comma-separated), the content's size in bytes,
-the ``Message-ID`` and the ``Subject``. The file is flushed every 50 ms and on
-SIGTERM. :class:`AcceptedLog` reads it back.
+time the reply went out (the sink's own lag, which should stay near zero), how
+many sessions were connected then, the session number, the recipients
+(comma-separated), the content's size in bytes, the ``Message-ID`` and the
+``Subject``. The file is flushed every 50 ms and on SIGTERM.
+:class:`AcceptedLog` reads it back.
 """
 
 from __future__ import annotations
@@ -51,17 +52,19 @@ class Accepted:
     message_id: str
     subject: str
     late: float = 0.0  # how long after its due time the 250 went out (the sink's own lag)
+    open_sessions: int = 0  # sessions connected when the 250 went out
 
     @classmethod
     def from_line(cls, line: str) -> Accepted:
-        at, late, session, recipients, size, message_id, subject = (
+        at, late, open_sessions, session, recipients, size, message_id, subject = (
             line.rstrip("\n").split("\t"))
         return cls(float(at), int(session), tuple(recipients.split(",")), int(size),
-                   message_id, subject, float(late))
+                   message_id, subject, float(late), int(open_sessions))
 
     def line(self) -> str:
-        fields = (f"{self.at:.6f}", f"{self.late:.6f}", str(self.session),
-                  ",".join(self.recipients), str(self.size), self.message_id, self.subject)
+        fields = (f"{self.at:.6f}", f"{self.late:.6f}", str(self.open_sessions),
+                  str(self.session), ",".join(self.recipients), str(self.size),
+                  self.message_id, self.subject)
         return "\t".join(" ".join(f.split()) for f in fields) + "\n"
 
 
@@ -98,7 +101,8 @@ class Sink:
     def __init__(self, latency: float, log: IO[str]) -> None:
         self.latency = latency
         self.log = log
-        self.sessions = 0
+        self.sessions = 0  # every session so far: each one's number
+        self.open_sessions = 0
 
     def record(self, message: Accepted) -> None:
         self.log.write(message.line())
@@ -124,10 +128,12 @@ class DelayedSession(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.sink.sessions += 1
+        self.sink.open_sessions += 1
         self.number = self.sink.sessions
         self.answer([b"220 delay-sink ESMTP"], [], [], close=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.sink.open_sessions -= 1
         if self.timer is not None:
             self.timer.cancel()
         self.transport = None
@@ -232,7 +238,8 @@ class DelayedSession(asyncio.Protocol):
             for recipients, content in zip(envelopes, contents, strict=True):
                 message_id, subject = headers_of(content)
                 self.sink.record(Accepted(at, self.number, recipients, len(content),
-                                          message_id, subject, max(0.0, at - due)))
+                                          message_id, subject, max(0.0, at - due),
+                                          self.sink.open_sessions))
             if close:
                 self.transport.close()
                 self.pending.clear()

@@ -96,10 +96,14 @@ def scenario_delay(workdir: Path, args: argparse.Namespace) -> None:
         arrivals = wait_for_arrivals(accepted, run, probe, args.otp_wait)
         mails = [m for email, m in arrivals.items() if email.endswith("@example.com")]
         if mails:
+            opened = sorted(m.open_sessions for m in mails)
             print(f"  the sink took {len(mails):,} campaign messages, "
                   f"{sum(m.size for m in mails) / len(mails):,.0f} bytes each on average, "
-                  f"over {len({m.session for m in mails})} SMTP sessions; the sink's own lag "
-                  f"behind its {latency * 1000:g} ms: {spread([m.late for m in mails])}")
+                  f"on {len({m.session for m in mails})} SMTP sessions, at most {opened[-1]} "
+                  f"connected at once (median {opened[len(opened) // 2]} when a message "
+                  f"was accepted)")
+            print(f"  the sink's own lag behind its {latency * 1000:g} ms: "
+                  f"{spread([m.late for m in mails])}")
         if run.timed_out or run.sent != n or len(mails) < n:
             print(f"  Postroom did not send all {n:,} within {args.timeout:.0f} s; no ratio")
         else:

@@ -88,6 +88,7 @@ def test_pipelined_commands_are_answered_in_one_write(sink: tuple[int, AcceptedL
         assert [line[:3] for line in read_replies(sock, 2)] == [b"250", b"221"]
     [accepted] = wait_for(log, 1)
     assert accepted.recipients == ("b@example.com", "c@example.com")
+    assert accepted.open_sessions == 1
     assert (accepted.message_id, accepted.subject) == ("<p@example.com>", "piped")
     assert accepted.size == len(b"Message-ID: <p@example.com>\r\nSubject: piped\r\n\r\nbody\r\n")
 
