@@ -60,7 +60,7 @@ def run_campaign(stack: Stack, csv_path: Path, timeout: float, poll: float = 0.0
         if campaign["status"] in FINAL:
             break
         if probe is not None and campaign["counts"].get("sent", 0) >= accepted["total"]:
-            probe.stop()  # everything is sent: the campaign no longer loads the workers
+            probe.stop(wait=False)  # all sent: the campaign no longer loads the workers
         if time.monotonic() - started > timeout:
             timed_out = True
             break

@@ -87,9 +87,11 @@ class OTPProbe:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """No more requests; with *wait*, until the one in flight is answered."""
         self._stop.set()
-        self._thread.join(35)
+        if wait and self._thread.is_alive():
+            self._thread.join(35)
 
     def _run(self) -> None:
         due = time.monotonic()
