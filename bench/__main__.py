@@ -11,11 +11,14 @@ each one's options.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from bench import engine, whole_stack
+COMMANDS = {"stack": "bench.whole_stack", "engine": "bench.engine"}  # imported when run
 
-COMMANDS = {"stack": whole_stack.main, "engine": engine.main}
+
+def run(command: str, argv: list[str]) -> None:
+    importlib.import_module(COMMANDS[command]).main(argv)
 
 
 def main(argv: list[str]) -> None:
@@ -24,14 +27,14 @@ def main(argv: list[str]) -> None:
         print(__doc__)
         return
     if argv and argv[0] in COMMANDS:
-        COMMANDS[argv[0]](argv[1:])
+        run(argv[0], argv[1:])
         return
     if argv:
         raise SystemExit(f"python -m bench: unknown subcommand {argv[0]!r}; "
                          f"use one of {', '.join(COMMANDS)} (or none for both)")
-    whole_stack.main([])
+    run("stack", [])
     print()
-    engine.main([])
+    run("engine", [])
 
 
 if __name__ == "__main__":

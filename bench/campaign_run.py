@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.engine import body_for
+from bench.baseline import body_for
 from bench.load import OTPProbe
 from bench.stack import Stack
 

@@ -38,10 +38,10 @@ from typing import Any
 
 import redis
 
+from bench.baseline import connection_loop
 from bench.campaign_csv_memory import write_csv as write_member_csv
 from bench.campaign_run import CampaignRun, run_campaign, write_campaign_csv
 from bench.delay_sink import Accepted, AcceptedLog
-from bench.engine import connection_loop
 from bench.load import OTPProbe, open_loop
 from bench.million import scenario_million
 from bench.report import percentile, rate, spread, verdict
