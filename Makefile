@@ -44,10 +44,12 @@ browser-tool:
 	      "tests/test_browser.py will fail until it is installed (or CHROMIUM names one)"; \
 	  fi; }
 
-# Delivery benchmarks against postfix's smtp-sink; if it is missing:
+# Benchmarks (bench/README.md): the whole stack as `make run` starts it, then the delivery
+# engine. They need postfix's smtp-sink; if it is missing:
 #   DEBIAN_FRONTEND=noninteractive apt-get install -y postfix
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench stack
+	$(BIN)/python -m bench engine
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

