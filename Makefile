@@ -50,6 +50,7 @@ browser-tool:
 bench: $(STAMP)
 	$(BIN)/python -m bench stack
 	$(BIN)/python -m bench engine
+	$(BIN)/python -m bench.profile_batch
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

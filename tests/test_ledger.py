@@ -143,3 +143,19 @@ def test_a_lease_is_renewed_while_its_run_lives(redis_client: redis.Redis) -> No
     with ClaimLease(redis_client, "batch-3", ttl=0.6):
         time.sleep(1.5)  # more than twice the lease: only renewal keeps it
         assert redis_client.exists("postroom:lease:batch-3")
+
+
+def test_a_stream_meeting_a_restarted_redis_stops_and_loads_its_scripts_again(
+        redis_client: redis.Redis) -> None:
+    from redis.exceptions import NoScriptError
+
+    from tasks.stores.ledger_stream import LedgerStream
+
+    ledger = make_ledger(redis_client, 2)
+    with LedgerStream(ledger) as stream:
+        assert [r.index for r in stream.claim([0], "t").claimed] == [0]
+    redis_client.script_flush()  # what a restart does to loaded scripts
+    with pytest.raises(NoScriptError), LedgerStream(ledger) as stream:
+        stream.claim([1], "t")
+    with LedgerStream(ledger) as stream:  # the next batch loads them again
+        assert [r.index for r in stream.claim([1], "t").claimed] == [1]

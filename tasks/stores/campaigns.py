@@ -209,8 +209,7 @@ class CampaignStore:
         counts.suppressed = sum(suppressed)
         counts.added = len(records)
         ledger = self.ledger(campaign_id)
-        following = ledger.add(records, start=start)
-        ledger.expire(IMPORT_TTL)
+        following = ledger.add(records, start=start, ttl=IMPORT_TTL)
         return following, counts
 
     def open(self, campaign_id: str, *, total: int, send_at: float | None,

@@ -142,8 +142,12 @@ class DeliveryLedger:
         return [self.records_key, self.counts_key, self.retry_key,
                 *(self.index_prefix + s for s in STATUSES)]
 
-    def add(self, records: Iterable[RecipientRecord], *, start: int = 0) -> int:
-        """Store new recipients numbered from *start*; return the next free number."""
+    def add(self, records: Iterable[RecipientRecord], *, start: int = 0,
+            ttl: int | None = None) -> int:
+        """Store new recipients numbered from *start*; return the next free number.
+
+        With *ttl*, every key of the ledger expires after that many seconds (set
+        in the same transaction)."""
         number = start
         pipe = self.redis.pipeline(transaction=True)
         added: dict[str, int] = {}
@@ -155,6 +159,9 @@ class DeliveryLedger:
             number += 1
         for status, count in added.items():
             pipe.hincrby(self.counts_key, status, count)
+        if ttl is not None:
+            for name in self.all_keys():
+                pipe.expire(name, ttl)
         pipe.execute()
         return number
 

@@ -17,13 +17,27 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from redis.exceptions import ConnectionError, RedisError, ResponseError
+from redis import Redis
+from redis.commands.core import Script
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 
 from tasks.stores.ledger import ClaimResult, DeliveryLedger, Outcome, claim_result, text
 
 OUTSTANDING = 64  # replies that may wait unread
 
 log = logging.getLogger(__name__)
+
+
+_LOADED: set[tuple[int, str]] = set()  # (connection pool, script SHA) known to be loaded
+
+
+def _loaded(redis: Redis, script: Script) -> str:
+    """The script's SHA, loaded into Redis once per process (again after a restart)."""
+    entry = (id(redis.connection_pool), script.sha)
+    if entry not in _LOADED:
+        redis.script_load(script.script)
+        _LOADED.add(entry)
+    return str(script.sha)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +53,7 @@ class LedgerStream:
     def __init__(self, ledger: DeliveryLedger) -> None:
         self.ledger = ledger
         redis = ledger.redis
-        self._sha = {name: redis.script_load(script.script)
-                     for name, script in ledger.scripts.items() if name in ("claim", "finish")}
+        self._sha = {name: _loaded(redis, ledger.scripts[name]) for name in ("claim", "finish")}
         self._connection: Any = redis.connection_pool.get_connection()
         self._pending: deque[_Request] = deque()
         self._broken: BaseException | None = None
@@ -86,13 +99,15 @@ class LedgerStream:
         self._usable()
         try:
             reply = self._connection.read_response()
+        except ResponseError as err:  # Redis answered with an error: the batch stops
+            self._pending.popleft()
+            if isinstance(err, NoScriptError):  # Redis restarted: load the scripts again
+                _LOADED.clear()
+            raise
         except (RedisError, OSError) as err:
             self._reconnect(err)
             return
-        request = self._pending.popleft()
-        if isinstance(reply, ResponseError):  # redis-py hands script errors back as values
-            raise reply
-        request.on_reply(reply)
+        self._pending.popleft().on_reply(reply)
 
     def _send(self, request: _Request) -> None:
         command = self._connection.pack_command(

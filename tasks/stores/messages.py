@@ -184,8 +184,7 @@ class MessageStore:
 
     def _queue_recipients(self, message_id: str, recipients: list[str]) -> None:
         ledger = self.ledger(message_id)
-        ledger.add(RecipientRecord(index=0, email=email) for email in recipients)
-        ledger.expire(self.ttl)
+        ledger.add((RecipientRecord(index=0, email=email) for email in recipients), ttl=self.ttl)
         # the task is a doorbell: if it never rings, the reconciler sends the message
         Watchlist(self.redis).expect("message", message_id, time.time() + WATCH_AFTER)
 
