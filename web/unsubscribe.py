@@ -37,6 +37,7 @@ def confirm(token: str) -> ResponseReturnValue:
 @csrf.exempt
 def unsubscribe(token: str) -> ResponseReturnValue:
     found = _read(token)
-    if SuppressionList(current_app.extensions["redis"]).add(found.email):
+    if SuppressionList(current_app.extensions["redis"]).add(
+            found.email, "unsubscribed", campaign_id=found.campaign_id):
         log.info("an address unsubscribed (campaign %s)", found.campaign_id)
     return render_template("unsubscribe.html", email=found.email, token=token, done=True)

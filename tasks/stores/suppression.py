@@ -1,13 +1,18 @@
-"""The suppression list: addresses that unsubscribed, honoured by every later campaign.
+"""The suppression list: addresses that unsubscribed, bounced, complained or were added by
+hand, honoured by every campaign message when it is sent.
 
-It is a durable record (one Redis set, no TTL). Unsubscribe links carry a token
-signed with ``SECRET_KEY`` (itsdangerous), so nobody can unsubscribe someone else.
+It is a durable record (a Redis set, and a hash of each address's reason and time; no
+TTL). Unsubscribe links carry a token signed with ``SECRET_KEY`` (itsdangerous), so nobody
+can unsubscribe someone else.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from redis import Redis
@@ -56,19 +61,75 @@ def read_unsubscribe_token(secret_key: str, token: str) -> Unsubscribe | None:
     return Unsubscribe(email, campaign_id)
 
 
+REASONS = ("unsubscribed", "bounced", "complained", "manual")
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """One address on the list: why, since when, and the campaign it came from."""
+
+    email: str
+    reason: str
+    created_at: float | None  # None: suppressed before times were kept
+    campaign_id: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {"email": self.email, "reason": self.reason,
+                                 "created_at": self.created_at}
+        if self.campaign_id:
+            shown["campaign_id"] = self.campaign_id
+        return shown
+
+
 class SuppressionList:
-    """Addresses that must not receive campaign mail."""
+    """Addresses that must not receive campaign mail.
+
+    Membership is one Redis set of normalised addresses (what every send checks,
+    one round trip for a whole claim); why and when each address was added is
+    kept beside it in a hash.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.key = key("suppression")
+        self.details_key = key("suppression", "details")
 
-    def add(self, email: str) -> bool:
-        """Suppress *email*; ``True`` if it was not suppressed before."""
-        return bool(self.redis.sadd(self.key, normalise(email)))
+    def add(self, email: str, reason: str = "unsubscribed", *,
+            campaign_id: str | None = None) -> bool:
+        """Suppress *email*; ``True`` if it was not suppressed before (its reason is kept
+        from the first time)."""
+        if reason not in REASONS:
+            raise ValueError(f"reason must be one of {', '.join(REASONS)}, not {reason!r}")
+        address = normalise(email)
+        details = {"reason": reason, "at": time.time()}
+        if campaign_id:
+            details["campaign_id"] = campaign_id
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(self.key, address)
+        pipe.hsetnx(self.details_key, address, json.dumps(details))
+        added, _ = pipe.execute()
+        return bool(added)
+
+    def put(self, email: str, reason: str) -> tuple[Suppression, bool]:
+        """Suppress *email* for *reason* (replacing the reason it had); ``(entry, created)``."""
+        if reason not in REASONS:
+            raise ValueError(f"reason must be one of {', '.join(REASONS)}, not {reason!r}")
+        address = normalise(email)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(self.key, address)
+        pipe.hset(self.details_key, address, json.dumps({"reason": reason, "at": time.time()}))
+        added, _ = pipe.execute()
+        found = self.get(address)
+        assert found is not None
+        return found, bool(added)
 
     def remove(self, email: str) -> bool:
-        return bool(self.redis.srem(self.key, normalise(email)))
+        address = normalise(email)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.srem(self.key, address)
+        pipe.hdel(self.details_key, address)
+        removed, _ = pipe.execute()
+        return bool(removed)
 
     def __contains__(self, email: str) -> bool:
         return bool(self.redis.sismember(self.key, normalise(email)))
@@ -80,5 +141,36 @@ class SuppressionList:
         found = self.redis.smismember(self.key, [normalise(e) for e in emails])
         return [bool(flag) for flag in found]
 
+    def get(self, email: str) -> Suppression | None:
+        address = normalise(email)
+        if not self.redis.sismember(self.key, address):
+            return None
+        return self._entries([address])[0]
+
+    def page(self, *, cursor: int = 0, limit: int = 100,
+             contains: str | None = None) -> tuple[list[Suppression], int | None]:
+        """A page of the list (in no particular order) and the cursor of the next, if any;
+        *contains* keeps only addresses with that text in them."""
+        match = f"*{_glob_escape(normalise(contains))}*" if contains else None
+        next_cursor, members = self.redis.sscan(self.key, cursor, match=match, count=limit)
+        addresses = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        return self._entries(addresses), (int(next_cursor) or None)
+
+    def _entries(self, addresses: list[str]) -> list[Suppression]:
+        if not addresses:
+            return []
+        raws = self.redis.hmget(self.details_key, addresses)
+        entries = []
+        for address, raw in zip(addresses, raws, strict=True):
+            details = json.loads(raw) if raw else {"reason": "unsubscribed", "at": None}
+            entries.append(Suppression(address, details["reason"], details.get("at"),
+                                       details.get("campaign_id")))
+        return entries
+
     def __len__(self) -> int:
         return int(self.redis.scard(self.key))
+
+
+def _glob_escape(text: str) -> str:
+    """*text* matched literally by a Redis ``MATCH`` pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
