@@ -141,3 +141,26 @@ def test_sign_out_revokes_every_copy_of_the_cookie(client: FlaskClient, app: Any
     assert client.get("/campaigns/").status_code == 302
     replayed = copy.get("/campaigns/")
     assert replayed.status_code == 302 and "/campaigns/login" in replayed.location
+
+
+def test_operators_search_add_and_remove_suppressed_addresses(client: FlaskClient) -> None:
+    assert client.get("/campaigns/suppressions").status_code == 302  # sign in first
+    sign_in(client)
+    token = csrf_token(client, "/campaigns/suppressions")
+    added = client.post("/campaigns/suppressions", data={
+        "csrf_token": token, "email": "Gone@Example.com", "action": "add"})
+    assert added.status_code == 303
+    page = client.get("/campaigns/suppressions?q=gone").get_data(as_text=True)
+    assert "gone@example.com" in page and "manual" in page
+    assert "gone@example.com" not in client.get(
+        "/campaigns/suppressions?q=nobody").get_data(as_text=True)
+    refused = client.post("/campaigns/suppressions", data={"email": "x@example.com"})
+    assert refused.status_code == 400  # no CSRF token
+    bad = client.post("/campaigns/suppressions", data={
+        "csrf_token": token, "email": "not an address", "action": "add"},
+        follow_redirects=True)
+    assert "Not an email address" in bad.get_data(as_text=True)
+    client.post("/campaigns/suppressions", data={
+        "csrf_token": token, "email": "gone@example.com", "action": "remove"})
+    assert "gone@example.com" not in client.get(
+        "/campaigns/suppressions?q=gone").get_data(as_text=True).split("</form>")[-1]

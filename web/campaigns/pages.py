@@ -183,3 +183,6 @@ def control(campaign_id: str, action: str) -> ResponseReturnValue:
     else:
         flash(f"Campaign {action.replace('-', ' ')}: done.")
     return redirect(url_for(".show", campaign_id=campaign_id), code=303)
+
+
+from web.campaigns import suppressions  # noqa: E402,F401  (its routes on this blueprint)
