@@ -185,6 +185,20 @@ class _SentCounter:
         self.pending, self.second = 0, int(time.time())
 
 
+class _UnknownUsers:
+    """A relay's synchronous "no such user" (5.1.1) suppresses the address, as a bounce would."""
+
+    def __init__(self, suppressions: SuppressionList, campaign_id: str) -> None:
+        self.suppressions = suppressions
+        self.campaign_id = campaign_id
+
+    def __call__(self, sent: Dispatched) -> None:
+        for record, outcome in zip(sent.recipients, sent.outcomes, strict=True):
+            if (outcome.status == "failed" and outcome.smtp_code == 550
+                    and (outcome.error or "").startswith("5.1.1")):
+                self.suppressions.add(record.email, "bounced", campaign_id=self.campaign_id)
+
+
 @shared_task(name="postroom.campaign.send_batch", bind=True, max_retries=None,
              ignore_result=True)
 def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slot: str) -> None:
@@ -223,11 +237,18 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
                               attachments=load_attachments(campaign))
     indices = store.batch_indices(campaign.id, first, last, limit=last - first + 1)
     counter = _SentCounter(store, campaign.id)
+    suppressions = SuppressionList(store.redis)
+    unknown_users = _UnknownUsers(suppressions, campaign.id)
+
+    def observe(sent: Dispatched) -> None:
+        counter(sent)
+        unknown_users(sent)
+
     options = BatchOptions(token=batch_token(campaign.id, slot), policy=runtime.retry_policy(),
                            created_at=campaign.started_at or campaign.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
-                           suppressed=SuppressionList(store.redis).which,
-                           should_stop=_StatusCheck(store, campaign.id), observe=counter)
+                           suppressed=suppressions.which,
+                           should_stop=_StatusCheck(store, campaign.id), observe=observe)
     with BatchConnection(settings, gate=runtime.session_gate(bulk=True)) as connection:
         report = run_batch(store.ledger(campaign.id),
                            (Envelope([index], mailing.draft_for) for index in indices),

@@ -97,3 +97,14 @@ def test_a_put_reaches_a_campaign_already_scheduled(
     assert [r.status for r in ledger.get([0, 1, 2])] == ["sent", "suppressed", "sent"]
     assert sorted(a for r in smtp_server.received for a in r.recipients) == sorted(
         [rows[0]["email"], rows[2]["email"]])
+
+
+def test_a_synchronous_no_such_user_suppresses_the_address(
+        client: FlaskClient, smtp_server: SMTPTestServer) -> None:
+    rows = people(3)
+    gone = rows[1]["email"]
+    smtp_server.handler.rcpt_reply = lambda a: "550 5.1.1 no such user" if a == gone else None
+    accepted = create(client, csv_bytes(rows))
+    shown = client.get(f"/api/suppressions/{gone}", headers=AUTH).get_json()
+    assert (shown["reason"], shown["campaign_id"]) == ("bounced", accepted["id"])
+    assert client.get(f"/api/suppressions/{rows[0]['email']}", headers=AUTH).status_code == 404
