@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool
+.PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool spam-tool
 
 run: $(STAMP)
 	$(BIN)/postroom dev $(DEV_ARGS)
@@ -17,7 +17,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) compose-tool browser-tool
+pytest: $(STAMP) compose-tool browser-tool spam-tool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_compose.py validates docker-compose.yml with Debian's docker-compose.

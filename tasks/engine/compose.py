@@ -191,7 +191,7 @@ class Composer:
             raise InvalidMessageError("the message has no recipients")
         if not draft.sender:
             raise InvalidMessageError("the message has no sender and no default is configured")
-        message_id = draft.message_id or make_msgid(domain=self._domain_for(sender))
+        message_id = draft.message_id or make_msgid(domain=self.domain_for(sender))
         if not (message_id.startswith("<") and message_id.endswith(">") and "@" in message_id):
             raise InvalidMessageError(f"Message-ID {message_id!r} is not <id@domain>")
         data = b"".join((self._head(draft, message_id), self._body(draft)))
@@ -199,9 +199,10 @@ class Composer:
 
     def message_id_for(self, local_part: str, envelope_sender: str) -> str:
         """A Message-ID that stays the same for every build of one message (retries too)."""
-        return f"<{local_part}@{self._domain_for(envelope_sender)}>"
+        return f"<{local_part}@{self.domain_for(envelope_sender)}>"
 
-    def _domain_for(self, envelope_sender: str) -> str:
+    def domain_for(self, envelope_sender: str) -> str:
+        """The right-hand side of Message-IDs (and list ids) for mail from *envelope_sender*."""
         if self.message_id_domain:
             return self.message_id_domain
         try:
