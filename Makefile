@@ -44,6 +44,18 @@ browser-tool:
 	      "tests/test_browser.py will fail until it is installed (or CHROMIUM names one)"; \
 	  fi; }
 
+# tests/test_deliverability.py scores each kind of message with Debian's spamassassin.
+spam-tool:
+	@command -v spamassassin >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing spamassassin (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends spamassassin >/dev/null; \
+	  else \
+	    echo "spamassassin is missing and cannot be installed here (needs root and apt-get);" \
+	      "tests/test_deliverability.py will fail until it is installed"; \
+	  fi; }
+
 # Benchmarks (bench/README.md): the whole stack as `make run` starts it, then the delivery
 # engine. They need postfix's smtp-sink; if it is missing:
 #   DEBIAN_FRONTEND=noninteractive apt-get install -y postfix
