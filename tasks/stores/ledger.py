@@ -25,6 +25,7 @@ from importlib import resources
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 
 from tasks.stores import key
 
@@ -143,13 +144,14 @@ class DeliveryLedger:
                 *(self.index_prefix + s for s in STATUSES)]
 
     def add(self, records: Iterable[RecipientRecord], *, start: int = 0,
-            ttl: int | None = None) -> int:
+            ttl: int | None = None, pipeline: Pipeline | None = None) -> int:
         """Store new recipients numbered from *start*; return the next free number.
 
-        With *ttl*, every key of the ledger expires after that many seconds (set
-        in the same transaction)."""
+        With *ttl*, the ledger's keys expire after that many seconds (set in the same
+        transaction; a key made later copies the records' TTL). With *pipeline*, the
+        commands join it and the caller executes it."""
         number = start
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = pipeline if pipeline is not None else self.redis.pipeline(transaction=True)
         added: dict[str, int] = {}
         for record in records:
             record.index = number
@@ -160,9 +162,11 @@ class DeliveryLedger:
         for status, count in added.items():
             pipe.hincrby(self.counts_key, status, count)
         if ttl is not None:
-            for name in self.all_keys():
+            for name in (self.records_key, self.counts_key,
+                         *(self.index_prefix + status for status in added)):
                 pipe.expire(name, ttl)
-        pipe.execute()
+        if pipeline is None:
+            pipe.execute()
         return number
 
     def expire(self, seconds: int, *, keep_counts: bool = False) -> None:

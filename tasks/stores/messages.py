@@ -16,7 +16,7 @@ from redis import Redis, RedisError
 
 from tasks.stores import key
 from tasks.stores.ledger import DeliveryLedger, RecipientRecord
-from tasks.stores.watch import WATCH_AFTER, Watchlist
+from tasks.stores.watch import WATCH_AFTER, WATCH_KEY, Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,12 @@ class MessageStore:
         return json.dumps({"fields": message.fields, "created_at": message.created_at})
 
     def _queue_recipients(self, message_id: str, recipients: list[str]) -> None:
-        ledger = self.ledger(message_id)
-        ledger.add((RecipientRecord(index=0, email=email) for email in recipients), ttl=self.ttl)
+        pipe = self.redis.pipeline(transaction=True)
+        self.ledger(message_id).add((RecipientRecord(index=0, email=email)
+                                     for email in recipients), ttl=self.ttl, pipeline=pipe)
         # the task is a doorbell: if it never rings, the reconciler sends the message
-        Watchlist(self.redis).expect("message", message_id, time.time() + WATCH_AFTER)
+        pipe.zadd(WATCH_KEY, {f"message:{message_id}": time.time() + WATCH_AFTER})
+        pipe.execute()
 
     def _forget(self, message_id: str) -> None:
         self.redis.unlink(*self.ledger(message_id).all_keys())
