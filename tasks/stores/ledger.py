@@ -52,7 +52,7 @@ def _script(name: str) -> str:
     return common + "\n" + (folder / f"{name}.lua").read_text()
 
 
-SCRIPTS = {name: _script(name) for name in ("claim", "finish", "release", "move")}
+SCRIPTS = {name: _script(name) for name in ("claim", "finish", "release", "move", "bounce")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +213,14 @@ class DeliveryLedger:
             return 0
         return int(self.scripts["release"](self.keys, [token, repr(time.time()),
                                                        *map(str, indices)]))
+
+    def bounce(self, index: int, smtp_code: int | None, reason: str) -> str | None:
+        """Mark a recipient the relay had accepted ``bounced``; the status it had, or
+        ``None`` when it was not one a bounce can follow (queued, failed, cancelled...)."""
+        was = self.scripts["bounce"](self.keys, [repr(time.time()), str(index),
+                                                 "" if smtp_code is None else str(smtp_code),
+                                                 reason])
+        return text(was) if was else None
 
     def move(self, from_status: str, to_status: str, *, page: int = 1000) -> int:
         """Move every recipient in *from_status* to *to_status*, a page at a time."""

@@ -15,7 +15,7 @@ from typing import Any
 from redis import Redis, RedisError
 
 from tasks.stores import key
-from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.stores.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
 from tasks.stores.watch import WATCH_AFTER, WATCH_KEY, Watchlist
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class StoredMessage:
 def message_status(counts: dict[str, int]) -> str:
     """The message's status, derived from its recipients' counts."""
     total = sum(counts.values())
-    done = counts["sent"] + counts["failed"] + counts["suppressed"] + counts["cancelled"]
+    done = total - sum(counts[status] for status in UNSETTLED)
     if total == 0 or done < total:
         return "sending" if counts["sending"] or counts["sent"] or counts["failed"] else "queued"
     delivered = counts["sent"] + counts["suppressed"]

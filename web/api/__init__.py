@@ -34,4 +34,11 @@ bp.register_error_handler(APIError, handle_api_error)
 bp.register_error_handler(ValidationError, handle_validation_error)
 bp.register_error_handler(HTTPException, handle_http_error)
 
-from web.api import campaigns, messages, openapi, otp, suppressions  # noqa: E402,F401  (routes)
+from web.api import (  # noqa: E402,F401  (routes)
+    bounces,
+    campaigns,
+    messages,
+    openapi,
+    otp,
+    suppressions,
+)

@@ -32,12 +32,13 @@ def describe(method: str, path: str, summary: str, *, status: int,
              response: type[BaseModel] | None = None, request: type[BaseModel] | None = None,
              errors: tuple[int, ...] = (401, 422), content_type: str = "application/json",
              query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-             files: dict[str, str] | None = None) -> None:
+             files: dict[str, str] | None = None, raw_body: str | None = None) -> None:
     """Add one operation: ``describe("post", "/api/messages", ..., request=MessageIn)``.
 
     *headers* and *query* map parameter names to what they mean; *files* names the
     file fields of a ``multipart/form-data`` alternative to the JSON body, whose
-    other fields are the request model's.
+    other fields are the request model's. *raw_body* names the media type of a body
+    taken as it is (``message/rfc822``).
     """
     ok: dict[str, Any] = {"description": summary}
     if response is not None:
@@ -66,6 +67,9 @@ def describe(method: str, path: str, summary: str, *, status: int,
         if files:
             content["multipart/form-data"] = {"schema": _form_schema(request, files)}
         operation["requestBody"] = {"required": True, "content": content}
+    if raw_body is not None:  # a body taken as it is (a whole message), not JSON
+        operation["requestBody"] = {"required": True, "content": {
+            raw_body: {"schema": {"type": "string", "format": "binary"}}}}
     _paths.setdefault(path, {})[method.lower()] = operation
 
 

@@ -1,0 +1,129 @@
+"""Applying bounces and complaints: find the recipient a report speaks of, mark it
+``bounced`` and put the address on the suppression list.
+
+A report is matched by the original message's Message-ID, which Postroom makes
+from what it sent (``<campaign.recipient@domain>``, ``<message@domain>``,
+``<message.recipient@domain>``), checked against the report's recipient. A
+permanent failure (``Action: failed`` with a 5.x.x status) or a complaint marks
+the recipient ``bounced`` and suppresses the address (``bounced`` or
+``complained``); a delay (4.x.x) is only recorded. Reports that match nothing
+are kept for a week for an operator to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+
+from tasks.engine.reports import Report, ReportedRecipient, read_report
+from tasks.stores import key
+from tasks.stores.campaigns import CampaignStore
+from tasks.stores.ledger import DeliveryLedger
+from tasks.stores.messages import MessageStore
+from tasks.stores.suppression import SuppressionList, normalise
+
+log = logging.getLogger(__name__)
+
+OUR_MESSAGE_ID = re.compile(r"^<?([0-9a-f]{32})(?:\.(\d{1,9}))?@[^>]+>?$")
+KEPT = 7 * 24 * 3600  # unmatched reports and delays, for an operator to look at
+KEEP_AT_MOST = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Matched:
+    """A recipient a report was applied to."""
+
+    email: str
+    action: str
+    message_id: str | None = None
+    campaign_id: str | None = None
+
+    def public(self) -> dict[str, str]:
+        shown = {"email": self.email, "action": self.action}
+        if self.message_id:
+            shown["message_id"] = self.message_id
+        if self.campaign_id:
+            shown["campaign_id"] = self.campaign_id
+        return shown
+
+
+class BounceDesk:
+    """Takes raw bounce and complaint mail; applies what matches."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.campaigns = CampaignStore(redis)
+        self.messages = MessageStore(redis)
+        self.suppressions = SuppressionList(redis)
+
+    def take(self, raw: bytes) -> list[Matched]:
+        """Apply the report in *raw*; what it matched (empty: kept as unmatched)."""
+        report = read_report(raw)
+        matched = [found for reported in report.recipients
+                   if (found := self._apply(report, reported)) is not None]
+        if not matched:
+            self._keep("unmatched", raw.decode("utf-8", "replace")[:100_000])
+            log.info("a %s report matched no recipient; kept for a week", report.kind)
+        return matched
+
+    def _apply(self, report: Report, reported: ReportedRecipient) -> Matched | None:
+        target = self._target(report, reported.email)
+        if target is None:
+            return None
+        ledger, index, address, message_id, campaign_id = target
+        if reported.permanent:
+            complaint = reported.action == "complaint"
+            reason = reported.diagnostic or (f"{reported.status} {reported.action}"
+                                             if reported.status else reported.action)
+            if ledger.bounce(index, reported.smtp_code, reason) is None:
+                return None
+            self.suppressions.add(address, "complained" if complaint else "bounced",
+                                  campaign_id=campaign_id)
+            log.info("recipient %d of %s %s", index, ledger.delivery_id,
+                     "complained" if complaint else "bounced")
+        elif reported.action == "delayed":
+            self._keep("delays", json.dumps({"at": time.time(), "delivery":
+                                             ledger.delivery_id, "recipient": index,
+                                             "status": reported.status,
+                                             "diagnostic": reported.diagnostic}))
+        else:
+            return None
+        return Matched(address, reported.action, message_id, campaign_id)
+
+    def _target(self, report: Report, email: str) -> tuple[DeliveryLedger, int, str,
+                                                             str | None, str | None] | None:
+        found = OUR_MESSAGE_ID.match(report.original_message_id or "")
+        if found is None:
+            return None
+        item_id, index = found.group(1), found.group(2)
+        wanted = normalise(email) if email else None
+        if self.campaigns.get(item_id) is not None:
+            if index is None:
+                return None
+            ledger = self.campaigns.ledger(item_id)
+            [record] = ledger.get([int(index)]) or [None]
+            if record is None or (wanted and normalise(record.email) != wanted):
+                return None
+            return ledger, record.index, record.email, None, item_id
+        if self.messages.get(item_id) is None or not wanted:
+            return None
+        ledger = self.messages.ledger(item_id)
+        records, _ = ledger.page(limit=10_000)
+        for record in records:
+            if normalise(record.email) == wanted and (index is None
+                                                      or record.index == int(index)):
+                return ledger, record.index, record.email, item_id, None
+        return None
+
+    def _keep(self, what: str, entry: str) -> None:
+        name = key("bounces", what)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(name, entry)
+        pipe.ltrim(name, 0, KEEP_AT_MOST - 1)
+        pipe.expire(name, KEPT)
+        pipe.execute()

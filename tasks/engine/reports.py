@@ -1,0 +1,134 @@
+"""Reading bounces and complaints: delivery status notifications (RFC 3464) and abuse
+reports (ARF, RFC 5965), as the mail that carries them arrives.
+
+:func:`read_report` takes the raw message and returns what it says about which
+recipients of which original message; it knows nothing of Redis or Flask.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+
+SMTP_CODE = re.compile(r"\b([245]\d\d)\b")
+STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedRecipient:
+    """One recipient a report speaks of."""
+
+    email: str
+    action: str  # failed, delayed, delivered, relayed, expanded; "complaint" for ARF
+    status: str | None = None  # the enhanced status code, 5.1.1
+    diagnostic: str | None = None
+    smtp_code: int | None = None
+
+    @property
+    def permanent(self) -> bool:
+        return self.action == "complaint" or (
+            self.action == "failed" and (self.status or "5").startswith("5"))
+
+
+@dataclass(slots=True)
+class Report:
+    """What one bounce or complaint says."""
+
+    kind: str  # "delivery-status", "feedback-report", or "unknown"
+    recipients: list[ReportedRecipient] = field(default_factory=list)
+    original_message_id: str | None = None
+    original_recipients: list[str] = field(default_factory=list)  # the original's To
+
+
+def read_report(raw: bytes) -> Report:
+    """Parse a DSN or an ARF report; anything else is ``Report("unknown")``."""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    if message.get_content_type() != "multipart/report":
+        return Report("unknown")
+    kind = str(message.get_param("report-type") or "").lower()
+    report = Report(kind if kind in {"delivery-status", "feedback-report"} else "unknown")
+    for part in message.iter_parts():
+        content_type = part.get_content_type()
+        if content_type == "message/delivery-status":
+            report.recipients += _delivery_status(part)
+        elif content_type == "message/feedback-report":
+            report.recipients += _feedback(part)
+        elif content_type in {"message/rfc822", "text/rfc822-headers",
+                              "message/rfc822-headers"}:
+            original = _original(part)
+            if original is not None:
+                report.original_message_id = _header(original, "Message-ID")
+                report.original_recipients = [
+                    address for _, address in email.utils.getaddresses(
+                        [str(v) for v in original.get_all("To", [])]) if address]
+    if report.kind == "feedback-report" and not any(
+            r.email for r in report.recipients) and report.original_recipients:
+        report.recipients = [ReportedRecipient(a, "complaint")
+                             for a in report.original_recipients]
+    return report
+
+
+def _fields(part: Message) -> list[Message]:
+    """The header blocks of a ``message/delivery-status`` or feedback part."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return [block for block in payload if isinstance(block, Message)]
+    text = payload if isinstance(payload, str) else ""
+    return [email.message_from_string(block.strip() + "\n")
+            for block in re.split(r"\r?\n\r?\n", text) if block.strip()]
+
+
+def _delivery_status(part: Message) -> list[ReportedRecipient]:
+    found = []
+    for block in _fields(part):
+        recipient = _address(_header(block, "Final-Recipient")
+                             or _header(block, "Original-Recipient"))
+        if not recipient:
+            continue  # the per-message fields
+        diagnostic = _header(block, "Diagnostic-Code")
+        detail = diagnostic.split(";", 1)[-1].strip() if diagnostic else None
+        code = SMTP_CODE.search(detail or "")
+        status = _header(block, "Status")
+        status_code = STATUS.search(status or "")
+        found.append(ReportedRecipient(
+            recipient, (_header(block, "Action") or "").strip().lower(),
+            status_code.group(1) if status_code else None, detail,
+            int(code.group(1)) if code else None))
+    return found
+
+
+def _feedback(part: Message) -> list[ReportedRecipient]:
+    found = []
+    for block in _fields(part):
+        kind = (_header(block, "Feedback-Type") or "abuse").strip().lower()
+        for value in block.get_all("Original-Rcpt-To", []) or [""]:
+            found.append(ReportedRecipient(_address(str(value)) or "", "complaint",
+                                           None, f"complaint: {kind}"))
+    return found
+
+
+def _original(part: Message) -> Message | None:
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+        return payload[0]
+    if isinstance(payload, str):
+        return email.message_from_string(payload)
+    return None
+
+
+def _header(message: Message, name: str) -> str | None:
+    value = message.get(name)
+    return " ".join(str(value).split()) if value is not None else None
+
+
+def _address(field_value: str | None) -> str | None:
+    """``rfc822; ada@example.com`` -> ``ada@example.com``."""
+    if not field_value:
+        return None
+    address = field_value.split(";", 1)[-1].strip().strip("<>").strip()
+    return address if "@" in address else None

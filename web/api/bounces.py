@@ -1,0 +1,45 @@
+"""``POST /api/bounces``: a bounce (DSN, RFC 3464) or a complaint (ARF, RFC 5965) as the raw
+message a mailbox forwarder or a provider's hook hands over (``message/rfc822``)."""
+
+from __future__ import annotations
+
+from flask import current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from pydantic import BaseModel
+
+from tasks.bounces import BounceDesk
+from web.api import bp
+from web.api.errors import APIError
+from web.api.openapi import describe
+
+
+class MatchedOut(BaseModel):
+    email: str
+    action: str
+    message_id: str | None = None
+    campaign_id: str | None = None
+
+
+class BouncesOut(BaseModel):
+    matched: list[MatchedOut]
+
+
+@bp.post("/bounces")
+def take_bounce() -> ResponseReturnValue:
+    if request.mimetype != "message/rfc822":
+        raise APIError(415, "unsupported_media_type",
+                       "send the bounce or complaint as Content-Type: message/rfc822")
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise APIError(400, "empty", "the body is empty: send the whole bounce message")
+    matched = BounceDesk(current_app.extensions["redis"]).take(raw)
+    if not matched:
+        raise APIError(422, "unmatched", "no recipient of a message Postroom sent matches this "
+                       "report (it is kept for a week)")
+    return jsonify({"matched": [m.public() for m in matched]}), 202
+
+
+describe("post", "/api/bounces", "Apply a bounce (DSN) or a complaint (ARF): the recipient "
+         "becomes bounced and the address is suppressed; a delay is only recorded",
+         status=202, response=BouncesOut, errors=(400, 401, 413, 415, 422),
+         raw_body="message/rfc822")
