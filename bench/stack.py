@@ -172,7 +172,7 @@ def postroom_dev(workdir: Path, redis_url: str, mail_port: int,
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(POSTROOM), "dev", "--port", str(port), "--flower-port", str(flower_port),
-             "--var-dir", str(workdir / "var")],
+             "--bounce-port", str(free_port()), "--var-dir", str(workdir / "var")],
             cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT)
     stack = Stack(process, log_path, port, flower_port, redis_url)

@@ -1,9 +1,11 @@
 """Applying bounces and complaints: find the recipient a report speaks of, mark it
 ``bounced`` and put the address on the suppression list.
 
-A report is matched by the original message's Message-ID, which Postroom makes
-from what it sent (``<campaign.recipient@domain>``, ``<message@domain>``,
-``<message.recipient@domain>``), checked against the report's recipient. A
+A report is matched by the VERP address it was sent to (``MAIL_RETURN_PATH``,
+see :mod:`tasks.engine.verp`), else by the original message's Message-ID, which
+Postroom makes from what it sent (``<campaign.recipient@domain>``,
+``<message@domain>``, ``<message.recipient@domain>``); either way it must name
+that recipient. A
 permanent failure (``Action: failed`` with a 5.x.x status) or a complaint marks
 the recipient ``bounced`` and suppresses the address (``bounced`` or
 ``complained``); a delay (4.x.x) is only recorded. Reports that match nothing
@@ -16,11 +18,14 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 
 from tasks.engine.reports import Report, ReportedRecipient, read_report
+from tasks.engine.verp import BounceRef, read_verp
 from tasks.stores import key
 from tasks.stores.campaigns import CampaignStore
 from tasks.stores.ledger import DeliveryLedger
@@ -52,27 +57,49 @@ class Matched:
         return shown
 
 
+def bounce_desk(redis: Redis, config: Mapping[str, Any]) -> BounceDesk:
+    """The desk as the app configures it (``MAIL_RETURN_PATH``, ``SECRET_KEY``)."""
+    return BounceDesk(redis, return_path=config.get("MAIL_RETURN_PATH"),
+                      secret_key=config.get("SECRET_KEY"))
+
+
 class BounceDesk:
     """Takes raw bounce and complaint mail; applies what matches."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, return_path: str | None = None,
+                 secret_key: str | None = None) -> None:
         self.redis = redis
+        self.return_path = return_path
+        self.secret_key = secret_key
         self.campaigns = CampaignStore(redis)
         self.messages = MessageStore(redis)
         self.suppressions = SuppressionList(redis)
 
-    def take(self, raw: bytes) -> list[Matched]:
-        """Apply the report in *raw*; what it matched (empty: kept as unmatched)."""
+    def take(self, raw: bytes, envelope_to: Sequence[str] = ()) -> list[Matched]:
+        """Apply the report in *raw* (sent to *envelope_to*, when it came by SMTP); what
+        it matched (empty: kept as unmatched)."""
         report = read_report(raw)
+        ref = self._verp(list(envelope_to) + report.return_paths)
         matched = [found for reported in report.recipients
-                   if (found := self._apply(report, reported)) is not None]
+                   if (found := self._apply(report, reported, ref)) is not None]
         if not matched:
             self._keep("unmatched", raw.decode("utf-8", "replace")[:100_000])
             log.info("a %s report matched no recipient; kept for a week", report.kind)
         return matched
 
-    def _apply(self, report: Report, reported: ReportedRecipient) -> Matched | None:
-        target = self._target(report, reported.email)
+    def _verp(self, addresses: list[str]) -> BounceRef | None:
+        """The first genuine VERP token among *addresses* (``MAIL_RETURN_PATH``)."""
+        if not (self.return_path and self.secret_key):
+            return None
+        for address in addresses:
+            ref = read_verp(address, self.return_path, self.secret_key)
+            if ref is not None:
+                return ref
+        return None
+
+    def _apply(self, report: Report, reported: ReportedRecipient,
+               ref: BounceRef | None) -> Matched | None:
+        target = self._target(report, reported.email, ref)
         if target is None:
             return None
         ledger, index, address, message_id, campaign_id = target
@@ -95,18 +122,25 @@ class BounceDesk:
             return None
         return Matched(address, reported.action, message_id, campaign_id)
 
-    def _target(self, report: Report, email: str) -> tuple[DeliveryLedger, int, str,
-                                                             str | None, str | None] | None:
-        found = OUR_MESSAGE_ID.match(report.original_message_id or "")
-        if found is None:
-            return None
-        item_id, index = found.group(1), found.group(2)
+    def _target(self, report: Report, email: str, ref: BounceRef | None
+                ) -> tuple[DeliveryLedger, int, str, str | None, str | None] | None:
+        """The recipient a report speaks of: by its VERP token, else by the original
+        Message-ID; either way the report's recipient must be that recipient."""
+        if ref is not None:
+            kind, item_id, index = ref.kind, ref.item_id, ref.index
+        else:
+            found = OUR_MESSAGE_ID.match(report.original_message_id or "")
+            if found is None:
+                return None
+            item_id = found.group(1)
+            index = int(found.group(2)) if found.group(2) is not None else None
+            kind = "campaign" if self.campaigns.get(item_id) is not None else "message"
         wanted = normalise(email) if email else None
-        if self.campaigns.get(item_id) is not None:
-            if index is None:
+        if kind == "campaign":
+            if index is None or self.campaigns.get(item_id) is None:
                 return None
             ledger = self.campaigns.ledger(item_id)
-            [record] = ledger.get([int(index)]) or [None]
+            [record] = ledger.get([index]) or [None]
             if record is None or (wanted and normalise(record.email) != wanted):
                 return None
             return ledger, record.index, record.email, None, item_id
@@ -115,8 +149,7 @@ class BounceDesk:
         ledger = self.messages.ledger(item_id)
         records, _ = ledger.page(limit=10_000)
         for record in records:
-            if normalise(record.email) == wanted and (index is None
-                                                      or record.index == int(index)):
+            if normalise(record.email) == wanted and index in (None, record.index):
                 return ledger, record.index, record.email, item_id, None
         return None
 

@@ -32,6 +32,7 @@ from tasks.engine.compose import Attachment, Composer, Draft, addr_spec
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.session import BatchConnection
 from tasks.engine.templating import CampaignTemplates
+from tasks.engine.verp import BounceRef, verp_address
 from tasks.stores import key
 from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentRef, AttachmentStore
 from tasks.stores.campaigns import Campaign, CampaignStore, TransitionRefused, batch_token
@@ -48,9 +49,11 @@ class CampaignMailing:
     """Drafts one campaign's message for each recipient, with its unsubscribe link."""
 
     def __init__(self, campaign: Campaign, *, secret_key: str, default_sender: str | None,
-                 composer: Composer,
+                 composer: Composer, return_path: str | None = None,
                  attachments: list[Attachment] | InvalidMessageError | None = None):
         self.campaign = campaign
+        self.secret_key = secret_key
+        self.return_path = return_path
         self.composer = composer
         self.templates = CampaignTemplates(campaign.subject, campaign.body, campaign.html)
         self.tokens = UnsubscribeTokens(secret_key)
@@ -75,7 +78,15 @@ class CampaignMailing:
                      html=html, headers={"List-Id": self.list_id,  # RFC 2919
                                          "List-Unsubscribe": f"<{url}>",
                                          "List-Unsubscribe-Post": ONE_CLICK},
-                     attachments=self.attachments, message_id=message_id)
+                     attachments=self.attachments, message_id=message_id,
+                     return_path=self.bounce_address(recipient.index))
+
+    def bounce_address(self, index: int) -> str | None:
+        """The VERP envelope sender for recipient *index* (``MAIL_RETURN_PATH``)."""
+        if not self.return_path:
+            return None
+        return verp_address(self.return_path, self.secret_key,
+                            BounceRef("campaign", self.campaign.id, index))
 
     @property
     def list_id(self) -> str:
@@ -241,6 +252,7 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
     composer = runtime.composer(settings)
     mailing = CampaignMailing(campaign, secret_key=str(runtime.app_config()["SECRET_KEY"]),
                               default_sender=settings.default_sender, composer=composer,
+                              return_path=settings.return_path,
                               attachments=load_attachments(campaign))
     indices = store.batch_indices(campaign.id, first, last, limit=last - first + 1)
     counter = _SentCounter(store, campaign.id)

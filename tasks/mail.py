@@ -22,6 +22,7 @@ from tasks import runtime
 from tasks.delivery import BatchOptions, Envelope
 from tasks.engine.compose import Attachment, Composer, Draft
 from tasks.engine.errors import InvalidMessageError
+from tasks.engine.verp import BounceRef, verp_address
 from tasks.stores.attachments import AttachmentRef, AttachmentStore
 from tasks.stores.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
 from tasks.stores.messages import MessageStore, StoredMessage
@@ -105,7 +106,8 @@ def deliver_message(self: Task, message_id: str) -> None:
     batch = _load(message_id)
     if batch is None:
         return
-    draft = _with_message_id(batch.template, batch.composer, message_id)
+    draft = replace(_with_message_id(batch.template, batch.composer, message_id),
+                    return_path=_bounce_address(message_id, None))
 
     def draft_to(claimed: list[RecipientRecord]) -> Draft:
         return batch.checked(draft)  # the claim decides the envelope; headers stay as written
@@ -129,7 +131,8 @@ def deliver_each(self: Task, message_id: str, first: int, stop: int) -> None:
         return batch.checked(replace(
             template, to=[recipient.email], cc=(), bcc=(),
             message_id=composer.message_id_for(f"{message_id}.{recipient.index}",
-                                               template.envelope_sender)))
+                                               template.envelope_sender),
+            return_path=_bounce_address(message_id, recipient.index)))
 
     indices = _unsettled(batch.ledger, range(first, stop))
     _deliver(self, batch.message, batch.ledger, [Envelope([i], copy_for) for i in indices],
@@ -139,6 +142,15 @@ def deliver_each(self: Task, message_id: str, first: int, stop: int) -> None:
 def _unsettled(ledger: DeliveryLedger, indices: range) -> list[int]:
     """Only the recipients a retry still has to touch."""
     return [r.index for r in ledger.get(list(indices)) if r.status in UNSETTLED]
+
+
+def _bounce_address(message_id: str, index: int | None) -> str | None:
+    """The VERP envelope sender (``MAIL_RETURN_PATH``), or ``None`` to use the sender."""
+    return_path = runtime.smtp_settings().return_path
+    if not return_path:
+        return None
+    return verp_address(return_path, str(runtime.app_config()["SECRET_KEY"]),
+                        BounceRef("message", message_id, index))
 
 
 def _with_message_id(draft: Draft, composer: Composer, message_id: str) -> Draft:

@@ -133,3 +133,54 @@ def test_the_wrong_body_is_a_clear_4xx(client: FlaskClient) -> None:
     assert post(client, b"").status_code == 400
     assert client.post("/api/bounces", data=b"x", content_type="message/rfc822"
                        ).status_code == 401
+
+
+@pytest.mark.parametrize("config_overrides", [{
+    "PUBLIC_URL": "https://news.example.org",
+    "MAIL_RETURN_PATH": "bounces@bounces.example.org"}])
+def test_verp_return_paths_and_the_inbound_listener(app: Any, client: FlaskClient,
+                                                    smtp_server: SMTPTestServer,
+                                                    redis_client: redis.Redis) -> None:
+    import smtplib
+
+    from tasks.bounces import bounce_desk
+    from tests.smtp_server import free_port
+    from web.cli.bounces import BounceListener
+
+    rows = people(2)
+    campaign = create(client, csv_bytes(rows))
+    gone = rows[1]["email"]
+    [received] = smtp_server.to(gone)
+    verp = received.sender
+    assert verp.startswith("bounces+c" + campaign["id"] + ".1.")
+    assert verp.endswith("@bounces.example.org")
+    other = smtp_server.to(rows[0]["email"])[0].sender
+    assert other != verp  # one return path per recipient
+
+    port = free_port()
+    listener = BounceListener(bounce_desk(redis_client, app.config),
+                              "bounces@bounces.example.org", host="127.0.0.1",
+                              port=port).start()
+    try:
+        # the report's copy of the original lost its Message-ID: the VERP address decides
+        bounce = report("postfix", recipient=gone, message_id="<lost@elsewhere.example>")
+        with smtplib.SMTP("127.0.0.1", port, timeout=5) as relay:
+            relay.ehlo()
+            assert relay.rcpt("x@example.org")[0] == 503  # MAIL FROM first
+            relay.mail("")
+            assert relay.rcpt("postmaster@example.org")[0] == 550  # not the return path
+            assert relay.rcpt(verp)[0] == 250
+            assert relay.data(bounce)[0] == 250
+            relay.mail("")
+            relay.rcpt("bounces@bounces.example.org")
+            assert relay.data(report("junk", recipient="x", message_id="x"))[0] == 250
+    finally:
+        listener.stop()
+    [record] = CampaignStore(redis_client).ledger(campaign["id"]).get([1])
+    assert record.status == "bounced"
+    assert gone in SuppressionList(redis_client)
+    assert int(redis_client.get("postroom:bounces:unmatched-count") or 0) == 1
+    forged = verp.replace(verp.split(".")[-1].split("@")[0], "0000000000")
+    assert bounce_desk(redis_client, app.config).take(
+        report("postfix", recipient=rows[0]["email"], message_id="<lost@x>"),
+        [forged]) == []  # a token that was not signed here matches nothing

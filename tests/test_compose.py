@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ DESIGN_VARIABLES = [
     "MAIL_MAX_CONNECTIONS", "MAIL_RATE_LIMIT", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY",
     "API_TOKENS", "ADMIN_USERNAME", "ADMIN_PASSWORD", "OTP_LENGTH", "OTP_TTL",
     "OTP_MAX_ATTEMPTS", "MAX_ATTACHMENT_BYTES", "MAX_MESSAGE_BYTES"]
-APP_SERVICES = ("web", "worker", "worker-bulk", "beat", "flower")
+APP_SERVICES = ("web", "worker", "worker-bulk", "bounces", "beat", "flower")
 
 
 def docker_compose(*args: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -62,8 +63,9 @@ def services() -> dict[str, Any]:
 
 
 def test_compose_defines_every_service(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", "mailpit", "web", "worker", "worker-bulk", "beat",
-                             "flower"}
+    assert set(services) == {"redis", "mailpit", "web", "worker", "worker-bulk", "bounces",
+                             "beat", "flower"}
+    assert services["bounces"]["command"][:2] == ["postroom", "bounces"]
     redis_service = services["redis"]
     assert redis_service["command"][-2:] == ["--appendonly", "yes"]
     assert any(volume.startswith("redis-data:/data") for volume in redis_service["volumes"])
@@ -275,3 +277,23 @@ def test_dockerfile_installs_the_project_and_serves_like_compose(
     assert json.loads(cmd.removeprefix("CMD ")) == services["web"]["command"]
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "var", ".git"} <= set(ignored)
+
+
+def test_bounces_command_takes_mail_for_the_return_path(compose: LocalCompose) -> None:
+    port = free_port()
+    listener = compose.run("bounces", {"0.0.0.0": "127.0.0.1", "2525": str(port)})
+
+    def answers() -> bool:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=2) as client:
+                client.ehlo()
+                return client.rcpt("nobody@example.com")[0] == 503  # MAIL FROM comes first
+        except OSError:
+            return False
+
+    listener.wait_until("the bounce listener answers SMTP", answers, timeout=40)
+    with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+        client.ehlo()
+        client.mail("")
+        assert client.rcpt("someone@example.com")[0] == 550  # not the return path
+        assert client.rcpt("bounces+junk@bounces.localhost")[0] == 250

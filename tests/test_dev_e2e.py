@@ -132,7 +132,8 @@ def start_dev(workdir: Path, *extra: str, environ: dict[str, str] | None = None)
     port, flower_port = free_port(), free_port()
     log = workdir / "dev.log"
     argv = [str(POSTROOM), "dev", "--port", str(port), "--flower-port", str(flower_port),
-            "--smtp-port", str(free_port()), "--redis-port", str(free_port()), *extra]
+            "--smtp-port", str(free_port()), "--redis-port", str(free_port()),
+            "--bounce-port", str(free_port()), *extra]
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, cwd=workdir, env=environ or clean_environ(),
                                    stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
@@ -272,7 +273,8 @@ def test_taken_port_is_one_clear_line(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [str(POSTROOM), "dev", "--port", str(port), "--flower-port", str(free_port()),
-             "--smtp-port", str(free_port()), "--redis-port", str(free_port())],
+             "--smtp-port", str(free_port()), "--redis-port", str(free_port()),
+             "--bounce-port", str(free_port())],
             cwd=tmp_path, env=clean_environ(), stdin=subprocess.DEVNULL, capture_output=True,
             text=True, timeout=30)
     assert result.returncode != 0

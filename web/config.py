@@ -68,6 +68,18 @@ def _optional_text(name: str, raw: str) -> str | None:
     return raw or None
 
 
+def _optional_address(name: str, raw: str) -> str | None:
+    """A bare address (``bounces@bounces.example.com``), or nothing."""
+    value = raw.strip()
+    if not value:
+        return None
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "." not in domain or any(c in value for c in " <>+,;\r\n"):
+        raise ConfigError(f"{name}: expected a bare address such as "
+                          f"bounces@bounces.example.com (no '+'), got {raw!r}")
+    return value
+
+
 def _token_list(name: str, raw: str) -> list[str]:
     return [token.strip() for token in raw.split(",") if token.strip()]
 
@@ -129,6 +141,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "MAIL_MAX_CONNECTIONS": (_optional_whole_number, None),
     "MAIL_RATE_LIMIT": (_optional_positive_number, None),
     "MAIL_MESSAGE_ID_DOMAIN": (_optional_text, None),
+    "MAIL_RETURN_PATH": (_optional_address, None),
     "MAIL_FALLBACK_SERVERS": (relay_list, ()),
     "MAIL_RELAY_COOLDOWN": (_positive_number, 60.0),
     "REDIS_URL": (_text, "redis://127.0.0.1:6379/0"),

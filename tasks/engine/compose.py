@@ -100,6 +100,7 @@ class Draft:
     headers: Mapping[str, str] = field(default_factory=dict)
     attachments: Sequence[Attachment] = ()
     message_id: str | None = None
+    return_path: str | None = None  # the envelope sender (a VERP address), when not From
 
     @property
     def envelope_recipients(self) -> list[str]:
@@ -195,7 +196,7 @@ class Composer:
         if not (message_id.startswith("<") and message_id.endswith(">") and "@" in message_id):
             raise InvalidMessageError(f"Message-ID {message_id!r} is not <id@domain>")
         data = b"".join((self._head(draft, message_id), self._body(draft)))
-        return ComposedMessage(message_id, sender, recipients, data)
+        return ComposedMessage(message_id, draft.return_path or sender, recipients, data)
 
     def message_id_for(self, local_part: str, envelope_sender: str) -> str:
         """A Message-ID that stays the same for every build of one message (retries too)."""

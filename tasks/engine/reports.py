@@ -42,6 +42,7 @@ class Report:
     recipients: list[ReportedRecipient] = field(default_factory=list)
     original_message_id: str | None = None
     original_recipients: list[str] = field(default_factory=list)  # the original's To
+    return_paths: list[str] = field(default_factory=list)  # where the report says it went
 
 
 def read_report(raw: bytes) -> Report:
@@ -52,17 +53,24 @@ def read_report(raw: bytes) -> Report:
         return Report("unknown")
     kind = str(message.get_param("report-type") or "").lower()
     report = Report(kind if kind in {"delivery-status", "feedback-report"} else "unknown")
+    for name in ("Delivered-To", "X-Original-To", "To"):
+        report.return_paths += [a for _, a in email.utils.getaddresses(
+            [str(v) for v in message.get_all(name, [])]) if a]
     for part in message.iter_parts():
         content_type = part.get_content_type()
         if content_type == "message/delivery-status":
             report.recipients += _delivery_status(part)
         elif content_type == "message/feedback-report":
-            report.recipients += _feedback(part)
+            complained, senders = _feedback(part)
+            report.recipients += complained
+            report.return_paths += senders
         elif content_type in {"message/rfc822", "text/rfc822-headers",
                               "message/rfc822-headers"}:
             original = _original(part)
             if original is not None:
                 report.original_message_id = _header(original, "Message-ID")
+                report.return_paths += [a for _, a in email.utils.getaddresses(
+                    [str(v) for v in original.get_all("Return-Path", [])]) if a]
                 report.original_recipients = [
                     address for _, address in email.utils.getaddresses(
                         [str(v) for v in original.get_all("To", [])]) if address]
@@ -102,14 +110,18 @@ def _delivery_status(part: Message) -> list[ReportedRecipient]:
     return found
 
 
-def _feedback(part: Message) -> list[ReportedRecipient]:
-    found = []
+def _feedback(part: Message) -> tuple[list[ReportedRecipient], list[str]]:
+    """The complained-of recipients, and the envelope senders the report names."""
+    found, senders = [], []
     for block in _fields(part):
         kind = (_header(block, "Feedback-Type") or "abuse").strip().lower()
+        mail_from = _address(_header(block, "Original-Mail-From"))
+        if mail_from:
+            senders.append(mail_from)
         for value in block.get_all("Original-Rcpt-To", []) or [""]:
             found.append(ReportedRecipient(_address(str(value)) or "", "complaint",
                                            None, f"complaint: {kind}"))
-    return found
+    return found, senders
 
 
 def _original(part: Message) -> Message | None:

@@ -47,6 +47,7 @@ class SMTPSettings:
     tls_verify: bool = True
     tls_ca_file: str | None = None
     message_id_domain: str | None = None
+    return_path: str | None = None  # MAIL_RETURN_PATH: bounces go to a VERP form of it
     fallbacks: tuple[Relay, ...] = ()  # MAIL_FALLBACK_SERVERS, tried in order
     relay_state: RelayState | None = field(default=None, compare=False, repr=False)
 
@@ -79,6 +80,7 @@ class SMTPSettings:
             tls_verify=bool(config["MAIL_TLS_VERIFY"]),
             tls_ca_file=config.get("MAIL_TLS_CA_FILE"),
             message_id_domain=config.get("MAIL_MESSAGE_ID_DOMAIN"),
+            return_path=config.get("MAIL_RETURN_PATH"),
             fallbacks=fallbacks,
             relay_state=relay_state,
         )

@@ -7,7 +7,7 @@ from flask import current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
-from tasks.bounces import BounceDesk
+from tasks.bounces import bounce_desk
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
@@ -32,7 +32,7 @@ def take_bounce() -> ResponseReturnValue:
     raw = request.get_data(cache=False)
     if not raw.strip():
         raise APIError(400, "empty", "the body is empty: send the whole bounce message")
-    matched = BounceDesk(current_app.extensions["redis"]).take(raw)
+    matched = bounce_desk(current_app.extensions["redis"], current_app.config).take(raw)
     if not matched:
         raise APIError(422, "unmatched", "no recipient of a message Postroom sent matches this "
                        "report (it is kept for a week)")

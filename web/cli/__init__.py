@@ -18,3 +18,7 @@ cli.add_command(dev)
 from web.cli.campaign import campaign  # noqa: E402
 
 cli.add_command(campaign)
+
+from web.cli.bounces import bounces  # noqa: E402
+
+cli.add_command(bounces)

@@ -36,6 +36,7 @@ from web.config import ConfigError
 
 READY_TIMEOUT = 60.0
 DEV_SENDER = "Postroom <postroom@localhost>"
+DEV_RETURN_PATH = "bounces@bounces.localhost"
 LANE_QUEUES = "otp,mail"  # codes and single messages: a worker of their own, never behind bulk
 DEFAULT_BULK_THREADS = 16  # SMTP sessions per bulk process when MAIL_MAX_CONNECTIONS is unset
 
@@ -69,6 +70,7 @@ class Plan:
     smtp_port: int
     redis_port: int
     var_dir: Path
+    bounce_port: int = 2525
     env: dict[str, str] = field(default_factory=dict)
     embed_redis: bool = False
     embed_smtp: bool = False
@@ -121,6 +123,7 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
         env.pop("MAIL_USERNAME", None)  # the capture server takes mail without a login
         env.pop("MAIL_PASSWORD", None)
     env.setdefault("MAIL_DEFAULT_SENDER", DEV_SENDER)
+    env.setdefault("MAIL_RETURN_PATH", DEV_RETURN_PATH)  # bounces come back to the listener
     plan.env = env
 
     try:
@@ -134,7 +137,8 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
 
 def check_ports(plan: Plan) -> None:
     """One clear line, before anything starts, for a port that is taken or used twice."""
-    wanted = [("--port", plan.port, plan.host), ("--flower-port", plan.flower_port, plan.host)]
+    wanted = [("--port", plan.port, plan.host), ("--flower-port", plan.flower_port, plan.host),
+              ("--bounce-port", plan.bounce_port, plan.host)]
     if plan.embed_smtp:
         wanted.append(("--smtp-port", plan.smtp_port, "127.0.0.1"))
     if plan.embed_redis:
@@ -179,6 +183,8 @@ def commands(plan: Plan) -> dict[str, list[str]]:
         "beat": [*celery, "beat", "--loglevel", "INFO",
                  "--schedule", str(plan.var_dir / "celerybeat-schedule")],
         "flower": [*celery, "flower", f"--address={plan.host}", f"--port={plan.flower_port}"],
+        "bounces": [python, "-m", "web.cli", "bounces", "--host", plan.host,
+                    "--port", str(plan.bounce_port)],
     }
 
 
@@ -241,6 +247,8 @@ def banner(plan: Plan) -> list[str]:
         f"  Campaigns    {plan.url(plan.port, '/campaigns/')}  (user {plan.env['ADMIN_USERNAME']}, "
         f"password {plan.env['ADMIN_PASSWORD']})",
         f"  Flower       {plan.url(plan.flower_port)}  (user {user}, password {password})",
+        f"  Bounces      smtp://{plan.public_host}:{plan.bounce_port}  (DSNs and complaints for "
+        f"{plan.env['MAIL_RETURN_PATH']})",
         f"  Redis        {plan.env['REDIS_URL']}  ({redis_note})",
         f"  API token    {plan.api_token}",
         "  Try it:      curl -H 'Authorization: Bearer " + plan.api_token + "' "
@@ -305,13 +313,16 @@ def run(plan: Plan) -> int:
               help="Port of the embedded SMTP capture server (when MAIL_SERVER is unset).")
 @click.option("--redis-port", type=click.IntRange(1, 65535), default=6379, show_default=True,
               help="Port of the embedded Redis (when REDIS_URL is unset and none answers there).")
+@click.option("--bounce-port", type=click.IntRange(1, 65535), default=2525, show_default=True,
+              help="Port of the listener for bounces and complaints (MAIL_RETURN_PATH).")
 @click.option("--var-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var"),
               show_default=True, help="Where the embedded servers keep their data.")
 def dev(host: str, port: int, flower_port: int, smtp_port: int, redis_port: int,
-        var_dir: Path) -> None:
-    """Run web, worker, beat and Flower, embedding Redis and SMTP when not configured."""
+        bounce_port: int, var_dir: Path) -> None:
+    """Run web, workers, beat, Flower and the bounce listener, embedding Redis and SMTP
+    when not configured."""
     var_dir.mkdir(parents=True, exist_ok=True)
     plan = make_plan(dict(os.environ), Plan(host, port, flower_port, smtp_port, redis_port,
-                                            var_dir.resolve()))
+                                            var_dir.resolve(), bounce_port))
     check_ports(plan)
     sys.exit(run(plan))

@@ -1,0 +1,65 @@
+"""VERP return paths: ``bounces+<token>@bounces.example.com`` for each message and recipient.
+
+The token names what was sent (``c<campaign>.<recipient>`` or ``m<message>[.<recipient>]``)
+and carries a short HMAC keyed with ``SECRET_KEY``, so a bounce to that address says which
+recipient of which delivery bounced, and nobody can forge one for another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+_TOKEN = re.compile(r"^([cm])([0-9a-f]{32})(?:\.(\d{1,9}))?\.([0-9a-z]{10})$")
+
+
+@dataclass(frozen=True, slots=True)
+class BounceRef:
+    """What a VERP token names."""
+
+    kind: str  # "campaign" or "message"
+    item_id: str
+    index: int | None
+
+
+def _sign(secret: str, ref: str) -> str:
+    return hmac.new(secret.encode(), ref.encode(), hashlib.sha256).hexdigest()[:10]
+
+
+def verp_address(return_path: str, secret: str, ref: BounceRef) -> str:
+    """The envelope sender for *ref*: the return path's local part, ``+``, the token."""
+    local, _, domain = return_path.rpartition("@")
+    body = ("c" if ref.kind == "campaign" else "m") + ref.item_id
+    if ref.index is not None:
+        body += f".{ref.index}"
+    return f"{local}+{body}.{_sign(secret, body)}@{domain}"
+
+
+def read_verp(address: str, return_path: str, secret: str) -> BounceRef | None:
+    """What *address* names, if it is a genuine VERP address for *return_path*."""
+    local, _, domain = address.strip().strip("<>").rpartition("@")
+    base_local, _, base_domain = return_path.rpartition("@")
+    if domain.lower() != base_domain.lower():
+        return None
+    prefix, plus, token = local.partition("+")
+    if not plus or prefix.lower() != base_local.lower():
+        return None
+    found = _TOKEN.match(token.lower())
+    if found is None:
+        return None
+    kind, item_id, index, signature = found.groups()
+    body = token.lower().rsplit(".", 1)[0]
+    if not hmac.compare_digest(signature, _sign(secret, body)):
+        return None
+    return BounceRef("campaign" if kind == "c" else "message", item_id,
+                     int(index) if index is not None else None)
+
+
+def is_return_path_address(address: str, return_path: str) -> bool:
+    """Whether *address* is the return path or one of its ``+token`` forms."""
+    local, _, domain = address.strip().strip("<>").rpartition("@")
+    base_local, _, base_domain = return_path.rpartition("@")
+    return (domain.lower() == base_domain.lower()
+            and local.lower().partition("+")[0] == base_local.lower())
