@@ -99,11 +99,6 @@ def _store() -> CampaignStore:
 
 
 def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
-    return (store.move_recipients(campaign_id, "queued", "cancelled")
-            + store.move_recipients(campaign_id, "deferred", "cancelled"))
-
-
-def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
     cancelled = (store.move_recipients(campaign_id, "queued", "cancelled")
                  + store.move_recipients(campaign_id, "deferred", "cancelled"))
     store.keep_summary_only(campaign_id, runtime.retention_seconds())
@@ -227,7 +222,8 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
                            created_at=campaign.started_at or campaign.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
                            suppressed=SuppressionList(store.redis).which,
-                           should_stop=_StatusCheck(store, campaign.id), observe=counter)
+                           should_stop=_StatusCheck(store, campaign.id),
+                           observe=runtime.observer("campaign", campaign.id, extra=counter))
     with BatchConnection(settings, gate=runtime.session_gate(bulk=True)) as connection:
         report = run_batch(store.ledger(campaign.id),
                            (Envelope([index], mailing.draft_for) for index in indices),

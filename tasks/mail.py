@@ -67,7 +67,8 @@ def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
     watch = Watchlist(runtime.redis_client())
     options = BatchOptions(token=f"{task.name}:{task.request.id or uuid.uuid4().hex}",
                            policy=runtime.retry_policy(), created_at=message.created_at,
-                           lease=runtime.claim_lease(), pace=runtime.pacer())
+                           lease=runtime.claim_lease(), pace=runtime.pacer(),
+                           observe=runtime.observer("message", message.id))
     try:
         with BatchConnection(settings, gate=runtime.session_gate()) as connection:
             report = run_batch(ledger, envelopes, connection, composer, options)

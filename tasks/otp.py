@@ -82,7 +82,8 @@ def send_code(self: Task, request_id: str) -> None:
 
     options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=request.created_at,
-                           lease=runtime.claim_lease(), pace=runtime.pacer())
+                           lease=runtime.claim_lease(), pace=runtime.pacer(),
+                           observe=runtime.observer("otp", request_id))
     watch = Watchlist(redis)
     try:
         with BatchConnection(settings, gate=runtime.session_gate()) as connection:

@@ -12,13 +12,17 @@ from typing import Any
 from flask import current_app
 from redis import Redis
 
-from tasks.delivery import RetryPolicy
+from tasks.delivery import Dispatched, RetryPolicy
+from tasks.dispatch_signal import DispatchSignal
 from tasks.engine.compose import Composer
 from tasks.engine.session import SessionGate, SMTPSettings
 from tasks.stores.relays import RelayBoard
 from tasks.stores.throttle import SendRate, SessionSlots
 
 DEFAULT_BULK_SESSIONS = 32  # campaign batches in flight when MAIL_MAX_CONNECTIONS is unset
+
+
+Observer = Callable[[Dispatched], None]
 
 
 def redis_client() -> Redis:
@@ -93,3 +97,22 @@ def bulk_sessions() -> int:
 def watch_after() -> float:
     """When an enqueued delivery that has not moved is looked at again (seconds)."""
     return 2 * float(current_app.config["RECONCILE_INTERVAL"])
+
+
+def observer(kind: str, delivery_id: str, extra: Observer | None = None) -> Observer:
+    """What ``BatchOptions(observe=...)`` calls with each message's fate: *extra* (the
+    task's own), then Flask-Mail's ``email_dispatched`` signal.
+
+    *kind* is ``otp``, ``message`` or ``campaign``; *delivery_id* the request's,
+    message's or campaign's id.
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    watchers: list[Observer] = [DispatchSignal(app)]
+    if extra is not None:
+        watchers.insert(0, extra)
+
+    def observe(dispatched: Dispatched) -> None:
+        for watch in watchers:
+            watch(dispatched)
+
+    return observe

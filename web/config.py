@@ -121,7 +121,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "MAIL_PASSWORD": (_optional_text, None),
     "MAIL_DEFAULT_SENDER": (_optional_text, None),
     "MAIL_MAX_EMAILS": (_optional_whole_number, None),
-    "MAIL_SUPPRESS_SEND": (parse_bool, False),
+    "MAIL_SUPPRESS_SEND": (parse_bool, None),  # None: app.testing, as Flask-Mail
     "MAIL_ASCII_ATTACHMENTS": (parse_bool, False),
     "MAIL_TIMEOUT": (_positive_number, 30.0),
     "MAIL_TLS_VERIFY": (parse_bool, True),
@@ -176,7 +176,12 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def normalise(config: MutableMapping[str, Any]) -> None:
-    """Bring values a test's config may give in their text form to the parsed form."""
+    """Bring values a test's config may give in their text form to the parsed form.
+
+    ``MAIL_SUPPRESS_SEND`` that nobody set follows ``TESTING``, Flask-Mail's rule.
+    """
+    if config.get("MAIL_SUPPRESS_SEND") is None:
+        config["MAIL_SUPPRESS_SEND"] = bool(config.get("TESTING"))
     config["MAIL_FALLBACK_SERVERS"] = relay_list("MAIL_FALLBACK_SERVERS",
                                                  config.get("MAIL_FALLBACK_SERVERS") or ())
     cooldown = config.get("MAIL_RELAY_COOLDOWN")
