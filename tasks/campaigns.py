@@ -218,16 +218,21 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
                               attachments=load_attachments(campaign))
     indices = store.batch_indices(campaign.id, first, last, limit=last - first + 1)
     counter = _SentCounter(store, campaign.id)
+    observe = runtime.observer("campaign", campaign.id, extra=counter)
     options = BatchOptions(token=batch_token(campaign.id, slot), policy=runtime.retry_policy(),
                            created_at=campaign.started_at or campaign.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
                            suppressed=SuppressionList(store.redis).which,
                            should_stop=_StatusCheck(store, campaign.id),
-                           observe=runtime.observer("campaign", campaign.id, extra=counter))
-    with BatchConnection(settings, gate=runtime.session_gate(bulk=True)) as connection:
-        report = run_batch(store.ledger(campaign.id),
-                           (Envelope([index], mailing.draft_for) for index in indices),
-                           connection, composer, options)
+                           observe=observe)
+    connection = BatchConnection(settings, gate=runtime.session_gate(bulk=True))
+    try:
+        with connection:
+            report = run_batch(store.ledger(campaign.id),
+                               (Envelope([index], mailing.draft_for) for index in indices),
+                               connection, composer, options)
+    finally:
+        observe.close(sessions_opened=connection.sessions_opened)
     counter.flush()
     log.info("campaign %s batch %d-%d: %s (%d session(s))", campaign.id, first, last,
              report.counts, connection.sessions_opened)

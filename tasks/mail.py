@@ -65,17 +65,21 @@ def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
              envelopes: list[Envelope], composer: Composer, what: str) -> None:
     settings = runtime.smtp_settings()
     watch = Watchlist(runtime.redis_client())
+    observe = runtime.observer("message", message.id)
     options = BatchOptions(token=f"{task.name}:{task.request.id or uuid.uuid4().hex}",
                            policy=runtime.retry_policy(), created_at=message.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
-                           observe=runtime.observer("message", message.id))
+                           observe=observe)
+    connection = BatchConnection(settings, gate=runtime.session_gate())
     try:
-        with BatchConnection(settings, gate=runtime.session_gate()) as connection:
+        with connection:
             report = run_batch(ledger, envelopes, connection, composer, options)
     except RedisError as err:  # what was claimed comes back when the lease runs out
         log.warning("%s stopped by a Redis error; retrying: %s", what, err)
         raise task.retry(countdown=runtime.retry_policy().countdown(task.request.retries + 1),
                          exc=err) from err
+    finally:
+        observe.close(sessions_opened=connection.sessions_opened)
     log.info("%s: %s (%d session(s))", what, report.counts, connection.sessions_opened)
     countdown = retry_countdown(report)
     if countdown is None:

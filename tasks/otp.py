@@ -80,18 +80,22 @@ def send_code(self: Task, request_id: str) -> None:
         return code_draft(settings.default_sender or "", claimed[0].email, code,
                           store.policy.ttl)
 
+    observe = runtime.observer("otp", request_id)
     options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=request.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
-                           observe=runtime.observer("otp", request_id))
+                           observe=observe)
     watch = Watchlist(redis)
+    connection = BatchConnection(settings, gate=runtime.session_gate())
     try:
-        with BatchConnection(settings, gate=runtime.session_gate()) as connection:
+        with connection:
             report = run_batch(ledger, [Envelope([0], draft_to)], connection,
                                runtime.composer(settings), options)
     except RedisError as err:
         log.warning("otp request %s stopped by a Redis error; retrying: %s", request_id, err)
         raise self.retry(countdown=policy.countdown(self.request.retries + 1), exc=err) from err
+    finally:
+        observe.close(sessions_opened=connection.sessions_opened)
     if report.counts:
         [record] = ledger.get([0])
         status = record.status if record.status in {"sent", "deferred"} else "failed"

@@ -12,17 +12,16 @@ from typing import Any
 from flask import current_app
 from redis import Redis
 
-from tasks.delivery import Dispatched, RetryPolicy
+from tasks.delivery import RetryPolicy
+from tasks.delivery_watch import DeliveryWatch, Observer
 from tasks.dispatch_signal import DispatchSignal
 from tasks.engine.compose import Composer
 from tasks.engine.session import SessionGate, SMTPSettings
+from tasks.stores.metrics import DeliveryMetrics
 from tasks.stores.relays import RelayBoard
 from tasks.stores.throttle import SendRate, SessionSlots
 
 DEFAULT_BULK_SESSIONS = 32  # campaign batches in flight when MAIL_MAX_CONNECTIONS is unset
-
-
-Observer = Callable[[Dispatched], None]
 
 
 def redis_client() -> Redis:
@@ -99,9 +98,10 @@ def watch_after() -> float:
     return 2 * float(current_app.config["RECONCILE_INTERVAL"])
 
 
-def observer(kind: str, delivery_id: str, extra: Observer | None = None) -> Observer:
-    """What ``BatchOptions(observe=...)`` calls with each message's fate: *extra* (the
-    task's own), then Flask-Mail's ``email_dispatched`` signal.
+def observer(kind: str, delivery_id: str, extra: Observer | None = None) -> DeliveryWatch:
+    """What ``BatchOptions(observe=...)`` calls with each message's fate: a log line per
+    recipient and the shared counters, then *extra* (the task's own), then Flask-Mail's
+    ``email_dispatched`` signal. Call its ``close()`` when the batch is over.
 
     *kind* is ``otp``, ``message`` or ``campaign``; *delivery_id* the request's,
     message's or campaign's id.
@@ -110,9 +110,4 @@ def observer(kind: str, delivery_id: str, extra: Observer | None = None) -> Obse
     watchers: list[Observer] = [DispatchSignal(app)]
     if extra is not None:
         watchers.insert(0, extra)
-
-    def observe(dispatched: Dispatched) -> None:
-        for watch in watchers:
-            watch(dispatched)
-
-    return observe
+    return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()), watchers)

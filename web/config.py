@@ -99,6 +99,13 @@ def _file_path(name: str, raw: str) -> str | None:
     return raw
 
 
+def _log_format(name: str, raw: str) -> str:
+    word = raw.strip().lower()
+    if word not in {"text", "json"}:
+        raise ConfigError(f"{name}: expected text or json, got {raw!r}")
+    return word
+
+
 def _rate_limits(name: str, raw: str) -> str:
     """A Flask-Limiter limit string such as ``3/minute;10/hour``."""
     from limits import parse_many
@@ -148,6 +155,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "OTP_GUESSES_PER_DAY": (_whole_number(1), 20),
     "ADMIN_LOGIN_RATE_LIMIT": (_rate_limits, "5/minute;30/hour"),
     "METRICS_TOKEN": (_optional_text, None),
+    "LOG_FORMAT": (_log_format, "text"),
     "MAX_ATTACHMENT_BYTES": (_whole_number(1), 10 * 1024 * 1024),
     "MAX_MESSAGE_BYTES": (_whole_number(1), 25 * 1024 * 1024),
     "DELIVERY_MAX_ATTEMPTS": (_whole_number(1), 8),
