@@ -33,6 +33,8 @@ def domain_of(address: str) -> str:
 
 def log_outcomes(kind: str, delivery_id: str, dispatched: Dispatched) -> None:
     """One line per recipient: delivery, Message-ID, status, domain, SMTP code, duration."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     message_id = dispatched.message.message_id if dispatched.message is not None else "-"
     for record, outcome in zip(dispatched.recipients, dispatched.outcomes, strict=True):
         domain = domain_of(record.email)
