@@ -57,11 +57,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     celery_init_app(app)
 
     import tasks  # noqa: F401  (registers the tasks with the Celery app)
-    from web import api, health, metrics, outages, outbox
+    from web import api, health, home, metrics, outages, outbox
 
     outages.init_app(app)
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(home.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     from web import otp

@@ -156,6 +156,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "ADMIN_LOGIN_RATE_LIMIT": (_rate_limits, "5/minute;30/hour"),
     "METRICS_TOKEN": (_optional_text, None),
     "LOG_FORMAT": (_log_format, "text"),
+    "FLOWER_URL": (_optional_text, None),
     "MAX_ATTACHMENT_BYTES": (_whole_number(1), 10 * 1024 * 1024),
     "MAX_MESSAGE_BYTES": (_whole_number(1), 25 * 1024 * 1024),
     "DELIVERY_MAX_ATTEMPTS": (_whole_number(1), 8),
