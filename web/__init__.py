@@ -35,6 +35,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings.normalise(app.config)
     settings.check(app.config)
     logs.configure(app.config)
+    logs.quiet_routine_tasks()
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = os.urandom(32).hex()  # dev/testing only (checked above)
     if not app.config.get("PUBLIC_URL"):

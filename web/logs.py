@@ -1,4 +1,5 @@
-"""``LOG_FORMAT=json``: one JSON object per log line, for log pipelines.
+"""``LOG_FORMAT=json``: one JSON object per log line, for log pipelines; and beat's
+routine scans logged at DEBUG.
 
 Each line has ``time`` (UTC, ISO 8601), ``level``, ``logger`` and ``message``;
 a delivery outcome adds ``delivery`` (kind, id, Message-ID, status, the
@@ -16,6 +17,33 @@ from datetime import UTC, datetime
 from typing import Any
 
 EXTRA_FIELDS = ("delivery",)  # ``extra=`` attributes copied into the line
+
+# beat's routine scans: sent every few seconds, so their "sending", "received" and
+# "succeeded" lines are logged at DEBUG, not INFO
+ROUTINE_TASKS = ("postroom.campaign.start_due", "postroom.reconcile",
+                 "postroom-campaigns-due", "postroom-reconcile")
+CELERY_TASK_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+class RoutineTasksAtDebug(logging.Filter):
+    """Moves Celery's INFO lines about beat's routine tasks down to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        message = record.getMessage()
+        if not any(name in message for name in ROUTINE_TASKS):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_routine_tasks() -> None:
+    """Install :class:`RoutineTasksAtDebug` on Celery's task loggers (once)."""
+    for name in CELERY_TASK_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RoutineTasksAtDebug) for f in logger.filters):
+            logger.addFilter(RoutineTasksAtDebug())
 
 
 class JSONFormatter(logging.Formatter):
