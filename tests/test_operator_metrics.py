@@ -189,3 +189,25 @@ def test_log_format_json_gives_json_lines(redis_client: redis.Redis, redis_url: 
     assert line["delivery"]["domain"] == "example.com"
     assert line["delivery"]["status"] == "suppressed"
     assert "ada@" not in json.dumps(line)
+
+
+@pytest.mark.worker
+def test_a_real_workers_figures_reach_every_web_process(
+        worker_app: Flask, celery_worker: Any, redis_url: str,
+        smtp_server: SMTPTestServer) -> None:
+    client = worker_app.test_client()
+    response = client.post("/api/campaigns", headers=AUTH, json={
+        "subject": "Hi", "body": "Hello",
+        "recipients": [{"email": f"p{i}@example.net"} for i in range(5)]})
+    assert response.status_code == 202
+    deadline = time.monotonic() + 30
+    web = create_app(app_config(redis_url, smtp_server.port)).test_client()  # another process
+    while value(scrape(web), "postroom_campaigns", status="completed") < 1:
+        assert time.monotonic() < deadline, "the campaign did not complete within 30 s"
+        time.sleep(0.2)
+    samples = scrape(web)
+    assert value(samples, "postroom_deliveries_total", kind="campaign", outcome="sent") == 5
+    assert value(samples, "postroom_send_duration_seconds_count", kind="campaign") == 5
+    assert value(samples, "postroom_smtp_sessions_opened_total") == smtp_server.session_count
+    assert value(samples, "postroom_workers_alive") == 1
+    assert len(smtp_server.received) == 5
