@@ -100,8 +100,8 @@ def send_code(self: Task, request_id: str) -> None:
         [record] = ledger.get([0])
         status = record.status if record.status in {"sent", "deferred"} else "failed"
         error = record.error
-        if record.status == "suppressed":
-            error = "sending is suppressed (MAIL_SUPPRESS_SEND)"
+        if record.status == "suppressed":  # built and handed to email_dispatched, as sent
+            status, error = "sent", "sending is suppressed (MAIL_SUPPRESS_SEND)"
         store.record_delivery(request_id, status, record.smtp_code, error)
     log.info("otp request %s: %s", request_id, report.counts)
     countdown = retry_countdown(report)
