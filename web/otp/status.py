@@ -18,7 +18,6 @@ _LABELS = {
 }
 
 
-CLOSED = frozenset({"verified", "expired", "locked"})  # no code can be entered any more
 _SERVERS_WORD = frozenset({"deferred", "failed"})  # the error is what the mail server said
 
 _CLOSED_NOTICES = {
