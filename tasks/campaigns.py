@@ -117,11 +117,6 @@ def _store() -> CampaignStore:
 
 
 def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
-    return (store.move_recipients(campaign_id, "queued", "cancelled")
-            + store.move_recipients(campaign_id, "deferred", "cancelled"))
-
-
-def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
     cancelled = (store.move_recipients(campaign_id, "queued", "cancelled")
                  + store.move_recipients(campaign_id, "deferred", "cancelled"))
     store.keep_summary_only(campaign_id, runtime.retention_seconds())
@@ -259,19 +254,24 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
     suppressions = SuppressionList(store.redis)
     unknown_users = _UnknownUsers(suppressions, campaign.id)
 
-    def observe(sent: Dispatched) -> None:
+    def counted(sent: Dispatched) -> None:
         counter(sent)
         unknown_users(sent)
 
+    observe = runtime.observer("campaign", campaign.id, extra=counted)
     options = BatchOptions(token=batch_token(campaign.id, slot), policy=runtime.retry_policy(),
                            created_at=campaign.started_at or campaign.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
                            suppressed=suppressions.which,
                            should_stop=_StatusCheck(store, campaign.id), observe=observe)
-    with BatchConnection(settings, gate=runtime.session_gate(bulk=True)) as connection:
-        report = run_batch(store.ledger(campaign.id),
-                           (Envelope([index], mailing.draft_for) for index in indices),
-                           connection, composer, options)
+    connection = BatchConnection(settings, gate=runtime.session_gate(bulk=True))
+    try:
+        with connection:
+            report = run_batch(store.ledger(campaign.id),
+                               (Envelope([index], mailing.draft_for) for index in indices),
+                               connection, composer, options)
+    finally:
+        observe.close(sessions_opened=connection.sessions_opened)
     counter.flush()
     log.info("campaign %s batch %d-%d: %s (%d session(s))", campaign.id, first, last,
              report.counts, connection.sessions_opened)

@@ -78,16 +78,18 @@ def send_code(self: Task, request_id: str) -> None:
         return code_draft(settings.default_sender or "", claimed[0].email, code,
                           store.policy.ttl)
 
+    observe = runtime.observer("otp", request_id)
     options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=request.created_at,
-                           lease=runtime.claim_lease(), pace=runtime.pacer())
+                           lease=runtime.claim_lease(), pace=runtime.pacer(),
+                           observe=observe)
     report = run_watched(self, ledger, [Envelope([0], draft_to)], runtime.composer(settings),
-                         settings, options, f"otp request {request_id}")
+                         settings, options, f"otp request {request_id}", observe)
     if report.counts:
         [record] = ledger.get([0])
         status = record.status if record.status in {"sent", "deferred"} else "failed"
         error = record.error
-        if record.status == "suppressed":
-            error = "sending is suppressed (MAIL_SUPPRESS_SEND)"
+        if record.status == "suppressed":  # built and handed to email_dispatched, as sent
+            status, error = "sent", "sending is suppressed (MAIL_SUPPRESS_SEND)"
         store.record_delivery(request_id, status, record.smtp_code, error)
     settle_watched(self, "otp", request_id, ledger, report)

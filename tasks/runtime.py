@@ -13,8 +13,11 @@ from flask import current_app
 from redis import Redis
 
 from tasks.delivery import RetryPolicy
+from tasks.delivery_watch import DeliveryWatch, Observer
+from tasks.dispatch_signal import DispatchSignal
 from tasks.engine.compose import Composer
 from tasks.engine.session import SessionGate, SMTPSettings
+from tasks.stores.metrics import DeliveryMetrics
 from tasks.stores.relays import RelayBoard
 from tasks.stores.throttle import SendRate, SessionSlots
 
@@ -93,3 +96,18 @@ def bulk_sessions() -> int:
 def watch_after() -> float:
     """When an enqueued delivery that has not moved is looked at again (seconds)."""
     return 2 * float(current_app.config["RECONCILE_INTERVAL"])
+
+
+def observer(kind: str, delivery_id: str, extra: Observer | None = None) -> DeliveryWatch:
+    """What ``BatchOptions(observe=...)`` calls with each message's fate: a log line per
+    recipient and the shared counters, then *extra* (the task's own), then Flask-Mail's
+    ``email_dispatched`` signal. Call its ``close()`` when the batch is over.
+
+    *kind* is ``otp``, ``message`` or ``campaign``; *delivery_id* the request's,
+    message's or campaign's id.
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    watchers: list[Observer] = [DispatchSignal(app)]
+    if extra is not None:
+        watchers.insert(0, extra)
+    return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()), watchers)

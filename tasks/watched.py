@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from tasks import runtime
 from tasks.delivery import BatchOptions, BatchReport, Envelope, retry_countdown, run_batch
+from tasks.delivery_watch import DeliveryWatch
 from tasks.engine.compose import Composer
 from tasks.engine.session import BatchConnection, SMTPSettings
 from tasks.stores.ledger import UNSETTLED, DeliveryLedger
@@ -28,16 +29,20 @@ log = logging.getLogger(__name__)
 
 def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope],
                 composer: Composer, settings: SMTPSettings, options: BatchOptions,
-                what: str) -> BatchReport:
+                what: str, watch: DeliveryWatch) -> BatchReport:
     """:func:`run_batch` on one connection; a Redis error retries the task with backoff
-    (what it had claimed comes back when its lease runs out)."""
+    (what it had claimed comes back when its lease runs out). *watch* (the options'
+    observer) is closed with the sessions opened when the batch is over."""
+    connection = BatchConnection(settings, gate=runtime.session_gate())
     try:
-        with BatchConnection(settings, gate=runtime.session_gate()) as connection:
+        with connection:
             report = run_batch(ledger, envelopes, connection, composer, options)
     except RedisError as err:
         log.warning("%s stopped by a Redis error; retrying: %s", what, err)
         countdown = options.policy.countdown(task.request.retries + 1)
         raise task.retry(countdown=countdown, exc=err) from err
+    finally:
+        watch.close(sessions_opened=connection.sessions_opened)
     log.info("%s: %s (%d session(s))", what, report.counts, connection.sessions_opened)
     return report
 

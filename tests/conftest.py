@@ -78,6 +78,7 @@ def app_config(redis_url: str, smtp_port: int, **overrides: Any) -> dict[str, An
         "MAIL_PORT": smtp_port,
         "MAIL_DEFAULT_SENDER": "Postroom <noreply@postroom.test>",
         "MAIL_TIMEOUT": 5.0,
+        "MAIL_SUPPRESS_SEND": False,  # these tests read the mail back from the SMTP server
         "API_TOKENS": [API_TOKEN],
         "DELIVERY_BACKOFF_BASE": 0.05,
         "DELIVERY_BACKOFF_CAP": 0.2,

@@ -74,12 +74,16 @@ def test_booleans_parse_the_six_words(raw: str, value: bool) -> None:
 
 def test_defaults_match_flask_mail() -> None:
     """Our defaults are the values Flask-Mail itself falls back to for an empty config."""
-    ours = settings.from_environ({})
-    plain = Flask("defaults")
-    state = Mail().init_mail(plain.config, debug=plain.debug, testing=plain.testing)
-    for name, attribute in FLASK_MAIL_KEYS.items():
-        theirs = getattr(state, attribute)
-        assert ours[name] == theirs, f"{name}: ours {ours[name]!r}, Flask-Mail's {theirs!r}"
+    for testing in (False, True):  # MAIL_SUPPRESS_SEND follows app.testing, as theirs does
+        ours = settings.from_environ({})
+        ours["TESTING"] = testing
+        settings.normalise(ours)
+        plain = Flask("defaults")
+        plain.testing = testing
+        state = Mail().init_mail(plain.config, debug=plain.debug, testing=plain.testing)
+        for name, attribute in FLASK_MAIL_KEYS.items():
+            theirs = getattr(state, attribute)
+            assert ours[name] == theirs, f"{name}: ours {ours[name]!r}, Flask-Mail's {theirs!r}"
     assert ours["MAIL_TIMEOUT"] == 30.0 and ours["MAIL_TLS_VERIFY"] is True
     assert (ours["OTP_LENGTH"], ours["OTP_TTL"], ours["OTP_MAX_ATTEMPTS"]) == (6, 600, 5)
 

@@ -18,6 +18,7 @@ import redis
 from flask import Flask
 from werkzeug.test import TestResponse
 
+from tasks.stores.heartbeats import Heartbeats
 from tests.conftest import AUTH, app_config
 from tests.outage_support import closed_port, stoppable_redis
 from tests.smtp_server import SMTPTestServer
@@ -146,7 +147,10 @@ def test_campaign_not_started_is_not_listed_and_the_retry_runs(
     assert len(client.get("/api/campaigns", headers=AUTH).get_json()["campaigns"]) == 1
 
 
-def test_healthz_names_the_broker(broken: Flask) -> None:
+def test_healthz_names_the_broker(broken: Flask, redis_client: redis.Redis) -> None:
+    heartbeats = Heartbeats(redis_client)  # a worker and beat that are alive, as deployed
+    heartbeats.worker("celery@worker-host")
+    heartbeats.beat()
     response = broken.test_client().get("/healthz")
     body: dict[str, Any] = response.get_json()
     assert response.status_code == 503

@@ -10,6 +10,7 @@ import redis
 from flask import Flask
 
 from web import config as settings
+from web import logs
 from web.celery import celery_init_app
 from web.extensions import csrf, limiter, mail
 from web.json_provider import BoundedJSONProvider
@@ -33,6 +34,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["CELERY_BROKER_URL"] = app.config["REDIS_URL"]
     settings.normalise(app.config)
     settings.check(app.config)
+    logs.configure(app.config)
+    logs.quiet_routine_tasks()
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = os.urandom(32).hex()  # dev/testing only (checked above)
     if not app.config.get("PUBLIC_URL"):
@@ -55,12 +58,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     celery_init_app(app)
 
     import tasks  # noqa: F401  (registers the tasks with the Celery app)
-    from web import api, health, outages, outbox
+    from web import api, health, home, metrics, outages, outbox
 
     outages.init_app(app)
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(home.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     from web import otp
 
     app.register_blueprint(otp.bp)

@@ -8,6 +8,8 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from flask import Flask
 
+from web import heartbeat
+
 
 def celery_init_app(app: Flask) -> Celery:
     """Create the Celery app for *app*; every task runs inside ``app.app_context()``."""
@@ -39,5 +41,6 @@ def celery_init_app(app: Flask) -> Celery:
         **app.config.get("CELERY", {}),
     )
     celery_app.set_default()
+    heartbeat.register(celery_app, app.extensions["redis"])
     app.extensions["celery"] = celery_app
     return celery_app

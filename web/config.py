@@ -111,6 +111,13 @@ def _file_path(name: str, raw: str) -> str | None:
     return raw
 
 
+def _log_format(name: str, raw: str) -> str:
+    word = raw.strip().lower()
+    if word not in {"text", "json"}:
+        raise ConfigError(f"{name}: expected text or json, got {raw!r}")
+    return word
+
+
 def _rate_limits(name: str, raw: str) -> str:
     """A Flask-Limiter limit string such as ``3/minute;10/hour``."""
     from limits import parse_many
@@ -133,7 +140,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "MAIL_PASSWORD": (_optional_text, None),
     "MAIL_DEFAULT_SENDER": (_optional_text, None),
     "MAIL_MAX_EMAILS": (_optional_whole_number, None),
-    "MAIL_SUPPRESS_SEND": (parse_bool, False),
+    "MAIL_SUPPRESS_SEND": (parse_bool, None),  # None: app.testing, as Flask-Mail
     "MAIL_ASCII_ATTACHMENTS": (parse_bool, False),
     "MAIL_TIMEOUT": (_positive_number, 30.0),
     "MAIL_TLS_VERIFY": (parse_bool, True),
@@ -161,6 +168,8 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "OTP_GUESSES_PER_DAY": (_whole_number(1), 20),
     "ADMIN_LOGIN_RATE_LIMIT": (_rate_limits, "5/minute;30/hour"),
     "METRICS_TOKEN": (_optional_text, None),
+    "LOG_FORMAT": (_log_format, "text"),
+    "FLOWER_URL": (_optional_text, None),
     "MAX_ATTACHMENT_BYTES": (_whole_number(1), 10 * 1024 * 1024),
     "MAX_MESSAGE_BYTES": (_whole_number(1), 25 * 1024 * 1024),
     "DELIVERY_MAX_ATTEMPTS": (_whole_number(1), 8),
@@ -189,7 +198,12 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def normalise(config: MutableMapping[str, Any]) -> None:
-    """Bring values a test's config may give in their text form to the parsed form."""
+    """Bring values a test's config may give in their text form to the parsed form.
+
+    ``MAIL_SUPPRESS_SEND`` that nobody set follows ``TESTING``, Flask-Mail's rule.
+    """
+    if config.get("MAIL_SUPPRESS_SEND") is None:
+        config["MAIL_SUPPRESS_SEND"] = bool(config.get("TESTING"))
     config["MAIL_FALLBACK_SERVERS"] = relay_list("MAIL_FALLBACK_SERVERS",
                                                  config.get("MAIL_FALLBACK_SERVERS") or ())
     cooldown = config.get("MAIL_RELAY_COOLDOWN")

@@ -1,28 +1,29 @@
-"""``GET /healthz`` (dependency checks) and ``GET /metrics`` (Prometheus text).
+"""``GET /healthz``: Redis, the broker, the workers, beat and the relays.
 
-With ``METRICS_TOKEN`` set, ``/metrics`` answers only a request that sends it as
-``Authorization: Bearer <token>`` (Prometheus: ``authorization: {credentials: ...}``).
+It opens no SMTP connection: relay states are what the workers last saw
+(:mod:`tasks.stores.relays`); workers and beat are alive when their heartbeats
+in Redis are recent (:mod:`web.heartbeat`). Any part down is a 503 naming it in
+``"down"``.
 """
 
 from __future__ import annotations
 
-import hmac
+import time
 from typing import Any
 
 import kombu.exceptions
 import redis
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tasks.engine.session import SMTPSettings
+from tasks.stores.heartbeats import Heartbeats
 from tasks.stores.relays import RelayBoard, RelayStatus
-from tasks.stores.throttle import sessions_open
 
 bp = Blueprint("health", __name__)
 
-QUEUES = ("otp", "mail", "bulk")
+WORKER_SEEN_WITHIN = 30.0  # seconds: a worker that reported since then is alive
+BEAT_SEEN_WITHIN = 30.0  # seconds at least; more when beat's shortest schedule is longer
 
 
 def _check_redis() -> dict[str, Any]:
@@ -74,80 +75,57 @@ def _check_smtp() -> dict[str, Any]:
     return {"ok": bool(usable), "relays": [s.public() for s in statuses]}
 
 
+def _eager() -> bool:
+    return bool(current_app.extensions["celery"].conf.task_always_eager)
+
+
+def beat_seen_within() -> float:
+    """How recent beat's mark must be: three of its shortest schedule, at least 30 s."""
+    schedule = current_app.extensions["celery"].conf.beat_schedule or {}
+    intervals = [float(entry["schedule"]) for entry in schedule.values()
+                 if isinstance(entry.get("schedule"), int | float)]
+    return max(BEAT_SEEN_WITHIN, 3 * min(intervals, default=0.0))
+
+
+def _check_workers() -> dict[str, Any]:
+    """At least one worker, on any host, reported within the last 30 s."""
+    if _eager():
+        return {"ok": True, "note": "tasks run eagerly, in the process that queues them"}
+    try:
+        seen = Heartbeats(current_app.extensions["redis"]).workers_since(
+            time.time() - WORKER_SEEN_WITHIN)
+    except redis.RedisError:
+        return {"ok": True, "note": "heartbeats are kept in Redis, which cannot be reached"}
+    check: dict[str, Any] = {"ok": bool(seen), "seen": sorted(seen),
+                             "within_seconds": WORKER_SEEN_WITHIN}
+    if not seen:
+        check["error"] = f"no worker reported in the last {WORKER_SEEN_WITHIN:.0f} s"
+    return check
+
+
+def _check_beat() -> dict[str, Any]:
+    """Beat published a scheduled task recently."""
+    if _eager():
+        return {"ok": True, "note": "tasks run eagerly, in the process that queues them"}
+    try:
+        last = Heartbeats(current_app.extensions["redis"]).beat_seen()
+    except redis.RedisError:
+        return {"ok": True, "note": "heartbeats are kept in Redis, which cannot be reached"}
+    within = beat_seen_within()
+    age = None if last is None else max(0.0, time.time() - last)
+    check: dict[str, Any] = {"ok": age is not None and age <= within, "last_seen": last,
+                             "within_seconds": within}
+    if not check["ok"]:
+        check["error"] = (f"beat has published nothing in the last {within:.0f} s"
+                          if age is None else f"beat last published {age:.0f} s ago")
+    return check
+
+
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
     redis_check = _check_redis()
-    checks = {"redis": redis_check, "broker": _check_broker(redis_check), "smtp": _check_smtp()}
+    checks = {"redis": redis_check, "broker": _check_broker(redis_check),
+              "workers": _check_workers(), "beat": _check_beat(), "smtp": _check_smtp()}
     healthy = all(check["ok"] for check in checks.values())
     down = [name for name, check in checks.items() if not check["ok"]]
     return jsonify({"ok": healthy, "down": down, "checks": checks}), 200 if healthy else 503
-
-
-def queue_depths(client: redis.Redis, prefix: str) -> dict[str, int]:
-    """Messages waiting in each Celery queue on the Redis broker."""
-    return {queue: int(client.llen(prefix + queue)) for queue in QUEUES}
-
-
-def sending_limits(registry: CollectorRegistry, client: redis.Redis) -> None:
-    """The limits shared by all workers (0 = none), and the SMTP sessions held under them."""
-    config = current_app.config
-    Gauge("postroom_mail_rate_limit", "MAIL_RATE_LIMIT: messages/s across all workers",
-          registry=registry).set(config.get("MAIL_RATE_LIMIT") or 0)
-    Gauge("postroom_mail_max_connections", "MAIL_MAX_CONNECTIONS across all workers",
-          registry=registry).set(config.get("MAIL_MAX_CONNECTIONS") or 0)
-    Gauge("postroom_smtp_sessions_open", "SMTP sessions holding a MAIL_MAX_CONNECTIONS slot",
-          registry=registry).set(sessions_open(client))
-
-
-def _metrics_allowed() -> bool:
-    expected = current_app.config.get("METRICS_TOKEN")
-    if not expected:
-        return True
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), str(expected).encode())
-
-
-@bp.get("/metrics")
-def metrics() -> ResponseReturnValue:
-    if not _metrics_allowed():
-        return Response("send METRICS_TOKEN as 'Authorization: Bearer <token>'\n", status=401,
-                        mimetype="text/plain", headers={"WWW-Authenticate": "Bearer"})
-    registry = CollectorRegistry()
-    depth = Gauge("postroom_queue_depth", "Tasks waiting in a Celery queue", ["queue"],
-                  registry=registry)
-    up = Gauge("postroom_redis_up", "1 when Redis answers", registry=registry)
-    client = current_app.extensions["redis"]
-    celery_conf = current_app.extensions["celery"].conf
-    prefix = celery_conf.broker_transport_options.get("global_keyprefix", "")
-    try:
-        for queue, count in queue_depths(client, prefix).items():
-            depth.labels(queue=queue).set(count)
-        sending_limits(registry, client)
-        relay_gauges(registry, relay_statuses())
-        up.set(1)
-    except redis.RedisError:
-        up.set(0)
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-def relay_gauges(registry: CollectorRegistry, statuses: list[RelayStatus]) -> None:
-    """Each relay's last session and cooldown (MAIL_SERVER, then MAIL_FALLBACK_SERVERS)."""
-    ok = Gauge("postroom_relay_last_session_ok",
-               "1 if the last session on the relay opened, 0 if it failed", ["relay"],
-               registry=registry)
-    at = Gauge("postroom_relay_last_session_timestamp_seconds",
-               "When the relay's last session was opened or failed", ["relay"],
-               registry=registry)
-    cooling = Gauge("postroom_relay_cooling_down",
-                    "1 while workers skip the relay after a failed session", ["relay"],
-                    registry=registry)
-    until = Gauge("postroom_relay_cooling_down_until_seconds",
-                  "When the relay's cooldown ends (0 when it is not cooling down)", ["relay"],
-                  registry=registry)
-    for status in statuses:
-        if status.outcome is not None:
-            ok.labels(relay=status.relay).set(1 if status.outcome == "opened" else 0)
-            at.labels(relay=status.relay).set(status.at or 0)
-        cooling.labels(relay=status.relay).set(1 if status.cooling_down_until else 0)
-        until.labels(relay=status.relay).set(status.cooling_down_until or 0)

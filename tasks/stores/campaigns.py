@@ -261,6 +261,19 @@ class CampaignStore:
         found = (self.get(raw.decode()) for raw in ids)
         return [campaign for campaign in found if campaign is not None]
 
+    def count_by_status(self, page: int = 1000) -> dict[str, int]:
+        """How many listed campaigns are in each status (one pipelined read per *page*)."""
+        counts: dict[str, int] = {}
+        for start in range(0, int(self.redis.zcard(self.index_key)), page):
+            ids = self.redis.zrange(self.index_key, start, start + page - 1)
+            pipe = self.redis.pipeline(transaction=False)
+            for raw in ids:
+                pipe.hget(self._key(raw.decode()), "status")
+            for status in pipe.execute():
+                if status is not None:
+                    counts[status.decode()] = counts.get(status.decode(), 0) + 1
+        return counts
+
     def due(self, now: float | None = None) -> list[str]:
         """Scheduled campaigns whose time has come."""
         ids = self.redis.zrange(self.scheduled_key, "-inf", now or time.time(), byscore=True)

@@ -8,7 +8,13 @@ from flask import Blueprint, current_app, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from web.api.errors import APIError, handle_api_error, handle_http_error, handle_validation_error
+from web.api.errors import (
+    APIError,
+    handle_api_error,
+    handle_http_error,
+    handle_routing_error,
+    handle_validation_error,
+)
 from web.extensions import csrf
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -33,6 +39,9 @@ def require_token() -> None:
 bp.register_error_handler(APIError, handle_api_error)
 bp.register_error_handler(ValidationError, handle_validation_error)
 bp.register_error_handler(HTTPException, handle_http_error)
+# an unknown /api path or a wrong method matches no route, so no blueprint handler sees it
+bp.app_errorhandler(404)(handle_routing_error)
+bp.app_errorhandler(405)(handle_routing_error)
 
 from web.api import (  # noqa: E402,F401  (routes)
     bounces,

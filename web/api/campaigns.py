@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from flask import current_app, jsonify, request
+from flask import current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentStore
@@ -106,11 +106,14 @@ def create() -> ResponseReturnValue:
                                                            base_url=base_url())
     accepted = CampaignAccepted(id=campaign_id, status=status, total=report.accepted,
                                 **{k: v for k, v in report.public().items() if k != "accepted"})
-    return jsonify(accepted.model_dump(exclude_none=True)), 202
+    response = jsonify(accepted.model_dump(exclude_none=True))
+    response.headers["Location"] = url_for("api.show", campaign_id=campaign_id)
+    return response, 202
 
 
 describe("post", "/api/campaigns", "Create a campaign (JSON, or multipart with a CSV 'file')",
-         status=202, request=CampaignIn, response=CampaignAccepted,
+         operation_id="createCampaign", tag="campaigns", status=202, request=CampaignIn,
+         response=CampaignAccepted,
          errors=(400, 401, 413, 415, 422),
          files={"file": "the recipients: CSV with an 'email' column plus variable columns",
                 "attachments": "files attached to every message"})
@@ -167,7 +170,8 @@ def index() -> ResponseReturnValue:
     return jsonify(shown.model_dump())
 
 
-describe("get", "/api/campaigns", "Campaigns, newest first", status=200, response=CampaignList,
+describe("get", "/api/campaigns", "Campaigns, newest first", operation_id="listCampaigns",
+         tag="campaigns", status=200, response=CampaignList,
          errors=(401, 422), query={"cursor": "next_cursor from the previous page",
                                    "limit": f"at most {PAGE_LIMIT}"})
 
@@ -179,7 +183,8 @@ def show(campaign_id: str) -> ResponseReturnValue:
 
 
 describe("get", "/api/campaigns/{campaign_id}", "A campaign's status, counts and rate",
-         status=200, response=CampaignOut, errors=(401, 404))
+         operation_id="getCampaign", tag="campaigns", status=200, response=CampaignOut,
+         errors=(401, 404))
 
 
 @bp.get("/campaigns/<campaign_id>/recipients")
@@ -201,7 +206,8 @@ def recipients(campaign_id: str) -> ResponseReturnValue:
 
 
 describe("get", "/api/campaigns/{campaign_id}/recipients", "A campaign's recipients, paged",
-         status=200, response=CampaignRecipients, errors=(401, 404, 422),
+         operation_id="listCampaignRecipients", tag="campaigns", status=200,
+         response=CampaignRecipients, errors=(401, 404, 422),
          query={"status": "only recipients in this status", "cursor": "next_cursor",
                 "limit": f"at most {PAGE_LIMIT}"})
 
@@ -220,9 +226,11 @@ def control(campaign_id: str, action: str) -> ResponseReturnValue:
     return jsonify(state.model_dump())
 
 
-for _action, _summary in (("pause", "Stop starting new batches"),
-                          ("resume", "Continue a paused campaign"),
-                          ("cancel", "Cancel every unsent recipient"),
-                          ("retry-failed", "Queue the failed recipients again")):
-    describe("post", f"/api/campaigns/{{campaign_id}}/{_action}", _summary, status=200,
-             response=CampaignState, errors=(401, 404, 409))
+for _action, _operation, _summary in (
+        ("pause", "pauseCampaign", "Stop starting new batches"),
+        ("resume", "resumeCampaign", "Continue a paused campaign"),
+        ("cancel", "cancelCampaign", "Cancel every unsent recipient"),
+        ("retry-failed", "retryFailedCampaign", "Queue the failed recipients again")):
+    describe("post", f"/api/campaigns/{{campaign_id}}/{_action}", _summary,
+             operation_id=_operation, tag="campaigns", status=200, response=CampaignState,
+             errors=(401, 404, 409))

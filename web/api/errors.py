@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -19,6 +19,15 @@ class APIError(Exception):
         self.code = code
         self.message = message
         self.fields = fields
+
+
+NO_SENDER = "give a sender, or set MAIL_DEFAULT_SENDER"
+
+
+def require_sender(sender: str | None) -> None:
+    """A 422 naming ``sender`` when a message would have no ``From`` at all."""
+    if not sender and not current_app.config.get("MAIL_DEFAULT_SENDER"):
+        raise APIError(422, "invalid", "the message has no sender", {"sender": NO_SENDER})
 
 
 def error_response(status: int, code: str, message: str,
@@ -40,7 +49,10 @@ def fields_of(err: ValidationError) -> dict[str, str]:
 
 
 def handle_api_error(err: APIError) -> tuple[Response, int]:
-    return error_response(err.status, err.code, err.message, err.fields)
+    response, status = error_response(err.status, err.code, err.message, err.fields)
+    if status == 401:  # RFC 6750: the scheme the client must use
+        response.headers["WWW-Authenticate"] = 'Bearer realm="postroom"'
+    return response, status
 
 
 def handle_validation_error(err: ValidationError) -> tuple[Response, int]:
@@ -50,4 +62,20 @@ def handle_validation_error(err: ValidationError) -> tuple[Response, int]:
 def handle_http_error(err: HTTPException) -> tuple[Response, int]:
     status = err.code or 500
     code = (err.name or "error").lower().replace(" ", "_")
-    return error_response(status, code, err.description or err.name)
+    response, status = error_response(status, code, err.description or err.name)
+    allowed = err.get_headers().copy()
+    for name, value in allowed:
+        if name.lower() == "allow":  # 405 says which methods the resource takes
+            response.headers["Allow"] = value
+    return response, status
+
+
+def is_api_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+def handle_routing_error(err: HTTPException) -> Any:
+    """404 and 405 before any route matched: JSON under ``/api``, Flask's own page elsewhere."""
+    if is_api_path(request.path):
+        return handle_http_error(err)
+    return err

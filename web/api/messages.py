@@ -9,7 +9,7 @@ from email.headerregistry import Address
 from email.utils import getaddresses
 from typing import Any
 
-from flask import current_app, jsonify, request
+from flask import current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from tasks.mail import deliver_message
@@ -18,7 +18,7 @@ from tasks.stores.identifiers import is_record_id
 from tasks.stores.ledger import STATUSES
 from tasks.stores.messages import IdempotencyConflict, MessageStore, message_status
 from web.api import bp
-from web.api.errors import APIError
+from web.api.errors import APIError, require_sender
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
 from web.api.schemas import Accepted, MessageIn, MessageOut, RecipientOut, file_name_checked
@@ -49,6 +49,7 @@ def create_message() -> ResponseReturnValue:
     else:
         message = parse(MessageIn, json_body())
         uploads = [(a.filename, a.content_type, a.data()) for a in message.attachments]
+    require_sender(message.sender)
     for name, _, data in uploads:
         _check_size(name, len(data), limit)
     attachments = AttachmentStore(current_app.extensions["redis"])
@@ -74,6 +75,7 @@ def create_message() -> ResponseReturnValue:
     status = ("queued" if admission.created
               else message_status(store.ledger(stored.id).counts()))
     response = jsonify(Accepted(id=stored.id, status=status).model_dump())
+    response.headers["Location"] = url_for("api.show_message", message_id=stored.id)
     if not admission.created:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202
@@ -145,7 +147,8 @@ def _json_object(raw: str) -> Any:
 
 
 describe("post", "/api/messages", "Queue a message (JSON with base64 attachments, or "
-         "multipart/form-data with files; Idempotency-Key honoured)", status=202,
+         "multipart/form-data with files; Idempotency-Key honoured)",
+         operation_id="createMessage", tag="messages", status=202,
          request=MessageIn, response=Accepted, errors=(400, 401, 409, 413, 415, 422),
          headers={"Idempotency-Key": "the same key and body within 24 h return the first "
                                      "message; the same key with another body is a 409"},
@@ -171,5 +174,6 @@ def show_message(message_id: str) -> ResponseReturnValue:
     return jsonify(shown.model_dump(exclude_none=True))
 
 
-describe("get", "/api/messages/{message_id}", "A message's status per recipient", status=200,
+describe("get", "/api/messages/{message_id}", "A message's status per recipient",
+         operation_id="getMessage", tag="messages", status=200,
          response=MessageOut, errors=(401, 404))

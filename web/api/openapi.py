@@ -15,9 +15,14 @@ from pydantic import BaseModel
 from web.api import bp
 from web.api.schemas import ErrorOut
 
-ERRORS = {"400": "malformed body", "401": "missing or wrong token", "404": "no such id",
+ERRORS = {"400": "malformed body", "401": "missing or wrong token (WWW-Authenticate: Bearer)",
+          "404": "no such id",
           "409": "the state forbids it", "413": "too large", "415": "unsupported media type",
           "422": "invalid input (fields say which and why)", "429": "too many requests"}
+
+TAGS = {"messages": "Single messages: queue one, read its status per recipient",
+        "otp": "Email verification with one-time codes",
+        "campaigns": "Bulk campaigns: create, follow, control"}
 
 _models: dict[str, type[BaseModel]] = {"ErrorOut": ErrorOut}
 _paths: dict[str, dict[str, Any]] = {}
@@ -28,12 +33,15 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def describe(method: str, path: str, summary: str, *, status: int,
+def describe(method: str, path: str, summary: str, *, operation_id: str, tag: str, status: int,
              response: type[BaseModel] | None = None, request: type[BaseModel] | None = None,
              errors: tuple[int, ...] = (401, 422), content_type: str = "application/json",
              query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
              files: dict[str, str] | None = None, raw_body: str | None = None) -> None:
     """Add one operation: ``describe("post", "/api/messages", ..., request=MessageIn)``.
+
+    *operation_id* is the name a generated client gives the call (``createMessage``);
+    *tag* one of :data:`TAGS`. A 202 answer carries the new resource's URL in ``Location``.
 
     *headers* and *query* map parameter names to what they mean; *files* names the
     file fields of a ``multipart/form-data`` alternative to the JSON body, whose
@@ -43,13 +51,23 @@ def describe(method: str, path: str, summary: str, *, status: int,
     ok: dict[str, Any] = {"description": summary}
     if response is not None:
         ok["content"] = {"application/json": {"schema": _ref(response)}}
+    if tag not in TAGS:
+        raise ValueError(f"unknown tag {tag!r}")
+    if status == 202:
+        ok["headers"] = {"Location": {"description": "the URL of the new resource's status",
+                                      "schema": {"type": "string"}}}
     operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [tag],
         "summary": summary,
         "responses": {str(status): ok, **{
             str(code): {"description": ERRORS[str(code)],
                         "content": {"application/json": {"schema": _ref(ErrorOut)}}}
             for code in errors}},
     }
+    if "401" in operation["responses"]:
+        operation["responses"]["401"]["headers"] = {"WWW-Authenticate": {
+            "description": "Bearer", "schema": {"type": "string"}}}
     operation["responses"]["503"] = {  # web.outages: Redis or the broker out of reach
         "description": "Redis or the broker cannot be reached; nothing was stored",
         "headers": {"Retry-After": {"description": "seconds to wait before retrying",
@@ -107,6 +125,7 @@ def document() -> dict[str, Any]:
         "components": {"schemas": schemas,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
+        "tags": [{"name": name, "description": what} for name, what in TAGS.items()],
         "paths": _paths,
     }
 

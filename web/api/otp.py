@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify
+from flask import current_app, jsonify, url_for
 from flask.typing import ResponseReturnValue
 
 from tasks.otp import send_code
@@ -34,10 +34,13 @@ def create_otp() -> ResponseReturnValue:
     body = parse(OTPRequestIn, json_body())
     otp_request = _store().create(body.email)
     send_code.delay(otp_request.id)
-    return jsonify(Accepted(id=otp_request.id, status="queued").model_dump()), 202
+    response = jsonify(Accepted(id=otp_request.id, status="queued").model_dump())
+    response.headers["Location"] = url_for("api.show_otp", request_id=otp_request.id)
+    return response, 202
 
 
-describe("post", "/api/otp", "Mail a one-time code to an address", status=202,
+describe("post", "/api/otp", "Mail a one-time code to an address",
+         operation_id="requestCode", tag="otp", status=202,
          request=OTPRequestIn, response=Accepted, errors=(400, 401, 415, 422, 429))
 
 
@@ -52,7 +55,8 @@ def show_otp(request_id: str) -> ResponseReturnValue:
 
 
 describe("get", "/api/otp/{request_id}", "An OTP request's delivery and verification status",
-         status=200, response=OTPStatusOut, errors=(401, 404))
+         operation_id="getCodeRequest", tag="otp", status=200, response=OTPStatusOut,
+         errors=(401, 404))
 
 
 @bp.post("/otp/<request_id>/verify")
@@ -67,5 +71,6 @@ def verify_otp(request_id: str) -> ResponseReturnValue:
     return jsonify(OTPVerifiedOut(verified=True).model_dump())
 
 
-describe("post", "/api/otp/{request_id}/verify", "Check a code; it works once", status=200,
+describe("post", "/api/otp/{request_id}/verify", "Check a code; it works once",
+         operation_id="verifyCode", tag="otp", status=200,
          request=OTPCodeIn, response=OTPVerifiedOut, errors=(400, 401, 404, 415, 422, 429))

@@ -18,7 +18,7 @@ from redis import RedisError
 from tasks.campaigns import start_campaign
 from tasks.engine.templating import BUILTIN_VARIABLES, CampaignTemplates, TemplateProblem
 from tasks.stores.campaigns import CampaignStore
-from web.api.errors import APIError
+from web.api.errors import APIError, require_sender
 from web.campaigns.recipients import RecipientSource, Row, check_row
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def create_campaign(store: CampaignStore, spec: CampaignSpec, source: RecipientS
     Returns ``(id, status, report)``. Raises :class:`APIError` (and stores
     nothing) when the templates, the file or every row is unusable.
     """
+    require_sender(spec.sender)
     templates = compile_templates(spec)
     required = templates.variables
     if source.columns is not None:

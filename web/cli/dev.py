@@ -96,6 +96,7 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
     env = dict(environ)
     env.setdefault("POSTROOM_ENV", "development")
     env.setdefault("PUBLIC_URL", plan.url(plan.port, ""))  # links in mail, never the Host header
+    env.setdefault("FLOWER_URL", plan.url(plan.flower_port))  # linked from the home page
     env["PYTHONUNBUFFERED"] = "1"
     if not env.get("SECRET_KEY"):  # kept, so codes and sessions survive a restart
         env["SECRET_KEY"] = persisted_secret(var / "secret_key", lambda: secrets.token_hex(32))

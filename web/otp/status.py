@@ -18,10 +18,24 @@ _LABELS = {
 }
 
 
+_SERVERS_WORD = frozenset({"deferred", "failed"})  # the error is what the mail server said
+
+_CLOSED_NOTICES = {
+    "locked": "This request is locked: too many wrong codes were entered. "
+              "Request a new code to try again.",
+    "expired": "This code has expired. Request a new code.",
+}
+
+
+def closed_notice(status: str) -> str | None:
+    """What the page says instead of the code form once no code can be entered."""
+    return _CLOSED_NOTICES.get(status)
+
+
 def reason(public: dict[str, Any]) -> str | None:
     """The server's answer behind a delay or failure: ``"550 5.1.1 no such user"``."""
     error = public.get("error")
-    if not error:
+    if not error or public["status"] not in _SERVERS_WORD:
         return None
     code = public.get("smtp_code")
     return f"{code} {error}" if code is not None and not error.startswith(str(code)) else error

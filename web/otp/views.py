@@ -71,13 +71,16 @@ def validate() -> ResponseReturnValue:
         form.code.data = ""
         otp_request = store.get(request_id)
     shown = status.describe(otp_request.public(store.now())) if otp_request else None
+    if shown is not None and shown["status"] == "verified" and request.method == "GET":
+        return render_template("otp/verified.html")  # reopened after success
     code = 200
     if failure or form.errors:
         code = 422
     elif otp_request is None:
         code = 404
+    notice = status.closed_notice(shown["status"]) if shown else None
     return render_template("otp/validate.html", form=form, request_id=request_id, shown=shown,
-                           failure=failure, length=store.policy.length), code
+                           failure=failure, notice=notice, length=store.policy.length), code
 
 
 @bp.get("/verify/status/<request_id>")

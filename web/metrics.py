@@ -1,0 +1,195 @@
+"""``GET /metrics``: Prometheus text for the whole deployment, read from Redis.
+
+Counters are kept in Redis by the workers (:mod:`tasks.stores.metrics`), so any
+web process answers with every worker's and host's figures. Each request builds
+a fresh registry. With ``METRICS_TOKEN`` set, only a request that sends it as
+``Authorization: Bearer <token>`` is answered (Prometheus:
+``authorization: {credentials: ...}``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Iterator
+
+import redis
+from flask import Blueprint, Response, current_app, request
+from flask.typing import ResponseReturnValue
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from tasks.stores.campaigns import CampaignStore
+from tasks.stores.heartbeats import Heartbeats
+from tasks.stores.metrics import DeliveryMetrics
+from tasks.stores.throttle import sessions_open
+from web.health import WORKER_SEEN_WITHIN, relay_statuses
+from web.heartbeat import PUBLISHED_AT
+
+bp = Blueprint("metrics", __name__)
+
+QUEUES = ("otp", "mail", "bulk")
+CAMPAIGN_STATUSES = ("scheduled", "queued", "running", "paused", "completed", "cancelled")
+
+
+def queue_depths(client: redis.Redis, prefix: str) -> dict[str, int]:
+    """Messages waiting in each Celery queue on the Redis broker."""
+    return {queue: int(client.llen(prefix + queue)) for queue in QUEUES}
+
+
+def oldest_waiting_age(client: redis.Redis, prefix: str, queue: str,
+                       now: float | None = None) -> float:
+    """Seconds the oldest task in *queue* has waited (kombu pushes left, pops right); 0 if none."""
+    raw = client.lindex(prefix + queue, -1)
+    if raw is None:
+        return 0.0
+    try:
+        published = float(json.loads(raw)["headers"][PUBLISHED_AT])
+    except (ValueError, KeyError, TypeError):
+        return 0.0  # published by a process without the header
+    return max(0.0, (time.time() if now is None else now) - published)
+
+
+class DeploymentCollector(Collector):
+    """Delivery counters, latency, queues, campaigns and heartbeats, read at scrape time."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = DeliveryMetrics(self.client)
+        deliveries = CounterMetricFamily(
+            "postroom_deliveries", "Recipients by kind of mail and delivery outcome",
+            labels=["kind", "outcome"])
+        for (kind, outcome), n in sorted(metrics.outcomes().items()):
+            deliveries.add_metric([kind, outcome], n)
+        yield deliveries
+        replies = CounterMetricFamily("postroom_smtp_replies",
+                                      "The relay's replies about recipients, by class",
+                                      labels=["class"])
+        for reply, n in metrics.replies().items():
+            replies.add_metric([reply], n)
+        yield replies
+        yield CounterMetricFamily("postroom_smtp_sessions_opened", "SMTP sessions opened",
+                                  value=metrics.sessions_opened())
+        latency = HistogramMetricFamily(
+            "postroom_send_duration_seconds",
+            "Time from handing a message to the relay to its reply", labels=["kind"])
+        for kind, (buckets, total) in metrics.latency().items():
+            latency.add_metric([kind], buckets, total)
+        yield latency
+        yield from self._queues()
+        campaigns = GaugeMetricFamily("postroom_campaigns", "Campaigns by status",
+                                      labels=["status"])
+        counts = CampaignStore(self.client).count_by_status()
+        for status in CAMPAIGN_STATUSES:
+            campaigns.add_metric([status], counts.get(status, 0))
+        yield campaigns
+        yield from self._heartbeats()
+
+    def _queues(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("postroom_queue_depth", "Tasks waiting in a Celery queue",
+                                  labels=["queue"])
+        age = GaugeMetricFamily("postroom_queue_oldest_task_age_seconds",
+                                "How long the oldest task waiting in a queue has waited",
+                                labels=["queue"])
+        now = time.time()
+        for queue, count in queue_depths(self.client, self.prefix).items():
+            depth.add_metric([queue], count)
+            age.add_metric([queue], oldest_waiting_age(self.client, self.prefix, queue, now))
+        yield depth
+        yield age
+
+    def _heartbeats(self) -> Iterator[Metric]:
+        beats = Heartbeats(self.client)
+        now = time.time()
+        yield GaugeMetricFamily(
+            "postroom_workers_alive",
+            f"Workers that reported in the last {WORKER_SEEN_WITHIN:.0f} s",
+            value=len(beats.workers_since(now - WORKER_SEEN_WITHIN)))
+        yield GaugeMetricFamily(
+            "postroom_beat_last_seen_timestamp_seconds",
+            "When beat last published a scheduled task (0 if not within the hour)",
+            value=beats.beat_seen() or 0.0)
+
+
+class _Read(Collector):
+    """Families already read (so a Redis error surfaces before the answer is written)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def sending_limits(registry: CollectorRegistry, client: redis.Redis) -> None:
+    """The limits shared by all workers (0 = none), and the SMTP sessions held under them."""
+    config = current_app.config
+    Gauge("postroom_mail_rate_limit", "MAIL_RATE_LIMIT: messages/s across all workers",
+          registry=registry).set(config.get("MAIL_RATE_LIMIT") or 0)
+    Gauge("postroom_mail_max_connections", "MAIL_MAX_CONNECTIONS across all workers",
+          registry=registry).set(config.get("MAIL_MAX_CONNECTIONS") or 0)
+    Gauge("postroom_smtp_sessions_open", "SMTP sessions holding a MAIL_MAX_CONNECTIONS slot",
+          registry=registry).set(sessions_open(client))
+
+
+def relay_gauges(registry: CollectorRegistry) -> None:
+    """Each relay's last session and cooldown (MAIL_SERVER, then MAIL_FALLBACK_SERVERS)."""
+    ok = Gauge("postroom_relay_last_session_ok",
+               "1 if the last session on the relay opened, 0 if it failed", ["relay"],
+               registry=registry)
+    at = Gauge("postroom_relay_last_session_timestamp_seconds",
+               "When the relay's last session was opened or failed", ["relay"],
+               registry=registry)
+    cooling = Gauge("postroom_relay_cooling_down",
+                    "1 while workers skip the relay after a failed session", ["relay"],
+                    registry=registry)
+    until = Gauge("postroom_relay_cooling_down_until_seconds",
+                  "When the relay's cooldown ends (0 when it is not cooling down)", ["relay"],
+                  registry=registry)
+    for status in relay_statuses():
+        if status.outcome is not None:
+            ok.labels(relay=status.relay).set(1 if status.outcome == "opened" else 0)
+            at.labels(relay=status.relay).set(status.at or 0)
+        cooling.labels(relay=status.relay).set(1 if status.cooling_down_until else 0)
+        until.labels(relay=status.relay).set(status.cooling_down_until or 0)
+
+
+def _metrics_allowed() -> bool:
+    expected = current_app.config.get("METRICS_TOKEN")
+    if not expected:
+        return True
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), str(expected).encode())
+
+
+@bp.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    if not _metrics_allowed():
+        return Response("send METRICS_TOKEN as 'Authorization: Bearer <token>'\n", status=401,
+                        mimetype="text/plain", headers={"WWW-Authenticate": "Bearer"})
+    client = current_app.extensions["redis"]
+    celery_conf = current_app.extensions["celery"].conf
+    prefix = celery_conf.broker_transport_options.get("global_keyprefix", "")
+    registry = CollectorRegistry()
+    up = Gauge("postroom_redis_up", "1 when Redis answers", registry=registry)
+    try:
+        client.ping()
+        sending_limits(registry, client)
+        relay_gauges(registry)
+        registry.register(_Read(list(DeploymentCollector(client, prefix).collect())))
+        up.set(1)
+    except redis.RedisError:
+        up.set(0)
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
