@@ -89,7 +89,8 @@ def test_every_operation_has_a_readable_name_and_a_tag(client: FlaskClient) -> N
     assert names["createMessage"] == ("post", "/api/messages")
     assert names["retryFailedCampaign"] == ("post", "/api/campaigns/{campaign_id}/retry-failed")
     assert names["requestCode"] == ("post", "/api/otp")
-    assert len(names) == 13
+    assert names["takeBounce"] == ("post", "/api/bounces")
+    assert len(names) == 18
 
 
 def test_no_sender_anywhere_is_a_422_naming_sender(redis_client: redis.Redis, redis_url: str,

@@ -88,6 +88,8 @@ def api_calls() -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", "/api/suppressions/ada@example.com", {}),
         ("PUT", "/api/suppressions/ada@example.com", {"json": {"reason": "manual"}}),
         ("DELETE", "/api/suppressions/ada@example.com", {}),
+        ("POST", "/api/bounces", {"data": b"From: MAILER-DAEMON@example.org\r\n\r\nundelivered",
+                                  "content_type": "message/rfc822"}),
         ("POST", "/api/campaigns", {"json": campaign}),
         ("POST", "/api/campaigns", {"data": csv, "content_type": "multipart/form-data"}),
         ("GET", "/api/campaigns", {}),

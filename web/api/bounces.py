@@ -36,10 +36,11 @@ def take_bounce() -> ResponseReturnValue:
     if not matched:
         raise APIError(422, "unmatched", "no recipient of a message Postroom sent matches this "
                        "report (it is kept for a week)")
-    return jsonify({"matched": [m.public() for m in matched]}), 202
+    return jsonify({"matched": [m.public() for m in matched]}), 200  # applied, not queued
 
 
 describe("post", "/api/bounces", "Apply a bounce (DSN) or a complaint (ARF): the recipient "
          "becomes bounced and the address is suppressed; a delay is only recorded",
-         status=202, response=BouncesOut, errors=(400, 401, 413, 415, 422),
+         operation_id="takeBounce", tag="bounces", status=200, response=BouncesOut,
+         errors=(400, 401, 413, 415, 422),
          raw_body="message/rfc822")

@@ -22,7 +22,9 @@ ERRORS = {"400": "malformed body", "401": "missing or wrong token (WWW-Authentic
 
 TAGS = {"messages": "Single messages: queue one, read its status per recipient",
         "otp": "Email verification with one-time codes",
-        "campaigns": "Bulk campaigns: create, follow, control"}
+        "campaigns": "Bulk campaigns: create, follow, control",
+        "suppressions": "Addresses no campaign mails, with the reason and time",
+        "bounces": "Bounces and complaints that come back after a relay accepted mail"}
 
 _models: dict[str, type[BaseModel]] = {"ErrorOut": ErrorOut}
 _paths: dict[str, dict[str, Any]] = {}

@@ -72,7 +72,8 @@ def list_suppressions() -> ResponseReturnValue:
 
 
 describe("get", "/api/suppressions", "The suppression list, a page at a time (a page may be "
-         "empty while next_cursor is not null)", status=200, response=SuppressionPage,
+         "empty while next_cursor is not null)", operation_id="listSuppressions",
+         tag="suppressions", status=200, response=SuppressionPage,
          errors=(401, 422), query={"cursor": "next_cursor of the previous page",
                                    "q": "only addresses containing this text"})
 
@@ -86,7 +87,8 @@ def show_suppression(email: str) -> ResponseReturnValue:
 
 
 describe("get", "/api/suppressions/{email}", "One suppressed address, its reason and time",
-         status=200, response=SuppressionOut, errors=(401, 404))
+         operation_id="showSuppression", tag="suppressions", status=200,
+         response=SuppressionOut, errors=(401, 404))
 
 
 @bp.put("/suppressions/<path:email>")
@@ -98,7 +100,8 @@ def put_suppression(email: str) -> ResponseReturnValue:
 
 
 describe("put", "/api/suppressions/{email}", "Suppress an address (or change its reason); "
-         "campaigns already running skip it from their next message", status=200,
+         "campaigns already running skip it from their next message",
+         operation_id="putSuppression", tag="suppressions", status=200,
          request=SuppressionIn, response=SuppressionOut, errors=(400, 401, 404, 415, 422))
 
 
@@ -110,4 +113,4 @@ def delete_suppression(email: str) -> ResponseReturnValue:
 
 
 describe("delete", "/api/suppressions/{email}", "Take an address off the suppression list",
-         status=204, errors=(401, 404))
+         operation_id="deleteSuppression", tag="suppressions", status=204, errors=(401, 404))
