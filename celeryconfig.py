@@ -39,7 +39,7 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-task_queues = (Queue("otp"), Queue("mail"), Queue("bulk"))
+task_queues = (Queue("otp"), Queue("mail"), Queue("bulk"), Queue("events"))
 task_default_queue = "mail"
 task_routes = {
     "postroom.otp.*": {"queue": "otp"},
@@ -47,6 +47,7 @@ task_routes = {
     "postroom.deliver_each": {"queue": "bulk"},
     "postroom.campaign.*": {"queue": "bulk"},
     "postroom.reconcile": {"queue": "mail"},
+    "postroom.webhooks.*": {"queue": "events"},  # calls to client apps: never in the way
 }
 
 # Events for Flower. A "task-sent" event costs every enqueue another publish (a fifth of

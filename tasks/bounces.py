@@ -26,11 +26,14 @@ from redis import Redis
 
 from tasks.engine.reports import Report, ReportedRecipient, read_report
 from tasks.engine.verp import BounceRef, read_verp
+from tasks.events import bounced_event
 from tasks.stores import key
 from tasks.stores.campaigns import CampaignStore
 from tasks.stores.ledger import DeliveryLedger
 from tasks.stores.messages import MessageStore
 from tasks.stores.suppression import SuppressionList, normalise
+from tasks.stores.webhooks import Event
+from tasks.webhooks import emit
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,10 @@ class BounceDesk:
         it matched (empty: kept as unmatched)."""
         report = read_report(raw)
         ref = self._verp(list(envelope_to) + report.return_paths)
+        bounced: list[Event] = []
         matched = [found for reported in report.recipients
-                   if (found := self._apply(report, reported, ref)) is not None]
+                   if (found := self._apply(report, reported, ref, bounced)) is not None]
+        emit(self.redis, bounced)
         if not matched:
             self._keep("unmatched", raw.decode("utf-8", "replace")[:100_000])
             log.info("a %s report matched no recipient; kept for a week", report.kind)
@@ -98,7 +103,7 @@ class BounceDesk:
         return None
 
     def _apply(self, report: Report, reported: ReportedRecipient,
-               ref: BounceRef | None) -> Matched | None:
+               ref: BounceRef | None, bounced: list[Event]) -> Matched | None:
         target = self._target(report, reported.email, ref)
         if target is None:
             return None
@@ -111,6 +116,8 @@ class BounceDesk:
                 return None
             self.suppressions.add(address, "complained" if complaint else "bounced",
                                   campaign_id=campaign_id)
+            bounced.append(bounced_event(message_id, campaign_id, index, address,
+                                         reported.smtp_code, reason))
             log.info("recipient %d of %s %s", index, ledger.delivery_id,
                      "complained" if complaint else "bounced")
         elif reported.action == "delayed":

@@ -33,12 +33,14 @@ from tasks.engine.errors import InvalidMessageError
 from tasks.engine.session import BatchConnection
 from tasks.engine.templating import CampaignTemplates
 from tasks.engine.verp import BounceRef, verp_address
+from tasks.events import campaign_event
 from tasks.stores import key
 from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentRef, AttachmentStore
 from tasks.stores.campaigns import Campaign, CampaignStore, TransitionRefused, batch_token
 from tasks.stores.ledger import RecipientRecord
 from tasks.stores.suppression import SuppressionList, UnsubscribeTokens
 from tasks.stores.watch import Watchlist
+from tasks.webhooks import emit
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,12 @@ def _store() -> CampaignStore:
     return CampaignStore(runtime.redis_client())
 
 
+def announce(store: CampaignStore, campaign_id: str, event_type: str) -> None:
+    """``campaign.started|completed|cancelled`` with the campaign's counts, to webhooks."""
+    emit(store.redis, [campaign_event(event_type, campaign_id,
+                                      store.ledger(campaign_id).counts())])
+
+
 def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
     cancelled = (store.move_recipients(campaign_id, "queued", "cancelled")
                  + store.move_recipients(campaign_id, "deferred", "cancelled"))
@@ -133,6 +141,7 @@ def start_campaign(campaign_id: str) -> None:
         log.info("campaign %s was not started: no longer queued", campaign_id)
         return
     log.info("campaign %s started", campaign_id)
+    announce(_store(), campaign_id, "campaign.started")
     dispatch_batches(campaign_id)
 
 
@@ -157,6 +166,7 @@ def dispatch_batches(campaign_id: str) -> None:
         enqueued += 1
     if store.complete_if_done(campaign_id, retention=runtime.retention_seconds()):
         log.info("campaign %s completed", campaign_id)
+        announce(store, campaign_id, "campaign.completed")
     elif enqueued:
         log.debug("campaign %s: %d batch(es) enqueued", campaign_id, enqueued)
 
@@ -258,9 +268,12 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
         counter(sent)
         unknown_users(sent)
 
-    observe = runtime.observer("campaign", campaign.id, extra=counted)
-    options = BatchOptions(token=batch_token(campaign.id, slot), policy=runtime.retry_policy(),
-                           created_at=campaign.started_at or campaign.created_at,
+    policy = runtime.retry_policy()
+    created_at = campaign.started_at or campaign.created_at
+    observe = runtime.observer("campaign", campaign.id, extra=counted, policy=policy,
+                               created_at=created_at)
+    options = BatchOptions(token=batch_token(campaign.id, slot), policy=policy,
+                           created_at=created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
                            suppressed=suppressions.which,
                            should_stop=_StatusCheck(store, campaign.id), observe=observe)
@@ -288,6 +301,7 @@ def start_due_campaigns() -> None:
         except (TransitionRefused, KeyError):
             continue
         log.info("scheduled campaign %s is due; starting", campaign_id)
+        announce(store, campaign_id, "campaign.started")
         dispatch_batches.delay(campaign_id)
 
 
@@ -298,3 +312,4 @@ def cancel_unsent(campaign_id: str) -> None:
     if store.status(campaign_id) == "cancelled":
         log.info("campaign %s cancelled: %d recipient(s) will not be sent", campaign_id,
                  _cancel_unsent(store, campaign_id))
+        announce(store, campaign_id, "campaign.cancelled")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from redis.exceptions import RedisError
 
@@ -24,6 +25,13 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY = 1.0  # seconds between writes of the counters during a batch
 
 Observer = Callable[[Dispatched], None]
+
+
+@runtime_checkable
+class Buffered(Protocol):
+    """A watcher that keeps what it saw and writes it when :meth:`close` is called."""
+
+    def close(self) -> None: ...
 
 
 def domain_of(address: str) -> str:
@@ -80,6 +88,10 @@ class DeliveryWatch:
                         self.delivery_id, err)
 
     def close(self, *, sessions_opened: int = 0) -> None:
-        """The run is over: count its SMTP sessions and write everything left."""
+        """The run is over: count its SMTP sessions and write everything left, the
+        watchers' own buffers included."""
         self.tally.sessions += sessions_opened
         self.flush()
+        for watch in self.watchers:
+            if isinstance(watch, Buffered):
+                watch.close()

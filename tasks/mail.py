@@ -61,9 +61,11 @@ def _attachments(message: StoredMessage) -> list[Attachment] | InvalidMessageErr
 
 def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
              envelopes: list[Envelope], composer: Composer, what: str) -> None:
-    observe = runtime.observer("message", message.id)
+    policy = runtime.retry_policy()
+    observe = runtime.observer("message", message.id, policy=policy,
+                               created_at=message.created_at)
     options = BatchOptions(token=f"{task.name}:{task.request.id or uuid.uuid4().hex}",
-                           policy=runtime.retry_policy(), created_at=message.created_at,
+                           policy=policy, created_at=message.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(), observe=observe)
     report = run_watched(task, ledger, envelopes, composer, runtime.smtp_settings(), options,
                          what, observe)

@@ -78,7 +78,8 @@ def send_code(self: Task, request_id: str) -> None:
         return code_draft(settings.default_sender or "", claimed[0].email, code,
                           store.policy.ttl)
 
-    observe = runtime.observer("otp", request_id)
+    observe = runtime.observer("otp", request_id, policy=policy,
+                               created_at=request.created_at)
     options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=request.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),

@@ -17,6 +17,7 @@ from tasks.delivery_watch import DeliveryWatch, Observer
 from tasks.dispatch_signal import DispatchSignal
 from tasks.engine.compose import Composer
 from tasks.engine.session import SessionGate, SMTPSettings
+from tasks.events import DeliveryEvents
 from tasks.stores.metrics import DeliveryMetrics
 from tasks.stores.relays import RelayBoard
 from tasks.stores.throttle import SendRate, SessionSlots
@@ -98,16 +99,26 @@ def watch_after() -> float:
     return 2 * float(current_app.config["RECONCILE_INTERVAL"])
 
 
-def observer(kind: str, delivery_id: str, extra: Observer | None = None) -> DeliveryWatch:
+def observer(kind: str, delivery_id: str, extra: Observer | None = None, *,
+             policy: RetryPolicy | None = None, created_at: float | None = None
+             ) -> DeliveryWatch:
     """What ``BatchOptions(observe=...)`` calls with each message's fate: a log line per
-    recipient and the shared counters, then *extra* (the task's own), then Flask-Mail's
-    ``email_dispatched`` signal. Call its ``close()`` when the batch is over.
+    recipient and the shared counters, then *extra* (the task's own), then the webhook
+    events, then Flask-Mail's ``email_dispatched`` signal. Call its ``close()`` when the
+    batch is over.
 
     *kind* is ``otp``, ``message`` or ``campaign``; *delivery_id* the request's,
-    message's or campaign's id.
+    message's or campaign's id; *policy* and *created_at* the batch's, so a deferral
+    the ledger turns into a failure is announced as one.
     """
+    from tasks.webhooks import emit  # the tasks module needs this one: imported late
+
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    watchers: list[Observer] = [DispatchSignal(app)]
+    policy = policy or retry_policy()
+    events = DeliveryEvents(redis_client(), kind, delivery_id, emit,
+                            max_attempts=policy.max_attempts,
+                            deadline=policy.deadline(created_at))
+    watchers: list[Observer] = [events, DispatchSignal(app)]
     if extra is not None:
         watchers.insert(0, extra)
     return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()), watchers)

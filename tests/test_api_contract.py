@@ -90,7 +90,8 @@ def test_every_operation_has_a_readable_name_and_a_tag(client: FlaskClient) -> N
     assert names["retryFailedCampaign"] == ("post", "/api/campaigns/{campaign_id}/retry-failed")
     assert names["requestCode"] == ("post", "/api/otp")
     assert names["takeBounce"] == ("post", "/api/bounces")
-    assert len(names) == 18
+    assert names["createWebhook"] == ("post", "/api/webhooks")
+    assert len(names) == 22
 
 
 def test_no_sender_anywhere_is_a_422_naming_sender(redis_client: redis.Redis, redis_url: str,

@@ -76,7 +76,7 @@ def test_compose_defines_every_service(services: dict[str, Any]) -> None:
     for worker in (lane, bulk):
         assert worker[:4] == ["celery", "-A", "worker", "worker"] and "-E" in worker
         assert worker[worker.index("--pool") + 1] == "threads"
-    assert lane[lane.index("-Q") + 1] == "otp,mail"  # codes never wait behind campaigns
+    assert lane[lane.index("-Q") + 1] == "otp,mail,events"  # codes never wait behind campaigns
     assert bulk[bulk.index("-Q") + 1] == "bulk"
     assert bulk[bulk.index("--concurrency") + 1] == "16"
     assert services["beat"]["command"][:4] == ["celery", "-A", "worker", "beat"]

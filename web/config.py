@@ -185,6 +185,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "PUBLIC_URL": (_optional_text, None),
     "POSTROOM_ENV": (_text, "production"),
     "OUTBOX_DIR": (_optional_text, None),
+    "WEBHOOK_ALLOW_PRIVATE": (parse_bool, None),  # None: true in development and testing
 }
 
 
@@ -206,6 +207,10 @@ def normalise(config: MutableMapping[str, Any]) -> None:
         config["MAIL_SUPPRESS_SEND"] = bool(config.get("TESTING"))
     config["MAIL_FALLBACK_SERVERS"] = relay_list("MAIL_FALLBACK_SERVERS",
                                                  config.get("MAIL_FALLBACK_SERVERS") or ())
+    allow_private = config.get("WEBHOOK_ALLOW_PRIVATE")
+    if isinstance(allow_private, str):
+        allow_private = parse_bool("WEBHOOK_ALLOW_PRIVATE", allow_private)
+    config["WEBHOOK_ALLOW_PRIVATE"] = relaxed(config) if allow_private is None else allow_private
     cooldown = config.get("MAIL_RELAY_COOLDOWN")
     if isinstance(cooldown, str):
         config["MAIL_RELAY_COOLDOWN"] = _positive_number("MAIL_RELAY_COOLDOWN", cooldown)

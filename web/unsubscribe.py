@@ -12,7 +12,9 @@ import logging
 from flask import Blueprint, abort, current_app, render_template
 from flask.typing import ResponseReturnValue
 
+from tasks.events import unsubscribed_event
 from tasks.stores.suppression import SuppressionList, Unsubscribe, read_unsubscribe_token
+from tasks.webhooks import emit
 from web.extensions import csrf
 
 log = logging.getLogger(__name__)
@@ -40,4 +42,6 @@ def unsubscribe(token: str) -> ResponseReturnValue:
     if SuppressionList(current_app.extensions["redis"]).add(
             found.email, "unsubscribed", campaign_id=found.campaign_id):
         log.info("an address unsubscribed (campaign %s)", found.campaign_id)
+        emit(current_app.extensions["redis"],
+             [unsubscribed_event(found.email, found.campaign_id)])
     return render_template("unsubscribe.html", email=found.email, token=token, done=True)

@@ -50,4 +50,5 @@ from web.api import (  # noqa: E402,F401  (routes)
     openapi,
     otp,
     suppressions,
+    webhooks,
 )

@@ -24,7 +24,8 @@ TAGS = {"messages": "Single messages: queue one, read its status per recipient",
         "otp": "Email verification with one-time codes",
         "campaigns": "Bulk campaigns: create, follow, control",
         "suppressions": "Addresses no campaign mails, with the reason and time",
-        "bounces": "Bounces and complaints that come back after a relay accepted mail"}
+        "bounces": "Bounces and complaints that come back after a relay accepted mail",
+        "webhooks": "Signed events to the client app: endpoints and their delivery logs"}
 
 _models: dict[str, type[BaseModel]] = {"ErrorOut": ErrorOut}
 _paths: dict[str, dict[str, Any]] = {}

@@ -37,7 +37,7 @@ from web.config import ConfigError
 READY_TIMEOUT = 60.0
 DEV_SENDER = "Postroom <postroom@localhost>"
 DEV_RETURN_PATH = "bounces@bounces.localhost"
-LANE_QUEUES = "otp,mail"  # codes and single messages: a worker of their own, never behind bulk
+LANE_QUEUES = "otp,mail,events"  # codes, single messages and webhook calls: never behind bulk
 DEFAULT_BULK_THREADS = 16  # SMTP sessions per bulk process when MAIL_MAX_CONNECTIONS is unset
 
 
