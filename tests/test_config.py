@@ -37,7 +37,8 @@ def check_environ(environ: dict[str, str]) -> None:
     ("MAIL_PORT", "abc"), ("MAIL_PORT", "0"), ("MAIL_PORT", ""),
     ("MAIL_USE_TLS", "maybe"), ("MAIL_USE_SSL", "on"), ("MAIL_DEBUG", "2"),
     ("MAIL_SUPPRESS_SEND", ""), ("MAIL_ASCII_ATTACHMENTS", "TRUEISH"), ("MAIL_TLS_VERIFY", "y"),
-    ("MAIL_MAX_EMAILS", "seven"), ("MAIL_TIMEOUT", "-1"), ("MAIL_TIMEOUT", "soon"),
+    ("MAIL_MAX_EMAILS", "seven"), ("WEBHOOK_ALLOW_PRIVATE", "sometimes"),
+    ("MAIL_TIMEOUT", "-1"), ("MAIL_TIMEOUT", "soon"),
     ("MAIL_RATE_LIMIT", "fast"), ("MAIL_MAX_CONNECTIONS", "-2"),
     ("MAIL_TLS_CA_FILE", "/no/such/ca.pem"), ("OTP_LENGTH", "3"), ("OTP_TTL", "ten"),
     ("OTP_MAX_ATTEMPTS", "0"), ("MAX_ATTACHMENT_BYTES", "1e6"), ("MAX_MESSAGE_BYTES", "big"),
@@ -157,3 +158,16 @@ def test_postroom_dev_with_a_bad_value_starts_nothing(values: dict[str, str], li
     assert result.returncode == 2
     assert result.stderr.strip() == line
     assert result.stdout == ""
+
+
+def test_private_webhook_addresses_are_allowed_only_in_development_by_default() -> None:
+    def allowed(**environ: str) -> bool:
+        config = settings.from_environ({"SECRET_KEY": "k", "PUBLIC_URL": "https://x.example",
+                                        **environ})
+        settings.normalise(config)
+        return bool(config["WEBHOOK_ALLOW_PRIVATE"])
+
+    assert allowed() is False
+    assert allowed(POSTROOM_ENV="development") is True
+    assert allowed(POSTROOM_ENV="development", WEBHOOK_ALLOW_PRIVATE="no") is False
+    assert allowed(WEBHOOK_ALLOW_PRIVATE="yes") is True

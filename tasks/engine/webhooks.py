@@ -63,12 +63,13 @@ def resolve(host: str, port: int) -> list[str]:
 
 
 def public(address: str) -> bool:
-    """Whether *address* is on the public internet (IPv4-mapped IPv6 looked through)."""
+    """Whether *address* is on the public internet (IPv4-mapped IPv6 looked through;
+    shared address space such as 100.64.0.0/10 is not)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return not (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
-                or ip.is_reserved or ip.is_unspecified)
+    return ip.is_global and not (ip.is_loopback or ip.is_private or ip.is_link_local
+                                 or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:
