@@ -8,7 +8,8 @@ should be moving and is not, and enqueues it again:
 - recipients left ``sending`` under a claim whose lease ran out;
 - deferred recipients whose retry time passed without a retry;
 - messages, OTP requests and queued campaigns on the watch list
-  (:mod:`tasks.stores.watch`) whose time has passed.
+  (:mod:`tasks.stores.watch`) whose time has passed;
+- webhook events left in the outbox with no dispatcher queued.
 
 Enqueuing twice is safe: a batch claims only what is unsent and unclaimed, so
 a duplicate finds nothing to do.
@@ -34,6 +35,8 @@ from tasks.stores.ledger import UNSETTLED, DeliveryLedger
 from tasks.stores.messages import MessageStore
 from tasks.stores.otp import OTPStore
 from tasks.stores.watch import Watchlist
+from tasks.stores.webhooks import DISPATCH_PENDING, EventOutbox
+from tasks.webhooks import dispatch_events
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,9 @@ class Reconciler:
             self._campaign(campaign_id, now, found)
         for kind, item_id in self.watch.overdue(now):
             self._watched(kind, item_id, now, found)
+        if EventOutbox(self.redis).waiting() and not self.redis.exists(DISPATCH_PENDING):
+            dispatch_events.delay()  # events whose dispatcher was lost
+            found.add("events")
         return found
 
     # -- campaigns ----------------------------------------------------------------------------

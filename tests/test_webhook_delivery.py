@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 import redis
+from flask import Flask
 from flask.testing import FlaskClient
 
 from tasks.engine.webhooks import UnsafeURL, check_url, public
+from tasks.reconcile import Reconciler
 from tasks.stores.campaigns import CampaignStore
+from tasks.stores.webhooks import DISPATCH_PENDING, Event, EventOutbox
 from tasks.webhooks import BACKOFF_CAP, backoff
 from tests.campaign_helpers import create, csv_bytes, people, show
 from tests.conftest import AUTH, app_config
@@ -171,3 +174,17 @@ def test_public_addresses_pass() -> None:
 def test_a_name_that_does_not_resolve_is_refused() -> None:
     with pytest.raises(UnsafeURL, match="does not resolve"):
         check_url("https://no-such-host.invalid/hook", allow_private=False)
+
+
+def test_events_whose_dispatcher_was_lost_are_sent_by_the_reconciler(
+        app: Flask, client: FlaskClient, receiver: Receiver, redis_client: redis.Redis) -> None:
+    register(client, f"{receiver.url}/hook")
+    event = Event("recipient.unsubscribed", {"email": "ada@example.com", "campaign_id": None})
+    EventOutbox(redis_client).append([event])  # queued, as if its dispatcher never ran
+    assert receiver.calls == []
+    with app.app_context():
+        assert not Reconciler(redis_client, grace=30).run()  # a dispatcher is still expected
+        redis_client.delete(DISPATCH_PENDING)  # ... and it is lost
+        assert Reconciler(redis_client, grace=30).run().deliveries == {"events": 1}
+    assert [call.event["id"] for call in receiver.calls] == [event.id]
+    assert EventOutbox(redis_client).waiting() == 0

@@ -36,7 +36,7 @@ from web.heartbeat import PUBLISHED_AT
 
 bp = Blueprint("metrics", __name__)
 
-QUEUES = ("otp", "mail", "bulk")
+QUEUES = ("otp", "mail", "bulk", "events")
 CAMPAIGN_STATUSES = ("scheduled", "queued", "running", "paused", "completed", "cancelled")
 
 
