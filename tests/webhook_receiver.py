@@ -36,7 +36,7 @@ class Call:
 class Receiver:
     """``answers`` are used in turn (then ``default``); each is a status code."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.calls: list[Call] = []
         self.answers: list[int] = []
         self.default = 200
@@ -59,7 +59,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
@@ -70,8 +70,9 @@ class Receiver:
 
 
 @contextmanager
-def receiving() -> Iterator[Receiver]:
-    receiver = Receiver()
+def receiving(port: int = 0) -> Iterator[Receiver]:
+    """A receiver on *port* (any free one by default), until the block ends."""
+    receiver = Receiver(port)
     thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
     thread.start()
     try:
