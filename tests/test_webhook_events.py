@@ -169,3 +169,19 @@ def test_types_an_endpoint_did_not_ask_for_are_not_sent(
                 json={"to": ["ada@example.com"], "subject": "Hi", "body": "Hello"})
     assert receiver.calls == []
     assert len(smtp_server.received) == 1
+
+
+def test_the_readme_signature_check_verifies_a_real_call(
+        client: FlaskClient, receiver: Receiver, smtp_server: SMTPTestServer) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    snippet = readme.split("Checking a signature:\n\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)  # noqa: S102  (the README's own code)
+    secret = register(client, receiver)["secret"]
+    client.post("/api/messages", headers=AUTH,
+                json={"to": ["ada@example.com"], "subject": "Hi", "body": "Hello"})
+    [call] = receiver.calls
+    header = call.headers["Postroom-Signature"]
+    assert namespace["verified"](secret, header, call.body)
+    assert not namespace["verified"](secret, header, call.body + b" ")
+    assert not namespace["verified"]("not the secret", header, call.body)
