@@ -31,7 +31,8 @@ print(json.dumps({
     "time_limit": conf.task_time_limit,
     "queues": sorted(q.name for q in conf.task_queues),
     "routes": {task: queue(task) for task in
-               ["postroom.otp.send", "postroom.deliver_message", "postroom.campaign.send_batch"]},
+               ["postroom.otp.send", "postroom.deliver_message", "postroom.campaign.send_batch",
+                "postroom.webhooks.deliver"]},
     "events": conf.worker_send_task_events,
     "sent_event": conf.task_send_sent_event,
     "serializers": [conf.task_serializer, conf.result_serializer],
@@ -65,9 +66,10 @@ def test_celeryconfig_holds_the_delivery_settings() -> None:
         True, True, 1)
     assert facts["visibility_timeout"] == 9000 > facts["time_limit"] == 600
     assert facts["key_prefix"].startswith("postroom:")
-    assert facts["queues"] == ["bulk", "mail", "otp"]
+    assert facts["queues"] == ["bulk", "events", "mail", "otp"]
     assert facts["routes"] == {"postroom.otp.send": "otp", "postroom.deliver_message": "mail",
-                               "postroom.campaign.send_batch": "bulk"}
+                               "postroom.campaign.send_batch": "bulk",
+                               "postroom.webhooks.deliver": "events"}
     assert (facts["events"], facts["sent_event"]) == (True, False)  # sent events cost enqueues
     assert facts["serializers"] == ["json", "json"]
     assert facts["accept"] == [["json"], ["json"]]
