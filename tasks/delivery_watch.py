@@ -39,14 +39,16 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower() or "-"
 
 
-def log_outcomes(kind: str, delivery_id: str, dispatched: Dispatched) -> None:
-    """One line per recipient: delivery, Message-ID, status, domain, SMTP code, duration."""
-    if not log.isEnabledFor(logging.INFO):
+def log_outcomes(kind: str, delivery_id: str, dispatched: Dispatched,
+                 level: int = logging.INFO) -> None:
+    """One line per recipient: delivery, Message-ID, status, domain, SMTP code, duration
+    (at *level*: ``DELIVERY_LOG_LEVEL``)."""
+    if not log.isEnabledFor(level):
         return
     message_id = dispatched.message.message_id if dispatched.message is not None else "-"
     for record, outcome in zip(dispatched.recipients, dispatched.outcomes, strict=True):
         domain = domain_of(record.email)
-        log.info("%s %s %s: %s to %s, smtp %s, %.3f s", kind, delivery_id, message_id,
+        log.log(level, "%s %s %s: %s to %s, smtp %s, %.3f s", kind, delivery_id, message_id,
                  outcome.status, domain, outcome.smtp_code or "-", dispatched.seconds,
                  extra={"delivery": {"kind": kind, "id": delivery_id, "message_id": message_id,
                                      "status": outcome.status, "domain": domain,
@@ -58,8 +60,9 @@ class DeliveryWatch:
     """Logs and counts each message's fate, then hands it to *watchers* in order."""
 
     def __init__(self, kind: str, delivery_id: str, metrics: DeliveryMetrics,
-                 watchers: Sequence[Observer] = ()) -> None:
+                 watchers: Sequence[Observer] = (), *, log_level: int = logging.INFO) -> None:
         self.kind = kind
+        self.log_level = log_level
         self.delivery_id = delivery_id
         self.metrics = metrics
         self.watchers = list(watchers)
@@ -67,7 +70,7 @@ class DeliveryWatch:
         self.written = time.monotonic()
 
     def __call__(self, dispatched: Dispatched) -> None:
-        log_outcomes(self.kind, self.delivery_id, dispatched)
+        log_outcomes(self.kind, self.delivery_id, dispatched, self.log_level)
         for outcome in dispatched.outcomes:
             self.tally.outcome(self.kind, outcome.status, outcome.smtp_code)
         if dispatched.message is not None and any(

@@ -6,6 +6,7 @@ one place they read the app, so the engine and the stores never do.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -121,4 +122,6 @@ def observer(kind: str, delivery_id: str, extra: Observer | None = None, *,
     watchers: list[Observer] = [events, DispatchSignal(app)]
     if extra is not None:
         watchers.insert(0, extra)
-    return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()), watchers)
+    level = logging.getLevelName(str(current_app.config.get("DELIVERY_LOG_LEVEL") or "INFO"))
+    return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()), watchers,
+                         log_level=level if isinstance(level, int) else logging.INFO)

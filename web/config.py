@@ -118,6 +118,13 @@ def _log_format(name: str, raw: str) -> str:
     return word
 
 
+def _log_level(name: str, raw: str) -> str:
+    word = raw.strip().upper()
+    if word not in {"DEBUG", "INFO", "WARNING"}:
+        raise ConfigError(f"{name}: expected DEBUG, INFO or WARNING, got {raw!r}")
+    return word
+
+
 def _rate_limits(name: str, raw: str) -> str:
     """A Flask-Limiter limit string such as ``3/minute;10/hour``."""
     from limits import parse_many
@@ -169,6 +176,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "ADMIN_LOGIN_RATE_LIMIT": (_rate_limits, "5/minute;30/hour"),
     "METRICS_TOKEN": (_optional_text, None),
     "LOG_FORMAT": (_log_format, "text"),
+    "DELIVERY_LOG_LEVEL": (_log_level, "INFO"),
     "FLOWER_URL": (_optional_text, None),
     "MAX_ATTACHMENT_BYTES": (_whole_number(1), 10 * 1024 * 1024),
     "MAX_MESSAGE_BYTES": (_whole_number(1), 25 * 1024 * 1024),
