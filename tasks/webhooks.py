@@ -19,7 +19,9 @@ import time
 from collections.abc import Iterable
 
 from celery import Task, shared_task
+from kombu.exceptions import OperationalError
 from redis import Redis
+from redis.exceptions import RedisError
 
 from tasks import runtime
 from tasks.delivery import visibility_timeout
@@ -46,8 +48,15 @@ def emit(redis: Redis, events: Iterable[Event]) -> None:
     events = list(events)
     if not events or not WebhookEndpoints(redis).any():
         return
-    if EventOutbox(redis).append(events):
+    outbox = EventOutbox(redis)
+    if not outbox.append(events):
+        return  # a dispatcher is queued and will take these too
+    try:
         dispatch_events.delay()
+    except OperationalError as err:  # the broker is away: the reconciler dispatches them
+        outbox.dispatching()
+        log.warning("%d event(s) wait in the outbox; no dispatcher could be queued: %s",
+                    len(events), err)
 
 
 @shared_task(name="postroom.webhooks.dispatch", ignore_result=True)
@@ -73,8 +82,14 @@ def deliver_event(self: Task, endpoint_id: str, event_id: str) -> None:
     """POST event *event_id* to endpoint *endpoint_id*; retry until it is taken or too old."""
     redis = runtime.redis_client()
     endpoints = WebhookEndpoints(redis)
-    endpoint = endpoints.get(endpoint_id)
-    event = EventOutbox(redis).get(event_id)
+    try:
+        endpoint = endpoints.get(endpoint_id)
+        event = EventOutbox(redis).get(event_id)
+    except RedisError as err:
+        if self.request.is_eager and self.request.retries + 1 >= EAGER_ATTEMPTS:
+            raise
+        log.warning("webhook delivery of event %s waits for Redis: %s", event_id, err)
+        raise self.retry(countdown=backoff(self.request.retries + 1), exc=err) from err
     if endpoint is None or endpoint.disabled_at is not None or event is None:
         log.info("event %s not sent to webhook %s: the endpoint is gone or disabled, or "
                  "the event expired", event_id, endpoint_id)

@@ -15,8 +15,8 @@ from flask.testing import FlaskClient
 from tasks.engine.webhooks import UnsafeURL, check_url, public
 from tasks.reconcile import Reconciler
 from tasks.stores.campaigns import CampaignStore
-from tasks.stores.webhooks import DISPATCH_PENDING, Event, EventOutbox
-from tasks.webhooks import BACKOFF_CAP, backoff
+from tasks.stores.webhooks import DISPATCH_PENDING, Event, EventOutbox, WebhookEndpoints
+from tasks.webhooks import BACKOFF_CAP, backoff, emit
 from tests.campaign_helpers import create, csv_bytes, people, show
 from tests.conftest import AUTH, app_config
 from tests.smtp_server import SMTPTestServer, free_port
@@ -188,3 +188,16 @@ def test_events_whose_dispatcher_was_lost_are_sent_by_the_reconciler(
         assert Reconciler(redis_client, grace=30).run().deliveries == {"events": 1}
     assert [call.event["id"] for call in receiver.calls] == [event.id]
     assert EventOutbox(redis_client).waiting() == 0
+
+
+def test_events_wait_in_the_outbox_when_the_broker_is_away(
+        redis_client: redis.Redis, redis_url: str, smtp_server: SMTPTestServer) -> None:
+    away = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    app = create_app(app_config(redis_url, smtp_server.port, CELERY_BROKER_URL=away,
+                                CELERY={"broker_connection_max_retries": 1}))
+    WebhookEndpoints(redis_client).create("https://hooks.example.com/postroom", ["otp.sent"])
+    event = Event("otp.sent", {"request_id": "a" * 32, "status": "sent", "error": None})
+    with app.app_context():
+        emit(redis_client, [event])  # does not raise: the reconciler dispatches it later
+    assert EventOutbox(redis_client).waiting() == 1
+    assert not redis_client.exists(DISPATCH_PENDING)
