@@ -133,3 +133,24 @@ def check(page: Page, size: str, name: str) -> None:
     path = screenshot(page, f"{size}-{name}")
     assert path.stat().st_size > 0
     assert overflow(page) <= 0, f"{page.url} is {overflow(page)} px too wide at {size}"
+
+
+def test_the_outbox_list_refreshes_itself_and_clears(browser: Browser, live_server: str,
+                                                     capture_server: CaptureServer) -> None:
+    context = browser.new_context(base_url=live_server, viewport=SIZES["phone"])  # type: ignore[arg-type]
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto("/outbox/")
+    expect(page.locator("main")).to_contain_text("No messages captured yet.")
+    with smtplib.SMTP("127.0.0.1", capture_server.port, timeout=5) as session:
+        session.send_message(rich_message(), to_addrs=["ada@example.com"])
+    expect(page.get_by_role("link", name="Your report")).to_be_visible()  # no click to reload
+    expect(page.locator(".outbox-count")).to_contain_text("1 message")
+    screenshot(page, "phone-outbox-refreshed")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator(".flash")).to_have_text("Deleted 1 captured message.")
+    expect(page.locator(".outbox-count")).to_contain_text("0 messages")
+    assert list(capture_server.outbox.glob("*.eml")) == []
+    context.close()
