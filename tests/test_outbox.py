@@ -187,3 +187,19 @@ def test_a_message_shows_text_html_cc_headers_source_and_attachments(
     assert csv.mimetype == "text/csv" and "naïve" in csv.get_data(as_text=True)
     assert "filename*=UTF-8''donn%C3%A9es.csv" in csv.headers["Content-Disposition"]
     assert csv.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_large_message_shows_part_of_its_source_and_serves_all_of_it(
+        client: FlaskClient, capture_server: CaptureServer) -> None:
+    message = rich_message()
+    message.add_attachment(b"\x00" * 400_000, maintype="application", subtype="octet-stream",
+                           filename="big.bin")
+    with smtplib.SMTP("127.0.0.1", capture_server.port, timeout=5) as session:
+        session.send_message(message, to_addrs=["ada@example.com"])
+    [eml] = capture_server.outbox.glob("*.eml")
+    page = client.get(f"/outbox/{eml.stem}").get_data(as_text=True)
+    assert "open it as plain text for the whole message" in page
+    assert len(page) < 300_000
+    assert client.get(f"/outbox/{eml.stem}/raw").data == eml.read_bytes()
+    big = client.get(f"/outbox/{eml.stem}/attachments/2")
+    assert big.data == b"\x00" * 400_000 and big.mimetype == "application/octet-stream"

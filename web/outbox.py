@@ -39,6 +39,7 @@ bp = Blueprint("outbox", __name__, url_prefix="/outbox")
 
 PAGE_SIZE = 50
 MAX_QUERY = 200
+RAW_SHOWN = 200_000  # bytes of source shown on the page; the raw route serves all of it
 # The captured HTML may load nothing from anywhere and run nothing; inline styles
 # and data: images only. ``sandbox`` also gives the frame an opaque origin.
 HTML_POLICY = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -105,7 +106,8 @@ def show(name: str) -> ResponseReturnValue:
     headers = [(key, str(value)) for key, value in message.raw_items()]
     return render_template("outbox/show.html", message=message, name=name, text=text,
                            has_html=bool(html), attachments=attachments, headers=headers,
-                           raw=raw.decode("utf-8", "replace"))
+                           raw=raw[:RAW_SHOWN].decode("utf-8", "replace"),
+                           raw_cut=len(raw) > RAW_SHOWN)
 
 
 @bp.get("/<name>/html")
