@@ -136,7 +136,7 @@ def test_retry_failed_requeues_only_failed_recipients(client: FlaskClient,
                                                       smtp_server: SMTPTestServer) -> None:
     refusing = {f"person{i:05d}@example.com" for i in (3, 17, 18, 44)}
     smtp_server.handler.rcpt_reply = (
-        lambda address: "550 5.1.1 mailbox unavailable" if address in refusing else None)
+        lambda address: "550 5.7.1 mailbox unavailable" if address in refusing else None)
     accepted = create(client, csv_bytes(people(60)))
     campaign_id = accepted["id"]
     done = wait_for(lambda: settled(client, campaign_id, "completed"), timeout=20)
