@@ -95,7 +95,8 @@ def test_the_recipient_list_filters_and_pages(client: FlaskClient,
     failed = client.get(base + "?status=failed").get_data(as_text=True)
     assert "person00003@example.com" in failed and "person00001@example.com" not in failed
     assert "550" in failed and "no such user" in failed
-    for junk in ("?status=nonsense", "?cursor=-1", "?cursor=abc", "?cursor=" + "9" * 40):
+    for junk in ("?status=nonsense", "?cursor=-1", "?cursor=abc", "?cursor=%C2%B2",
+                 "?cursor=" + "9" * 40):
         assert client.get(base + junk).status_code == 400, junk
     assert client.get(base + "?cursor=99999").status_code == 200
     assert client.get("/campaigns/nope/recipients").status_code == 404

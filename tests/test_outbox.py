@@ -108,6 +108,7 @@ def test_outbox_refuses_junk_without_a_server_error(client: FlaskClient,
     write_captured(capture_server, 3)
     assert client.get("/outbox/?page=abc").status_code == 400
     assert client.get("/outbox/?page=0").status_code == 400
+    assert client.get("/outbox/?page=%C2%B2").status_code == 400  # a superscript two
     assert client.get("/outbox/?page=99").status_code == 404
     assert client.get("/outbox/?q=" + "%00%ff<x>" * 500).status_code == 200
     for junk in ("../secret", "..%2f..%2fetc%2fpasswd", "latest", "x" * 300, "%00"):

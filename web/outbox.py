@@ -58,7 +58,7 @@ def mailbox() -> CapturedMailbox:
 
 def _page_number() -> int:
     raw = request.args.get("page", "1")
-    if not raw.isdigit() or len(raw) > 6 or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or int(raw) < 1:
         abort(400, description="page must be a positive number")
     return int(raw)
 

@@ -48,7 +48,7 @@ def _status_filter() -> str | None:
 
 def _cursor() -> int:
     raw = request.args.get("cursor", "0")
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         abort(400, description="cursor must be a recipient number")
     return int(raw)
 
