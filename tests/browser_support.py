@@ -18,7 +18,9 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = Path(os.environ.get("POSTROOM_SCREENSHOTS", "/tmp/postroom-screenshots"))
+# artifacts/screenshots/ in the checkout (git ignores it), or POSTROOM_SCREENSHOTS
+SCREENSHOTS = Path(os.environ.get("POSTROOM_SCREENSHOTS")
+                   or Path(__file__).resolve().parent.parent / "artifacts" / "screenshots")
 
 
 def chromium_path() -> str:

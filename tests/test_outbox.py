@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
+import time
 from email.message import EmailMessage
 from typing import Any
 
@@ -62,3 +64,143 @@ def test_outbox_page_exists_only_with_a_capture_server(redis_client: redis.Redis
                                                        smtp_server: SMTPTestServer) -> None:
     app = create_app(app_config(redis_url, smtp_server.port))
     assert app.test_client().get("/outbox/").status_code == 404
+
+
+def write_captured(capture_server: CaptureServer, count: int, subject: str = "Note") -> list[str]:
+    """*count* captured files written straight into the outbox, oldest first."""
+    names = []
+    for number in range(count):
+        name = f"20260101T{number // 3600 % 24:02d}{number // 60 % 60:02d}{number % 60:02d}" \
+               f".{number:06d}Z-{number:08x}"
+        (capture_server.outbox / f"{name}.eml").write_bytes(
+            b"X-Envelope-From: noreply@postroom.test\r\nX-Envelope-To: r%d@example.com\r\n"
+            b"From: noreply@postroom.test\r\nTo: r%d@example.com\r\nSubject: %s %d\r\n"
+            b"\r\nbody %d\r\n" % (number, number, subject.encode(), number, number))
+        names.append(name)
+    return names
+
+
+def csrf_token(client: FlaskClient) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/outbox/").get_data(True))
+    assert match
+    return match.group(1)
+
+
+def test_outbox_list_counts_pages_and_searches(client: FlaskClient,
+                                               capture_server: CaptureServer) -> None:
+    names = write_captured(capture_server, 120)
+    first = client.get("/outbox/").get_data(as_text=True)
+    assert "120 messages" in first and "page 1 of 3" in first
+    assert first.index("Note 119") < first.index("Note 118")  # newest first
+    assert "Note 69" not in first and "Note 70" in first
+    third = client.get("/outbox/?page=3").get_data(as_text=True)
+    assert "Note 0<" in third and "Note 20<" not in third
+    found = client.get("/outbox/?q=R7%40EXAMPLE.com").get_data(as_text=True)
+    assert "1 message matching" in found and "Note 7<" in found
+    by_subject = client.get("/outbox/?q=note 11").get_data(as_text=True)
+    assert "11 messages matching" in by_subject  # 11, 110..119
+    assert client.get("/outbox/latest.json").get_json() == {"count": 120, "newest": names[-1]}
+    assert "No captured message matches" in client.get("/outbox/?q=nobody").get_data(True)
+
+
+def test_outbox_refuses_junk_without_a_server_error(client: FlaskClient,
+                                                    capture_server: CaptureServer) -> None:
+    write_captured(capture_server, 3)
+    assert client.get("/outbox/?page=abc").status_code == 400
+    assert client.get("/outbox/?page=0").status_code == 400
+    assert client.get("/outbox/?page=%C2%B2").status_code == 400  # a superscript two
+    assert client.get("/outbox/?page=99").status_code == 404
+    assert client.get("/outbox/?q=" + "%00%ff<x>" * 500).status_code == 200
+    for junk in ("../secret", "..%2f..%2fetc%2fpasswd", "latest", "x" * 300, "%00"):
+        assert client.get(f"/outbox/{junk}").status_code == 404
+        assert client.get(f"/outbox/{junk}/raw").status_code == 404
+    [name, *_] = sorted(path.stem for path in capture_server.outbox.glob("*.eml"))
+    assert client.get(f"/outbox/{name}/attachments/0").status_code == 404
+    assert client.get(f"/outbox/{name}/attachments/-1").status_code == 404
+
+
+def test_outbox_stays_fast_with_twelve_thousand_messages(client: FlaskClient,
+                                                         capture_server: CaptureServer) -> None:
+    write_captured(capture_server, 12_000)
+    started = time.monotonic()
+    first = client.get("/outbox/")
+    listed = time.monotonic() - started
+    assert first.status_code == 200 and "12000 messages" in first.get_data(as_text=True)
+    assert listed < 2.0, f"the first page took {listed:.2f} s"
+    client.get("/outbox/?q=r11999@")  # reads every file's headers once
+    started = time.monotonic()
+    found = client.get("/outbox/?q=r11999@").get_data(as_text=True)
+    assert time.monotonic() - started < 2.0
+    assert "1 message matching" in found and "Note 11999" in found
+
+
+def test_clearing_the_outbox_needs_the_form_token(client: FlaskClient,
+                                                  capture_server: CaptureServer) -> None:
+    write_captured(capture_server, 4)
+    assert client.post("/outbox/clear").status_code == 400  # no CSRF token
+    assert len(list(capture_server.outbox.glob("*.eml"))) == 4
+    cleared = client.post("/outbox/clear", data={"csrf_token": csrf_token(client)})
+    assert cleared.status_code == 303
+    assert list(capture_server.outbox.glob("*.eml")) == []
+    page = client.get("/outbox/").get_data(as_text=True)
+    assert "Deleted 4 captured messages" in page and "0 messages" in page
+
+
+def rich_message() -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "Postroom <noreply@postroom.test>"
+    message["To"] = "Ada <ada@example.com>"
+    message["Cc"] = "Grace <grace@example.com>"
+    message["Subject"] = "Your report"
+    message["X-Campaign"] = "spring"
+    message.set_content("Plain words for Ada.")
+    message.add_alternative("<p>Rich <b>words</b></p><script>alert(1)</script>", subtype="html")
+    message.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf",
+                           filename='q3 "final";\treport.pdf')
+    message.add_attachment("naïve,data\n", subtype="csv", filename="données.csv")
+    return message
+
+
+def test_a_message_shows_text_html_cc_headers_source_and_attachments(
+        client: FlaskClient, capture_server: CaptureServer) -> None:
+    with smtplib.SMTP("127.0.0.1", capture_server.port, timeout=5) as session:
+        session.send_message(rich_message(), to_addrs=["ada@example.com", "bcc@example.com"])
+    [eml] = capture_server.outbox.glob("*.eml")
+    page = client.get(f"/outbox/{eml.stem}").get_data(as_text=True)
+    assert "Plain words for Ada." in page and "grace@example.com" in page
+    assert "bcc@example.com" in page and "X-Campaign" in page and "spring" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # in the escaped raw source only
+    assert "<script>alert" not in page
+    frame = re.search(r"<iframe[^>]*>", page)
+    assert frame and 'sandbox=""' in frame.group() and f"/outbox/{eml.stem}/html" in frame.group()
+    html = client.get(f"/outbox/{eml.stem}/html")
+    assert html.mimetype == "text/html" and "<b>words</b>" in html.get_data(as_text=True)
+    policy = html.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "sandbox" in policy and "script" not in policy
+    raw = client.get(f"/outbox/{eml.stem}/raw")
+    assert raw.mimetype == "text/plain" and raw.data == eml.read_bytes()
+    pdf = client.get(f"/outbox/{eml.stem}/attachments/0")
+    assert pdf.data == b"%PDF-1.4 fake" and pdf.mimetype == "application/pdf"
+    disposition = pdf.headers["Content-Disposition"]
+    assert disposition.startswith("attachment;") and "\r" not in disposition
+    assert "\n" not in disposition and 'filename="q3 \\"final\\";_report.pdf"' in disposition
+    csv = client.get(f"/outbox/{eml.stem}/attachments/1")
+    assert csv.mimetype == "text/csv" and "naïve" in csv.get_data(as_text=True)
+    assert "filename*=UTF-8''donn%C3%A9es.csv" in csv.headers["Content-Disposition"]
+    assert csv.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_large_message_shows_part_of_its_source_and_serves_all_of_it(
+        client: FlaskClient, capture_server: CaptureServer) -> None:
+    message = rich_message()
+    message.add_attachment(b"\x00" * 400_000, maintype="application", subtype="octet-stream",
+                           filename="big.bin")
+    with smtplib.SMTP("127.0.0.1", capture_server.port, timeout=5) as session:
+        session.send_message(message, to_addrs=["ada@example.com"])
+    [eml] = capture_server.outbox.glob("*.eml")
+    page = client.get(f"/outbox/{eml.stem}").get_data(as_text=True)
+    assert "open it as plain text for the whole message" in page
+    assert len(page) < 300_000
+    assert client.get(f"/outbox/{eml.stem}/raw").data == eml.read_bytes()
+    big = client.get(f"/outbox/{eml.stem}/attachments/2")
+    assert big.data == b"\x00" * 400_000 and big.mimetype == "application/octet-stream"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from functools import wraps
 from typing import Any
 
@@ -37,12 +38,15 @@ from web.campaigns.control import ACTIONS
 from web.campaigns.creation import create_campaign
 from web.campaigns.recipients import CSVRecipients
 from web.campaigns.signin import per_ip, per_user_name, sessions
+from web.campaigns.timing import average_rate, elapsed, register_filters, sending_rate
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
 SESSION_KEY = "postroom_admin"
 FINAL = ("completed", "cancelled")
+FAILED_SHOWN = 20
+register_filters(bp)
 
 
 def _store() -> CampaignStore:
@@ -157,15 +161,22 @@ def _shown(store: CampaignStore, campaign_id: str) -> CampaignOut:
 def show(campaign_id: str) -> ResponseReturnValue:
     store = _store()
     shown = _shown(store, campaign_id)
-    failed, _ = store.ledger(campaign_id).page(status="failed", limit=20)
-    return render_template("campaigns/show.html", campaign=shown, failed=failed, final=FINAL)
+    failed, more_failed = store.ledger(campaign_id).page(status="failed", limit=FAILED_SHOWN)
+    now = time.time()
+    return render_template("campaigns/show.html", campaign=shown, failed=failed,
+                           more_failed=more_failed is not None, final=FINAL,
+                           rate=sending_rate(shown, now), elapsed=elapsed(shown, now),
+                           average=average_rate(shown))
 
 
 @bp.get("/<campaign_id>/progress")
 @admin_required
 def progress(campaign_id: str) -> ResponseReturnValue:
     """What the show page polls to move its progress bars."""
-    return jsonify(_shown(_store(), campaign_id).model_dump())
+    shown = _shown(_store(), campaign_id)
+    now = time.time()
+    return jsonify({**shown.model_dump(), "sending_rate": sending_rate(shown, now),
+                    "elapsed": elapsed(shown, now)})
 
 
 @bp.post("/<campaign_id>/<action>")
@@ -185,4 +196,7 @@ def control(campaign_id: str, action: str) -> ResponseReturnValue:
     return redirect(url_for(".show", campaign_id=campaign_id), code=303)
 
 
-from web.campaigns import suppressions  # noqa: E402,F401  (its routes on this blueprint)
+from web.campaigns import (  # noqa: E402,F401  (their routes on this blueprint)
+    recipient_pages,
+    suppressions,
+)

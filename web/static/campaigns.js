@@ -15,7 +15,7 @@
     row.querySelector("[data-part=counts]").textContent = text;
     row.querySelector("[data-part=status]").textContent = c.status;
     var rate = row.querySelector("[data-part=rate]");
-    if (rate) { rate.textContent = c.rate.toFixed(1); }
+    if (rate) { rate.textContent = (c.sending_rate || 0).toFixed(1); }
   }
 
   function watch(row) {
@@ -35,5 +35,17 @@
     }, 1000);
   }
 
+  // Times arrive as ISO 8601 in UTC with the UTC text shown; show them in the viewer's zone.
+  function localTimes() {
+    document.querySelectorAll("time.local-time[datetime]").forEach(function (el) {
+      var when = new Date(el.getAttribute("datetime"));
+      if (isNaN(when.getTime())) { return; }
+      el.title = el.textContent;
+      el.textContent = when.toLocaleString(undefined, {dateStyle: "medium", timeStyle: "medium"});
+      el.dataset.local = "1";
+    });
+  }
+
+  localTimes();
   document.querySelectorAll("[data-progress-url]").forEach(watch);
 })();
