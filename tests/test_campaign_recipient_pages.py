@@ -142,3 +142,27 @@ def test_the_preview_renders_the_first_message_before_sending(client: FlaskClien
     assert "default-src 'none'" in policy and "sandbox" in policy and "script" not in policy
     assert smtp_server.received == []  # nothing was sent to preview it
 
+
+
+def test_the_page_charts_the_campaigns_sends_over_time(client: FlaskClient,
+                                                       smtp_server: SMTPTestServer) -> None:
+    campaign = create(client, csv_bytes(people(25)), name="Charted")
+    sign_in(client)
+    page = client.get(f"/campaigns/{campaign['id']}").get_data(as_text=True)
+    sent = [int(n) for n in re.findall(r"<title>[^<]*: (\d+) sent</title>", page)]
+    assert sum(sent) == 25, page
+    chart = client.get(f"/campaigns/{campaign['id']}/progress").get_json()["chart"]
+    assert sum(int(str(bar["label"]).rsplit(": ", 1)[1].split()[0]) for bar in chart) == 25
+    assert all(0 <= float(bar["y"]) <= 120 and float(bar["h"]) <= 120 for bar in chart)
+
+
+def test_a_long_history_is_drawn_in_at_most_sixty_bars(redis_client: Any) -> None:
+    from tasks.stores.campaigns import HISTORY_STEP, CampaignStore
+
+    store = CampaignStore(redis_client)
+    start = 1_800_000_000
+    for step in range(500):  # 500 steps of 10 s, 3 messages each
+        redis_client.hset("postroom:campaign:c1:sends", str(start + step * HISTORY_STEP), 3)
+    history = store.send_history("c1")
+    assert len(history) <= 60 and sum(n for _, n in history) == 1500
+    assert history[0][0] == start and [t for t, _ in history] == sorted(t for t, _ in history)

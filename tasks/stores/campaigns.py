@@ -31,6 +31,8 @@ from tasks.stores.watch import WATCH_AFTER, WATCH_KEY
 
 IMPORT_TTL = 24 * 3600  # a campaign whose import never finished disappears after a day
 RATE_WINDOW = 10  # seconds over which the current rate is averaged
+HISTORY_STEP = 10  # seconds per step of a campaign's history of sends
+HISTORY_TTL = 400 * 24 * 3600  # the history outlives the recipients' RETENTION_DAYS
 SETTLED = tuple(sorted(UNSETTLED))  # recipients still to be decided
 
 _TRANSITION = """
@@ -409,12 +411,34 @@ class CampaignStore:
     # -- rate ---------------------------------------------------------------------------------
 
     def count_sent(self, campaign_id: str, n: int) -> None:
-        """Note *n* messages handed to the server this second (for the current rate)."""
-        name = self._key(campaign_id, "rate", str(int(time.time())))
+        """Note *n* messages handed to the server this second (for the current rate and the
+        history of sends, kept in :data:`HISTORY_STEP` second steps)."""
+        now = time.time()
+        name = self._key(campaign_id, "rate", str(int(now)))
+        history = self._key(campaign_id, "sends")
         pipe = self.redis.pipeline(transaction=False)
         pipe.incrby(name, n)
         pipe.expire(name, RATE_WINDOW * 3)
+        pipe.hincrby(history, str(int(now // HISTORY_STEP * HISTORY_STEP)), n)
+        pipe.expire(history, HISTORY_TTL)
         pipe.execute()
+
+    def send_history(self, campaign_id: str, *, bars: int = 60) -> list[tuple[float, int]]:
+        """``(start, messages)`` over the campaign's sending time, in at most *bars* equal
+        steps (each a whole number of :data:`HISTORY_STEP` seconds), oldest first."""
+        raw = self.redis.hgetall(self._key(campaign_id, "sends"))
+        points = sorted((int(k), int(v)) for k, v in raw.items())
+        if not points:
+            return []
+        first, last = points[0][0], points[-1][0]
+        steps = (last - first) // HISTORY_STEP + 1
+        width = HISTORY_STEP * -(-steps // bars)  # round up: never more than *bars* bars
+        series: dict[int, int] = {}
+        for at, count in points:
+            start = first + (at - first) // width * width
+            series[start] = series.get(start, 0) + count
+        return [(float(start), series.get(start, 0))
+                for start in range(first, last + 1, width)]
 
     def current_rate(self, campaign_id: str) -> float:
         """Messages per second over the last complete :data:`RATE_WINDOW` seconds."""

@@ -38,7 +38,13 @@ from web.campaigns.control import ACTIONS
 from web.campaigns.creation import create_campaign
 from web.campaigns.recipients import CSVRecipients
 from web.campaigns.signin import per_ip, per_user_name, sessions
-from web.campaigns.timing import average_rate, elapsed, register_filters, sending_rate
+from web.campaigns.timing import (
+    average_rate,
+    chart_bars,
+    elapsed,
+    register_filters,
+    sending_rate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,17 +172,20 @@ def show(campaign_id: str) -> ResponseReturnValue:
     return render_template("campaigns/show.html", campaign=shown, failed=failed,
                            more_failed=more_failed is not None, final=FINAL,
                            rate=sending_rate(shown, now), elapsed=elapsed(shown, now),
-                           average=average_rate(shown))
+                           average=average_rate(shown),
+                           bars=chart_bars(store.send_history(campaign_id)))
 
 
 @bp.get("/<campaign_id>/progress")
 @admin_required
 def progress(campaign_id: str) -> ResponseReturnValue:
     """What the show page polls to move its progress bars."""
-    shown = _shown(_store(), campaign_id)
+    store = _store()
+    shown = _shown(store, campaign_id)
     now = time.time()
     return jsonify({**shown.model_dump(), "sending_rate": sending_rate(shown, now),
-                    "elapsed": elapsed(shown, now)})
+                    "elapsed": elapsed(shown, now),
+                    "chart": chart_bars(store.send_history(campaign_id))})
 
 
 @bp.post("/<campaign_id>/<action>")

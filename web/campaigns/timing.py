@@ -70,3 +70,22 @@ def register_filters(bp: Blueprint) -> None:
     bp.add_app_template_filter(iso_utc, "iso_utc")
     bp.add_app_template_filter(utc_text, "utc_text")
     bp.add_app_template_filter(duration_text, "duration_text")
+
+
+CHART_WIDTH, CHART_HEIGHT = 600, 120
+
+
+def chart_bars(history: list[tuple[float, int]]) -> list[dict[str, object]]:
+    """The bars of the sends-over-time chart: one per step of *history*, scaled to the
+    busiest, in a ``600 x 120`` view box; each with its start (UTC) and count as a label."""
+    if not history:
+        return []
+    tallest = max(count for _, count in history) or 1
+    width = CHART_WIDTH / len(history)
+    bars: list[dict[str, object]] = []
+    for n, (start, count) in enumerate(history):
+        height = round(CHART_HEIGHT * count / tallest, 1)
+        bars.append({"x": round(n * width, 2), "y": round(CHART_HEIGHT - height, 1),
+                     "w": round(max(width - 1, 1), 2), "h": height,
+                     "label": f"{utc_text(start)}: {count} sent"})
+    return bars

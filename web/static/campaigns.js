@@ -16,6 +16,26 @@
     row.querySelector("[data-part=status]").textContent = c.status;
     var rate = row.querySelector("[data-part=rate]");
     if (rate) { rate.textContent = (c.sending_rate || 0).toFixed(1); }
+    var chart = row.querySelector("[data-part=chart]");
+    if (chart && c.chart) { drawChart(chart, c.chart); }
+  }
+
+  // The sends-over-time bars, as the server computed them (see web/campaigns/timing.py).
+  function drawChart(svg, bars) {
+    var ns = "http://www.w3.org/2000/svg";
+    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+    bars.forEach(function (b) {
+      var rect = document.createElementNS(ns, "rect");
+      ["x", "y"].forEach(function (k) { rect.setAttribute(k, b[k]); });
+      rect.setAttribute("width", b.w);
+      rect.setAttribute("height", b.h);
+      var title = document.createElementNS(ns, "title");
+      title.textContent = b.label;
+      rect.appendChild(title);
+      svg.appendChild(rect);
+    });
+    var empty = svg.parentNode.querySelector(".empty-chart");
+    if (empty && bars.length) { empty.remove(); }
   }
 
   function watch(row) {
