@@ -81,11 +81,20 @@ class _Loaded:
     composer: Composer
     template: Draft
     problem: InvalidMessageError | None  # an attachment that expired: every copy fails
+    return_path: str | None  # MAIL_RETURN_PATH
+    secret_key: str
 
     def checked(self, draft: Draft) -> Draft:
         if self.problem is not None:
             raise self.problem
         return draft
+
+    def bounce_address(self, index: int | None) -> str | None:
+        """The VERP envelope sender (``MAIL_RETURN_PATH``), or ``None`` to use the sender."""
+        if not self.return_path:
+            return None
+        return verp_address(self.return_path, self.secret_key,
+                            BounceRef("message", self.message.id, index))
 
 
 def _load(message_id: str) -> _Loaded | None:
@@ -100,7 +109,8 @@ def _load(message_id: str) -> _Loaded | None:
     loaded = attachments if isinstance(attachments, list) else None
     problem = attachments if isinstance(attachments, InvalidMessageError) else None
     return _Loaded(message, store.ledger(message_id), runtime.composer(settings),
-                   draft_for(message, settings.default_sender, loaded), problem)
+                   draft_for(message, settings.default_sender, loaded), problem,
+                   settings.return_path, str(runtime.app_config()["SECRET_KEY"]))
 
 
 @shared_task(name="postroom.deliver_message", bind=True, max_retries=None, ignore_result=True)
@@ -110,7 +120,7 @@ def deliver_message(self: Task, message_id: str) -> None:
     if batch is None:
         return
     draft = replace(_with_message_id(batch.template, batch.composer, message_id),
-                    return_path=_bounce_address(message_id, None))
+                    return_path=batch.bounce_address(None))
 
     def draft_to(claimed: list[RecipientRecord]) -> Draft:
         return batch.checked(draft)  # the claim decides the envelope; headers stay as written
@@ -135,7 +145,7 @@ def deliver_each(self: Task, message_id: str, first: int, stop: int) -> None:
             template, to=[recipient.email], cc=(), bcc=(),
             message_id=composer.message_id_for(f"{message_id}.{recipient.index}",
                                                template.envelope_sender),
-            return_path=_bounce_address(message_id, recipient.index)))
+            return_path=batch.bounce_address(recipient.index)))
 
     indices = _unsettled(batch.ledger, range(first, stop))
     _deliver(self, batch.message, batch.ledger, [Envelope([i], copy_for) for i in indices],
@@ -145,15 +155,6 @@ def deliver_each(self: Task, message_id: str, first: int, stop: int) -> None:
 def _unsettled(ledger: DeliveryLedger, indices: range) -> list[int]:
     """Only the recipients a retry still has to touch."""
     return [r.index for r in ledger.get(list(indices)) if r.status in UNSETTLED]
-
-
-def _bounce_address(message_id: str, index: int | None) -> str | None:
-    """The VERP envelope sender (``MAIL_RETURN_PATH``), or ``None`` to use the sender."""
-    return_path = runtime.smtp_settings().return_path
-    if not return_path:
-        return None
-    return verp_address(return_path, str(runtime.app_config()["SECRET_KEY"]),
-                        BounceRef("message", message_id, index))
 
 
 def _with_message_id(draft: Draft, composer: Composer, message_id: str) -> Draft:
