@@ -19,11 +19,12 @@ from tasks.dispatch_signal import DispatchSignal
 from tasks.engine.compose import Composer
 from tasks.engine.session import SessionGate, SMTPSettings
 from tasks.events import DeliveryEvents
+from tasks.stores.heartbeats import BULK_QUEUE, advertised_sessions
 from tasks.stores.metrics import DeliveryMetrics
 from tasks.stores.relays import RelayBoard
 from tasks.stores.throttle import SendRate, SessionSlots
 
-DEFAULT_BULK_SESSIONS = 32  # campaign batches in flight when MAIL_MAX_CONNECTIONS is unset
+DEFAULT_BULK_SESSIONS = 32  # campaign batches in flight when no bulk worker has reported
 
 
 def redis_client() -> Redis:
@@ -87,12 +88,24 @@ def retention_seconds() -> int:
 
 
 def bulk_sessions() -> int:
-    """How many campaign batches to keep in flight: one per bulk SMTP session."""
+    """How many campaign batches to keep in flight: one per bulk SMTP session.
+
+    ``CAMPAIGN_BATCHES_AHEAD`` when set; otherwise the sessions the live workers
+    consuming ``bulk`` advertise in their heartbeats (threads x processes, summed
+    over hosts), at most ``MAIL_MAX_CONNECTIONS - 1`` when that is set; with no
+    bulk worker reporting, ``MAIL_MAX_CONNECTIONS - 1`` or
+    :data:`DEFAULT_BULK_SESSIONS`. Read at each dispatch, so it follows workers
+    that start or stop while a campaign runs.
+    """
     config = current_app.config
     if config.get("CAMPAIGN_BATCHES_AHEAD"):
         return int(config["CAMPAIGN_BATCHES_AHEAD"])
     limit = config.get("MAIL_MAX_CONNECTIONS")
-    return max(1, int(limit) - 1) if limit else DEFAULT_BULK_SESSIONS
+    cap = max(1, int(limit) - 1) if limit else None
+    advertised = advertised_sessions(redis_client(), BULK_QUEUE)
+    if advertised:
+        return min(advertised, cap) if cap else advertised
+    return cap or DEFAULT_BULK_SESSIONS
 
 
 def watch_after() -> float:

@@ -175,6 +175,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "OTP_GUESSES_PER_DAY": (_whole_number(1), 20),
     "ADMIN_LOGIN_RATE_LIMIT": (_rate_limits, "5/minute;30/hour"),
     "METRICS_TOKEN": (_optional_text, None),
+    "METRICS_PUBLIC": (parse_bool, False),  # true: /metrics and /healthz details for anyone
     "LOG_FORMAT": (_log_format, "text"),
     "DELIVERY_LOG_LEVEL": (_log_level, "INFO"),
     "FLOWER_URL": (_optional_text, None),
@@ -241,6 +242,17 @@ def guess_chance(length: int, guesses_per_day: int) -> float:
     return compared / (10 ** length - compared) if 10 ** length > compared else 1.0
 
 
+def _check_metrics_access(config: Mapping[str, Any]) -> None:
+    """Outside development, /metrics and the /healthz details are open only when said so."""
+    public = config.get("METRICS_PUBLIC") or False
+    if isinstance(public, str):
+        public = parse_bool("METRICS_PUBLIC", public)
+    if not config.get("METRICS_TOKEN") and not public and not relaxed(config):
+        raise ConfigError("METRICS_TOKEN: must be set outside development and testing (the "
+                          "bearer token for /metrics and the /healthz details), or set "
+                          "METRICS_PUBLIC=true to serve them to anyone")
+
+
 def check(config: Mapping[str, Any]) -> None:
     """Reject combinations that cannot work, whatever their source."""
     if config["MAIL_USE_TLS"] and config["MAIL_USE_SSL"]:
@@ -253,6 +265,7 @@ def check(config: Mapping[str, Any]) -> None:
     if not public_url and not relaxed(config):
         raise ConfigError("PUBLIC_URL: must be set outside development and testing "
                           "(the base of links in mail, e.g. https://mail.example.com)")
+    _check_metrics_access(config)
     length, guesses = int(config["OTP_LENGTH"]), int(config.get("OTP_GUESSES_PER_DAY") or 20)
     if guess_chance(length, guesses) >= GUESS_CHANCE_PER_DAY:
         raise ConfigError(f"OTP_GUESSES_PER_DAY: {guesses} wrong codes a day against "

@@ -1,9 +1,16 @@
-"""``GET /healthz``: Redis, the broker, the workers, beat and the relays.
+"""``GET /healthz``: Redis, the broker, the workers, beat and the relays; and the probes.
 
-It opens no SMTP connection: relay states are what the workers last saw
+``/healthz`` opens no SMTP connection: relay states are what the workers last saw
 (:mod:`tasks.stores.relays`); workers and beat are alive when their heartbeats
-in Redis are recent (:mod:`web.heartbeat`). Any part down is a 503 naming it in
-``"down"``.
+in Redis are recent (:mod:`web.heartbeat`), and the workers are healthy only when
+every queue tasks are routed to has a live consumer. Any part down is a 503.
+Anyone gets ``{"status": "ok"|"unhealthy"}``; the details (``"down"`` naming each
+part, workers, hosts, relays, errors) need ``METRICS_TOKEN`` or the operator's
+sign-in (:mod:`web.operator_access`).
+
+``/livez`` answers 200 while the process serves requests (it reads nothing);
+``/readyz`` answers 200 when Redis and the broker answer, so this web process can
+take requests, else 503. Both answer status only.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from tasks.engine.session import SMTPSettings
-from tasks.stores.heartbeats import Heartbeats
+from tasks.stores.heartbeats import Heartbeats, consumers
 from tasks.stores.relays import RelayBoard, RelayStatus
+from web.operator_access import may_see_details
 
 bp = Blueprint("health", __name__)
 
@@ -87,19 +95,36 @@ def beat_seen_within() -> float:
     return max(BEAT_SEEN_WITHIN, 3 * min(intervals, default=0.0))
 
 
+def routed_queues(conf: Any) -> list[str]:
+    """Every queue tasks can be sent to: ``task_queues``, ``task_routes`` and the default."""
+    names = [queue.name for queue in conf.task_queues or ()]
+    routes = conf.task_routes if isinstance(conf.task_routes, dict) else {}
+    names += [str(route["queue"]) for route in routes.values()
+              if isinstance(route, dict) and route.get("queue")]
+    names.append(str(conf.task_default_queue))
+    return list(dict.fromkeys(names))
+
+
 def _check_workers() -> dict[str, Any]:
-    """At least one worker, on any host, reported within the last 30 s."""
+    """Workers reported within the last 30 s, and every routed queue has one consuming it."""
     if _eager():
         return {"ok": True, "note": "tasks run eagerly, in the process that queues them"}
     try:
-        seen = Heartbeats(current_app.extensions["redis"]).workers_since(
+        live = Heartbeats(current_app.extensions["redis"]).live_workers(
             time.time() - WORKER_SEEN_WITHIN)
     except redis.RedisError:
         return {"ok": True, "note": "heartbeats are kept in Redis, which cannot be reached"}
-    check: dict[str, Any] = {"ok": bool(seen), "seen": sorted(seen),
-                             "within_seconds": WORKER_SEEN_WITHIN}
-    if not seen:
+    by_queue = consumers(live, routed_queues(current_app.extensions["celery"].conf))
+    without = [queue for queue, names in by_queue.items() if not names]
+    check: dict[str, Any] = {"ok": bool(live) and not without,
+                             "seen": sorted(worker.identity for worker in live),
+                             "workers": [worker.public() for worker in live],
+                             "queues": by_queue, "within_seconds": WORKER_SEEN_WITHIN}
+    if not live:
         check["error"] = f"no worker reported in the last {WORKER_SEEN_WITHIN:.0f} s"
+    elif without:
+        check["queues_without_consumer"] = without
+        check["error"] = "no live worker consumes " + ", ".join(without)
     return check
 
 
@@ -121,11 +146,30 @@ def _check_beat() -> dict[str, Any]:
     return check
 
 
+def _status(healthy: bool) -> dict[str, Any]:
+    return {"status": "ok" if healthy else "unhealthy"}
+
+
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
     redis_check = _check_redis()
     checks = {"redis": redis_check, "broker": _check_broker(redis_check),
               "workers": _check_workers(), "beat": _check_beat(), "smtp": _check_smtp()}
     healthy = all(check["ok"] for check in checks.values())
+    code = 200 if healthy else 503
+    if not may_see_details():
+        return jsonify(_status(healthy)), code
     down = [name for name, check in checks.items() if not check["ok"]]
-    return jsonify({"ok": healthy, "down": down, "checks": checks}), 200 if healthy else 503
+    return jsonify({**_status(healthy), "ok": healthy, "down": down, "checks": checks}), code
+
+
+@bp.get("/livez")
+def livez() -> ResponseReturnValue:
+    return jsonify(_status(True)), 200
+
+
+@bp.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    redis_check = _check_redis()
+    ready = redis_check["ok"] and _check_broker(redis_check)["ok"]
+    return jsonify(_status(ready)), 200 if ready else 503

@@ -1,8 +1,11 @@
 """Workers and beat say they are alive; every published task says when it was published.
 
-- Every worker reports its node name to Redis every :data:`WORKER_EVERY` seconds
-  (a Celery bootstep on the worker's timer), so ``/healthz`` can tell whether any
-  worker is running on any host.
+- Every worker reports itself to Redis every :data:`WORKER_EVERY` seconds (a
+  Celery bootstep on the worker's timer): a unique identity (its node name plus a
+  random id drawn at start), its host, the queues it consumes and how many tasks
+  it runs at once, so ``/healthz`` can tell whether every queue has a live
+  consumer on some host, and campaigns can size their batches to the bulk
+  sessions the deployment has (:func:`tasks.runtime.bulk_sessions`).
 - Beat marks each scheduled task it publishes (``postroom.campaign.start_due``
   goes out every ``CAMPAIGN_SCAN_INTERVAL``), so ``/healthz`` can tell whether beat
   runs, whatever the workers do.
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import weakref
 from typing import Any
@@ -22,7 +26,7 @@ from celery.signals import beat_init, before_task_publish
 from redis import Redis
 from redis.exceptions import RedisError
 
-from tasks.stores.heartbeats import Heartbeats
+from tasks.stores.heartbeats import Heartbeats, WorkerCard, worker_identity
 
 log = logging.getLogger(__name__)
 
@@ -34,33 +38,62 @@ _beat: dict[str, Redis] = {}  # the Redis of the beat running in this process, i
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Reports the worker's node name to Redis now and every :data:`WORKER_EVERY` s."""
+    """Reports the worker's card to Redis now and every :data:`WORKER_EVERY` s."""
 
     requires = {"celery.worker.components:Timer"}
 
     def __init__(self, worker: Any, **options: Any) -> None:
         super().__init__(worker, **options)
         self.timer_ref: Any = None
+        self.identity = ""
 
     def start(self, worker: Any) -> None:
         client = _clients.get(worker.app)
         if client is None:
             return
-        self.report(worker.hostname, client)
+        self.identity = worker_identity(worker.hostname)
+        log.info("worker %s reports as %s", worker.hostname, self.identity)
+        self.report(worker, self.identity, client)
         self.timer_ref = worker.timer.call_repeatedly(
-            WORKER_EVERY, self.report, (worker.hostname, client), priority=10)
+            WORKER_EVERY, self.report, (worker, self.identity, client), priority=10)
 
     def stop(self, worker: Any) -> None:
         if self.timer_ref is not None:
             self.timer_ref.cancel()
             self.timer_ref = None
+        client = _clients.get(worker.app)
+        if client is not None and self.identity:
+            try:
+                Heartbeats(client).forget_worker(self.identity)
+            except RedisError as err:
+                log.warning("worker heartbeat not removed: %s", err)
+
+    def terminate(self, worker: Any) -> None:  # a cold shutdown stops the reports too
+        self.stop(worker)
 
     @staticmethod
-    def report(hostname: str, client: Redis) -> None:
+    def card(worker: Any, identity: str) -> WorkerCard:
+        """What the worker consumes now (``add_consumer``/``cancel_consumer`` included)."""
+        return WorkerCard(identity, node=worker.hostname, host=socket.gethostname(),
+                          queues=consumed_queues(worker), sessions=int(worker.concurrency or 0),
+                          pool=getattr(worker.pool_cls, "__module__", "").rpartition(".")[2])
+
+    @classmethod
+    def report(cls, worker: Any, identity: str, client: Redis) -> None:
         try:
-            Heartbeats(client).worker(hostname)
+            Heartbeats(client).worker(cls.card(worker, identity))
         except RedisError as err:
             log.warning("worker heartbeat not written: %s", err)
+
+
+def consumed_queues(worker: Any) -> tuple[str, ...]:
+    """The queues *worker* consumes: its live consumer's, else those it was started with."""
+    consumer = getattr(getattr(worker, "consumer", None), "task_consumer", None)
+    if consumer is not None and getattr(consumer, "queues", None) is not None:
+        return tuple(sorted({queue.name for queue in consumer.queues}))
+    queues = worker.app.amqp.queues
+    selected = queues.consume_from if queues.consume_from is not None else queues
+    return tuple(sorted(selected))
 
 
 def register(celery_app: Celery, client: Redis) -> None:

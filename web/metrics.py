@@ -9,13 +9,13 @@ a fresh registry. With ``METRICS_TOKEN`` set, only a request that sends it as
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 from flask.typing import ResponseReturnValue
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import (
@@ -28,11 +28,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from tasks.stores.campaigns import CampaignStore
-from tasks.stores.heartbeats import Heartbeats
+from tasks.stores.heartbeats import Heartbeats, consumers, sessions_for
 from tasks.stores.metrics import DeliveryMetrics
 from tasks.stores.throttle import sessions_open
-from web.health import WORKER_SEEN_WITHIN, relay_statuses
+from web.health import WORKER_SEEN_WITHIN, relay_statuses, routed_queues
 from web.heartbeat import PUBLISHED_AT
+from web.operator_access import metrics_token_sent, open_to_anyone
 
 bp = Blueprint("metrics", __name__)
 
@@ -61,9 +62,10 @@ def oldest_waiting_age(client: redis.Redis, prefix: str, queue: str,
 class DeploymentCollector(Collector):
     """Delivery counters, latency, queues, campaigns and heartbeats, read at scrape time."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, celery_conf: Any) -> None:
         self.client = client
         self.prefix = prefix
+        self.celery_conf = celery_conf
 
     def collect(self) -> Iterator[Metric]:
         metrics = DeliveryMetrics(self.client)
@@ -111,11 +113,24 @@ class DeploymentCollector(Collector):
 
     def _heartbeats(self) -> Iterator[Metric]:
         beats = Heartbeats(self.client)
-        now = time.time()
-        yield GaugeMetricFamily(
+        live = beats.live_workers(time.time() - WORKER_SEEN_WITHIN)
+        within = f"{WORKER_SEEN_WITHIN:.0f} s"
+        alive = GaugeMetricFamily(
             "postroom_workers_alive",
-            f"Workers that reported in the last {WORKER_SEEN_WITHIN:.0f} s",
-            value=len(beats.workers_since(now - WORKER_SEEN_WITHIN)))
+            f"Live workers (unique identities that reported in the last {within}) "
+            "consuming each queue", labels=["queue"])
+        sessions = GaugeMetricFamily(
+            "postroom_worker_sessions",
+            "Tasks the live workers consuming each queue can run at once (threads x processes)",
+            labels=["queue"])
+        for queue, names in consumers(live, routed_queues(self.celery_conf)).items():
+            alive.add_metric([queue], len(names))
+            sessions.add_metric([queue], sessions_for(live, queue))
+        yield alive
+        yield sessions
+        yield GaugeMetricFamily(
+            "postroom_workers_reporting",
+            f"Workers (unique identities) that reported in the last {within}", value=len(live))
         yield GaugeMetricFamily(
             "postroom_beat_last_seen_timestamp_seconds",
             "When beat last published a scheduled task (0 if not within the hour)",
@@ -166,12 +181,7 @@ def relay_gauges(registry: CollectorRegistry) -> None:
 
 
 def _metrics_allowed() -> bool:
-    expected = current_app.config.get("METRICS_TOKEN")
-    if not expected:
-        return True
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), str(expected).encode())
+    return open_to_anyone() or metrics_token_sent()
 
 
 @bp.get("/metrics")
@@ -188,7 +198,7 @@ def metrics() -> ResponseReturnValue:
         client.ping()
         sending_limits(registry, client)
         relay_gauges(registry)
-        registry.register(_Read(list(DeploymentCollector(client, prefix).collect())))
+        registry.register(_Read(list(DeploymentCollector(client, prefix, celery_conf).collect())))
         up.set(1)
     except redis.RedisError:
         up.set(0)
