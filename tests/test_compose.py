@@ -28,7 +28,8 @@ from tests.smtp_server import SMTPTestServer, free_port
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SECRETS = {"SECRET_KEY": "compose-secret", "API_TOKENS": "compose-token",
-           "FLOWER_BASIC_AUTH": "ops:compose-password", "PUBLIC_URL": "https://mail.example.com"}
+           "FLOWER_BASIC_AUTH": "ops:compose-password", "PUBLIC_URL": "https://mail.example.com",
+           "METRICS_TOKEN": "compose-metrics-token"}
 # The configuration list of the design: every one must reach the app's processes.
 DESIGN_VARIABLES = [
     "MAIL_SERVER", "MAIL_PORT", "MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_DEBUG", "MAIL_USERNAME",
@@ -107,7 +108,8 @@ def test_mailpit_and_flower_are_published_on_loopback_only(services: dict[str, A
 
 
 def test_metrics_token_reaches_the_processes() -> None:
-    result = docker_compose("config", environ=compose_environ(**SECRETS, METRICS_TOKEN="m-t"))
+    result = docker_compose("config", environ=compose_environ(**{**SECRETS,
+                                                                 "METRICS_TOKEN": "m-t"}))
     assert result.returncode == 0, result.stderr
     for name in APP_SERVICES:
         environment = yaml.safe_load(result.stdout)["services"][name]["environment"]
@@ -226,11 +228,17 @@ def test_web_command_serves_healthz(compose: LocalCompose) -> None:
     web = compose.run("web", {"0.0.0.0:8000": f"127.0.0.1:{port}"})
     url = f"http://127.0.0.1:{port}/healthz"
     web.wait_until("web answers /healthz", lambda: http_status(url) in (200, 503))
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as err:  # 503: no worker or beat runs in this test
-        body = json.loads(err.read())
+
+    def answer(headers: dict[str, str]) -> Any:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                        timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:  # 503: no worker or beat runs in this test
+            return json.loads(err.read())
+
+    assert answer({}) == {"status": "unhealthy"}  # anonymous: status only
+    body = answer({"Authorization": f"Bearer {SECRETS['METRICS_TOKEN']}"})
     assert body["checks"]["redis"]["ok"] is True
     assert body["down"] == ["workers", "beat"], body
 

@@ -1,8 +1,12 @@
 """Deployment guards: PUBLIC_URL outside development, links never from the Host header,
-the session cookie's flags, ``/metrics`` behind METRICS_TOKEN, the guess budget's check."""
+the session cookie's flags, ``/metrics`` behind METRICS_TOKEN (required outside development
+unless METRICS_PUBLIC=true), the guess budget's check."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +19,8 @@ from web import config as settings
 from web import create_app
 from web.config import ConfigError
 
-PRODUCTION = {"POSTROOM_ENV": "production", "SECRET_KEY": "s" * 32}
+PRODUCTION = {"POSTROOM_ENV": "production", "SECRET_KEY": "s" * 32, "METRICS_TOKEN": "m" * 32}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def checked(environ: dict[str, str]) -> dict[str, Any]:
@@ -32,6 +37,35 @@ def test_public_url_is_required_outside_development() -> None:
         checked({**PRODUCTION, "PUBLIC_URL": "mail.example.com"})
     checked({**PRODUCTION, "PUBLIC_URL": "https://mail.example.com"})
     checked({"POSTROOM_ENV": "development"})
+
+
+def test_metrics_token_is_required_outside_development() -> None:
+    deployed = {**PRODUCTION, "PUBLIC_URL": "https://mail.example.com"}
+    del deployed["METRICS_TOKEN"]
+    with pytest.raises(ConfigError) as refused:
+        checked(deployed)
+    message = str(refused.value)
+    assert message.startswith("METRICS_TOKEN: must be set outside development")
+    assert "METRICS_PUBLIC=true" in message
+    with pytest.raises(ConfigError, match=r"^METRICS_TOKEN: "):
+        checked({**deployed, "METRICS_PUBLIC": "false"})
+    with pytest.raises(ConfigError, match=r"^METRICS_PUBLIC: expected true/false"):
+        checked({**deployed, "METRICS_PUBLIC": "sure"})
+    assert checked({**deployed, "METRICS_PUBLIC": "true"})["METRICS_PUBLIC"] is True
+    assert checked({**deployed, "METRICS_TOKEN": "t"})["METRICS_TOKEN"] == "t"
+    checked({"POSTROOM_ENV": "development"})
+
+
+def test_the_processes_refuse_to_start_without_a_metrics_token() -> None:
+    """``celery -A worker`` and gunicorn both build the app: the worker entry shows it."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "POSTROOM_ENV": "production",
+           "SECRET_KEY": "s" * 32, "PUBLIC_URL": "https://mail.example.com"}
+    result = subprocess.run([sys.executable, "-c", "import worker"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(
+        "postroom: configuration error: METRICS_TOKEN: must be set outside development")
+    assert "METRICS_PUBLIC=true" in result.stderr
 
 
 def test_a_guess_budget_that_breaks_the_promise_stops_start_up() -> None:
@@ -78,7 +112,7 @@ def test_the_session_cookie_is_secure_outside_development(redis_client: redis.Re
                                                           redis_url: str,
                                                           smtp_server: SMTPTestServer) -> None:
     config = app_config(redis_url, smtp_server.port, TESTING=False,
-                        PUBLIC_URL="https://mail.example.org")
+                        PUBLIC_URL="https://mail.example.org", METRICS_TOKEN="scrape-me")
     app = create_app(config)
     assert (app.config["SESSION_COOKIE_SECURE"], app.config["SESSION_COOKIE_HTTPONLY"],
             app.config["SESSION_COOKIE_SAMESITE"]) == (True, True, "Lax")

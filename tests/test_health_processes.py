@@ -46,14 +46,15 @@ def test_healthz_needs_a_live_worker_and_beat(worker_app: Flask, redis_url: str,
 
     celery_app: Celery = worker_app.extensions["celery"]
     with start_worker(celery_app, pool="threads", concurrency=1, perform_ping_check=False,
-                      queues=["otp", "mail", "bulk"], shutdown_timeout=30,
+                      queues=["otp", "mail", "bulk", "events"], shutdown_timeout=30,
                       loglevel="WARNING") as worker:
         wait_for("the worker reported", lambda: health(client)[1]["checks"]["workers"]["ok"])
         status, body = health(client)
         assert status == 503 and body["down"] == ["beat"], body
-        assert worker.hostname in body["checks"]["workers"]["seen"]
+        [seen] = body["checks"]["workers"]["seen"]
+        assert seen.startswith(worker.hostname + "#")  # the node name and a random id
         metrics = client.get("/metrics").get_data(as_text=True)
-        assert "postroom_workers_alive 1.0" in metrics
+        assert 'postroom_workers_alive{queue="events"} 1.0' in metrics
 
         environ = os.environ | {
             "POSTROOM_ENV": "testing", "SECRET_KEY": "test-secret-key",

@@ -112,7 +112,7 @@ def test_queue_depth_and_the_age_of_the_oldest_waiting_task(worker_app: Flask) -
     assert value(samples, "postroom_queue_depth", queue="bulk") == 0
     assert 1.0 <= value(samples, "postroom_queue_oldest_task_age_seconds", queue="mail") < 60
     assert value(samples, "postroom_queue_oldest_task_age_seconds", queue="otp") == 0
-    assert value(samples, "postroom_workers_alive") == 0
+    assert value(samples, "postroom_workers_alive", queue="mail") == 0
 
 
 def used_metrics() -> dict[str, set[str]]:
@@ -209,5 +209,6 @@ def test_a_real_workers_figures_reach_every_web_process(
     assert value(samples, "postroom_deliveries_total", kind="campaign", outcome="sent") == 5
     assert value(samples, "postroom_send_duration_seconds_count", kind="campaign") == 5
     assert value(samples, "postroom_smtp_sessions_opened_total") == smtp_server.session_count
-    assert value(samples, "postroom_workers_alive") == 1
+    assert value(samples, "postroom_workers_alive", queue="bulk") == 1
+    assert value(samples, "postroom_workers_alive", queue="events") == 0  # not consumed here
     assert len(smtp_server.received) == 5

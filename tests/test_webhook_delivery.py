@@ -114,7 +114,7 @@ def test_retries_back_off_from_under_a_minute_and_stay_capped() -> None:
 
 def production_app(redis_url: str, smtp_port: int, **overrides: Any) -> Any:
     config = app_config(redis_url, smtp_port, TESTING=False, POSTROOM_ENV="production",
-                        PUBLIC_URL="https://mail.example.com", **overrides)
+                        PUBLIC_URL="https://mail.example.com", METRICS_TOKEN="m-t", **overrides)
     return create_app(config)
 
 
