@@ -56,6 +56,14 @@ def alive(client: FlaskClient, headers: dict[str, str] | None = None) -> dict[st
     return found
 
 
+def worker_info(client: FlaskClient) -> list[tuple[str, str, str, str]]:
+    """``postroom_worker_info``: (identity, node, host, queues) of each live worker."""
+    text = client.get("/metrics").get_data(as_text=True)
+    return [(s.labels["worker"], s.labels["node"], s.labels["host"], s.labels["queues"])
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "postroom_worker_info"]
+
+
 @contextmanager
 def real_worker(celery_app: Celery, queues: list[str], concurrency: int = 1,
                 hostname: str | None = None) -> Iterator[Any]:
@@ -84,7 +92,7 @@ def test_two_workers_with_the_same_host_name_and_pid_are_two_workers(
         worker_app: Flask, redis_client: redis.Redis) -> None:
     client = worker_app.test_client()
     node = f"celery@{socket.gethostname()}"  # what every container's worker calls itself
-    twin = card(node, ("bulk",), sessions=7)
+    twin = card(node, ("bulk",), sessions=7)  # same node name, host and pid as the real one
     Heartbeats(redis_client).worker(twin)
     with real_worker(worker_app.extensions["celery"], ["bulk"], concurrency=3,
                      hostname=node) as worker:
@@ -97,6 +105,8 @@ def test_two_workers_with_the_same_host_name_and_pid_are_two_workers(
         assert real.identity.startswith(node + "#") and real.queues == ("bulk",)
         assert (real.sessions, real.pool) == (3, "thread")
         assert alive(client)["bulk"] == 2
+        assert sorted(worker_info(client)) == sorted(
+            [(twin.identity, node, twin.host, "bulk"), (real.identity, node, twin.host, "bulk")])
         status, body = health(client)
         assert status == 503 and body["checks"]["workers"]["queues"]["bulk"] == sorted(
             [twin.identity, real.identity])

@@ -128,6 +128,14 @@ class DeploymentCollector(Collector):
             sessions.add_metric([queue], sessions_for(live, queue))
         yield alive
         yield sessions
+        info = GaugeMetricFamily(
+            "postroom_worker_info",
+            "Each live worker (1), by its unique identity, node name, host and queues",
+            labels=["worker", "node", "host", "queues", "pool"])
+        for worker in live:
+            queues = "*" if worker.queues is None else ",".join(worker.queues)
+            info.add_metric([worker.identity, worker.node, worker.host, queues, worker.pool], 1)
+        yield info
         yield GaugeMetricFamily(
             "postroom_workers_reporting",
             f"Workers (unique identities) that reported in the last {within}", value=len(live))
