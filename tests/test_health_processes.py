@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.smtp_server import SMTPTestServer
+from web.health import routed_queues
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +47,7 @@ def test_healthz_needs_a_live_worker_and_beat(worker_app: Flask, redis_url: str,
 
     celery_app: Celery = worker_app.extensions["celery"]
     with start_worker(celery_app, pool="threads", concurrency=1, perform_ping_check=False,
-                      queues=["otp", "mail", "bulk", "events"], shutdown_timeout=30,
+                      queues=routed_queues(celery_app.conf), shutdown_timeout=30,
                       loglevel="WARNING") as worker:
         wait_for("the worker reported", lambda: health(client)[1]["checks"]["workers"]["ok"])
         status, body = health(client)

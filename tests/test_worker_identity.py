@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from flask import Flask
 from flask.testing import FlaskClient
+from kombu import Queue
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks import runtime
@@ -24,10 +26,21 @@ from tests.conftest import AUTH, app_config
 from tests.smtp_server import SMTPTestServer
 from tests.test_campaign_pages import csrf_token, sign_in
 from web import create_app
+from web.health import routed_queues
 
 METRICS_TOKEN = "scrape-7c1d"
 BEARER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
-ROUTED = ["otp", "mail", "bulk", "events"]
+
+
+def celeryconfig_conf() -> Any:
+    """The deployment's Celery settings, as every process loads them."""
+    celery_app = Celery("routes", set_as_current=False)
+    celery_app.config_from_object("celeryconfig")
+    return celery_app.conf
+
+
+ROUTED = routed_queues(celeryconfig_conf())  # otp, mail, bulk, events (and any added later)
+LANES = [queue for queue in ROUTED if queue != "bulk"]
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -127,18 +140,19 @@ def test_healthz_wants_a_live_consumer_on_every_routed_queue(worker_app: Flask) 
         status, body = health(client)
         workers = body["checks"]["workers"]
         assert status == 503 and "workers" in body["down"], body
-        assert workers["queues_without_consumer"] == ["otp", "mail", "events"]
-        assert workers["error"] == "no live worker consumes otp, mail, events"
-        assert alive(client) == {"otp": 0, "mail": 0, "bulk": 1, "events": 0}
-        with real_worker(celery_app, ["otp", "mail", "events"]):
+        assert {"otp", "mail", "events"} <= set(LANES)
+        assert workers["queues_without_consumer"] == LANES
+        assert workers["error"] == "no live worker consumes " + ", ".join(LANES)
+        assert alive(client) == {**dict.fromkeys(LANES, 0), "bulk": 1}
+        with real_worker(celery_app, LANES):
             wait_for("the lane worker reported",
                      lambda: health(client)[1]["checks"]["workers"]["ok"])
             status, body = health(client)
             assert "workers" not in body["down"], body
             assert body["checks"]["workers"]["queues"]["events"] == [
                 w["id"] for w in body["checks"]["workers"]["workers"]
-                if w["queues"] == ["events", "mail", "otp"]]
-            assert alive(client) == {"otp": 1, "mail": 1, "bulk": 1, "events": 1}
+                if w["queues"] == sorted(LANES)]
+            assert alive(client) == dict.fromkeys(ROUTED, 1)
         wait_for("the lane worker's absence noticed",
                  lambda: not health(client)[1]["checks"]["workers"]["ok"])
         assert alive(client)["otp"] == 0
@@ -155,7 +169,7 @@ def guarded(redis_client: redis.Redis, redis_url: str, smtp_server: SMTPTestServ
 
 def test_anonymous_healthz_answers_status_only(guarded: Flask,
                                                redis_client: redis.Redis) -> None:
-    Heartbeats(redis_client).worker(card("celery@lane-host-7", ("otp", "mail", "events")))
+    Heartbeats(redis_client).worker(card("celery@lane-host-7", tuple(LANES)))
     client = guarded.test_client()
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": METRICS_TOKEN}):
         response = client.get("/healthz", headers=headers)
@@ -169,7 +183,7 @@ def test_anonymous_healthz_answers_status_only(guarded: Flask,
     assert body["checks"]["workers"]["workers"][0]["node"] == "celery@lane-host-7"
     assert body["checks"]["smtp"]["relays"]  # relay host names: the operator's only
     assert client.get("/metrics").status_code == 401
-    assert alive(client, BEARER) == {"otp": 1, "mail": 1, "bulk": 0, "events": 1}
+    assert alive(client, BEARER) == {**dict.fromkeys(LANES, 1), "bulk": 0}
 
     assert sign_in(client).status_code == 303  # the campaign pages' operator sign-in
     status, body = health(client)
@@ -220,9 +234,17 @@ def test_batches_ahead_and_the_connection_limit_come_first(
     beats = Heartbeats(redis_client)
     for host in ("a", "b", "c"):  # three bulk hosts, 16 threads each, and a lane worker
         beats.worker(card(f"celery@{host}", ("bulk",), sessions=16))
-    beats.worker(card("celery@lane", ("otp", "mail", "events"), sessions=8))
+    beats.worker(card("celery@lane", tuple(LANES), sessions=8))
     beats.worker(card("celery@gone", ("bulk",), sessions=99), now=time.time() - 60)
     assert planned() == 48
     assert planned(MAIL_MAX_CONNECTIONS=12) == 11
     assert planned(MAIL_MAX_CONNECTIONS=200) == 48
     assert planned(CAMPAIGN_BATCHES_AHEAD=5, MAIL_MAX_CONNECTIONS=12) == 5
+
+
+def test_routed_queues_are_the_declared_the_routed_and_the_default() -> None:
+    conf = SimpleNamespace(task_queues=(Queue("otp"), Queue("bulk")), task_default_queue="mail",
+                           task_routes={"postroom.webhooks.*": {"queue": "hooks"},
+                                        "postroom.otp.*": {"queue": "otp"}})
+    assert routed_queues(conf) == ["otp", "bulk", "hooks", "mail"]
+    assert {"otp", "mail", "bulk", "events"} <= set(ROUTED)
