@@ -98,22 +98,27 @@ def _watched(sock: socket.socket) -> socket.socket:
     return sock
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class PinnedHTTPConnection(HTTPConnection):
+    """A connection whose socket the call's :class:`Deadline` watches from the moment
+    it connects (``_new_conn``, urllib3's hook for making the socket, in 1.x and 2.x)."""
+
     def _new_conn(self) -> socket.socket:
         return _watched(super()._new_conn())
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
+class PinnedHTTPSConnection(HTTPSConnection):
+    """The same for https."""
+
     def _new_conn(self) -> socket.socket:
         return _watched(super()._new_conn())  # before the TLS handshake: it is bounded too
 
 
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
+class PinnedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = PinnedHTTPConnection
 
 
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
+class PinnedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = PinnedHTTPSConnection
 
 
 class PinnedAdapter(HTTPAdapter):
@@ -125,8 +130,8 @@ class PinnedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
-                                                   "https": _WatchedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = {"http": PinnedHTTPConnectionPool,
+                                                   "https": PinnedHTTPSConnectionPool}
 
     def build_connection_pool_key_attributes(
             self, request: PreparedRequest, verify: bool | str,

@@ -184,9 +184,9 @@ def post(url: str, body: bytes, *, event_type: str, secret: str, allow_private: 
     except requests.RequestException as err:
         if deadline.expired:
             return Answer(None, f"no answer within {timeout:g} s")
-        return Answer(None, f"{type(err).__name__}: {_short(err, target.address)}")
+        return Answer(None, f"{type(err).__name__}: {_short(err, target)}")
 
 
-def _short(err: Exception, address: str) -> str:
-    """The error's text, without the address connected to (the host name is in the URL)."""
-    return str(err).replace(address, "the host")[:300]
+def _short(err: Exception, target: Target) -> str:
+    """The error's text, naming the host rather than the address it was connected at."""
+    return str(err).replace(target.address, target.host)[:300]
