@@ -129,7 +129,7 @@ def test_a_trickling_answer_is_cut_at_the_deadline(
                       verify=str(tls[0]) if tls else True)
         took = time.monotonic() - started
     assert answer.status_code is None and answer.error == "no answer within 2 s"
-    assert 1.9 <= took < 2.6, took
+    assert 1.9 <= took < 3.0, took
     assert receiver.trickled >= 4  # bytes kept coming: a per-read timeout would still wait
     assert len(receiver.calls) == 1
 
@@ -148,7 +148,7 @@ def test_the_task_takes_webhook_timeout_from_the_settings(
     took = time.monotonic() - started  # Celery eager: three attempts inside the request
     log = deliveries(client, endpoint["id"])
     assert [a["error"] for a in log] == ["no answer within 0.5 s"] * 3
-    assert took < 3.5, took
+    assert took < 6, took  # a per-read timeout: about 8 s an attempt
     assert len(smtp_server.to("ada@example.com")) == 1
 
 
