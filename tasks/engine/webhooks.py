@@ -101,7 +101,7 @@ def resolve(host: str, port: int) -> list[str]:
     when none)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as err:
+    except (socket.gaierror, ValueError) as err:  # ValueError: a NUL, a label too long
         raise UnsafeURL(f"the host does not resolve: {err}") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
