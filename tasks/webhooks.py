@@ -5,7 +5,8 @@
 - ``postroom.webhooks.dispatch`` takes the waiting events, keeps each event's body,
   and queues ``postroom.webhooks.deliver(endpoint_id, event_id)`` for every endpoint
   that takes its type (ids only: secrets never travel in task arguments).
-- ``postroom.webhooks.deliver`` POSTs the event once. A 2xx delivers it; 410
+- ``postroom.webhooks.deliver`` POSTs the event once, to the address checked for it
+  and within ``WEBHOOK_TIMEOUT`` for the whole answer. A 2xx delivers it; 410
   disables the endpoint; anything else (or no answer) retries with backoff under the
   same event id for :data:`~tasks.stores.webhooks.RETRY_FOR`, each wait capped at
   half the broker's visibility timeout.
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 
 from tasks import runtime
 from tasks.delivery import visibility_timeout
-from tasks.engine.webhooks import Answer, UnsafeURL, check_url, post
+from tasks.engine.webhooks import post
 from tasks.stores.webhooks import RETRY_FOR, Attempt, Event, EventOutbox, WebhookEndpoints
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,10 @@ def deliver_event(self: Task, endpoint_id: str, event_id: str) -> None:
                  "the event expired", event_id, endpoint_id)
         return
     attempt = self.request.retries + 1
-    try:
-        check_url(endpoint.url, allow_private=bool(
-            runtime.app_config()["WEBHOOK_ALLOW_PRIVATE"]))
-    except UnsafeURL as refused:
-        answer = Answer(None, f"not called: {refused}")
-    else:
-        answer = post(endpoint.url, event.body(), event_type=event.type, secret=endpoint.secret)
+    config = runtime.app_config()
+    answer = post(endpoint.url, event.body(), event_type=event.type, secret=endpoint.secret,
+                  allow_private=bool(config["WEBHOOK_ALLOW_PRIVATE"]),
+                  timeout=float(config["WEBHOOK_TIMEOUT"]))
     endpoints.log(endpoint_id, Attempt(event.id, event.type, attempt, time.time(),
                                        answer.status_code, answer.error))
     if answer.delivered:

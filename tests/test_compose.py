@@ -1,5 +1,6 @@
 """docker-compose.yml: validated by Debian's ``docker-compose config``, and each of its
-web, worker, beat and flower commands run here against the test Redis until it is up."""
+web, worker, worker-events, beat and flower commands run here against the test Redis until
+it is up."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ DESIGN_VARIABLES = [
     "MAIL_MAX_CONNECTIONS", "MAIL_RATE_LIMIT", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY",
     "API_TOKENS", "ADMIN_USERNAME", "ADMIN_PASSWORD", "OTP_LENGTH", "OTP_TTL",
     "OTP_MAX_ATTEMPTS", "MAX_ATTACHMENT_BYTES", "MAX_MESSAGE_BYTES"]
-APP_SERVICES = ("web", "worker", "worker-bulk", "bounces", "beat", "flower")
+APP_SERVICES = ("web", "worker", "worker-bulk", "worker-events", "bounces", "beat", "flower")
 
 
 def docker_compose(*args: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -64,8 +65,8 @@ def services() -> dict[str, Any]:
 
 
 def test_compose_defines_every_service(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", "mailpit", "web", "worker", "worker-bulk", "bounces",
-                             "beat", "flower"}
+    assert set(services) == {"redis", "mailpit", "web", "worker", "worker-bulk",
+                             "worker-events", "bounces", "beat", "flower"}
     assert services["bounces"]["command"][:2] == ["postroom", "bounces"]
     redis_service = services["redis"]
     assert redis_service["command"][-2:] == ["--appendonly", "yes"]
@@ -74,10 +75,12 @@ def test_compose_defines_every_service(services: dict[str, Any]) -> None:
     assert services["web"]["command"][0] == "gunicorn"
     assert services["web"]["command"][-1] == "web:create_app()"
     lane, bulk = services["worker"]["command"], services["worker-bulk"]["command"]
-    for worker in (lane, bulk):
+    events = services["worker-events"]["command"]
+    for worker in (lane, bulk, events):
         assert worker[:4] == ["celery", "-A", "worker", "worker"] and "-E" in worker
         assert worker[worker.index("--pool") + 1] == "threads"
-    assert lane[lane.index("-Q") + 1] == "otp,mail,events"  # codes never wait behind campaigns
+    assert lane[lane.index("-Q") + 1] == "otp,mail"  # codes never wait behind campaigns ...
+    assert events[events.index("-Q") + 1] == "events"  # ... nor behind webhook receivers
     assert bulk[bulk.index("-Q") + 1] == "bulk"
     assert bulk[bulk.index("--concurrency") + 1] == "16"
     assert services["beat"]["command"][:4] == ["celery", "-A", "worker", "beat"]
@@ -243,9 +246,9 @@ def test_web_command_serves_healthz(compose: LocalCompose) -> None:
     assert body["down"] == ["workers", "beat"], body
 
 
-def test_worker_command_answers_ping(compose: LocalCompose,
-                                     redis_url: str) -> None:
-    worker = compose.run("worker", {})
+@pytest.mark.parametrize("name", ["worker", "worker-events"])
+def test_worker_command_answers_ping(compose: LocalCompose, redis_url: str, name: str) -> None:
+    worker = compose.run(name, {})
     control = Celery(broker=redis_url)
     control.conf.broker_transport_options = {"global_keyprefix": compose.prefix}
     replies: list[dict[str, Any]] = []
@@ -257,6 +260,10 @@ def test_worker_command_answers_ping(compose: LocalCompose,
     worker.wait_until("worker answers ping", pinged, timeout=40)
     assert list(replies[0].values()) == [{"ok": "pong"}]
     assert " ready." in worker.output()
+    command = compose.services[name]["command"]
+    active = control.control.inspect(timeout=2.0).active_queues() or {}
+    assert [sorted(queue["name"] for queue in queues) for queues in active.values()] == [
+        sorted(command[command.index("-Q") + 1].split(","))]
     control.close()
 
 

@@ -195,8 +195,8 @@ def test_dev_delivers_a_message_and_sigint_stops_every_process(
     dev_run = launch()
     children = descendants(dev_run.process.pid)
     names = " ".join(command_line(pid) for pid in children)
-    for part in ("redis-server", "gunicorn", "-Q otp,mail,events -P threads", "-Q bulk -P threads",
-                 " beat ", " flower "):
+    for part in ("redis-server", "gunicorn", "-Q otp,mail -P threads", "-Q events -P threads",
+                 "-Q bulk -P threads", " beat ", " flower "):
         assert part in names, f"{part!r} not among the children: {names}"
     assert len(set(children.values())) >= 5  # every child leads its own session
 
@@ -249,7 +249,7 @@ def test_dev_uses_configured_servers_restarts_a_killed_worker_and_stops_on_sigte
 
     def worker_leader() -> int:
         [pid] = [pid for pid, sid in descendants(dev_run.process.pid).items()
-                 if pid == sid and "-Q otp,mail,events " in command_line(pid)]
+                 if pid == sid and "-Q otp,mail " in command_line(pid)]
         return pid
 
     first = worker_leader()

@@ -1,16 +1,22 @@
-"""A real HTTP receiver for webhook tests: records every request, answers as told."""
+"""A real HTTP(S) receiver for webhook tests: records every request, answers as told,
+at once or one byte at a time (``trickle``), over TLS when given a certificate."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+TRICKLE_FOR = 60.0  # a trickling answer stops after this long in any case
 
 
 @dataclass(frozen=True)
@@ -34,12 +40,18 @@ class Call:
 
 
 class Receiver:
-    """``answers`` are used in turn (then ``default``); each is a status code."""
+    """``answers`` are used in turn (then ``default``); each is a status code. With
+    ``trickle`` set, the answer goes out one byte every ``trickle`` seconds."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, tls: tuple[Path, Path] | None = None) -> None:
         self.calls: list[Call] = []
         self.answers: list[int] = []
         self.default = 200
+        self.trickle: float | None = None
+        self.trickling = 0  # answers being trickled right now
+        self.trickled = 0  # bytes trickled in all
+        self.server_names: list[str | None] = []  # the TLS server name (SNI) of each handshake
+        self.closing = threading.Event()
         self.lock = threading.Lock()
         receiver = self
 
@@ -50,6 +62,9 @@ class Receiver:
                 with receiver.lock:
                     receiver.calls.append(Call(self.path, dict(self.headers.items()), body))
                     status = receiver.answers.pop(0) if receiver.answers else receiver.default
+                if receiver.trickle is not None:
+                    receiver.trickle_answer(self, status)
+                    return
                 self.send_response(status)
                 if status in (301, 302, 307, 308):
                     self.send_header("Location", f"{receiver.url}/elsewhere")
@@ -60,7 +75,41 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            context.sni_callback = self._record_server_name
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}"
+
+    def _record_server_name(self, sock: Any, name: str | None, context: Any) -> None:
+        with self.lock:
+            self.server_names.append(name)
+
+    def trickle_answer(self, handler: BaseHTTPRequestHandler, status: int) -> None:
+        """Write the answer a byte at a time until it is out, the caller hangs up, or the
+        receiver closes."""
+        answer = f"HTTP/1.1 {status} OK\r\nContent-Length: 0\r\n\r\n".encode()
+        assert self.trickle is not None
+        with self.lock:
+            self.trickling += 1
+        stop_at = time.monotonic() + TRICKLE_FOR
+        try:
+            for byte in answer:
+                if self.closing.wait(self.trickle) or time.monotonic() > stop_at:
+                    return
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                with self.lock:
+                    self.trickled += 1
+        except OSError:
+            return  # the caller hung up
+        finally:
+            with self.lock:
+                self.trickling -= 1
+            handler.close_connection = True
 
     def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
@@ -70,14 +119,15 @@ class Receiver:
 
 
 @contextmanager
-def receiving(port: int = 0) -> Iterator[Receiver]:
+def receiving(port: int = 0, tls: tuple[Path, Path] | None = None) -> Iterator[Receiver]:
     """A receiver on *port* (any free one by default), until the block ends."""
-    receiver = Receiver(port)
+    receiver = Receiver(port, tls)
     thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
     thread.start()
     try:
         yield receiver
     finally:
+        receiver.closing.set()
         receiver.server.shutdown()
         receiver.server.server_close()
         thread.join(timeout=5)

@@ -195,6 +195,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "POSTROOM_ENV": (_text, "production"),
     "OUTBOX_DIR": (_optional_text, None),
     "WEBHOOK_ALLOW_PRIVATE": (parse_bool, None),  # None: true in development and testing
+    "WEBHOOK_TIMEOUT": (_positive_number, 10.0),  # seconds for a whole call, not per read
 }
 
 
@@ -220,6 +221,9 @@ def normalise(config: MutableMapping[str, Any]) -> None:
     if isinstance(allow_private, str):
         allow_private = parse_bool("WEBHOOK_ALLOW_PRIVATE", allow_private)
     config["WEBHOOK_ALLOW_PRIVATE"] = relaxed(config) if allow_private is None else allow_private
+    webhook_timeout = config.get("WEBHOOK_TIMEOUT")
+    if isinstance(webhook_timeout, str):
+        config["WEBHOOK_TIMEOUT"] = _positive_number("WEBHOOK_TIMEOUT", webhook_timeout)
     cooldown = config.get("MAIL_RELAY_COOLDOWN")
     if isinstance(cooldown, str):
         config["MAIL_RELAY_COOLDOWN"] = _positive_number("MAIL_RELAY_COOLDOWN", cooldown)

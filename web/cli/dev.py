@@ -7,8 +7,9 @@ in, restarts a child that dies, and stops them all on Ctrl-C or SIGTERM.
 
 Workers run in the shape delivery needs: one worker for the ``otp`` and
 ``mail`` queues, so codes and single messages never wait behind a campaign,
-and one ``bulk`` worker process per core, each holding many SMTP sessions in
-threads (a relay's latency, not the CPU, bounds a session).
+one for the ``events`` queue, so a slow webhook receiver never holds a thread that
+sends codes, and one ``bulk`` worker process per core, each holding many SMTP
+sessions in threads (a relay's latency, not the CPU, bounds a session).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from web.config import ConfigError
 READY_TIMEOUT = 60.0
 DEV_SENDER = "Postroom <postroom@localhost>"
 DEV_RETURN_PATH = "bounces@bounces.localhost"
-LANE_QUEUES = "otp,mail,events"  # codes, single messages and webhook calls: never behind bulk
+LANE_QUEUES = "otp,mail"  # codes and single messages: never behind bulk or webhook calls
+EVENTS_QUEUE = "events"  # webhook calls: a slow receiver holds only this worker's threads
 DEFAULT_BULK_THREADS = 16  # SMTP sessions per bulk process when MAIL_MAX_CONNECTIONS is unset
 
 
@@ -180,6 +182,7 @@ def commands(plan: Plan) -> dict[str, list[str]]:
         "web": [python, "-m", "gunicorn", "-c", "python:web.cli.gunicorn_conf",
                 "--bind", f"{plan.host}:{plan.port}", "--workers", "2", "web:create_app()"],
         "worker": [*worker, "-Q", LANE_QUEUES, "-P", "threads", "-c", "8", "-n", "lane@%h"],
+        "events": [*worker, "-Q", EVENTS_QUEUE, "-P", "threads", "-c", "8", "-n", "events@%h"],
         **bulk,
         "beat": [*celery, "beat", "--loglevel", "INFO",
                  "--schedule", str(plan.var_dir / "celerybeat-schedule")],
