@@ -65,18 +65,18 @@ class LedgerStream:
                  tb: TracebackType | None) -> None:
         self.close(drain=exc is None)
 
-    def claim(self, indices: Sequence[int], token: str) -> ClaimResult:
-        """Claim *indices* (after every outstanding finish is read)."""
+    def claim(self, indices: Sequence[int], token: str, run: str) -> ClaimResult:
+        """Claim *indices* for *run* (after every outstanding finish is read)."""
         result: list[ClaimResult] = []
-        self._write("claim", self.ledger.claim_args(indices, token),
+        self._write("claim", self.ledger.claim_args(indices, token, run),
                     lambda reply: result.append(claim_result(reply)))
         self.drain()
         return result[0]
 
-    def finish(self, token: str, outcomes: Sequence[Outcome], *, max_attempts: int,
+    def finish(self, token: str, run: str, outcomes: Sequence[Outcome], *, max_attempts: int,
                deadline: float | None, then: Callable[[list[str]], None]) -> None:
         """Write the outcomes; *then* gets the statuses set once the reply is read."""
-        args = DeliveryLedger.finish_args(token, outcomes, max_attempts=max_attempts,
+        args = DeliveryLedger.finish_args(token, run, outcomes, max_attempts=max_attempts,
                                           deadline=deadline)
         self._write("finish", args, lambda reply: then([text(s) for s in reply]))
         while len(self._pending) > OUTSTANDING:
