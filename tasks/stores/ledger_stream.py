@@ -86,6 +86,14 @@ class LedgerStream:
         while self._pending:
             self._read_one()
 
+    def poll(self) -> None:
+        """Read the replies that have already arrived, without waiting for any."""
+        try:
+            while self._pending and self._connection.can_read(timeout=0):
+                self._read_one()
+        except (RedisError, OSError) as err:
+            self._reconnect(err)
+
     def _write(self, script: str, args: list[Any], on_reply: Callable[[Any], None]) -> None:
         self._usable()
         request = _Request(script, args, on_reply)
