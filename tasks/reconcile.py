@@ -43,6 +43,7 @@ from tasks.stores.campaigns import CampaignStore
 from tasks.stores.leases import process_id
 from tasks.stores.ledger import UNSETTLED, DeliveryLedger
 from tasks.stores.messages import MessageStore
+from tasks.stores.metrics import REQUEUES_KEY
 from tasks.stores.otp import OTPStore
 from tasks.stores.watch import Watchlist
 from tasks.stores.webhooks import DISPATCH_PENDING, EventOutbox
@@ -52,7 +53,6 @@ from tasks.webhooks import dispatch_events
 log = logging.getLogger(__name__)
 
 TURN_KEY = key("reconcile", "turn")
-COUNTS_KEY = key("metrics", "reconciler")  # re-enqueues by reason
 WAITING_QUEUES = ("bulk", "mail", "otp")
 BLIND_GRACE = 10  # how many intervals work must look idle when the broker cannot be read
 
@@ -95,7 +95,7 @@ def reconcile_once() -> Reconciled | None:
         log.warning("reconciler re-enqueued work that had stopped moving: %s", found)
         pipe = redis.pipeline(transaction=False)
         for reason, n in found.reasons.items():
-            pipe.hincrby(COUNTS_KEY, reason, n)
+            pipe.hincrby(REQUEUES_KEY, reason, n)
         pipe.execute()
     return found
 

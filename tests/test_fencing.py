@@ -17,8 +17,9 @@ from tasks.engine.compose import Composer, Draft
 from tasks.engine.session import BatchConnection, SMTPSettings
 from tasks.reconcile import Reconciler, take_turn
 from tasks.stores.campaigns import CampaignStore, batch_token
-from tasks.stores.leases import TAKEOVERS_KEY, ClaimLease, LeaseBusy, process_id, run_id
+from tasks.stores.leases import ClaimLease, LeaseBusy, process_id, run_id
 from tasks.stores.ledger import LEASE_PREFIX, DeliveryLedger, Outcome, RecipientRecord
+from tasks.stores.metrics import LEASES_KEY as TAKEOVERS_KEY
 from tasks.waiting import read_waiting
 from tests.lease_support import lease
 from tests.smtp_server import SMTPTestServer
@@ -180,3 +181,22 @@ def test_a_batch_waiting_in_the_broker_is_left_alone_and_a_lost_one_is_sent_agai
 def _queue_key(celery_app: Any) -> str:
     prefix = celery_app.conf.broker_transport_options["global_keyprefix"]
     return f"{prefix}bulk"
+
+
+def test_metrics_count_take_overs_fenced_records_and_requeues_by_reason(
+        client: Any, redis_client: redis.Redis) -> None:
+    ledger = make_ledger(redis_client, 1, "test:metrics")
+    stale = lease(redis_client, "m", ttl=0.05)
+    ledger.claim([0], "m", stale)
+    time.sleep(0.1)
+    with ClaimLease(redis_client, "m", ttl=30) as rerun:
+        ledger.claim([0], "m", rerun.run)
+        assert ledger.finish("m", stale, [Outcome(0, "sent", 250)],
+                             max_attempts=5) == ["fenced:0"]
+        rerun.fenced()  # what a run does when a script refuses it
+    redis_client.hincrby("postroom:metrics:reconciler", "batch_lease_gone", 2)
+
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'postroom_claim_leases_total{event="fenced"} 1.0' in text
+    assert 'postroom_reconciler_requeues_total{reason="batch_lease_gone"} 2.0' in text
+    assert 'postroom_reconciler_requeues_total{reason="retry_overdue"} 0.0' in text

@@ -36,11 +36,11 @@ from redis import Redis, RedisError
 
 from tasks.stores import key
 from tasks.stores.ledger import LEASE_PREFIX, text
+from tasks.stores.metrics import LEASES_KEY
 
 log = logging.getLogger(__name__)
 
 TRUSTED = 0.8  # of a lease's length, counted from the sending of its last confirmed renewal
-TAKEOVERS_KEY = key("metrics", "leases")  # counters: taken over, fenced, lost
 
 _TAKE = """
 -- KEYS: lease, its 'a run began' mark; ARGV: run, ttl_ms, mark_ms.
@@ -188,7 +188,7 @@ def renew(leases: list[_Held]) -> None:
 def count(redis: Redis, event: str, n: int = 1) -> None:
     """Add to a lease counter (``taken_over``, ``fenced``, ``lost``); never fails a batch."""
     try:
-        redis.hincrby(TAKEOVERS_KEY, event, n)
+        redis.hincrby(LEASES_KEY, event, n)
     except RedisError as err:
         log.debug("lease counter %s not written: %s", event, err)
 
