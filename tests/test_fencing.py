@@ -200,3 +200,33 @@ def test_metrics_count_take_overs_fenced_records_and_requeues_by_reason(
     assert 'postroom_claim_leases_total{event="fenced"} 1.0' in text
     assert 'postroom_reconciler_requeues_total{reason="batch_lease_gone"} 2.0' in text
     assert 'postroom_reconciler_requeues_total{reason="retry_overdue"} 0.0' in text
+
+
+def test_a_lease_left_by_an_ended_process_of_this_kernel_is_taken_at_once(
+        redis_client: redis.Redis) -> None:
+    import subprocess
+    import sys
+    ended = subprocess.run([sys.executable, "-c",
+                            "from tasks.stores.leases import run_id; print(run_id())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    redis_client.set(LEASE_PREFIX + "local", ended, px=60_000)
+    with ClaimLease(redis_client, "local", ttl=30) as lease_now:
+        assert redis_client.get(LEASE_PREFIX + "local").decode() == lease_now.run
+
+
+def test_a_holder_with_this_hosts_name_and_pid_on_another_machine_keeps_its_lease(
+        redis_client: redis.Redis) -> None:
+    import os
+    mine = run_id()
+    identity, _, proof = mine.partition("|")
+    boot, _, rest = proof.partition(":")
+    twin = f"{identity}|{'0' * len(boot)}:{rest}"  # same host name, pid and namespace name
+    assert str(os.getpid()) in twin
+    redis_client.set(LEASE_PREFIX + "twin", twin, px=60_000)
+    with pytest.raises(LeaseBusy):
+        ClaimLease(redis_client, "twin", ttl=30).__enter__()
+    live = run_id()  # a live process of this kernel (this one, with a run still held)
+    with ClaimLease(redis_client, "alive", ttl=30) as holder:
+        assert holder.run != live
+        with pytest.raises(LeaseBusy):
+            ClaimLease(redis_client, "alive", ttl=30).__enter__()

@@ -9,10 +9,13 @@ run id is the one the lease holds; a run that lost its lease therefore records
 nothing and hands nothing back, and the run that took over owns the claims.
 
 One thread per process renews every lease the process holds (three times per
-lease). A lease is only taken when it is free: held by nobody, or run out. A
-worker that dies stops renewing and its lease runs out within one lease; no
-one ever guesses that another process is dead (two hosts may share a host name
-and a pid).
+lease). A lease is taken when it is free (held by nobody, or run out), or when
+its holder is *provably* a dead process of this very kernel: the lease records
+the holder's boot id, pid namespace, pid and process start time, and only a
+process with the same boot id and pid namespace whose pid is gone (or now
+belongs to a process started at another time) counts as dead. A host name or a
+pid alone proves nothing (two hosts may share both), so a holder anywhere else
+keeps its lease until it runs out.
 
 The holder keeps its own, conservative view of its lease: it counts the lease
 from the moment it *sent* the last renewal that Redis confirmed, and trusts it
@@ -43,11 +46,12 @@ log = logging.getLogger(__name__)
 TRUSTED = 0.8  # of a lease's length, counted from the sending of its last confirmed renewal
 
 _TAKE = """
--- KEYS: lease, its 'a run began' mark; ARGV: run, ttl_ms, mark_ms.
--- Take the lease if it is free (or already ours). Returns {1, 1 if an earlier run began
--- and never ended (its lease ran out), else 0} when taken, {0, holder, ms left} when busy.
+-- KEYS: lease, its 'a run began' mark; ARGV: run, ttl_ms, mark_ms, holder to replace or ''.
+-- Take the lease if it is free (or already ours, or held by the holder to replace). Returns
+-- {1, 1 if an earlier run began and never ended, else 0} when taken, {0, holder, ms left}
+-- when busy.
 local held = redis.call('GET', KEYS[1])
-if not held or held == ARGV[1] then
+if not held or held == ARGV[1] or held == ARGV[4] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   local earlier = redis.call('EXISTS', KEYS[2])
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
@@ -87,8 +91,53 @@ def process_id() -> str:
 
 
 def run_id() -> str:
-    """A new run's identity: the process's, and a random id of the run's own."""
-    return f"{process_id()}:{uuid.uuid4().hex[:12]}"
+    """A new run's identity: the process's, a random id of the run's own, and what proves
+    whether its process still lives (``|boot id:pid namespace:pid:start time``)."""
+    return f"{process_id()}:{uuid.uuid4().hex[:12]}|{_proof(os.getpid())}"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+def _started(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' if there is no such process)."""
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat.rsplit(")", 1)[-1].split() if stat else []
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _kernel() -> str:
+    """This kernel and pid namespace: ``boot id:pid namespace`` ('' where unknown)."""
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{boot}:{namespace}" if boot and namespace else ""
+
+
+def _proof(pid: int) -> str:
+    kernel, started = _kernel(), _started(pid)
+    return f"{kernel}:{pid}:{started}" if kernel and started else ""
+
+
+def provably_dead(holder: str) -> bool:
+    """Whether *holder* (a run id) was a process of this kernel and pid namespace that has
+    ended: its pid is gone, or belongs to a process that started at another time."""
+    _, _, proof = holder.partition("|")
+    kernel, _, rest = proof.rpartition(":")  # kernel:pid, then the start time
+    kernel, _, pid_text = kernel.rpartition(":")
+    if not kernel or kernel != _kernel() or not pid_text.isdigit() or not rest:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return holder not in _keeper.runs()  # a run of this process that has ended
+    return _started(pid) != rest
 
 
 class LeaseBusy(Exception):
@@ -143,6 +192,10 @@ class _Keeper:
     def remove(self, run: str) -> None:
         with self.lock:
             self.held.pop(run, None)
+
+    def runs(self) -> set[str]:
+        with self.lock:
+            return set(self.held) if self.pid == os.getpid() else set()
 
     def _run(self) -> None:
         renewed = time.monotonic()
@@ -215,7 +268,12 @@ class ClaimLease:
     def __enter__(self) -> ClaimLease:
         sent = time.monotonic()
         taken, *rest = self.redis.eval(_TAKE, 2, self.name, self.mark, self.run, self.ttl_ms,
-                                       self.ttl_ms * 60)
+                                       self.ttl_ms * 60, "")
+        if not taken and provably_dead(text(rest[0])):
+            log.info("taking over claim %s from a process of this host that ended", self.token)
+            sent = time.monotonic()
+            taken, *rest = self.redis.eval(_TAKE, 2, self.name, self.mark, self.run,
+                                           self.ttl_ms, self.ttl_ms * 60, text(rest[0]))
         if not taken:
             raise LeaseBusy(self.token, time.time() + max(int(rest[1]), 0) / 1000)
         if int(rest[0]):
