@@ -208,7 +208,10 @@ class _Keeper:
                 self.wake.clear()  # a lease came: perhaps a shorter one; look again
                 continue
             renewed = time.monotonic()
-            renew(leases)
+            with self.lock:  # only what is still held now: a run may have ended meanwhile
+                leases = list(self.held.values())
+            if leases:
+                renew(leases)
 
 
 def renew(leases: list[_Held]) -> None:
