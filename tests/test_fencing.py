@@ -124,8 +124,10 @@ def test_a_run_taken_over_mid_batch_stops_before_its_next_message(
                            connection, drafts.composer, options)
 
     assert report.fenced
-    # the message in flight when the lease went is the only one past the take-over
-    assert taken_after <= len(smtp_server.received) <= taken_after + 1
+    # past the take-over: the message in flight, and at most the one sent while the refusal
+    # of the first was still on its way back (a run waits for all but its last outcome's
+    # reply before each message)
+    assert taken_after <= len(smtp_server.received) <= taken_after + 2
     counts = ledger.counts()
     assert counts["sent"] == taken_after  # what it sent after losing the lease is not its own
     # what it had claimed and not sent is not given back: the run holding the lease owns it

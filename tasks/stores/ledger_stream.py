@@ -86,8 +86,10 @@ class LedgerStream:
         while self._pending:
             self._read_one()
 
-    def poll(self) -> None:
-        """Read the replies that have already arrived, without waiting for any."""
+    def settle(self, outstanding: int = 1) -> None:
+        """Read every reply that has arrived, and wait for all but the last *outstanding*."""
+        while len(self._pending) > outstanding:
+            self._read_one()
         try:
             while self._pending and self._connection.can_read(timeout=0):
                 self._read_one()
