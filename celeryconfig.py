@@ -69,5 +69,5 @@ beat_schedule["postroom-campaigns-due"] = {
 # ... and runs the reconciler, which re-enqueues whatever stopped moving.
 beat_schedule["postroom-reconcile"] = {
     "task": "postroom.reconcile",
-    "schedule": float(os.environ.get("RECONCILE_INTERVAL", "30")),
+    "schedule": float(os.environ.get("RECONCILE_INTERVAL", "4")),
 }

@@ -7,8 +7,13 @@ by default ``MAIL_MAX_CONNECTIONS`` less the one kept for codes), each at most
 (see :meth:`CampaignStore.reserve_batch`); every batch that ends asks for the
 next. Pausing therefore stops new batches at once; a running batch looks at
 the status at least twice a second and stops before its next message.
+
+A run of a batch sends for at most ``CAMPAIGN_BATCH_SECONDS`` and then puts
+the rest of its batch back at the end of the queue (same slot, same claim
+token), so a thread frees up every few seconds: a batch rescued from a worker
+that died waits behind one time slice at most, never behind whole batches.
 Batches lost with their worker are found by the reconciler
-(:mod:`tasks.reconcile`).
+(:mod:`tasks.reconcile`) by their lease alone.
 """
 
 from __future__ import annotations
@@ -172,16 +177,23 @@ def dispatch_batches(campaign_id: str) -> None:
 
 
 class _StatusCheck:
-    """Whether the campaign stopped running, read from Redis at most every *every* seconds."""
+    """Whether this run should stop: the campaign stopped running (read from Redis at most
+    every *every* seconds), or the run's time slice (*slice* seconds) is over."""
 
-    def __init__(self, store: CampaignStore, campaign_id: str, every: float = 0.5) -> None:
+    def __init__(self, store: CampaignStore, campaign_id: str, every: float = 0.5,
+                 slice_seconds: float | None = None) -> None:
         self.store = store
         self.campaign_id = campaign_id
         self.every = every
         self.checked = time.monotonic()
+        self.ends = None if slice_seconds is None else self.checked + slice_seconds
+        self.sliced = False
 
     def __call__(self) -> bool:
         now = time.monotonic()
+        if self.ends is not None and now >= self.ends:
+            self.sliced = True
+            return True
         if now - self.checked < self.every:
             return False
         self.checked = now
@@ -234,12 +246,18 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
         store.release_batch(campaign_id, slot)
         return
     try:
-        report = _send_batch(store, campaign, first, last, slot)
+        report, sliced = _send_batch(store, campaign, first, last, slot)
     except RedisError as err:  # Redis went away mid-batch: what was claimed comes back
         log.warning("campaign %s batch %d-%d stopped by a Redis error; retrying: %s",
                     campaign_id, first, last, err)
         raise self.retry(countdown=runtime.retry_policy().countdown(self.request.retries + 1),
                          exc=err) from err
+    if report.fenced or report.lease_busy:
+        return  # another run of this batch is in charge of it (and of its slot)
+    if sliced and not self.request.is_eager and store.status(campaign_id) == "running":
+        store.mark_dispatched(campaign_id, slot, first, last)
+        send_campaign_batch.delay(campaign_id, first, last, slot)  # the rest, after the queue
+        return
     store.release_batch(campaign_id, slot)
     status = store.status(campaign_id)
     if status == "cancelled":
@@ -252,7 +270,8 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
 
 
 def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
-                slot: str) -> BatchReport:
+                slot: str) -> tuple[BatchReport, bool]:
+    """One run of the batch; its report, and whether it stopped because its slice was over."""
     settings = runtime.smtp_settings()
     composer = runtime.composer(settings)
     mailing = CampaignMailing(campaign, secret_key=str(runtime.app_config()["SECRET_KEY"]),
@@ -272,11 +291,12 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
     created_at = campaign.started_at or campaign.created_at
     observe = runtime.observer("campaign", campaign.id, extra=counted, policy=policy,
                                created_at=created_at)
+    check = _StatusCheck(store, campaign.id, slice_seconds=float(
+        runtime.app_config()["CAMPAIGN_BATCH_SECONDS"]))
     options = BatchOptions(token=batch_token(campaign.id, slot), policy=policy,
                            created_at=created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
-                           suppressed=suppressions.which,
-                           should_stop=_StatusCheck(store, campaign.id), observe=observe)
+                           suppressed=suppressions.which, should_stop=check, observe=observe)
     connection = BatchConnection(settings, gate=runtime.session_gate(bulk=True))
     try:
         with connection:
@@ -286,9 +306,10 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
     finally:
         observe.close(sessions_opened=connection.sessions_opened)
     counter.flush()
-    log.info("campaign %s batch %d-%d: %s (%d session(s))", campaign.id, first, last,
-             report.counts, connection.sessions_opened)
-    return report
+    log.info("campaign %s batch %d-%d: %s (%d session(s))%s", campaign.id, first, last,
+             report.counts, connection.sessions_opened,
+             "; its time slice is over" if check.sliced else "")
+    return report, check.sliced
 
 
 @shared_task(name="postroom.campaign.start_due", ignore_result=True)

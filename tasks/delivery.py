@@ -5,18 +5,21 @@ Tasks call :func:`run_batch` with a ledger, the envelopes to send and an open
 batch, with or without shared limits:
 
 1. take the batch's claim lease (:class:`~tasks.stores.leases.ClaimLease`), so
-   its claims stay good exactly as long as this run is alive;
+   its claims stay good exactly as long as this run is alive, and carry the
+   run's fencing token in every ledger script;
 2. claim the recipients of the next few envelopes in one Redis call, and drop
    those on the suppression list;
 3. for each envelope: build the message (one ahead of the one being sent, so
    the session can send its commands with the previous message's content),
-   wait for the rate limit, send it on the batch's connection, and write its
-   outcomes to Redis without waiting for the reply
-   (:class:`~tasks.stores.ledger_stream.LedgerStream`);
+   make sure the lease is still this run's, wait for the rate limit, send it on
+   the batch's connection, and write its outcomes to Redis without waiting for
+   the reply (:class:`~tasks.stores.ledger_stream.LedgerStream`);
 4. give back whatever was claimed and not sent when the batch stops early.
 
-A batch delivered twice sends nothing twice; a worker that dies can have
-duplicated at most the message it had in flight.
+A batch delivered twice sends nothing twice; a worker that dies, or a run cut
+off from Redis until another took its lease over, can have duplicated at most
+the message it had in flight: it stops before its next one, and whatever it
+still tries to record or give back is refused.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class BatchReport:
     busy_until: float | None = None  # another live run holds some recipients until then
     next_retry: float | None = None  # the earliest retry time of what this run deferred
     lost: int = 0  # claims another run took over before this one recorded them
+    fenced: bool = False  # this run lost its lease to another run and stopped
+    lease_busy: bool = False  # another run held the batch's lease: this one did nothing
 
     def add(self, status: str, n: int = 1) -> None:
         self.counts[status] = self.counts.get(status, 0) + n
@@ -113,7 +118,7 @@ class BatchOptions:
     token: str  # the same for every run of one batch (a redelivered task, a retry)
     policy: RetryPolicy = RetryPolicy()
     created_at: float | None = None  # of the delivery, for the policy's deadline
-    lease: float = 30.0  # seconds a claim outlives the last renewal of its run
+    lease: float = 10.0  # seconds a claim outlives the last renewal of its run
     pace: Callable[[], None] | None = None  # blocks for MAIL_RATE_LIMIT before each message
     suppressed: Callable[[list[str]], list[bool]] | None = None  # the suppression list
     should_stop: Callable[[], bool] | None = None  # paused or cancelled: stop before a message
@@ -129,10 +134,11 @@ def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
         lease = ClaimLease(ledger.redis, options.token, options.lease).__enter__()
     except LeaseBusy as busy:
         report.busy(busy.until)
+        report.lease_busy = True
         return report
     try:
         with LedgerStream(ledger) as stream:
-            _Run(stream, connection, composer, options, report).deliver(envelopes)
+            _Run(stream, connection, composer, options, report, lease).deliver(envelopes)
     finally:
         lease.__exit__(None, None, None)
     return report
@@ -142,8 +148,10 @@ class _Run:
     """One run of :func:`run_batch`: the loop and what it has claimed."""
 
     def __init__(self, stream: LedgerStream, connection: BatchConnection, composer: Composer,
-                 options: BatchOptions, report: BatchReport) -> None:
+                 options: BatchOptions, report: BatchReport, lease: ClaimLease) -> None:
         self.stream = stream
+        self.lease = lease
+        self.token, self.run = options.token, lease.run
         self.connection = connection
         self.composer = composer
         self.options = options
@@ -157,7 +165,8 @@ class _Run:
         built: _Built | None = None
         try:
             for chunk in _chunks(iter(envelopes), CLAIM_AHEAD):
-                self._claim(chunk)
+                if not self._claim(chunk):
+                    return
                 for envelope in chunk:
                     claimed = [self.held[i] for i in envelope.indices if i in self.held]
                     if not claimed:
@@ -180,6 +189,10 @@ class _Run:
             return True
         if self.options.pace is not None:
             self.options.pace()
+        self.stream.settle()  # a refused outcome says the lease was taken over
+        if not self.lease.usable():  # taken over, or not renewed in time: stop sending
+            self._stop_fenced()
+            return False
         upcoming = None
         if following is not None and following.message is not None:
             upcoming = Upcoming(following.message.envelope_sender,
@@ -191,8 +204,13 @@ class _Run:
                      time.perf_counter() - started)
         return True
 
-    def _claim(self, chunk: list[Envelope]) -> None:
-        claim = self.stream.claim([i for e in chunk for i in e.indices], self.options.token)
+    def _claim(self, chunk: list[Envelope]) -> bool:
+        """Claim the chunk's recipients; ``False`` when this run no longer holds the lease."""
+        claim = self.stream.claim([i for e in chunk for i in e.indices], self.token, self.run)
+        if claim.fenced:
+            self.lease.fenced()
+            self._stop_fenced()
+            return False
         self.report.busy(claim.busy_until)
         claimed = claim.claimed
         if self.options.suppressed is not None and claimed:
@@ -203,6 +221,12 @@ class _Run:
                                                       "on the suppression list")] * len(barred))
                 claimed = [r for r, flag in zip(claimed, flags, strict=True) if not flag]
         self.held.update((r.index, r) for r in claimed)
+        return True
+
+    def _stop_fenced(self) -> None:
+        """The lease is another run's (or may be): what this run holds is that run's now."""
+        self.report.fenced = True
+        self.held = {}  # never handed back: the run holding the lease may be sending them
 
     def _record(self, claimed: list[RecipientRecord], outcomes: list[DeliveryOutcome],
                 built: _Built | None = None, seconds: float = 0.0) -> None:
@@ -217,7 +241,7 @@ class _Run:
         retry = min((row.retry_at for row in rows if row.status == "deferred"), default=None)
         if retry is not None:
             self.report.next_retry = min(self.report.next_retry or retry, retry)
-        self.stream.finish(self.options.token, rows, max_attempts=policy.max_attempts,
+        self.stream.finish(self.token, self.run, rows, max_attempts=policy.max_attempts,
                            deadline=self.deadline, then=self._settled)
         if self.options.observe is not None:
             self.options.observe(Dispatched(built.draft if built else None,
@@ -226,7 +250,13 @@ class _Run:
 
     def _settled(self, statuses: list[str]) -> None:
         for status in statuses:
-            if status.startswith("lost:"):
+            if status.startswith("fenced:"):
+                self.lease.fenced()
+                self.report.fenced = True
+                self.report.lost += 1
+                log.warning("outcome for recipient %s of %s refused: another run holds the "
+                            "lease", status[7:], self.stream.ledger.delivery_id)
+            elif status.startswith("lost:"):
                 self.report.lost += 1
                 log.warning("claim on recipient %s of %s was taken over before its outcome "
                             "was recorded", status[5:], self.stream.ledger.delivery_id)
@@ -239,7 +269,9 @@ class _Run:
         indices, self.held = sorted(self.held), {}
         try:
             self.stream.drain()
-            self.stream.ledger.release(self.options.token, indices)
+            if self.stream.ledger.release(self.token, self.run, indices) < 0:
+                self.lease.fenced()
+                self.report.fenced = True
         except (RedisError, OSError) as err:  # the lease runs out; a later run takes them
             log.warning("could not give back %d claimed recipient(s) of %s: %s",
                         len(indices), self.stream.ledger.delivery_id, err)

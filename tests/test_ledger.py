@@ -10,6 +10,7 @@ import redis
 
 from tasks.stores.leases import ClaimLease, LeaseBusy
 from tasks.stores.ledger import DeliveryLedger, Outcome, RecipientRecord
+from tests.lease_support import lease
 
 
 def make_ledger(client: redis.Redis, n: int) -> DeliveryLedger:
@@ -21,11 +22,12 @@ def make_ledger(client: redis.Redis, n: int) -> DeliveryLedger:
 def test_status_indexes_made_later_inherit_the_ledgers_ttl(redis_client: redis.Redis) -> None:
     ledger = make_ledger(redis_client, 3)
     ledger.expire(600)
-    with ClaimLease(redis_client, "token-a"):
-        claim = ledger.claim([0, 1, 2], "token-a")
-        ledger.finish("token-a", [Outcome(0, "sent", 250), Outcome(1, "deferred", 451, "later",
-                                                                    retry_at=time.time() + 60),
-                                  Outcome(2, "failed", 550, "no such user")], max_attempts=5)
+    with ClaimLease(redis_client, "token-a") as held:
+        claim = ledger.claim([0, 1, 2], "token-a", held.run)
+        ledger.finish("token-a", held.run,
+                      [Outcome(0, "sent", 250),
+                       Outcome(1, "deferred", 451, "later", retry_at=time.time() + 60),
+                       Outcome(2, "failed", 550, "no such user")], max_attempts=5)
     ledger.move("failed", "queued")
 
     assert len(claim.claimed) == 3
@@ -37,7 +39,7 @@ def test_status_indexes_made_later_inherit_the_ledgers_ttl(redis_client: redis.R
 
 def test_a_durable_ledger_stays_durable(redis_client: redis.Redis) -> None:
     ledger = make_ledger(redis_client, 1)
-    ledger.claim([0], "t")
+    ledger.claim([0], "t", lease(redis_client))
     assert redis_client.ttl(ledger.index_prefix + "sending") == -1
 
 
@@ -60,33 +62,37 @@ def test_move_of_an_empty_or_exactly_paged_status(redis_client: redis.Redis) -> 
 def test_a_live_claim_is_busy_and_an_abandoned_one_is_taken_over(
         redis_client: redis.Redis) -> None:
     ledger = make_ledger(redis_client, 2)
-    with ClaimLease(redis_client, "worker-1", ttl=60):
-        live = ledger.claim([0], "worker-1")
-        blocked = ledger.claim([0], "worker-2")
+    second = lease(redis_client, "worker-2")
+    with ClaimLease(redis_client, "worker-1", ttl=60) as first:
+        live = ledger.claim([0], "worker-1", first.run)
+        blocked = ledger.claim([0], "worker-2", second)
         assert [r.index for r in live.claimed] == [0]
         assert blocked.claimed == [] and blocked.busy_until is not None
         assert blocked.busy_until > time.time() + 50
 
     # worker-1's lease is gone (its run ended without recording): its claim is abandoned
     assert ledger.orphaned() == [0]
-    taken = ledger.claim([0], "worker-2")
+    taken = ledger.claim([0], "worker-2", second)
     assert [r.index for r in taken.claimed] == [0]
-    assert ledger.finish("worker-1", [Outcome(0, "sent", 250)], max_attempts=5) == ["lost:0"]
-    assert ledger.finish("worker-2", [Outcome(0, "sent", 250)], max_attempts=5) == ["sent"]
+    assert ledger.finish("worker-1", first.run, [Outcome(0, "sent", 250)],
+                         max_attempts=5) == ["fenced:0"]
+    assert ledger.finish("worker-2", second, [Outcome(0, "sent", 250)],
+                         max_attempts=5) == ["sent"]
     assert ledger.counts()["sent"] == 1 and ledger.orphaned() == []
 
 
 def test_only_the_relays_answers_use_up_attempts(redis_client: redis.Redis) -> None:
     ledger = make_ledger(redis_client, 1)
+    run = lease(redis_client)
     for _ in range(5):  # the relay could not be reached: no attempt used, however often
-        ledger.claim([0], "t")
-        ledger.finish("t", [Outcome(0, "deferred", None, "connection refused", counted=False,
+        ledger.claim([0], "t", run)
+        ledger.finish("t", run, [Outcome(0, "deferred", None, "connection refused", counted=False,
                                     retry_at=1.0)], max_attempts=3)
     [record] = ledger.get([0])
     assert (record.status, record.attempts, record.deferrals) == ("deferred", 0, 5)
     for expected in ("deferred", "deferred", "failed"):
-        ledger.claim([0], "t")
-        assert ledger.finish("t", [Outcome(0, "deferred", 451, "4.7.1 later", retry_at=1.0)],
+        ledger.claim([0], "t", run)
+        assert ledger.finish("t", run, [Outcome(0, "deferred", 451, "4.7.1 later", retry_at=1.0)],
                              max_attempts=3) == [expected]
     [record] = ledger.get([0])
     assert record.error == "retries exhausted after 3 attempts: 4.7.1 later"
@@ -94,8 +100,9 @@ def test_only_the_relays_answers_use_up_attempts(redis_client: redis.Redis) -> N
 
 def test_a_deferral_past_the_deadline_fails(redis_client: redis.Redis) -> None:
     ledger = make_ledger(redis_client, 1)
-    ledger.claim([0], "t")
-    assert ledger.finish("t", [Outcome(0, "deferred", None, "refused", counted=False)],
+    run = lease(redis_client)
+    ledger.claim([0], "t", run)
+    assert ledger.finish("t", run, [Outcome(0, "deferred", None, "refused", counted=False)],
                          max_attempts=8, deadline=time.time() - 1) == ["failed"]
     [record] = ledger.get([0])
     assert "DELIVERY_MAX_AGE" in (record.error or "")
@@ -103,16 +110,17 @@ def test_a_deferral_past_the_deadline_fails(redis_client: redis.Redis) -> None:
 
 def test_deferred_recipients_are_scheduled_and_given_back(redis_client: redis.Redis) -> None:
     ledger = make_ledger(redis_client, 3)
-    ledger.claim([0, 1, 2], "t")
+    run = lease(redis_client)
+    ledger.claim([0, 1, 2], "t", run)
     now = time.time()
-    ledger.finish("t", [Outcome(0, "deferred", 451, "later", retry_at=now - 5),
+    ledger.finish("t", run, [Outcome(0, "deferred", 451, "later", retry_at=now - 5),
                         Outcome(1, "deferred", 451, "later", retry_at=now + 300)],
                   max_attempts=5)
     assert ledger.due_for_retry(now) == [0]
     assert ledger.next_retry() == pytest.approx(now - 5)
-    assert ledger.release("t", [2]) == 1  # claimed, never sent: queued again
+    assert ledger.release("t", run, [2]) == 1  # claimed, never sent: queued again
     assert [r.status for r in ledger.get([0, 1, 2])] == ["deferred", "deferred", "queued"]
-    ledger.claim([0], "t2")
+    ledger.claim([0], "t2", lease(redis_client, "t2"))
     assert ledger.due_for_retry(now + 600) == [1]  # a claim takes it off the schedule
 
 
@@ -126,8 +134,9 @@ def test_a_lease_is_held_by_one_live_run(redis_client: redis.Redis) -> None:
     assert not redis_client.exists("postroom:lease:batch-1")
 
 
-def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_at_once(
+def test_a_lease_is_never_taken_from_a_holder_that_looks_like_a_dead_local_process(
         redis_client: redis.Redis) -> None:
+    """Two hosts may share a host name and a pid: a holder's name proves nothing about it."""
     import socket
     import subprocess
     import sys
@@ -135,8 +144,9 @@ def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_at_once(
                           capture_output=True, text=True, check=True)
     holder = f"{socket.gethostname()}:{dead.stdout.strip()}:abc"
     redis_client.set("postroom:lease:batch-2", holder, px=60_000)
-    with ClaimLease(redis_client, "batch-2", ttl=30) as lease:
-        assert redis_client.get("postroom:lease:batch-2").decode() == lease.holder
+    with pytest.raises(LeaseBusy):
+        ClaimLease(redis_client, "batch-2", ttl=30).__enter__()
+    assert redis_client.get("postroom:lease:batch-2").decode() == holder
 
 
 def test_a_lease_is_renewed_while_its_run_lives(redis_client: redis.Redis) -> None:
@@ -152,10 +162,11 @@ def test_a_stream_meeting_a_restarted_redis_stops_and_loads_its_scripts_again(
     from tasks.stores.ledger_stream import LedgerStream
 
     ledger = make_ledger(redis_client, 2)
+    run = lease(redis_client)
     with LedgerStream(ledger) as stream:
-        assert [r.index for r in stream.claim([0], "t").claimed] == [0]
+        assert [r.index for r in stream.claim([0], "t", run).claimed] == [0]
     redis_client.script_flush()  # what a restart does to loaded scripts
     with pytest.raises(NoScriptError), LedgerStream(ledger) as stream:
-        stream.claim([1], "t")
+        stream.claim([1], "t", run)
     with LedgerStream(ledger) as stream:  # the next batch loads them again
-        assert [r.index for r in stream.claim([1], "t").claimed] == [1]
+        assert [r.index for r in stream.claim([1], "t", run).claimed] == [1]

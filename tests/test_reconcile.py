@@ -15,12 +15,13 @@ from flask.testing import FlaskClient
 from tasks.campaigns import start_due_campaigns
 from tasks.reconcile import Reconciler
 from tasks.stores.campaigns import CampaignStore
-from tasks.stores.ledger import Outcome
+from tasks.stores.ledger import LEASE_PREFIX, Outcome
 from tasks.stores.messages import MessageStore
 from tasks.stores.otp import OTPStore
 from tasks.stores.suppression import SuppressionList
 from tasks.stores.watch import WATCH_AFTER, Watchlist
 from tests.conftest import AUTH
+from tests.lease_support import lease
 from tests.smtp_server import SMTPTestServer
 
 LATER = WATCH_AFTER + 1  # seconds: past every first look
@@ -79,9 +80,12 @@ def test_abandoned_claims_and_overdue_retries_of_a_running_campaign_are_sent(
     store.transition(campaign_id, ("queued",), "running")
     Watchlist(redis_client).done("campaign", campaign_id)
     ledger = store.ledger(campaign_id)
-    ledger.claim([0, 1], "a-worker-that-died")  # no lease: abandoned
-    ledger.claim([2], "a-batch-whose-retry-was-lost")
-    ledger.finish("a-batch-whose-retry-was-lost",
+    dead = lease(redis_client, "a-worker-that-died")
+    ledger.claim([0, 1], "a-worker-that-died", dead)
+    redis_client.delete(LEASE_PREFIX + "a-worker-that-died")  # its lease ran out: abandoned
+    lost = lease(redis_client, "a-batch-whose-retry-was-lost")
+    ledger.claim([2], "a-batch-whose-retry-was-lost", lost)
+    ledger.finish("a-batch-whose-retry-was-lost", lost,
                   [Outcome(2, "deferred", 451, "later", retry_at=time.time() - 60)],
                   max_attempts=5)
     store.reserve_batch(campaign_id, size=100, ahead=1)  # its task was never delivered

@@ -256,6 +256,40 @@ def test_batch_connection_holds_a_slot_per_session(redis_client: redis.Redis,
     assert connection.sessions_opened == smtp_server.session_count == 3
 
 
+def test_a_session_whose_slot_cannot_be_renewed_closes_before_the_slot_runs_out(
+        redis_client: redis.Redis, smtp_server: SMTPTestServer) -> None:
+    """The slot's lease ran out behind the holder's back (renewals failed): the session it
+    stood for is closed before the next message, so MAIL_MAX_CONNECTIONS holds at the relay."""
+    slots = SessionSlots(redis_client, 1, lease=0.3)
+    settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, timeout=5)
+    with BatchConnection(settings, gate=slots) as connection:
+        connection.send_data("a@postroom.test", ["r0@example.com"], b"Hi\r\n")
+        handle = connection._gate_handle
+        assert handle is not None and slots.trusted(handle)
+        redis_client.zrem(slots.key, handle)  # another holder may take it now
+        deadline = time.monotonic() + 5
+        while slots.trusted(handle) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the renewer finds it gone
+        assert not slots.trusted(handle)
+        assert smtp_server.peak_sessions == 1
+        outcome = connection.send_data("a@postroom.test", ["r1@example.com"], b"Hi\r\n")
+        assert outcome["r1@example.com"].status == "sent"
+        assert connection._gate_handle != handle  # on a session of a new slot
+    assert smtp_server.session_count == 2
+    assert smtp_server.peak_sessions == 1  # the old session closed before the new one opened
+
+
+def test_a_slot_not_renewed_for_most_of_its_lease_is_not_trusted(
+        redis_client: redis.Redis) -> None:
+    slots = SessionSlots(redis_client, 1, lease=30.0)
+    handle = slots.acquire()
+    assert slots.trusted(handle)
+    slots._held[handle] -= 30.0 * 0.61  # its last confirmed renewal was that long ago
+    assert not slots.trusted(handle)
+    slots.release(handle)
+    assert not slots.trusted(handle)
+
+
 def test_a_slot_reserved_for_a_message_never_sent_is_given_back(
         redis_client: redis.Redis, smtp_server: SMTPTestServer) -> None:
     slots = SessionSlots(redis_client, 1)

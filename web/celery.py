@@ -8,7 +8,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from flask import Flask
 
-from web import heartbeat
+from web import heartbeat, reconciler_step
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -42,5 +42,6 @@ def celery_init_app(app: Flask) -> Celery:
     )
     celery_app.set_default()
     heartbeat.register(celery_app, app.extensions["redis"])
+    reconciler_step.register(celery_app, app)
     app.extensions["celery"] = celery_app
     return celery_app

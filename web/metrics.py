@@ -83,6 +83,19 @@ class DeploymentCollector(Collector):
         yield replies
         yield CounterMetricFamily("postroom_smtp_sessions_opened", "SMTP sessions opened",
                                   value=metrics.sessions_opened())
+        leases = CounterMetricFamily(
+            "postroom_claim_leases", "Claim-lease events: a run taken over after its lease "
+            "ran out, a run's record refused (fenced), a lease lost while its run went on",
+            labels=["event"])
+        for event, n in metrics.lease_events().items():
+            leases.add_metric([event], n)
+        yield leases
+        requeues = CounterMetricFamily(
+            "postroom_reconciler_requeues", "Work the reconciler enqueued again, by reason",
+            labels=["reason"])
+        for reason, n in metrics.requeues().items():
+            requeues.add_metric([reason], n)
+        yield requeues
         latency = HistogramMetricFamily(
             "postroom_send_duration_seconds",
             "Time from handing a message to the relay to its reply", labels=["kind"])

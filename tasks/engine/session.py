@@ -108,6 +108,9 @@ class SessionGate(Protocol):
     def release(self, handle: str) -> None:
         """The session that *handle* stands for has closed."""
 
+    def trusted(self, handle: str) -> bool:
+        """Whether the slot *handle* is surely still held; if not, its session closes."""
+
 
 TRANSPORT_ERRORS = (smtplib.SMTPServerDisconnected, socket.timeout, ConnectionError, OSError)
 
@@ -285,6 +288,10 @@ class BatchConnection(Connection):
         envelope = (sender, tuple(recipients))
         if self._ahead is not None and self._ahead != envelope:
             self._drop()  # the commands sent ahead were for another message: start afresh
+        if (self.host is not None and self.gate is not None and self._gate_handle is not None
+                and not self.gate.trusted(self._gate_handle)):
+            log.warning("SMTP session slot could not be renewed in time; closing the session")
+            self._drop()  # before the slot can run out, so MAIL_MAX_CONNECTIONS holds
         self.reserve()
         try:
             host = self.open_session()

@@ -44,6 +44,7 @@ class RecipientStatus(StrEnum):
 STATUSES = tuple(status.value for status in RecipientStatus)
 UNSETTLED = frozenset({"queued", "sending", "deferred"})  # still to be decided
 LEASE_PREFIX = key("lease") + ":"
+FINISH_FIXED_ARGS = 6  # finish.lua's arguments before the per-recipient ones
 
 
 def _script(name: str) -> str:
@@ -124,6 +125,7 @@ class ClaimResult:
 
     claimed: list[RecipientRecord]
     busy_until: float | None  # when the longest of the other claims' leases runs out
+    fenced: bool = False  # the caller's run does not hold the lease: nothing was claimed
 
 
 class DeliveryLedger:
@@ -179,40 +181,45 @@ class DeliveryLedger:
                 pipe.expire(name, seconds)
         pipe.execute()
 
-    def claim(self, indices: Sequence[int], token: str) -> ClaimResult:
-        """Move claimable recipients to ``sending`` under *token* (whose lease the caller holds)."""
-        reply = self.scripts["claim"](self.keys, self.claim_args(indices, token))
+    def claim(self, indices: Sequence[int], token: str, run: str) -> ClaimResult:
+        """Move claimable recipients to ``sending`` under *token*, for *run*, which must hold
+        the token's lease (:class:`~tasks.stores.leases.ClaimLease`); else ``fenced``."""
+        reply = self.scripts["claim"](self.keys, self.claim_args(indices, token, run))
         return claim_result(reply)
 
-    def claim_args(self, indices: Sequence[int], token: str) -> list[Any]:
-        return [token, repr(time.time()), LEASE_PREFIX, *map(str, indices)]
+    def claim_args(self, indices: Sequence[int], token: str, run: str) -> list[Any]:
+        return [token, run, repr(time.time()), LEASE_PREFIX, *map(str, indices)]
 
-    def finish(self, token: str, outcomes: Iterable[Outcome], *, max_attempts: int,
+    def finish(self, token: str, run: str, outcomes: Iterable[Outcome], *, max_attempts: int,
                deadline: float | None = None) -> list[str]:
-        """Record outcomes for recipients *token* holds.
+        """Record outcomes for recipients *token* holds, for *run* (the lease's holder).
 
-        Returns the status set per recipient, or ``lost:<n>`` where another claim
-        had taken recipient *n* over.
+        Returns the status set per recipient, ``lost:<n>`` where another claim
+        had taken recipient *n* over, or ``fenced:<n>`` for every recipient when
+        *run* no longer holds the lease (nothing is recorded).
         """
-        args = self.finish_args(token, outcomes, max_attempts=max_attempts, deadline=deadline)
-        if len(args) == 4:
+        args = self.finish_args(token, run, outcomes, max_attempts=max_attempts,
+                                deadline=deadline)
+        if len(args) == FINISH_FIXED_ARGS:
             return []
         return [text(s) for s in self.scripts["finish"](self.keys, args)]
 
     @staticmethod
-    def finish_args(token: str, outcomes: Iterable[Outcome], *, max_attempts: int,
+    def finish_args(token: str, run: str, outcomes: Iterable[Outcome], *, max_attempts: int,
                     deadline: float | None) -> list[str]:
-        args = [token, repr(time.time()), str(max_attempts), repr(deadline or 0)]
+        args = [token, run, repr(time.time()), str(max_attempts), repr(deadline or 0),
+                LEASE_PREFIX]
         for outcome in outcomes:
             args += outcome.args()
         return args
 
-    def release(self, token: str, indices: Sequence[int]) -> int:
-        """Give back recipients *token* claimed and never sent; return how many."""
+    def release(self, token: str, run: str, indices: Sequence[int]) -> int:
+        """Give back recipients *token* claimed and never sent; return how many, or -1 when
+        *run* no longer holds the lease (then nothing is given back)."""
         if not indices:
             return 0
-        return int(self.scripts["release"](self.keys, [token, repr(time.time()),
-                                                       *map(str, indices)]))
+        return int(self.scripts["release"](self.keys, [token, run, repr(time.time()),
+                                                       LEASE_PREFIX, *map(str, indices)]))
 
     def bounce(self, index: int, smtp_code: int | None, reason: str) -> str | None:
         """Mark a recipient the relay had accepted ``bounced``; the status it had, or
@@ -307,6 +314,8 @@ def claim_result(reply: list[Any]) -> ClaimResult:
     claimed: list[RecipientRecord] = []
     busy_until: float | None = None
     now = time.time()
+    if len(reply) == 2 and int(reply[0]) == -1:
+        return ClaimResult([], None, fenced=True)
     for idx, raw in zip(reply[::2], reply[1::2], strict=True):
         value = text(raw)
         if value.startswith("busy:"):

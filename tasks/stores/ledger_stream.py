@@ -65,18 +65,18 @@ class LedgerStream:
                  tb: TracebackType | None) -> None:
         self.close(drain=exc is None)
 
-    def claim(self, indices: Sequence[int], token: str) -> ClaimResult:
-        """Claim *indices* (after every outstanding finish is read)."""
+    def claim(self, indices: Sequence[int], token: str, run: str) -> ClaimResult:
+        """Claim *indices* for *run* (after every outstanding finish is read)."""
         result: list[ClaimResult] = []
-        self._write("claim", self.ledger.claim_args(indices, token),
+        self._write("claim", self.ledger.claim_args(indices, token, run),
                     lambda reply: result.append(claim_result(reply)))
         self.drain()
         return result[0]
 
-    def finish(self, token: str, outcomes: Sequence[Outcome], *, max_attempts: int,
+    def finish(self, token: str, run: str, outcomes: Sequence[Outcome], *, max_attempts: int,
                deadline: float | None, then: Callable[[list[str]], None]) -> None:
         """Write the outcomes; *then* gets the statuses set once the reply is read."""
-        args = DeliveryLedger.finish_args(token, outcomes, max_attempts=max_attempts,
+        args = DeliveryLedger.finish_args(token, run, outcomes, max_attempts=max_attempts,
                                           deadline=deadline)
         self._write("finish", args, lambda reply: then([text(s) for s in reply]))
         while len(self._pending) > OUTSTANDING:
@@ -85,6 +85,16 @@ class LedgerStream:
     def drain(self) -> None:
         while self._pending:
             self._read_one()
+
+    def settle(self, outstanding: int = 1) -> None:
+        """Read every reply that has arrived, and wait for all but the last *outstanding*."""
+        while len(self._pending) > outstanding:
+            self._read_one()
+        try:
+            while self._pending and self._connection.can_read(timeout=0):
+                self._read_one()
+        except (RedisError, OSError) as err:
+            self._reconnect(err)
 
     def _write(self, script: str, args: list[Any], on_reply: Callable[[Any], None]) -> None:
         self._usable()

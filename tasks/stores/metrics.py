@@ -8,6 +8,8 @@ Each worker adds to a few hashes under ``postroom:metrics:`` (``HINCRBY``), so
   ``bounced``, which stays 0 until bounces are read back);
 - ``smtp_replies``: ``2xx``/``4xx``/``5xx`` -> replies the relay gave about a recipient;
 - ``sessions``: ``opened`` -> SMTP sessions opened;
+- ``leases``: claim-lease events (``taken_over``, ``fenced``, ``lost``);
+- ``reconciler``: the reconciler's re-enqueues by reason;
 - ``latency``: ``<kind>:<bucket upper bound>`` -> messages whose SMTP exchange took at
   most that long and more than the bound below it, plus ``<kind>:sum`` (seconds)
   and ``<kind>:count``.
@@ -39,6 +41,11 @@ OUTCOMES_KEY = key("metrics", "outcomes")
 REPLIES_KEY = key("metrics", "smtp_replies")
 SESSIONS_KEY = key("metrics", "sessions")
 LATENCY_KEY = key("metrics", "latency")
+LEASES_KEY = key("metrics", "leases")  # claim leases: taken_over, fenced, lost
+REQUEUES_KEY = key("metrics", "reconciler")  # the reconciler's re-enqueues, by reason
+LEASE_EVENTS = ("taken_over", "fenced", "lost")
+REQUEUE_REASONS = ("batch_lease_gone", "claim_lease_gone", "retry_overdue", "message_idle",
+                   "otp_idle", "campaign_idle", "events_idle")
 
 
 def reply_class(smtp_code: int | None) -> str | None:
@@ -120,6 +127,20 @@ class DeliveryMetrics:
 
     def sessions_opened(self) -> int:
         return int(self.redis.hget(SESSIONS_KEY, "opened") or 0)
+
+    def lease_events(self) -> dict[str, int]:
+        """Claim-lease events: runs taken over, records refused (fenced), leases lost."""
+        return self._named(LEASES_KEY, LEASE_EVENTS)
+
+    def requeues(self) -> dict[str, int]:
+        """The reconciler's re-enqueues by reason."""
+        return self._named(REQUEUES_KEY, REQUEUE_REASONS)
+
+    def _named(self, name: str, known: tuple[str, ...]) -> dict[str, int]:
+        found = dict.fromkeys(known, 0)
+        for field_name, value in self.redis.hgetall(name).items():
+            found[text(field_name)] = int(value)
+        return found
 
     def latency(self) -> dict[str, tuple[list[tuple[str, int]], float]]:
         """``kind -> ([(upper bound, cumulative count), ..., ("+Inf", total)], sum)``."""

@@ -11,6 +11,9 @@ clock (``TIME``), never by the clocks of the hosts asking:
   of holders scored by lease expiry. A holder renews its lease while the
   session is open; a worker that dies stops renewing, and its slot comes back
   when the lease runs out (the acquire script drops expired holders first).
+  A holder that cannot renew trusts its slot for :data:`SLOT_TRUSTED` of a lease
+  from its last confirmed renewal (:meth:`SessionSlots.trusted`); the session
+  is closed before then, so the limit holds at the relay too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from redis import Redis, RedisError
 from tasks.stores import key
 
 log = logging.getLogger(__name__)
+
+SLOT_TRUSTED = 0.6  # of a slot's lease, from the sending of its last confirmed renewal
 
 _RESERVE_SEND = """
 -- KEYS[1]: theoretical arrival time (microseconds); ARGV: interval_us, tolerance_us
@@ -159,18 +164,19 @@ class SessionSlots:
         self.key = key("throttle", name)
         self._lease_ms = max(1, round(lease * 1000))
         self._lock = threading.Lock()
-        self._held: set[str] = set()
+        self._held: dict[str, float] = {}  # handle -> when its last confirmed renewal was sent
         self._renewer: threading.Thread | None = None
 
     def try_acquire(self) -> str | None:
         """Take a slot if one is free now; return its handle, or ``None``."""
         handle = uuid.uuid4().hex
+        sent = time.monotonic()
         taken = self.redis.eval(_ACQUIRE_SLOT, 1, self.key, self.limit - self.headroom, handle,
                                 self._lease_ms)
         if not int(taken):
             return None
         with self._lock:
-            self._held.add(handle)
+            self._held[handle] = sent
             if self._renewer is None:
                 self._renewer = threading.Thread(target=self._renew_while_held, daemon=True,
                                                  name="postroom-session-lease")
@@ -194,8 +200,16 @@ class SessionSlots:
     def release(self, handle: str) -> None:
         """Give the slot back at once."""
         with self._lock:
-            self._held.discard(handle)
+            self._held.pop(handle, None)
         self.redis.zrem(self.key, handle)
+
+    def trusted(self, handle: str) -> bool:
+        """Whether the slot is surely still held: its lease was confirmed recently enough
+        that it cannot have run out. A session whose slot is not trusted must close."""
+        with self._lock:
+            confirmed = self._held.get(handle)
+        return confirmed is not None and (
+            time.monotonic() < confirmed + self.lease * SLOT_TRUSTED)
 
     def in_use(self) -> int:
         """Slots held now, by any process."""
@@ -209,6 +223,7 @@ class SessionSlots:
                 if not handles:
                     self._renewer = None
                     return
+            sent = time.monotonic()
             try:
                 lost = self.redis.eval(_RENEW_SLOTS, 1, self.key, self._lease_ms, *handles)
             except RedisError as err:
@@ -216,6 +231,11 @@ class SessionSlots:
                 continue
             with self._lock:
                 gone = [h for h in map(_text, lost) if h in self._held]
+                for handle in handles:
+                    if handle in self._held and handle not in gone:
+                        self._held[handle] = max(self._held[handle], sent)
+                for handle in gone:
+                    self._held[handle] = float("-inf")  # no longer ours: not trusted
             if gone:
                 log.warning("%d SMTP session lease(s) ran out before renewal; the limit may "
                             "be exceeded until they close", len(gone))

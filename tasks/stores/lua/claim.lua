@@ -1,11 +1,13 @@
--- ARGV: token, now, lease key prefix, idx...
--- Move claimable recipients to 'sending' under the token. Claimable: queued, deferred, or
--- sending under a claim whose lease key is gone (its worker vanished) or under this very
--- token (an earlier run of this batch, which no longer holds the lease this run holds now).
--- Returns idx, record pairs; a recipient another live claim holds gives idx, 'busy:<ms left>'.
-local token, now, leases = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+-- ARGV: token, run, now, lease key prefix, idx...
+-- Move claimable recipients to 'sending' under the token, for the run that holds the token's
+-- lease. Claimable: queued, deferred, or sending under a claim whose lease key is gone (its
+-- worker vanished) or under this very token (an earlier run of this batch, which lost the
+-- lease this run holds now). Returns idx, record pairs; a recipient another live claim holds
+-- gives idx, 'busy:<ms left>'. A run that does not hold the lease gets {-1, 'fenced'}.
+local token, run, now, leases = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if not holds_lease(leases, token, run) then return {-1, 'fenced'} end
 local out = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local idx = ARGV[i]
   local raw = redis.call('HGET', KEYS[1], idx)
   if raw then

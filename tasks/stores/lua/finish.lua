@@ -1,13 +1,18 @@
--- ARGV: token, now, max_attempts, deadline (0: none),
+-- ARGV: token, run, now, max_attempts, deadline (0: none), lease key prefix,
 --       then per recipient: idx, status, smtp_code, error, counted (1/0), retry_at
--- Record outcomes for recipients this token still holds. 'counted' outcomes are the relay's
--- answer about the recipient and use up one attempt; a deferral past max_attempts or past
--- the deadline fails. Returns the status set per recipient, or 'lost:<idx>' for a recipient
--- another claim took over.
-local token, now = ARGV[1], tonumber(ARGV[2])
-local max_attempts, deadline = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- Record outcomes for recipients this token still holds, for the run that holds the token's
+-- lease. 'counted' outcomes are the relay's answer about the recipient and use up one
+-- attempt; a deferral past max_attempts or past the deadline fails. Returns the status set
+-- per recipient, 'lost:<idx>' for a recipient another claim took over, or 'fenced:<idx>'
+-- for each recipient when the run no longer holds the lease (nothing is recorded).
+local token, run, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local max_attempts, deadline = tonumber(ARGV[4]), tonumber(ARGV[5])
 local final = {}
-for i = 5, #ARGV, 6 do
+if not holds_lease(ARGV[6], token, run) then
+  for i = 7, #ARGV, 6 do table.insert(final, 'fenced:' .. ARGV[i]) end
+  return final
+end
+for i = 7, #ARGV, 6 do
   local idx, status, code, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local raw = redis.call('HGET', KEYS[1], idx)
   local rec = raw and cjson.decode(raw)

@@ -29,3 +29,9 @@ local function enter(status, idx)
   index(status, idx)
   redis.call('HINCRBY', KEYS[2], status, 1)
 end
+
+-- Fencing: the caller's run holds the lease of the claim token (lease key = prefix .. token).
+-- A run whose lease another run took over (or that ran out) may change nothing.
+local function holds_lease(prefix, token, run)
+  return redis.call('GET', prefix .. token) == run
+end

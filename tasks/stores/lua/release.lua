@@ -1,9 +1,12 @@
--- ARGV: token, now, idx...
+-- ARGV: token, run, now, lease key prefix, idx...
 -- Give back recipients this token claimed but never sent: queued again, or deferred
--- (due now) if they had been deferred before. Returns how many were given back.
-local token, now = ARGV[1], tonumber(ARGV[2])
+-- (due now) if they had been deferred before. Returns how many were given back, or -1 when
+-- the run no longer holds the token's lease (nothing is given back: the run holding it now
+-- may be sending them).
+local token, run, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if not holds_lease(ARGV[4], token, run) then return -1 end
 local released = 0
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local idx = ARGV[i]
   local raw = redis.call('HGET', KEYS[1], idx)
   local rec = raw and cjson.decode(raw)
