@@ -6,6 +6,7 @@ from typing import TypeVar
 
 from flask import request
 from pydantic import BaseModel
+from werkzeug.exceptions import BadRequest
 
 from web.api.errors import APIError
 
@@ -17,7 +18,11 @@ def json_body() -> dict[str, object]:
     if not request.is_json:
         raise APIError(415, "unsupported_media_type",
                        "send JSON with Content-Type: application/json")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json()
+    except BadRequest as err:  # not JSON, not UTF-8, a lone surrogate, nested too deeply
+        reason = str(err.description or "").removeprefix("Failed to decode JSON object: ")
+        raise APIError(400, "bad_json", f"the body is not valid JSON: {reason[:200]}") from None
     if body is None:
         raise APIError(400, "bad_json", "the body is not valid JSON (or nested too deeply)")
     if not isinstance(body, dict):

@@ -33,6 +33,7 @@ from web import config as settings
 from web.cli.embedded import CaptureServer, port_is_free, redis_answers, redis_command
 from web.cli.supervisor import Child, GaveUp, Supervisor, say
 from web.config import ConfigError
+from web.token_scopes import token_of
 
 READY_TIMEOUT = 60.0
 DEV_SENDER = "Postroom <postroom@localhost>"
@@ -104,7 +105,7 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
     if not tokens:
         tokens = [persisted_secret(var / "api_token", lambda: secrets.token_urlsafe(24))]
         env["API_TOKENS"] = tokens[0]
-    plan.api_token = tokens[0]
+    plan.api_token = token_of(tokens[0])  # shown without its scopes (web.token_scopes)
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = persisted_secret(
             var / "flower_auth", lambda: f"admin:{secrets.token_urlsafe(12)}")
