@@ -23,6 +23,7 @@ import logging
 
 from flask import Flask, Response, current_app, render_template, request, session
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
 
 from web.api.errors import error_response, is_api_path
 
@@ -54,10 +55,26 @@ def body_limit() -> int:
     return min(message, int(config["MAX_FORM_BYTES"]))
 
 
+class BoundedStream(LimitedStream):
+    """A body sent without a length, cut off at the bound with a 413.
+
+    werkzeug's own stream raises the 413 when a form parser reads past the bound,
+    but reading it whole (``get_data``, hence JSON) stops quietly at the bound, so
+    a cut-off body would be parsed as if it were all there.
+    """
+
+    def readall(self) -> bytes:
+        data = super().readall()
+        if self.is_exhausted and self._stream.read(1):
+            raise RequestEntityTooLarge()
+        return data
+
+
 def bound_the_body() -> None:
     """Refuse a declared length over the bound; cap what a chunked body may send."""
     declared = request.content_length
-    if declared is None and not request.environ.get("wsgi.input_terminated"):
+    streamed = declared is None and bool(request.environ.get("wsgi.input_terminated"))
+    if declared is None and not streamed:
         return  # no body at all
     limit = body_limit()
     request.max_content_length = limit
@@ -65,6 +82,8 @@ def bound_the_body() -> None:
         log.info("request body refused: %s bytes declared, %s allowed on %s",
                  declared, limit, request.endpoint)
         raise RequestEntityTooLarge(f"the body is larger than {limit} bytes")
+    if streamed:
+        request.stream = BoundedStream(request.environ["wsgi.input"], limit, is_max=True)
 
 
 def too_large(err: RequestEntityTooLarge) -> tuple[Response, int] | tuple[str, int]:
