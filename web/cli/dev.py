@@ -240,7 +240,8 @@ def banner(plan: Plan) -> list[str]:
     ]
     if plan.embed_smtp:
         lines.append(f"  Outbox       {plan.url(plan.port, '/outbox/')}  "
-                     f"(captured mail; files in {plan.var_dir / 'outbox'})")
+                     f"(captured mail; sign in as {plan.env['ADMIN_USERNAME']}, as for "
+                     f"Campaigns; files in {plan.var_dir / 'outbox'})")
         lines.append(f"  SMTP         smtp://127.0.0.1:{plan.smtp_port}  (embedded capture server)")
     else:
         lines.append(f"  SMTP         {plan.env['MAIL_SERVER']}:{plan.env.get('MAIL_PORT', '25')}")
