@@ -207,3 +207,27 @@ def test_an_address_over_254_characters_is_refused_everywhere(client: FlaskClien
     response = client.get(f"/api/suppressions/{'a' * MB}@example.com", headers=AUTH)
     assert response.status_code == 404 and time.monotonic() - started < 1.0
     assert "too long" in response.get_json()["error"]["message"]
+
+
+def test_every_other_field_is_bounded_before_it_is_parsed(client: FlaskClient,
+                                                          smtp_server: SMTPTestServer) -> None:
+    many = ",".join(f"r{n}@example.com" for n in range(20_000))  # ~320 KB of addresses
+    started = time.monotonic()
+    response = client.post("/api/messages", data={"to": [many] * 4, "subject": "x", "body": "x"},
+                           content_type="multipart/form-data", headers=AUTH)
+    assert response.status_code == 422 and "to" in response.get_json()["error"]["fields"]
+    assert time.monotonic() - started < 1.0
+    started = time.monotonic()
+    response = client.post("/api/messages", json={"to": ["ada@example.com"], "body": "x",
+                                                  "subject": "x" * (20 * MB)}, headers=AUTH)
+    assert response.status_code == 422 and "998" in response.get_json()["error"]["fields"][
+        "subject"]
+    assert time.monotonic() - started < 2.0
+    created = client.post("/api/otp", json={"email": "ada@example.com"}, headers=AUTH)
+    assert created.status_code == 202
+    started = time.monotonic()
+    response = client.post(f"/api/otp/{created.get_json()['id']}/verify",
+                           json={"code": " " * (5 * MB) + "123456"}, headers=AUTH)
+    assert response.status_code == 422
+    assert time.monotonic() - started < 1.0
+    assert smtp_server.received  # the code itself went out

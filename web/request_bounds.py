@@ -20,6 +20,7 @@ elsewhere.
 from __future__ import annotations
 
 import logging
+from typing import IO, cast
 
 from flask import Flask, Response, current_app, render_template, request, session
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -83,7 +84,8 @@ def bound_the_body() -> None:
                  declared, limit, request.endpoint)
         raise RequestEntityTooLarge(f"the body is larger than {limit} bytes")
     if streamed:
-        request.stream = BoundedStream(request.environ["wsgi.input"], limit, is_max=True)
+        request.stream = cast(IO[bytes], BoundedStream(request.environ["wsgi.input"], limit,
+                                                       is_max=True))
 
 
 def too_large(err: RequestEntityTooLarge) -> tuple[Response, int] | tuple[str, int]:

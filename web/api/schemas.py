@@ -70,6 +70,15 @@ def mailbox(value: Any) -> str:
     return format_address(name, address) if name else address
 
 
+def header_text(value: Any) -> Any:
+    """A header's text, refused by its length before it is searched for controls."""
+    if isinstance(value, str):
+        if len(value) > MAX_HEADER_LINE:
+            raise ValueError(f"String should have at most {MAX_HEADER_LINE} characters")
+        header_safe(value)
+    return value
+
+
 def _address_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
@@ -77,8 +86,7 @@ def _address_list(value: Any) -> Any:
 Mailbox = Annotated[str, BeforeValidator(mailbox)]
 MailboxList = Annotated[list[Mailbox], BeforeValidator(_address_list),
                         Field(max_length=MAX_RECIPIENTS)]
-HeaderText = Annotated[str, BeforeValidator(lambda v: header_safe(v) if isinstance(v, str)
-                                            else v), Field(max_length=998)]
+HeaderText = Annotated[str, BeforeValidator(header_text), Field(max_length=MAX_HEADER_LINE)]
 
 
 class AttachmentIn(BaseModel):
