@@ -105,7 +105,8 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
     if not tokens:
         tokens = [persisted_secret(var / "api_token", lambda: secrets.token_urlsafe(24))]
         env["API_TOKENS"] = tokens[0]
-    plan.api_token = token_of(tokens[0])  # shown without its scopes (web.token_scopes)
+    sending = [t for t in tokens if ":" not in t or "send" in t.rpartition(":")[2]]
+    plan.api_token = token_of((sending or tokens)[0])  # one that may send, without its scopes
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = persisted_secret(
             var / "flower_auth", lambda: f"admin:{secrets.token_urlsafe(12)}")
