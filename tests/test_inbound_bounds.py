@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import threading
 import time
@@ -231,3 +232,34 @@ def test_every_other_field_is_bounded_before_it_is_parsed(client: FlaskClient,
     assert response.status_code == 422
     assert time.monotonic() - started < 1.0
     assert smtp_server.received  # the code itself went out
+
+
+def test_a_campaign_upload_may_exceed_the_message_bound_only_as_the_operators_csv(
+        app: Flask, client: FlaskClient, redis_client: redis.Redis,
+        smtp_server: SMTPTestServer) -> None:
+    app.config.update(MAX_MESSAGE_BYTES=20_000, MAX_FORM_BYTES=4_000,
+                      CAMPAIGN_MAX_UPLOAD_BYTES=200_000)
+    padding = "\r\n".join(f"not-an-address-{n:06d}" for n in range(3_000))  # ~66 KB
+    csv = f"email\r\nada@example.com\r\n{padding}\r\n".encode()
+    fields = {"subject": "Hi", "body": "Hello"}
+    by_api = client.post("/api/campaigns", content_type="multipart/form-data", headers=AUTH,
+                         data={**fields, "file": (io.BytesIO(csv), "list.csv")})
+    assert by_api.status_code == 202, by_api.get_data(as_text=True)
+    assert by_api.get_json()["total"] == 1 and by_api.get_json()["rejected"] == 3_000
+    as_json = client.post("/api/campaigns", headers=AUTH, json={
+        **fields, "recipients": [{"email": "ada@example.com", "pad": "x" * 30_000}]})
+    assert as_json.status_code == 413  # JSON is not the CSV upload
+
+    def new_campaign(signed_in: bool) -> int:
+        page = client.get("/campaigns/new").get_data(as_text=True) if signed_in else ""
+        token = page.split('name="csrf_token" value="')[-1].split('"')[0] if signed_in else "x"
+        return client.post("/campaigns/new", content_type="multipart/form-data", data={
+            **fields, "csrf_token": token,
+            "file": (io.BytesIO(csv), "list.csv")}).status_code
+
+    assert new_campaign(signed_in=False) == 413  # anonymous: the public form bound
+    login = client.get("/campaigns/login").get_data(as_text=True)
+    token = login.split('name="csrf_token" value="')[-1].split('"')[0]
+    assert client.post("/campaigns/login", data={"csrf_token": token, "username": OPERATOR[0],
+                                                 "password": OPERATOR[1]}).status_code == 303
+    assert new_campaign(signed_in=True) == 303
