@@ -240,11 +240,16 @@ def test_outbox_shows_what_the_capture_server_kept(page: Page,
     [kept] = capture_server.outbox.glob("*.eml")
     code = code_in(Received("", [], kept.read_bytes(), 0))
 
+    page.goto("/outbox/")  # captured mail needs the operator's sign-in
+    page.wait_for_url(re.compile(r"/campaigns/login\?next=/outbox/"))
+    sign_in(page)
     page.goto("/outbox/")
     row = page.get_by_role("row").filter(has_text="ada@example.com")
     expect(row).to_have_count(1)
     screenshot(page, "outbox")
     row.get_by_role("link").click()
     expect(page.locator(".message-body")).to_contain_text(code)
+    # the sandboxed HTML frame is the one place the app frames itself (frame-ancestors 'self')
+    expect(page.frame_locator("iframe.message-html").locator("body")).to_contain_text(code)
     expect(page.locator("main")).to_contain_text("Delivered to")
     screenshot(page, "outbox-message")

@@ -140,6 +140,7 @@ def test_the_outbox_list_refreshes_itself_and_clears(browser: Browser, live_serv
     context = browser.new_context(base_url=live_server, viewport=SIZES["phone"])  # type: ignore[arg-type]
     context.set_default_timeout(15_000)
     page = context.new_page()
+    sign_in(page)  # captured mail needs the operator's sign-in
     page.goto("/outbox/")
     expect(page.locator("main")).to_contain_text("No messages captured yet.")
     with smtplib.SMTP("127.0.0.1", capture_server.port, timeout=5) as session:

@@ -205,8 +205,9 @@ def test_dev_delivers_a_message_and_sigint_stops_every_process(
     assert "X-Envelope-To: ada@example.com, eve@example.com" in text
     assert "Hello from the end-to-end test" in text
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{dev_run.port}/outbox/", timeout=10) as page:
-        assert "End to end" in page.read().decode()
+    outbox_url = f"http://127.0.0.1:{dev_run.port}/outbox/"
+    with urllib.request.urlopen(outbox_url, timeout=10) as page:  # anonymous: the sign-in form
+        assert "/campaigns/login" in page.url and "End to end" not in page.read().decode()
     user, password = dev_run.wait_for(r"Flower .*\(user (\S+), password (\S+)\)").groups()
     flower_auth = (dev_run.workdir / "var" / "flower_auth").read_text().strip()
     assert f"{user}:{password}" == flower_auth
@@ -227,6 +228,10 @@ def test_dev_delivers_a_message_and_sigint_stops_every_process(
     with browser.open(login_url, urllib.parse.urlencode(fields).encode(), timeout=10) as page:
         assert page.url.rstrip("/").endswith("/campaigns")  # followed the 303 to the list
         assert "Sign out" in page.read().decode()
+    outbox_user = dev_run.wait_for(r"Outbox .*\(captured mail; sign in as ([^\s,]+)").group(1)
+    assert outbox_user == admin  # the line says which sign-in opens it
+    with browser.open(outbox_url, timeout=10) as page:
+        assert "End to end" in page.read().decode()
 
     assert dev_run.stop(signal.SIGINT) == 0
     assert_nothing_left(children)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import app_config
@@ -17,10 +18,71 @@ from tests.smtp_server import SMTPTestServer
 from web import create_app
 from web.cli.embedded import CaptureServer
 
+OPERATOR = ("operator", "correct horse battery")
+
 
 @pytest.fixture
 def config_overrides(capture_server: CaptureServer) -> dict[str, Any]:
-    return {"OUTBOX_DIR": str(capture_server.outbox)}
+    return {"OUTBOX_DIR": str(capture_server.outbox), "MAIL_PORT": capture_server.port,
+            "ADMIN_USERNAME": OPERATOR[0], "ADMIN_PASSWORD": OPERATOR[1]}
+
+
+def sign_in(client: FlaskClient, next_path: str = "/outbox/") -> Any:
+    """Sign in as the operator (the campaign pages' login), as the Outbox needs."""
+    page = client.get("/campaigns/login").get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, page
+    return client.post(f"/campaigns/login?next={next_path}", data={
+        "csrf_token": match.group(1), "username": OPERATOR[0], "password": OPERATOR[1]})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A client signed in as the operator."""
+    signed_in = app.test_client()
+    assert sign_in(signed_in).status_code == 303
+    return signed_in
+
+
+def test_outbox_refuses_an_anonymous_client_and_opens_after_sign_in(
+        app: Flask, capture_server: CaptureServer) -> None:
+    send(capture_server, "Your code", "Your code is 123456")
+    [eml] = capture_server.outbox.glob("*.eml")
+    anonymous = app.test_client()
+    for path in ("/outbox/", f"/outbox/{eml.stem}", f"/outbox/{eml.stem}/raw",
+                 f"/outbox/{eml.stem}/html", "/outbox/latest.json"):
+        refused = anonymous.get(path)
+        assert refused.status_code == 302, path
+        assert "/campaigns/login" in refused.location
+        assert b"123456" not in refused.get_data()
+    assert anonymous.post("/outbox/clear").status_code in (302, 400)
+    assert list(capture_server.outbox.glob("*.eml")) == [eml]  # nothing cleared
+    signed_in = sign_in(anonymous, f"/outbox/{eml.stem}")
+    assert signed_in.status_code == 303 and signed_in.location.endswith(f"/outbox/{eml.stem}")
+    shown = anonymous.get(f"/outbox/{eml.stem}")
+    assert shown.status_code == 200 and "123456" in shown.get_data(as_text=True)
+    assert anonymous.post("/campaigns/logout",
+                          data={"csrf_token": csrf_token(anonymous)}).status_code == 303
+    assert anonymous.get("/outbox/").status_code == 302  # signing out closes it again
+
+
+@pytest.mark.parametrize("setting", [
+    {"TESTING": False, "POSTROOM_ENV": "production", "PUBLIC_URL": "https://mail.example.com"},
+    {"TESTING": False, "POSTROOM_ENV": "testing"},
+    {"MAIL_SERVER": "relay.example.com"},
+])
+def test_outbox_is_off_without_the_embedded_capture_server_in_development(
+        redis_client: redis.Redis, redis_url: str, capture_server: CaptureServer,
+        setting: dict[str, Any]) -> None:
+    config = app_config(redis_url, capture_server.port, OUTBOX_DIR=str(capture_server.outbox),
+                        ADMIN_USERNAME=OPERATOR[0], ADMIN_PASSWORD=OPERATOR[1], **setting)
+    app = create_app(config)
+    assert "outbox" not in app.blueprints
+    client = app.test_client()
+    assert client.get("/outbox/").status_code == 404
+    development = create_app({**config, "TESTING": False, "POSTROOM_ENV": "development",
+                              "MAIL_SERVER": "127.0.0.1"})
+    assert "outbox" in development.blueprints  # the same OUTBOX_DIR, as postroom dev runs it
 
 
 def send(capture_server: CaptureServer, subject: str, body: str) -> None:

@@ -10,7 +10,7 @@ import redis
 from flask import Flask
 
 from web import config as settings
-from web import logs
+from web import logs, page_headers, request_bounds
 from web.celery import celery_init_app
 from web.extensions import csrf, limiter, mail
 from web.json_provider import BoundedJSONProvider
@@ -40,7 +40,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SECRET_KEY"] = os.urandom(32).hex()  # dev/testing only (checked above)
     if not app.config.get("PUBLIC_URL"):
         app.config["PUBLIC_URL"] = settings.DEV_PUBLIC_URL  # dev/testing only (checked above)
-    app.config.setdefault("MAX_CONTENT_LENGTH", app.config["MAX_MESSAGE_BYTES"])
     # the session cookie (CSRF tokens, operator sign-in): HttpOnly, SameSite=Lax, and
     # Secure outside development and testing
     app.config["SESSION_COOKIE_HTTPONLY"] = True
@@ -51,6 +50,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # a Redis host that does not answer at all is a 503 within seconds, not a hung request
     app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"],
                                                    socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
+    request_bounds.init_app(app)  # first: before the CSRF check and the throttles read a body
+    page_headers.init_app(app)
     mail.init_app(app)
     csrf.init_app(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
@@ -74,6 +75,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(unsubscribe.bp)
     app.register_blueprint(campaign_pages.bp)
-    if app.config.get("OUTBOX_DIR"):
+    if outbox.offered(app.config):
         app.register_blueprint(outbox.bp)
     return app

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from tasks.engine.relays import Relay
+from web import token_scopes
 
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
@@ -181,6 +182,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "FLOWER_URL": (_optional_text, None),
     "MAX_ATTACHMENT_BYTES": (_whole_number(1), 10 * 1024 * 1024),
     "MAX_MESSAGE_BYTES": (_whole_number(1), 25 * 1024 * 1024),
+    "MAX_FORM_BYTES": (_whole_number(1), 64 * 1024),  # public forms (web.request_bounds)
     "DELIVERY_MAX_ATTEMPTS": (_whole_number(1), 8),
     "DELIVERY_BACKOFF_BASE": (_positive_number, 30.0),
     "DELIVERY_BACKOFF_CAP": (_positive_number, 1800.0),
@@ -280,6 +282,10 @@ def check(config: Mapping[str, Any]) -> None:
                           "raise OTP_LENGTH")
     if not config.get("CELERY_BROKER_URL"):
         raise ConfigError("CELERY_BROKER_URL: empty")
+    try:  # token, or token:scope+scope (web.token_scopes)
+        token_scopes.grants(config.get("API_TOKENS") or [])
+    except ValueError as err:
+        raise ConfigError(f"API_TOKENS: {err}") from None
     primary = Relay(str(config["MAIL_SERVER"]), int(config["MAIL_PORT"]))
     if primary in config.get("MAIL_FALLBACK_SERVERS", ()):
         raise ConfigError(f"MAIL_FALLBACK_SERVERS: lists MAIL_SERVER:MAIL_PORT ({primary}), "

@@ -1,7 +1,11 @@
 """The dev-only Outbox page: messages the embedded SMTP server captured.
 
-Registered only when ``OUTBOX_DIR`` is set, which ``postroom dev`` does when it
-runs its own capture server. The list is paged and searchable by recipient or
+Captured mail holds one-time codes and unsubscribe links, so the Outbox is
+offered only with the embedded capture server in development (:func:`offered`:
+``postroom dev`` sets ``OUTBOX_DIR`` when it runs its own capture server on
+127.0.0.1, never in production), and every route needs the operator's sign-in
+(the campaign pages' ``ADMIN_USERNAME``/``ADMIN_PASSWORD``, which ``postroom dev``
+prints). The list is paged and searchable by recipient or
 subject and refreshes itself; a message shows its text, its HTML (in a sandboxed
 frame served with a restrictive Content-Security-Policy), every header, the raw
 source and its attachments.
@@ -12,9 +16,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from email.message import EmailMessage
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -31,6 +37,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 
+from web.campaigns.pages import admin_required
 from web.captured_mail import CapturedMailbox, attachment_parts, text_and_html
 
 logger = logging.getLogger(__name__)
@@ -44,7 +51,24 @@ RAW_SHOWN = 200_000  # bytes of source shown on the page; the raw route serves a
 # and data: images only. ``sandbox`` also gives the frame an opaque origin.
 HTML_POLICY = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                "font-src data:; sandbox; base-uri 'none'; form-action 'none'")
+# the frame on the message's own page is the one place the app frames itself
+HTML_FRAMING = "frame-ancestors 'self'"
+CAPTURE_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+
+
+def offered(config: Mapping[str, Any]) -> bool:
+    """Whether to serve the Outbox: ``OUTBOX_DIR`` set, development (or tests), and
+    mail going to a capture server on this machine, as ``postroom dev`` runs it."""
+    development = bool(config.get("TESTING")) or config.get("POSTROOM_ENV") == "development"
+    local = str(config.get("MAIL_SERVER") or "") in CAPTURE_HOSTS
+    return bool(config.get("OUTBOX_DIR")) and development and local
+
+
+@bp.before_request
+@admin_required
+def signed_in() -> None:
+    """Every Outbox route needs the operator's sign-in (a redirect to it otherwise)."""
 
 
 def mailbox() -> CapturedMailbox:
@@ -116,7 +140,8 @@ def html(name: str) -> ResponseReturnValue:
     message, _ = _message(name)
     _, body = text_and_html(message)
     response = Response(body, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = HTML_POLICY
+    response.headers["Content-Security-Policy"] = f"{HTML_POLICY}; {HTML_FRAMING}"
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response

@@ -55,10 +55,13 @@ DELIVERY_STATUSES = frozenset({"sent", "deferred", "failed"})
 Verdict = Literal["verified", "wrong", "locked", "expired", "closed", "unknown", "exhausted"]
 
 _WHITESPACE = re.compile(r"\s+")
+MAX_TYPED_CODE = 100  # characters, spaces included
 
 
 def normalise_code(raw: str, length: int) -> str:
     """The code as typed, spaces removed; :class:`ValueError` unless exactly *length* digits."""
+    if len(raw) > MAX_TYPED_CODE:  # before any work on it: no code is typed that long
+        raise ValueError(f"must be exactly {length} digits")
     code = _WHITESPACE.sub("", raw)
     if not re.fullmatch(rf"[0-9]{{{length}}}", code, flags=re.ASCII):
         raise ValueError(f"must be exactly {length} digits")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-
 from flask import Blueprint, current_app, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -16,6 +14,7 @@ from web.api.errors import (
     handle_validation_error,
 )
 from web.extensions import csrf
+from web.token_scopes import granted, grants, needed_scope, path_template
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 csrf.exempt(bp)  # bearer tokens, not cookies: CSRF cannot ride on them
@@ -28,12 +27,14 @@ def require_token() -> None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    tokens: list[str] = current_app.config["API_TOKENS"]
-    presented = token.strip().encode()
-    valid = scheme.lower() == "bearer" and any(
-        hmac.compare_digest(presented, known.encode()) for known in tokens)
-    if not valid:
+    scopes = granted(token.strip(), grants(current_app.config["API_TOKENS"]))
+    if scheme.lower() != "bearer" or scopes is None:
         raise APIError(401, "unauthorized", "send a valid token as 'Authorization: Bearer <token>'")
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    needed = needed_scope(request.method, path_template(rule))
+    if needed not in scopes:
+        raise APIError(403, "forbidden", f"this token lacks the '{needed}' scope this "
+                       "operation needs")
 
 
 bp.register_error_handler(APIError, handle_api_error)

@@ -21,9 +21,19 @@ from web.api import bp
 from web.api.errors import APIError, require_sender
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
-from web.api.schemas import Accepted, MessageIn, MessageOut, RecipientOut, file_name_checked
+from web.api.schemas import (
+    MAX_HEADER_LINE,
+    MAX_RECIPIENTS,
+    Accepted,
+    MessageIn,
+    MessageOut,
+    RecipientOut,
+    file_name_checked,
+)
 
 ADDRESS_FIELDS = frozenset({"to", "cc", "bcc", "reply_to"})
+# all the address text a form may send: every recipient on a header line of its own
+MAX_ADDRESS_TEXT = MAX_RECIPIENTS * (MAX_HEADER_LINE + 2)
 Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
 
 
@@ -103,6 +113,10 @@ def _idempotency_key() -> str | None:
 def _multipart(limit: int) -> tuple[dict[str, Any], list[Upload]]:
     """The form's fields as MessageIn's input, and every file sent with it."""
     body: dict[str, Any] = {}
+    for name in ADDRESS_FIELDS & set(request.form):  # bounded before any address is parsed
+        if sum(len(value) for value in request.form.getlist(name)) > MAX_ADDRESS_TEXT:
+            raise APIError(422, "invalid", "the request is not valid",
+                           {name: f"more than {MAX_ADDRESS_TEXT} characters of addresses"})
     for name in request.form:
         values = request.form.getlist(name)
         if name in ADDRESS_FIELDS:

@@ -14,9 +14,10 @@ from pydantic import BaseModel
 
 from web.api import bp
 from web.api.schemas import ErrorOut
+from web.token_scopes import needed_scope
 
 ERRORS = {"400": "malformed body", "401": "missing or wrong token (WWW-Authenticate: Bearer)",
-          "404": "no such id",
+          "403": "the token lacks the scope the operation needs", "404": "no such id",
           "409": "the state forbids it", "413": "too large", "415": "unsupported media type",
           "422": "invalid input (fields say which and why)", "429": "too many requests"}
 
@@ -71,6 +72,12 @@ def describe(method: str, path: str, summary: str, *, operation_id: str, tag: st
     if "401" in operation["responses"]:
         operation["responses"]["401"]["headers"] = {"WWW-Authenticate": {
             "description": "Bearer", "schema": {"type": "string"}}}
+        scope = needed_scope(method, path)  # web.token_scopes: API_TOKENS=token:scope+scope
+        operation["description"] = f"Needs a token with the `{scope}` scope."
+        operation["x-postroom-scope"] = scope
+        operation["responses"]["403"] = {
+            "description": ERRORS["403"],
+            "content": {"application/json": {"schema": _ref(ErrorOut)}}}
     operation["responses"]["503"] = {  # web.outages: Redis or the broker out of reach
         "description": "Redis or the broker cannot be reached; nothing was stored",
         "headers": {"Retry-After": {"description": "seconds to wait before retrying",

@@ -8,7 +8,7 @@ import re
 from email.utils import parseaddr
 from typing import Annotated, Any
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -20,6 +20,7 @@ from pydantic import (
 
 from tasks.engine.compose import HEADER_CONTROLS, format_address
 from tasks.stores.attachments import content_type_for
+from tasks.stores.mailbox import checked_address
 from web.api.errors import APIError
 
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII, no colon
@@ -55,16 +56,27 @@ def mailbox(value: Any) -> str:
     """Validate ``user@example.com`` or ``Name <user@example.com>``; normalise it."""
     if not isinstance(value, str):
         raise ValueError("must be an email address as a string")
+    if len(value) > MAX_HEADER_LINE:  # before any parsing: a name and address fit one line
+        raise ValueError(f"is longer than {MAX_HEADER_LINE} characters")
     header_safe(value)
     name, address = parseaddr(value)
     if not address or ("<" in value and not value.rstrip().endswith(">")):
-        raise ValueError(f"{value!r} is not an email address")
+        raise ValueError(f"{value[:100]!r} is not an email address")
     try:
-        checked = validate_email(address, check_deliverability=False)
+        checked = checked_address(address)
     except EmailNotValidError as err:
         raise ValueError(str(err)) from None
     address = f"{checked.local_part}@{checked.ascii_domain}"  # the domain as an A-label
     return format_address(name, address) if name else address
+
+
+def header_text(value: Any) -> Any:
+    """A header's text, refused by its length before it is searched for controls."""
+    if isinstance(value, str):
+        if len(value) > MAX_HEADER_LINE:
+            raise ValueError(f"String should have at most {MAX_HEADER_LINE} characters")
+        header_safe(value)
+    return value
 
 
 def _address_list(value: Any) -> Any:
@@ -74,8 +86,7 @@ def _address_list(value: Any) -> Any:
 Mailbox = Annotated[str, BeforeValidator(mailbox)]
 MailboxList = Annotated[list[Mailbox], BeforeValidator(_address_list),
                         Field(max_length=MAX_RECIPIENTS)]
-HeaderText = Annotated[str, BeforeValidator(lambda v: header_safe(v) if isinstance(v, str)
-                                            else v), Field(max_length=998)]
+HeaderText = Annotated[str, BeforeValidator(header_text), Field(max_length=MAX_HEADER_LINE)]
 
 
 class AttachmentIn(BaseModel):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from tasks.stores.mailbox import checked_address
 from tasks.stores.otp import normalise_code
 
 
@@ -24,7 +25,7 @@ class OTPRequestIn(BaseModel):
         if not isinstance(value, str):
             raise ValueError("must be an email address as a string")
         try:
-            return validate_email(value.strip(), check_deliverability=False).normalized
+            return checked_address(value).normalized
         except EmailNotValidError as err:
             raise ValueError(str(err)) from None
 

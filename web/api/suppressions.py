@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from flask import current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.stores.mailbox import checked_address
 from tasks.stores.suppression import Suppression, SuppressionList
 from web.api import bp
 from web.api.errors import APIError
@@ -47,7 +48,7 @@ def _list() -> SuppressionList:
 def _address(email: str) -> str:
     """The address in the path, checked for its form (never a lookup for junk)."""
     try:
-        return validate_email(email, check_deliverability=False).normalized
+        return checked_address(email).normalized
     except EmailNotValidError as err:
         raise APIError(404, "not_found", f"not an email address: {err}") from None
 

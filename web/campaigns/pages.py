@@ -91,7 +91,8 @@ def login() -> ResponseReturnValue:
             session.clear()
             session[SESSION_KEY] = sessions().open()
             target = request.args.get("next", "")
-            return redirect(target if target.startswith("/campaigns") else url_for(".index"),
+            signed_in_to = ("/campaigns", "/outbox/")  # the pages behind this sign-in
+            return redirect(target if target.startswith(signed_in_to) else url_for(".index"),
                             code=303)
         log.warning("failed operator sign-in from %s", request.remote_addr)
         flash("Wrong username or password.", "error")

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
 
+from tasks.stores.mailbox import checked_address
 from web.api.errors import APIError
 
 EMAIL_COLUMN = "email"
@@ -128,7 +129,7 @@ def normalised_address(value: str) -> str:
         if "--" not in domain and not any(domain == name or domain.endswith("." + name)
                                           for name in SPECIAL_USE_DOMAIN_NAMES):
             return f"{plain['local']}@{domain}"
-    return str(validate_email(value, check_deliverability=False).normalized)
+    return str(checked_address(value, strip=False).normalized)
 
 
 def check_row(row: Row, required: frozenset[str]) -> tuple[str | None, str | None]:

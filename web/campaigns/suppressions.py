@@ -3,10 +3,11 @@ address by hand, take one off. Same sign-in as the campaign pages; forms are CSR
 
 from __future__ import annotations
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from tasks.stores.mailbox import checked_address
 from tasks.stores.suppression import SuppressionList
 from web.campaigns.pages import admin_required, bp
 
@@ -33,8 +34,7 @@ def suppressions() -> ResponseReturnValue:
 def change_suppression() -> ResponseReturnValue:
     query = request.form.get("q", "")
     try:
-        address = validate_email(request.form.get("email", ""),
-                                 check_deliverability=False).normalized
+        address = checked_address(request.form.get("email", "")).normalized
     except EmailNotValidError as err:
         flash(f"Not an email address: {err}", "error")
         return redirect(url_for(".suppressions", q=query), code=303)

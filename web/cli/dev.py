@@ -34,6 +34,7 @@ from web import config as settings
 from web.cli.embedded import CaptureServer, port_is_free, redis_answers, redis_command
 from web.cli.supervisor import Child, GaveUp, Supervisor, say
 from web.config import ConfigError
+from web.token_scopes import token_of
 
 READY_TIMEOUT = 60.0
 DEV_SENDER = "Postroom <postroom@localhost>"
@@ -106,7 +107,8 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
     if not tokens:
         tokens = [persisted_secret(var / "api_token", lambda: secrets.token_urlsafe(24))]
         env["API_TOKENS"] = tokens[0]
-    plan.api_token = tokens[0]
+    sending = [t for t in tokens if ":" not in t or "send" in t.rpartition(":")[2]]
+    plan.api_token = token_of((sending or tokens)[0])  # one that may send, without its scopes
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = persisted_secret(
             var / "flower_auth", lambda: f"admin:{secrets.token_urlsafe(12)}")
@@ -242,7 +244,8 @@ def banner(plan: Plan) -> list[str]:
     ]
     if plan.embed_smtp:
         lines.append(f"  Outbox       {plan.url(plan.port, '/outbox/')}  "
-                     f"(captured mail; files in {plan.var_dir / 'outbox'})")
+                     f"(captured mail; sign in as {plan.env['ADMIN_USERNAME']}, as for "
+                     f"Campaigns; files in {plan.var_dir / 'outbox'})")
         lines.append(f"  SMTP         smtp://127.0.0.1:{plan.smtp_port}  (embedded capture server)")
     else:
         lines.append(f"  SMTP         {plan.env['MAIL_SERVER']}:{plan.env.get('MAIL_PORT', '25')}")

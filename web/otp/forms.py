@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from flask import current_app
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, StringField
 from wtforms.validators import DataRequired, Length, ValidationError
 
+from tasks.stores.mailbox import checked_address
 from tasks.stores.otp import normalise_code
 
 
@@ -20,7 +21,7 @@ class AddressForm(FlaskForm):  # type: ignore[misc]
 
     def validate_email(self, field: Any) -> None:
         try:
-            checked = validate_email(field.data.strip(), check_deliverability=False)
+            checked = checked_address(field.data)
         except EmailNotValidError as err:
             raise ValidationError(str(err)) from None
         field.data = checked.normalized

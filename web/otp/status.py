@@ -10,7 +10,7 @@ _LABELS = {
     "queued": "Queued: the email will go out in a moment.",
     "sending": "Sending the email now.",
     "sent": "Sent. Check your inbox for the code.",
-    "deferred": "Delayed: the mail server asked us to try again later. Retrying.",
+    "deferred": "We could not send the code yet; retrying.",
     "failed": "Not delivered.",
     "verified": "Verified. This address is confirmed.",
     "expired": "Expired. Request a new code.",
@@ -18,7 +18,7 @@ _LABELS = {
 }
 
 
-_SERVERS_WORD = frozenset({"deferred", "failed"})  # the error is what the mail server said
+MAX_REASON = 200  # characters of the recipient's server's answer shown
 
 _CLOSED_NOTICES = {
     "locked": "This request is locked: too many wrong codes were entered. "
@@ -33,12 +33,19 @@ def closed_notice(status: str) -> str | None:
 
 
 def reason(public: dict[str, Any]) -> str | None:
-    """The server's answer behind a delay or failure: ``"550 5.1.1 no such user"``."""
+    """Why the address was refused, in the mail server's words: ``"550 5.1.1 no such user"``.
+
+    Only a permanent (5xx) answer about the address is shown: anyone can open this
+    page, so a delay, a relay out of reach or any other error (which may name a
+    relay's host and port, or an exception) shows the plain status alone.
+    """
     error = public.get("error")
-    if not error or public["status"] not in _SERVERS_WORD:
-        return None
     code = public.get("smtp_code")
-    return f"{code} {error}" if code is not None and not error.startswith(str(code)) else error
+    if not error or public["status"] != "failed" or not isinstance(code, int) \
+            or not 500 <= code < 600:
+        return None
+    shown = error if error.startswith(str(code)) else f"{code} {error}"
+    return shown[:MAX_REASON]
 
 
 def describe(public: dict[str, Any]) -> dict[str, Any]:
