@@ -82,6 +82,7 @@ def app_config(redis_url: str, smtp_port: int, **overrides: Any) -> dict[str, An
         "API_TOKENS": [API_TOKEN],
         "DELIVERY_BACKOFF_BASE": 0.05,
         "DELIVERY_BACKOFF_CAP": 0.2,
+        "RECONCILE_IN_WORKERS": False,  # tests that want the workers' own reconciler say so
         "CELERY": {"task_always_eager": True, "task_eager_propagates": True},
     }
     config.update(overrides)
