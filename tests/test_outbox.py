@@ -67,7 +67,8 @@ def test_outbox_refuses_an_anonymous_client_and_opens_after_sign_in(
 
 
 @pytest.mark.parametrize("setting", [
-    {"TESTING": False, "POSTROOM_ENV": "production", "PUBLIC_URL": "https://mail.example.com"},
+    {"TESTING": False, "POSTROOM_ENV": "production", "PUBLIC_URL": "https://mail.example.com",
+     "METRICS_TOKEN": "metrics-token"},
     {"TESTING": False, "POSTROOM_ENV": "testing"},
     {"MAIL_SERVER": "relay.example.com"},
 ])

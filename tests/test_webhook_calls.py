@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,15 +54,19 @@ class Resolver:
 
 
 class Connects:
-    """Records every TCP connect; refuses at once any that is not to 127.0.0.1."""
+    """Records every TCP connect the test's own thread makes (background threads of the
+    session, such as lease renewals, are not the call under test); refuses at once any that
+    is not to 127.0.0.1."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.made: list[tuple[str, int]] = []
         real = socket.socket.connect
+        caller = threading.get_ident()
 
         def connect(sock: socket.socket, address: Any) -> None:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
-                self.made.append((address[0], address[1]))
+                if threading.get_ident() == caller:
+                    self.made.append((address[0], address[1]))
                 if address[0] != "127.0.0.1":
                     raise ConnectionRefusedError(111, "refused by the test")
             real(sock, address)
