@@ -13,7 +13,7 @@ import email.policy
 import email.utils
 import re
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email.message import Message
 
 SMTP_CODE = re.compile(r"\b([245]\d\d)\b")
 STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -67,8 +67,9 @@ def read_report(raw: bytes) -> Report:
 
 
 def _read(raw: bytes) -> Report:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
+    # compat32 keeps header values as the text they came in: the default policy's header
+    # parser takes minutes over a folded header of a few MB, and raises on malformed ones
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
     if message.get_content_type() != "multipart/report":
         return Report("unknown")
     kind = str(message.get_param("report-type") or "").lower()
@@ -76,7 +77,8 @@ def _read(raw: bytes) -> Report:
     for name in ("Delivered-To", "X-Original-To", "To"):
         report.return_paths += [a for _, a in email.utils.getaddresses(
             [str(v) for v in message.get_all(name, [])]) if a]
-    for part in message.iter_parts():
+    payload = message.get_payload() if message.is_multipart() else []
+    for part in payload if isinstance(payload, list) else []:
         content_type = part.get_content_type()
         if content_type == "message/delivery-status":
             report.recipients += _delivery_status(part)
@@ -95,6 +97,7 @@ def _read(raw: bytes) -> Report:
                     address for _, address in email.utils.getaddresses(
                         [str(v) for v in original.get_all("To", [])]) if address
                 ][:MAX_RECIPIENTS]
+    report.return_paths = report.return_paths[:MAX_RECIPIENTS]
     if report.kind == "feedback-report" and not any(
             r.email for r in report.recipients) and report.original_recipients:
         report.recipients = [ReportedRecipient(a, "complaint")
