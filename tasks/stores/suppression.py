@@ -1,5 +1,6 @@
 """The suppression list: addresses that unsubscribed, bounced, complained or were added by
-hand, honoured by every campaign message when it is sent.
+hand. Every campaign message honours it; a bounce, a complaint or an operator's entry also
+stops API messages and one-time codes (by kind: :mod:`tasks.suppressed`).
 
 It is a durable record (a Redis set, and a hash of each address's reason and time; no
 TTL). Unsubscribe links carry a token signed with ``SECRET_KEY`` (itsdangerous), so nobody
@@ -140,6 +141,18 @@ class SuppressionList:
             return []
         found = self.redis.smismember(self.key, [normalise(e) for e in emails])
         return [bool(flag) for flag in found]
+
+    def reasons(self, emails: Sequence[str]) -> list[str | None]:
+        """For each address, why it is suppressed, or ``None`` (one round trip)."""
+        if not emails:
+            return []
+        addresses = [normalise(e) for e in emails]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.smismember(self.key, addresses)
+        pipe.hmget(self.details_key, addresses)
+        flags, raws = pipe.execute()
+        return [(json.loads(raw)["reason"] if raw else "unsubscribed") if flag else None
+                for flag, raw in zip(flags, raws, strict=True)]
 
     def get(self, email: str) -> Suppression | None:
         address = normalise(email)
