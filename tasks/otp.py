@@ -22,7 +22,7 @@ from tasks.engine.errors import InvalidMessageError
 from tasks.stores.ledger import RecipientRecord
 from tasks.stores.otp import OTPStore
 from tasks.stores.watch import Watchlist
-from tasks.suppressed import LISTED, SuppressedNotes, suppression_check
+from tasks.suppressed import SuppressedNotes, suppression_check
 from tasks.watched import run_watched, settle_watched
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def send_code(self: Task, request_id: str) -> None:
         [record] = ledger.get([0])
         status = record.status if record.status in {"sent", "deferred"} else "failed"
         error = record.error
-        if record.status == "suppressed" and (record.error or "").startswith(LISTED):
+        if record.status == "suppressed" and suppressed.why(record.email):
             # the address bounced or complained: no mail, but the request reads as sent,
             # as for any other address, so it tells nobody which addresses those are
             status, error = "sent", None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from typing import Literal
 
 from redis import Redis
@@ -22,13 +21,12 @@ from redis.exceptions import WatchError
 
 from tasks.delivery import Dispatched
 from tasks.stores.ledger import DeliveryLedger
-from tasks.stores.suppression import SuppressionList, normalise
+from tasks.stores.suppression import SuppressionList, listed_error, normalise
 
 log = logging.getLogger(__name__)
 
 MailKind = Literal["campaign", "message", "otp"]
 STOPS_EVERY_KIND = frozenset({"bounced", "complained", "manual"})
-LISTED = "on the suppression list"  # the error tasks.delivery records for a barred recipient
 
 
 def stops(reason: str | None, kind: MailKind) -> bool:
@@ -73,9 +71,9 @@ class SuppressedNotes:
             return
         for record, outcome in zip(sent.recipients, sent.outcomes, strict=True):
             reason = self.check.why(record.email)
-            if outcome.status == "suppressed" and outcome.error == LISTED and reason:
+            if outcome.status == "suppressed" and reason:  # barred by this check
                 note_error(self.ledger.redis, self.ledger.records_key, record.index,
-                           "suppressed", f"{LISTED} ({reason})")
+                           "suppressed", listed_error(reason))
                 log.info("recipient %d of %s not sent: suppressed (%s)", record.index,
                          self.ledger.delivery_id, reason)
 
@@ -108,8 +106,3 @@ def note_error(redis: Redis, records_key: str, index: int, status: str, error: s
 
 def suppression_check(redis: Redis, kind: MailKind) -> SuppressionCheck:
     return SuppressionCheck(SuppressionList(redis), kind)
-
-
-def barred(redis: Redis, emails: Sequence[str], kind: MailKind) -> list[bool]:
-    """For each address, whether mail of *kind* to it is stopped (one round trip)."""
-    return [stops(r, kind) for r in SuppressionList(redis).reasons(list(emails))]

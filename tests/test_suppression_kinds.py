@@ -15,6 +15,7 @@ from tasks.stores.suppression import SuppressionList
 from tests.campaign_helpers import create, csv_bytes, recipients
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
+from tests.test_campaign_pages import sign_in
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 ADA = "ada@example.com"
@@ -22,7 +23,8 @@ ADA = "ada@example.com"
 
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
-    return {"PUBLIC_URL": "https://news.example.org"}
+    return {"PUBLIC_URL": "https://news.example.org", "ADMIN_USERNAME": "operator",
+            "ADMIN_PASSWORD": "correct horse battery"}
 
 
 def send_message(client: FlaskClient, *to: str) -> dict[str, Any]:
@@ -79,8 +81,12 @@ def test_a_bounce_or_complaint_stops_messages_campaigns_and_codes_until_lifted(
     assert smtp_server.to(ADA) == [] and len(smtp_server.to("carol@example.org")) == 1
 
     campaign = create(client, csv_bytes([{"email": ADA, "name": "Ada", "code": "A1"}]))
-    assert [r["status"] for r in recipients(client, campaign["id"])] == ["suppressed"]
+    assert [(r["status"], r.get("error")) for r in recipients(client, campaign["id"])] == [
+        ("suppressed", f"on the suppression list ({reason})")]
     assert smtp_server.to(ADA) == []
+    sign_in(client)
+    page = client.get(f"/campaigns/{campaign['id']}/recipients").get_data(as_text=True)
+    assert f"on the suppression list ({reason})" in page
 
     shown = client.get(f"/api/suppressions/{ADA}", headers=AUTH).get_json()
     assert shown["reason"] == reason
@@ -101,7 +107,8 @@ def test_an_unsubscribe_stops_campaigns_only(client: FlaskClient,
     assert "verification code" in str(code_mail.message["Subject"])
     assert [r["status"] for r in send_message(client, ADA)["recipients"]] == ["sent"]
     assert len(smtp_server.to(ADA)) == 2  # a password reset still arrives
-    campaign = create(client, csv_bytes([{"email": ADA, "name": "Ada", "code": "A1"},
-                                         {"email": "bob@example.net", "name": "Bob", "code": "B1"}]))
+    campaign = create(client, csv_bytes([
+        {"email": ADA, "name": "Ada", "code": "A1"},
+        {"email": "bob@example.net", "name": "Bob", "code": "B1"}]))
     assert [r["status"] for r in recipients(client, campaign["id"])] == ["suppressed", "sent"]
     assert len(smtp_server.to(ADA)) == 2  # no newsletter

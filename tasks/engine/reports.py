@@ -78,7 +78,8 @@ def _read(raw: bytes) -> Report:
         report.return_paths += [a for _, a in email.utils.getaddresses(
             [str(v) for v in message.get_all(name, [])]) if a]
     payload = message.get_payload() if message.is_multipart() else []
-    for part in payload if isinstance(payload, list) else []:
+    parts = [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
+    for part in parts:
         content_type = part.get_content_type()
         if content_type == "message/delivery-status":
             report.recipients += _delivery_status(part)

@@ -63,6 +63,13 @@ def read_unsubscribe_token(secret_key: str, token: str) -> Unsubscribe | None:
 
 
 REASONS = ("unsubscribed", "bounced", "complained", "manual")
+LISTED = "on the suppression list"  # the error a barred recipient is recorded with
+
+
+def listed_error(reason: str) -> str:
+    """What a recipient barred for *reason* is recorded with: ``on the suppression list
+    (bounced)``."""
+    return f"{LISTED} ({reason})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +154,14 @@ class SuppressionList:
         if not emails:
             return []
         addresses = [normalise(e) for e in emails]
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.smismember(self.key, addresses)
-        pipe.hmget(self.details_key, addresses)
-        flags, raws = pipe.execute()
-        return [(json.loads(raw)["reason"] if raw else "unsubscribed") if flag else None
-                for flag, raw in zip(flags, raws, strict=True)]
+        flags = self.redis.smismember(self.key, addresses)
+        listed = [address for address, flag in zip(addresses, flags, strict=True) if flag]
+        if not listed:
+            return [None] * len(addresses)
+        why = {address: (json.loads(raw)["reason"] if raw else "unsubscribed")
+               for address, raw in zip(listed, self.redis.hmget(self.details_key, listed),
+                                       strict=True)}
+        return [why.get(address) for address in addresses]
 
     def get(self, email: str) -> Suppression | None:
         address = normalise(email)
