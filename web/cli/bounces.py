@@ -27,7 +27,7 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import click
@@ -61,8 +61,8 @@ class ListenerLimits:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ListenerLimits:
         defaults = cls()
-        return cls(*(config.get(f"BOUNCE_{name.upper()}", getattr(defaults, name))
-                     for name in cls.__slots__))
+        return cls(**{f.name: config.get(f"BOUNCE_{f.name.upper()}", getattr(defaults, f.name))
+                      for f in fields(cls)})
 
 
 class ConnectionGate:
