@@ -229,6 +229,13 @@ def test_connections_are_capped_per_client_and_in_all(listener: Listener) -> Non
     assert greeting.startswith(b"220")
 
 
+
+def test_a_slot_is_not_held_for_ever_with_noops(listener: Listener) -> None:
+    with smtplib.SMTP("127.0.0.1", listener.port, timeout=5) as relay:
+        assert all(relay.noop()[0] == 250 for _ in range(20))  # each resets the idle timer
+        assert relay.noop()[0] == 421
+
+
 def big_dsn(recipients: int) -> bytes:
     blocks = "".join(f"Final-Recipient: rfc822; r{i}@example.net\r\nAction: failed\r\n"
                      "Status: 5.1.1\r\n\r\n" for i in range(recipients))

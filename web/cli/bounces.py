@@ -44,6 +44,10 @@ from tasks.stores import key
 log = logging.getLogger(__name__)
 
 UNMATCHED_COUNT = key("bounces", "unmatched-count")
+# Commands per session (aiosmtpd's command_call_limit; 421 and closed past one): a client
+# cannot hold a slot for ever with NOOPs, each of which resets the idle timer.
+COMMANDS_PER_SESSION = {"NOOP": 20, "HELO": 5, "EHLO": 5, "VRFY": 5, "EXPN": 5, "HELP": 5,
+                        "*": 1000}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +98,8 @@ class BounceSMTP(SMTP):
     def __init__(self, handler: BounceHandler, gate: ConnectionGate, limits: ListenerLimits,
                  **kwargs: Any) -> None:
         super().__init__(handler, data_size_limit=limits.max_bytes,
-                         timeout=limits.idle_timeout, **kwargs)
+                         timeout=limits.idle_timeout,
+                         command_call_limit=dict(COMMANDS_PER_SESSION), **kwargs)
         self.gate = gate
         self.limits = limits
         self.client: str | None = None  # the address counted against the gate
