@@ -1,15 +1,20 @@
 """Applying bounces and complaints: find the recipient a report speaks of, mark it
 ``bounced`` and put the address on the suppression list.
 
-A report is matched by the VERP address it was sent to (``MAIL_RETURN_PATH``,
-see :mod:`tasks.engine.verp`), else by the original message's Message-ID, which
-Postroom makes from what it sent (``<campaign.recipient@domain>``,
-``<message@domain>``, ``<message.recipient@domain>``); either way it must name
-that recipient. A
+Over SMTP (the listener: nobody is authenticated) a report is matched only by the signed
+VERP address it was sent to (``MAIL_RETURN_PATH``, see :mod:`tasks.engine.verp`), and only
+for the recipient that token names (a token naming a whole message names a recipient only
+when the message had one). Through ``POST /api/bounces`` (an API token) a signed token in
+the report's headers, else the original message's Message-ID, which Postroom makes from
+what it sent (``<campaign.recipient@domain>``, ``<message@domain>``,
+``<message.recipient@domain>``), may match. Either way the report must name that
+recipient (Final-Recipient, Original-Recipient, Original-Rcpt-To or the returned
+message's To): a report that names nobody matches nobody. A
 permanent failure (``Action: failed`` with a 5.x.x status) or a complaint marks
 the recipient ``bounced`` and suppresses the address (``bounced`` or
 ``complained``); a delay (4.x.x) is only recorded. Reports that match nothing
-are kept for a week for an operator to look at.
+are kept for a week for an operator to look at, as a summary of a few KB
+(:mod:`tasks.engine.kept`), at most :data:`KEEP_AT_MOST` of them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ from typing import Any
 
 from redis import Redis
 
-from tasks.engine.reports import Report, ReportedRecipient, read_report
+from tasks.engine.kept import kept_summary
+from tasks.engine.reports import (
+    MAX_DIAGNOSTIC,
+    MalformedReport,
+    Report,
+    ReportedRecipient,
+    read_report,
+)
 from tasks.engine.verp import BounceRef, read_verp
 from tasks.events import bounced_event
 from tasks.stores import key
@@ -39,7 +51,7 @@ log = logging.getLogger(__name__)
 
 OUR_MESSAGE_ID = re.compile(r"^<?([0-9a-f]{32})(?:\.(\d{1,9}))?@[^>]+>?$")
 KEPT = 7 * 24 * 3600  # unmatched reports and delays, for an operator to look at
-KEEP_AT_MOST = 1000
+KEEP_AT_MOST = 500  # entries per list; each at most kept.MAX_ENTRY_BYTES (4 KB): 2 MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,19 +90,40 @@ class BounceDesk:
         self.messages = MessageStore(redis)
         self.suppressions = SuppressionList(redis)
 
-    def take(self, raw: bytes, envelope_to: Sequence[str] = ()) -> list[Matched]:
-        """Apply the report in *raw* (sent to *envelope_to*, when it came by SMTP); what
-        it matched (empty: kept as unmatched)."""
-        report = read_report(raw)
-        ref = self._verp(list(envelope_to) + report.return_paths)
+    def take(self, raw: bytes, envelope_to: Sequence[str] = (), *,
+             authenticated: bool = False) -> list[Matched]:
+        """Apply the report in *raw*; what it matched (empty: kept as unmatched).
+
+        By SMTP (*authenticated* false) only a signed VERP token among *envelope_to*, the
+        RCPT addresses, can match; ``POST /api/bounces`` (*authenticated*) may match by a
+        token in the report's headers or by the original's Message-ID. Mail the email
+        package cannot read is kept as a summary and raises :class:`MalformedReport`.
+        """
+        try:
+            report = read_report(raw)
+        except MalformedReport:
+            self._keep("unmatched", kept_summary(raw, None, envelope_to))
+            log.info("a report that cannot be read was kept for a week")
+            raise
+        addresses = list(envelope_to) + (report.return_paths if authenticated else [])
+        ref = self._verp(addresses)
+        if ref is None and not authenticated:
+            return self._unmatched(raw, report, envelope_to)
         bounced: list[Event] = []
-        matched = [found for reported in report.recipients
-                   if (found := self._apply(report, reported, ref, bounced)) is not None]
+        matched: list[Matched] = []
+        seen: set[tuple[str, int]] = set()
+        for reported in report.recipients:
+            found = self._apply(report, reported, ref, bounced, seen)
+            if found is not None:
+                matched.append(found)
         emit(self.redis, bounced)
-        if not matched:
-            self._keep("unmatched", raw.decode("utf-8", "replace")[:100_000])
-            log.info("a %s report matched no recipient; kept for a week", report.kind)
-        return matched
+        return matched or self._unmatched(raw, report, envelope_to)
+
+    def _unmatched(self, raw: bytes, report: Report, envelope_to: Sequence[str]
+                   ) -> list[Matched]:
+        self._keep("unmatched", kept_summary(raw, report, envelope_to))
+        log.info("a %s report matched no recipient; kept for a week", report.kind)
+        return []
 
     def _verp(self, addresses: list[str]) -> BounceRef | None:
         """The first genuine VERP token among *addresses* (``MAIL_RETURN_PATH``)."""
@@ -102,12 +135,15 @@ class BounceDesk:
                 return ref
         return None
 
-    def _apply(self, report: Report, reported: ReportedRecipient,
-               ref: BounceRef | None, bounced: list[Event]) -> Matched | None:
+    def _apply(self, report: Report, reported: ReportedRecipient, ref: BounceRef | None,
+               bounced: list[Event], seen: set[tuple[str, int]]) -> Matched | None:
         target = self._target(report, reported.email, ref)
         if target is None:
             return None
         ledger, index, address, message_id, campaign_id = target
+        if (ledger.delivery_id, index) in seen:
+            return None  # one report, one change per recipient
+        seen.add((ledger.delivery_id, index))
         if reported.permanent:
             complaint = reported.action == "complaint"
             reason = reported.diagnostic or (f"{reported.status} {reported.action}"
@@ -124,7 +160,8 @@ class BounceDesk:
             self._keep("delays", json.dumps({"at": time.time(), "delivery":
                                              ledger.delivery_id, "recipient": index,
                                              "status": reported.status,
-                                             "diagnostic": reported.diagnostic}))
+                                             "diagnostic": (reported.diagnostic or "")
+                                             [:MAX_DIAGNOSTIC]}))
         else:
             return None
         return Matched(address, reported.action, message_id, campaign_id)
@@ -133,6 +170,9 @@ class BounceDesk:
                 ) -> tuple[DeliveryLedger, int, str, str | None, str | None] | None:
         """The recipient a report speaks of: by its VERP token, else by the original
         Message-ID; either way the report's recipient must be that recipient."""
+        wanted = normalise(email) if email else None
+        if not wanted:
+            return None  # a report that names nobody changes nobody's mail
         if ref is not None:
             kind, item_id, index = ref.kind, ref.item_id, ref.index
         else:
@@ -142,21 +182,27 @@ class BounceDesk:
             item_id = found.group(1)
             index = int(found.group(2)) if found.group(2) is not None else None
             kind = "campaign" if self.campaigns.get(item_id) is not None else "message"
-        wanted = normalise(email) if email else None
         if kind == "campaign":
             if index is None or self.campaigns.get(item_id) is None:
                 return None
             ledger = self.campaigns.ledger(item_id)
             [record] = ledger.get([index]) or [None]
-            if record is None or (wanted and normalise(record.email) != wanted):
+            if record is None or normalise(record.email) != wanted:
                 return None
             return ledger, record.index, record.email, None, item_id
-        if self.messages.get(item_id) is None or not wanted:
+        if self.messages.get(item_id) is None:
             return None
         ledger = self.messages.ledger(item_id)
-        records, _ = ledger.page(limit=10_000)
+        if index is not None:
+            records = ledger.get([index])
+        elif ref is not None:  # a token for the whole message names its only recipient
+            records = ledger.get([0, 1])
+            if len(records) != 1:
+                return None
+        else:
+            records, _ = ledger.page(limit=10_000)
         for record in records:
-            if normalise(record.email) == wanted and index in (None, record.index):
+            if normalise(record.email) == wanted:
                 return ledger, record.index, record.email, item_id, None
         return None
 

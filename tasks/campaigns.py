@@ -45,6 +45,7 @@ from tasks.stores.campaigns import Campaign, CampaignStore, TransitionRefused, b
 from tasks.stores.ledger import RecipientRecord
 from tasks.stores.suppression import SuppressionList, UnsubscribeTokens
 from tasks.stores.watch import Watchlist
+from tasks.suppressed import SuppressedNotes, SuppressionCheck
 from tasks.webhooks import emit
 
 log = logging.getLogger(__name__)
@@ -283,9 +284,13 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
     suppressions = SuppressionList(store.redis)
     unknown_users = _UnknownUsers(suppressions, campaign.id)
 
+    suppressed = SuppressionCheck(suppressions, "campaign")  # every reason stops a campaign
+    notes = SuppressedNotes(store.ledger(campaign.id), suppressed)
+
     def counted(sent: Dispatched) -> None:
         counter(sent)
         unknown_users(sent)
+        notes(sent)
 
     policy = runtime.retry_policy()
     created_at = campaign.started_at or campaign.created_at
@@ -296,7 +301,7 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
     options = BatchOptions(token=batch_token(campaign.id, slot), policy=policy,
                            created_at=created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
-                           suppressed=suppressions.which, should_stop=check, observe=observe)
+                           suppressed=suppressed, should_stop=check, observe=observe)
     connection = BatchConnection(settings, gate=runtime.session_gate(bulk=True))
     try:
         with connection:

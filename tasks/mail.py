@@ -26,6 +26,7 @@ from tasks.engine.verp import BounceRef, verp_address
 from tasks.stores.attachments import AttachmentRef, AttachmentStore
 from tasks.stores.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
 from tasks.stores.messages import MessageStore, StoredMessage
+from tasks.suppressed import SuppressedNotes, suppression_check
 from tasks.watched import run_watched, settle_watched
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,13 @@ def _attachments(message: StoredMessage) -> list[Attachment] | InvalidMessageErr
 def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
              envelopes: list[Envelope], composer: Composer, what: str) -> None:
     policy = runtime.retry_policy()
-    observe = runtime.observer("message", message.id, policy=policy,
-                               created_at=message.created_at)
+    suppressed = suppression_check(ledger.redis, "message")  # bounced, complained, manual
+    observe = runtime.observer("message", message.id, SuppressedNotes(ledger, suppressed),
+                               policy=policy, created_at=message.created_at)
     options = BatchOptions(token=f"{task.name}:{task.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=message.created_at,
-                           lease=runtime.claim_lease(), pace=runtime.pacer(), observe=observe)
+                           lease=runtime.claim_lease(), pace=runtime.pacer(),
+                           suppressed=suppressed, observe=observe)
     report = run_watched(task, ledger, envelopes, composer, runtime.smtp_settings(), options,
                          what, observe)
     settle_watched(task, "message", message.id, ledger, report)

@@ -22,6 +22,7 @@ from tasks.engine.errors import InvalidMessageError
 from tasks.stores.ledger import RecipientRecord
 from tasks.stores.otp import OTPStore
 from tasks.stores.watch import Watchlist
+from tasks.suppressed import SuppressedNotes, suppression_check
 from tasks.watched import run_watched, settle_watched
 
 log = logging.getLogger(__name__)
@@ -78,19 +79,24 @@ def send_code(self: Task, request_id: str) -> None:
         return code_draft(settings.default_sender or "", claimed[0].email, code,
                           store.policy.ttl)
 
-    observe = runtime.observer("otp", request_id, policy=policy,
-                               created_at=request.created_at)
+    suppressed = suppression_check(redis, "otp")  # an unsubscribe does not stop codes
+    observe = runtime.observer("otp", request_id, SuppressedNotes(ledger, suppressed),
+                               policy=policy, created_at=request.created_at)
     options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=request.created_at,
                            lease=runtime.claim_lease(), pace=runtime.pacer(),
-                           observe=observe)
+                           suppressed=suppressed, observe=observe)
     report = run_watched(self, ledger, [Envelope([0], draft_to)], runtime.composer(settings),
                          settings, options, f"otp request {request_id}", observe)
     if report.counts:
         [record] = ledger.get([0])
         status = record.status if record.status in {"sent", "deferred"} else "failed"
         error = record.error
-        if record.status == "suppressed":  # built and handed to email_dispatched, as sent
+        if record.status == "suppressed" and suppressed.why(record.email):
+            # the address bounced or complained: no mail, but the request reads as sent,
+            # as for any other address, so it tells nobody which addresses those are
+            status, error = "sent", None
+        elif record.status == "suppressed":  # built and handed to email_dispatched, as sent
             status, error = "sent", "sending is suppressed (MAIL_SUPPRESS_SEND)"
         store.record_delivery(request_id, status, record.smtp_code, error)
     settle_watched(self, "otp", request_id, ledger, report)

@@ -131,6 +131,8 @@ def test_junk_and_strangers_match_nothing_and_are_kept(client: FlaskClient,
 def test_the_wrong_body_is_a_clear_4xx(client: FlaskClient) -> None:
     assert post(client, b"From: x\r\n\r\nhi", content_type="text/plain").status_code == 415
     assert post(client, b"").status_code == 400
+    too_big = post(client, b"Subject: x\r\n\r\n" + b"y" * (1024 * 1024))  # BOUNCE_MAX_BYTES
+    assert too_big.status_code == 413 and too_big.get_json()["error"]["code"] == "too_large"
     assert client.post("/api/bounces", data=b"x", content_type="message/rfc822"
                        ).status_code == 401
 

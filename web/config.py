@@ -200,6 +200,14 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "OUTBOX_DIR": (_optional_text, None),
     "WEBHOOK_ALLOW_PRIVATE": (parse_bool, None),  # None: true in development and testing
     "WEBHOOK_TIMEOUT": (_positive_number, 10.0),  # seconds for a whole call, not per read
+    # The bounce listener (postroom bounces): what one client, and all, may hold of it.
+    "BOUNCE_MAX_BYTES": (_whole_number(1024), 1024 * 1024),
+    "BOUNCE_MAX_CONNECTIONS": (_whole_number(1), 100),
+    "BOUNCE_MAX_CONNECTIONS_PER_CLIENT": (_whole_number(1), 10),
+    "BOUNCE_DATA_TIMEOUT": (_positive_number, 60.0),
+    "BOUNCE_IDLE_TIMEOUT": (_positive_number, 60.0),
+    "BOUNCE_WORKERS": (_whole_number(1), 2),
+    "BOUNCE_QUEUE": (_whole_number(1), 32),
 }
 
 

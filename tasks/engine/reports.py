@@ -8,14 +8,26 @@ recipients of which original message; it knows nothing of Redis or Flask.
 from __future__ import annotations
 
 import email
+import email.errors
 import email.policy
 import email.utils
 import re
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email.message import Message
 
 SMTP_CODE = re.compile(r"\b([245]\d\d)\b")
 STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+MAX_RECIPIENTS = 100  # a DSN speaks of a few; the rest of a bigger one is not read
+MAX_DIAGNOSTIC = 500  # characters of a Diagnostic-Code kept
+
+# What the email package raises on headers and MIME it cannot make sense of (a malformed
+# address header gives IndexError or AttributeError from its header parser).
+UNREADABLE = (AttributeError, IndexError, KeyError, LookupError, TypeError, ValueError,
+              RecursionError, email.errors.MessageError)
+
+
+class MalformedReport(ValueError):
+    """The mail is not something the email package can read as a report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +58,18 @@ class Report:
 
 
 def read_report(raw: bytes) -> Report:
-    """Parse a DSN or an ARF report; anything else is ``Report("unknown")``."""
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
+    """Parse a DSN or an ARF report; anything else is ``Report("unknown")``; mail the
+    email package chokes on raises :class:`MalformedReport`."""
+    try:
+        return _read(raw)
+    except UNREADABLE as err:
+        raise MalformedReport(f"the report cannot be read ({type(err).__name__})") from err
+
+
+def _read(raw: bytes) -> Report:
+    # compat32 keeps header values as the text they came in: the default policy's header
+    # parser takes minutes over a folded header of a few MB, and raises on malformed ones
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
     if message.get_content_type() != "multipart/report":
         return Report("unknown")
     kind = str(message.get_param("report-type") or "").lower()
@@ -56,7 +77,9 @@ def read_report(raw: bytes) -> Report:
     for name in ("Delivered-To", "X-Original-To", "To"):
         report.return_paths += [a for _, a in email.utils.getaddresses(
             [str(v) for v in message.get_all(name, [])]) if a]
-    for part in message.iter_parts():
+    payload = message.get_payload() if message.is_multipart() else []
+    parts = [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
+    for part in parts:
         content_type = part.get_content_type()
         if content_type == "message/delivery-status":
             report.recipients += _delivery_status(part)
@@ -73,7 +96,9 @@ def read_report(raw: bytes) -> Report:
                     [str(v) for v in original.get_all("Return-Path", [])]) if a]
                 report.original_recipients = [
                     address for _, address in email.utils.getaddresses(
-                        [str(v) for v in original.get_all("To", [])]) if address]
+                        [str(v) for v in original.get_all("To", [])]) if address
+                ][:MAX_RECIPIENTS]
+    report.return_paths = report.return_paths[:MAX_RECIPIENTS]
     if report.kind == "feedback-report" and not any(
             r.email for r in report.recipients) and report.original_recipients:
         report.recipients = [ReportedRecipient(a, "complaint")
@@ -92,14 +117,16 @@ def _fields(part: Message) -> list[Message]:
 
 
 def _delivery_status(part: Message) -> list[ReportedRecipient]:
-    found = []
+    found: list[ReportedRecipient] = []
     for block in _fields(part):
+        if len(found) >= MAX_RECIPIENTS:
+            break
         recipient = _address(_header(block, "Final-Recipient")
                              or _header(block, "Original-Recipient"))
         if not recipient:
             continue  # the per-message fields
         diagnostic = _header(block, "Diagnostic-Code")
-        detail = diagnostic.split(";", 1)[-1].strip() if diagnostic else None
+        detail = diagnostic.split(";", 1)[-1].strip()[:MAX_DIAGNOSTIC] if diagnostic else None
         code = SMTP_CODE.search(detail or "")
         status = _header(block, "Status")
         status_code = STATUS.search(status or "")
@@ -118,7 +145,7 @@ def _feedback(part: Message) -> tuple[list[ReportedRecipient], list[str]]:
         mail_from = _address(_header(block, "Original-Mail-From"))
         if mail_from:
             senders.append(mail_from)
-        for value in block.get_all("Original-Rcpt-To", []) or [""]:
+        for value in (block.get_all("Original-Rcpt-To", []) or [""])[:MAX_RECIPIENTS]:
             found.append(ReportedRecipient(_address(str(value)) or "", "complaint",
                                            None, f"complaint: {kind}"))
     return found, senders

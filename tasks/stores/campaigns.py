@@ -26,7 +26,7 @@ from redis import Redis
 
 from tasks.stores import key
 from tasks.stores.ledger import LEASE_PREFIX, UNSETTLED, DeliveryLedger, RecipientRecord, text
-from tasks.stores.suppression import SuppressionList, normalise
+from tasks.stores.suppression import SuppressionList, listed_error, normalise
 from tasks.stores.watch import WATCH_AFTER, WATCH_KEY
 
 IMPORT_TTL = 24 * 3600  # a campaign whose import never finished disappears after a day
@@ -204,11 +204,12 @@ class CampaignStore:
             pipe.expire(seen_key, IMPORT_TTL)
             pipe.execute()
         counts.duplicates = len(recipients) - len(fresh)
-        suppressed = SuppressionList(self.redis).which([email for email, _ in fresh])
+        reasons = SuppressionList(self.redis).reasons([email for email, _ in fresh])
         records = [RecipientRecord(index=0, email=email, vars=variables,
-                                   status="suppressed" if flag else "queued")
-                   for (email, variables), flag in zip(fresh, suppressed, strict=True)]
-        counts.suppressed = sum(suppressed)
+                                   status="suppressed" if why else "queued",
+                                   error=listed_error(why) if why else None)
+                   for (email, variables), why in zip(fresh, reasons, strict=True)]
+        counts.suppressed = sum(1 for why in reasons if why)
         counts.added = len(records)
         ledger = self.ledger(campaign_id)
         following = ledger.add(records, start=start, ttl=IMPORT_TTL)

@@ -1,5 +1,6 @@
 """The suppression list: addresses that unsubscribed, bounced, complained or were added by
-hand, honoured by every campaign message when it is sent.
+hand. Every campaign message honours it; a bounce, a complaint or an operator's entry also
+stops API messages and one-time codes (by kind: :mod:`tasks.suppressed`).
 
 It is a durable record (a Redis set, and a hash of each address's reason and time; no
 TTL). Unsubscribe links carry a token signed with ``SECRET_KEY`` (itsdangerous), so nobody
@@ -62,6 +63,13 @@ def read_unsubscribe_token(secret_key: str, token: str) -> Unsubscribe | None:
 
 
 REASONS = ("unsubscribed", "bounced", "complained", "manual")
+LISTED = "on the suppression list"  # the error a barred recipient is recorded with
+
+
+def listed_error(reason: str) -> str:
+    """What a recipient barred for *reason* is recorded with: ``on the suppression list
+    (bounced)``."""
+    return f"{LISTED} ({reason})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +148,20 @@ class SuppressionList:
             return []
         found = self.redis.smismember(self.key, [normalise(e) for e in emails])
         return [bool(flag) for flag in found]
+
+    def reasons(self, emails: Sequence[str]) -> list[str | None]:
+        """For each address, why it is suppressed, or ``None`` (one round trip)."""
+        if not emails:
+            return []
+        addresses = [normalise(e) for e in emails]
+        flags = self.redis.smismember(self.key, addresses)
+        listed = [address for address, flag in zip(addresses, flags, strict=True) if flag]
+        if not listed:
+            return [None] * len(addresses)
+        why = {address: (json.loads(raw)["reason"] if raw else "unsubscribed")
+               for address, raw in zip(listed, self.redis.hmget(self.details_key, listed),
+                                       strict=True)}
+        return [why.get(address) for address in addresses]
 
     def get(self, email: str) -> Suppression | None:
         address = normalise(email)

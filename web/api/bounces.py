@@ -8,6 +8,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
 from tasks.bounces import bounce_desk
+from tasks.engine.reports import MalformedReport
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
@@ -29,10 +30,21 @@ def take_bounce() -> ResponseReturnValue:
     if request.mimetype != "message/rfc822":
         raise APIError(415, "unsupported_media_type",
                        "send the bounce or complaint as Content-Type: message/rfc822")
+    limit = int(current_app.config.get("BOUNCE_MAX_BYTES") or 1024 * 1024)
+    if (request.content_length or 0) > limit:
+        raise APIError(413, "too_large", f"a bounce or complaint is at most {limit} bytes")
+    request.max_content_length = limit  # a body without a length is cut off there too
     raw = request.get_data(cache=False)
+    if len(raw) > limit:
+        raise APIError(413, "too_large", f"a bounce or complaint is at most {limit} bytes")
     if not raw.strip():
         raise APIError(400, "empty", "the body is empty: send the whole bounce message")
-    matched = bounce_desk(current_app.extensions["redis"], current_app.config).take(raw)
+    desk = bounce_desk(current_app.extensions["redis"], current_app.config)
+    try:
+        matched = desk.take(raw, authenticated=True)
+    except MalformedReport as err:
+        raise APIError(400, "malformed_report", f"{err}: send the bounce or complaint "
+                       "as the mail it came in (RFC 5322, MIME)") from None
     if not matched:
         raise APIError(422, "unmatched", "no recipient of a message Postroom sent matches this "
                        "report (it is kept for a week)")
