@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery, Task
@@ -38,6 +39,11 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.config_from_object("celeryconfig")
     settings, broker_options, backend_options = _redis_settings(app.config)
     celery_app.conf.update(**settings)
+    if connection.is_sentinel(os.environ.get("CELERY_BROKER_URL", "")) \
+            and os.environ["CELERY_BROKER_URL"] != settings["broker_url"]:
+        # Celery reads CELERY_BROKER_URL from the environment before its own setting;
+        # give it kombu's spelling of the Sentinel group (``;``-joined URLs)
+        os.environ["CELERY_BROKER_URL"] = settings["broker_url"]
     celery_app.conf.update(**app.config.get("CELERY", {}))
     conf = celery_app.conf
     conf.broker_transport_options = _merge(broker_options, conf.broker_transport_options)

@@ -41,11 +41,12 @@ from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "sentinel://"
 SENTINEL_PORT = 26379
-# A refused or reset connection is retried once, after a tenth of a second (a client of a
-# Sentinel group then asks for the primary again). A timeout is not retried: the command
-# may have run (a Lua script applied twice is not the same as once), and waiting again
-# would double the time a caller hangs on a silent server.
-RETRIES = 1
+# A refused or reset connection is retried up to three times within about 1.5 s (a client
+# of a Sentinel group asks for the primary again each time), as redis-py does by default.
+# A timeout is not retried: the command may have run (a Lua script applied twice is not
+# the same as once), and waiting again would multiply the time a caller hangs on a
+# silent server.
+RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def redacted(url: str) -> str:
 
 
 def _retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES,
+    return Retry(ExponentialBackoff(cap=0.8, base=0.1), RETRIES,
                  supported_errors=(RedisConnectionError,))
 
 
