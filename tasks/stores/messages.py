@@ -16,6 +16,7 @@ from redis import Redis, RedisError
 
 from tasks.stores import key
 from tasks.stores.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
+from tasks.stores.replication import replicated
 from tasks.stores.watch import WATCH_AFTER, WATCH_KEY, Watchlist
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class MessageStore:
         message = self._new(fields, message_id)
         self._queue_recipients(message.id, recipients)
         self.redis.set(key("message", message.id), self._record(message), ex=self.ttl)
+        replicated(self.redis)  # accepted: on a replica too before the API says so
         return message
 
     @contextmanager
