@@ -117,6 +117,7 @@ class MessageStore:
                                args=[f"{digest}:{message.id}:{PENDING}", IDEMPOTENCY_TTL,
                                      self._record(message), self.ttl])
             if not held:
+                replicated(self.redis)  # accepted: on a replica too before the API says so
                 return Admission(message, created=True, queued=False, idempotency_name=name,
                                  digest=digest)
             self._forget(message.id)  # another request took the key first

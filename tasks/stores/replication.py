@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any, cast
 
 from redis import Redis, RedisError
 
@@ -40,7 +41,8 @@ def replica_count(client: Redis) -> int:
         checked = _replicas.get(key)
     if checked is not None and now - checked[0] < RECHECK_EVERY:
         return checked[1]
-    count = int(client.info("replication").get("connected_slaves", 0))
+    info = cast(dict[str, Any], client.info("replication"))
+    count = int(info.get("connected_slaves", 0))
     with _lock:
         _replicas[key] = (now, count)
     return count
@@ -62,7 +64,7 @@ def replicated(client: Redis, *, timeout_ms: int = WAIT_TIMEOUT_MS) -> bool:
             return True
         pipe = client.pipeline(transaction=False)
         pipe.incr(FENCE)
-        pipe.execute_command("WAIT", 1, timeout_ms)
+        pipe.execute_command("WAIT", 1, timeout_ms)  # type: ignore[no-untyped-call]
         _, acknowledged = pipe.execute()
     except RedisError as err:
         log.warning("could not wait for a Redis replica: %s", err)
