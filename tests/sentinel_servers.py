@@ -41,8 +41,11 @@ def _wait(condition: object, timeout: float, failure: str) -> None:
 class SentinelServers:
     """Primary, replica and three Sentinels; :meth:`kill_primary` for a failover."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, password: str | None = None,
+                 sentinel_password: str | None = None) -> None:
         self.workdir = workdir
+        self.password = password  # the primary's and the replica's
+        self.sentinel_password = sentinel_password  # the Sentinels' own
         self.primary_port = free_port()
         self.replica_port = free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
@@ -51,12 +54,15 @@ class SentinelServers:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return f"sentinel://{hosts}/{MASTER}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"sentinel://{auth}{hosts}/{MASTER}/0"
 
     def _server(self, name: str, port: int, *extra: str) -> None:
         data = self.workdir / name
         data.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / f"{name}.log").open("wb")
+        if self.password:
+            extra += ("--requirepass", self.password, "--masterauth", self.password)
         self.processes[name] = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(data), "--protected-mode", "no", *extra],
@@ -70,7 +76,11 @@ class SentinelServers:
             f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
             f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
-            f"sentinel parallel-syncs {MASTER} 1\n")
+            f"sentinel parallel-syncs {MASTER} 1\n"
+            + (f"sentinel auth-pass {MASTER} {self.password}\n" if self.password else "")
+            + (f"requirepass {self.sentinel_password}\n"
+               f"sentinel sentinel-pass {self.sentinel_password}\n"
+               if self.sentinel_password else ""))
         log = (self.workdir / f"sentinel{n}.log").open("wb")
         self.processes[f"sentinel{n}"] = subprocess.Popen(
             ["redis-sentinel", str(conf)], stdout=log, stderr=subprocess.STDOUT,
@@ -81,7 +91,7 @@ class SentinelServers:
         self._server("primary", self.primary_port)
         self._server("replica", self.replica_port,
                      "--replicaof", "127.0.0.1", str(self.primary_port))
-        replica = redis.Redis(port=self.replica_port, socket_timeout=1)
+        replica = redis.Redis(port=self.replica_port, socket_timeout=1, password=self.password)
         try:
             _wait(lambda: replica.info("replication").get("master_link_status") == "up",
                   START_TIMEOUT, "the replica did not sync with the primary")
@@ -90,7 +100,7 @@ class SentinelServers:
         for n, port in enumerate(self.sentinel_ports, 1):
             self._sentinel(n, port)
         for port in self.sentinel_ports:  # each knows the replica and the two others
-            client = redis.Redis(port=port, socket_timeout=1)
+            client = self._sentinel_client(port, 1.0)
             try:
                 _wait(lambda c=client: (  # type: ignore[misc]
                     c.sentinel_master(MASTER)["num-other-sentinels"] == 2
@@ -103,7 +113,7 @@ class SentinelServers:
     def master_port(self) -> int | None:
         """The primary's port as the first Sentinel that answers sees it."""
         for port in self.sentinel_ports:
-            client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+            client = self._sentinel_client(port, 0.5)
             try:
                 address = client.sentinel_get_master_addr_by_name(MASTER)
                 return int(address[1]) if address else None
@@ -112,6 +122,10 @@ class SentinelServers:
             finally:
                 client.close()
         return None
+
+    def _sentinel_client(self, port: int, timeout: float) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                           password=self.sentinel_password)
 
     def kill_primary(self) -> None:
         """``kill -9``: no goodbye to the replica, no last write flushed."""

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 
 from tests.campaign_helpers import csv_bytes, upload
@@ -145,3 +146,37 @@ def test_primary_killed_mid_campaign_completes_without_loss(
         print(f"sentinel failover: {figures}")  # noqa: T201 (the measured figures, with -s)
     finally:
         workers.stop()
+
+
+def test_passwords_of_the_servers_and_of_the_sentinels(tmp_path: Path,
+                                                       smtp_server: SMTPTestServer) -> None:
+    """``sentinel://:<password>@...`` for the primary, REDIS_SENTINEL_PASSWORD for the
+    Sentinels: the state client, the broker and the result backend all get in."""
+    if missing_binaries():
+        pytest.skip("redis-server/redis-sentinel not installed (make sentinel-tool)")
+    group = SentinelServers(tmp_path / "redis", password="p@ss:w/rd",
+                            sentinel_password="watch-word").start()
+    try:
+        url = group.url.replace("p@ss:w/rd", "p%40ss%3Aw%2Frd")  # URL-encoded, as documented
+        app = create_app(app_config(url, smtp_server.port, CELERY={},
+                                    REDIS_SENTINEL_PASSWORD="watch-word"))
+        state = app.extensions["redis"]
+        assert state.set("postroom:probe", "state")
+        celery_app = app.extensions["celery"]
+        with celery_app.connection_for_write() as broker:
+            queue = broker.SimpleQueue("postroom-probe")
+            queue.put({"probe": 1})
+            assert queue.get(timeout=5).payload == {"probe": 1}
+            queue.close()
+        backend = celery_app.backend
+        backend.set("postroom:probe:result", "result")
+        assert backend.get("postroom:probe:result") == b"result"
+        direct = redis.Redis(port=group.master_port() or 0, password="p@ss:w/rd")
+        assert direct.get("postroom:probe") == b"state"  # on the primary the Sentinels name
+        direct.close()
+        bad = create_app(app_config(url, smtp_server.port, CELERY={},
+                                    REDIS_SENTINEL_PASSWORD="wrong"))
+        with pytest.raises(redis.RedisError):
+            bad.extensions["redis"].get("postroom:probe")
+    finally:
+        group.stop()

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from redis import Redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -199,6 +199,9 @@ def sentinel_kwargs(timeouts: Timeouts, password: str | None) -> dict[str, Any]:
     """How to talk to the Sentinels themselves: the same timeouts, their own password."""
     options = timeouts.socket_options()
     options.pop("health_check_interval")
+    # one try each: discovery goes on to the next Sentinel (redis-py's default would retry
+    # a Sentinel that is down or refuses the password for seconds before moving on)
+    options["retry"] = Retry(NoBackoff(), 0)
     if password:
         options["password"] = password
     return options
