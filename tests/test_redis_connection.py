@@ -73,7 +73,7 @@ def test_the_state_client_sockets_have_keepalive_and_user_timeout(tuned_app: Fla
     client: redis.Redis = tuned_app.extensions["redis"]
     assert client.ping()
     assert_keepalive(socket_of(client), timeouts)
-    assert client.connection_pool.connection_kwargs["health_check_interval"] == 10
+    assert client.connection_pool.connection_kwargs["health_check_interval"] == 8
 
 
 def test_the_rate_limiter_shares_the_state_client_pool(tuned_app: Flask) -> None:
@@ -97,7 +97,7 @@ def test_the_broker_connections_have_the_same_socket_options(tuned_app: Flask) -
         assert channel.health_check_interval == timeouts.health_check_interval
     assert conf.redis_socket_timeout == 4.0 and conf.redis_socket_keepalive is True
     assert conf.redis_socket_connect_timeout == 3.0
-    assert conf.redis_backend_health_check_interval == 10
+    assert conf.redis_backend_health_check_interval == 8
 
 
 def test_a_stopped_redis_is_noticed_within_seconds(tmp_path: Path) -> None:

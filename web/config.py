@@ -170,11 +170,11 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     # every Redis client (tasks.stores.connection): a silent Redis is noticed in seconds
     "REDIS_SOCKET_TIMEOUT": (_positive_number, 5.0),
     "REDIS_CONNECT_TIMEOUT": (_positive_number, 3.0),
-    "REDIS_KEEPALIVE_IDLE": (_whole_number(1), 5),
+    "REDIS_KEEPALIVE_IDLE": (_whole_number(1), 4),
     "REDIS_KEEPALIVE_INTERVAL": (_whole_number(1), 2),
     "REDIS_KEEPALIVE_COUNT": (_whole_number(1), 3),
     "REDIS_USER_TIMEOUT": (_non_negative_number, 10.0),
-    "REDIS_HEALTH_CHECK_INTERVAL": (_whole_number(0), 10),
+    "REDIS_HEALTH_CHECK_INTERVAL": (_whole_number(0), 8),
     "REDIS_SENTINEL_PASSWORD": (_optional_text, None),
     "SECRET_KEY": (_optional_text, None),
     "API_TOKENS": (_token_list, []),

@@ -55,11 +55,11 @@ class Timeouts:
 
     socket: float = 5.0  # REDIS_SOCKET_TIMEOUT, seconds
     connect: float = 3.0  # REDIS_CONNECT_TIMEOUT, seconds
-    keepalive_idle: int = 5  # REDIS_KEEPALIVE_IDLE, seconds before the first probe
+    keepalive_idle: int = 4  # REDIS_KEEPALIVE_IDLE, seconds before the first probe
     keepalive_interval: int = 2  # REDIS_KEEPALIVE_INTERVAL, seconds between probes
     keepalive_count: int = 3  # REDIS_KEEPALIVE_COUNT, unanswered probes before giving up
     user_timeout: float = 10.0  # REDIS_USER_TIMEOUT, seconds unacknowledged; 0: off
-    health_check_interval: int = 10  # REDIS_HEALTH_CHECK_INTERVAL, seconds; 0: off
+    health_check_interval: int = 8  # REDIS_HEALTH_CHECK_INTERVAL, seconds; 0: off
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Timeouts:
