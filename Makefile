@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool spam-tool
+.PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool spam-tool \
+	sentinel-tool
 
 run: $(STAMP)
 	$(BIN)/postroom dev $(DEV_ARGS)
@@ -17,7 +18,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) compose-tool browser-tool spam-tool
+pytest: $(STAMP) compose-tool browser-tool spam-tool sentinel-tool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_compose.py validates docker-compose.yml with Debian's docker-compose.
@@ -54,6 +55,19 @@ spam-tool:
 	  else \
 	    echo "spamassassin is missing and cannot be installed here (needs root and apt-get);" \
 	      "tests/test_deliverability.py will fail until it is installed"; \
+	  fi; }
+
+# tests/test_sentinel_failover.py runs a primary, a replica and three Sentinels from
+# Debian's redis-server and redis-sentinel.
+sentinel-tool:
+	@{ command -v redis-server && command -v redis-sentinel; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server and redis-sentinel (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends redis-server redis-sentinel >/dev/null; \
+	  else \
+	    echo "redis-server/redis-sentinel are missing and cannot be installed here (needs root" \
+	      "and apt-get); tests/test_sentinel_failover.py will skip until they are installed"; \
 	  fi; }
 
 # Benchmarks (bench/README.md): the whole stack as `make run` starts it, then the delivery

@@ -6,9 +6,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import redis
 from flask import Flask
 
+from tasks.stores import connection
 from web import config as settings
 from web import logs, page_headers, request_bounds
 from web.celery import celery_init_app
@@ -16,8 +16,6 @@ from web.extensions import csrf, limiter, mail
 from web.json_provider import BoundedJSONProvider
 
 __all__ = ["create_app"]
-
-REDIS_CONNECT_TIMEOUT = 5.0  # seconds
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -47,14 +45,23 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SESSION_COOKIE_SECURE"] = bool(
         app.config.get("SESSION_COOKIE_SECURE") or not settings.relaxed(app.config))
 
-    # a Redis host that does not answer at all is a 503 within seconds, not a hung request
-    app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"],
-                                                   socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
+    # a Redis host that does not answer at all is a 503 within seconds, not a hung request;
+    # REDIS_URL may name a Sentinel group (the client then follows its primary)
+    app.extensions["redis"] = connection.redis_client(
+        app.config["REDIS_URL"], connection.Timeouts.from_config(app.config),
+        sentinel_password=app.config.get("REDIS_SENTINEL_PASSWORD"))
     request_bounds.init_app(app)  # first: before the CSRF check and the throttles read a body
     page_headers.init_app(app)
     mail.init_app(app)
     csrf.init_app(app)
-    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
+    # the rate limiter's counters go through the state client's pool (its timeouts and
+    # Sentinel discovery) unless RATELIMIT_STORAGE_URI names a storage of its own
+    limiter_pool = None
+    if not app.config.get("RATELIMIT_STORAGE_URI"):
+        app.config["RATELIMIT_STORAGE_URI"] = "redis://"
+        limiter_pool = app.extensions["redis"].connection_pool
+    app.config["RATELIMIT_STORAGE_OPTIONS"] = {
+        **app.config.get("RATELIMIT_STORAGE_OPTIONS", {}), "connection_pool": limiter_pool}
     limiter.init_app(app)
     celery_init_app(app)
 

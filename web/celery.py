@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from flask import Flask
 
+from tasks.stores import connection
 from web import heartbeat, reconciler_step
 
 
@@ -35,13 +37,41 @@ def celery_init_app(app: Flask) -> Celery:
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object("celeryconfig")
-    celery_app.conf.update(
-        broker_url=app.config["CELERY_BROKER_URL"],
-        result_backend=app.config["REDIS_URL"],
-        **app.config.get("CELERY", {}),
-    )
+    settings, broker_options, backend_options = _redis_settings(app.config)
+    celery_app.conf.update(**settings)
+    if connection.is_sentinel(os.environ.get("CELERY_BROKER_URL", "")) \
+            and os.environ["CELERY_BROKER_URL"] != settings["broker_url"]:
+        # Celery reads CELERY_BROKER_URL from the environment before its own setting;
+        # give it kombu's spelling of the Sentinel group (``;``-joined URLs)
+        os.environ["CELERY_BROKER_URL"] = settings["broker_url"]
+    celery_app.conf.update(**app.config.get("CELERY", {}))
+    conf = celery_app.conf
+    conf.broker_transport_options = _merge(broker_options, conf.broker_transport_options)
+    conf.result_backend_transport_options = _merge(backend_options,
+                                                   conf.result_backend_transport_options)
     celery_app.set_default()
     heartbeat.register(celery_app, app.extensions["redis"])
     reconciler_step.register(celery_app, app)
     app.extensions["celery"] = celery_app
     return celery_app
+
+
+
+def _redis_settings(config: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The broker's and the result backend's settings from the app config: Celery
+    settings, broker transport options, result backend transport options."""
+    timeouts = connection.Timeouts.from_config(config)
+    password = config.get("REDIS_SENTINEL_PASSWORD")
+    broker_url, broker_options = connection.broker_settings(
+        config["CELERY_BROKER_URL"], timeouts, sentinel_password=password)
+    backend = connection.backend_settings(config["REDIS_URL"], timeouts,
+                                          sentinel_password=password)
+    backend_options = backend.pop("result_backend_transport_options", {})
+    return {"broker_url": broker_url, **backend}, broker_options, backend_options
+
+
+def _merge(base: dict[str, Any], current: Any) -> dict[str, Any]:
+    """*base* with what is already set on top: a test's ``CELERY`` override may replace
+    the options dict (its own key prefix, a short visibility timeout), and what it
+    sets wins; the timeouts are added to it."""
+    return base | dict(current or {})

@@ -57,6 +57,13 @@ def _positive_number(name: str, raw: str) -> float:
     return value
 
 
+def _non_negative_number(name: str, raw: str) -> float:
+    """A number of seconds, where 0 turns the feature off."""
+    if raw.strip() in {"0", "0.0"}:
+        return 0.0
+    return _positive_number(name, raw)
+
+
 def _optional_positive_number(name: str, raw: str) -> float | None:
     return None if raw.strip() == "" else _positive_number(name, raw)
 
@@ -161,6 +168,15 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "MAIL_RELAY_COOLDOWN": (_positive_number, 60.0),
     "REDIS_URL": (_text, "redis://127.0.0.1:6379/0"),
     "CELERY_BROKER_URL": (_optional_text, None),
+    # every Redis client (tasks.stores.connection): a silent Redis is noticed in seconds
+    "REDIS_SOCKET_TIMEOUT": (_positive_number, 5.0),
+    "REDIS_CONNECT_TIMEOUT": (_positive_number, 3.0),
+    "REDIS_KEEPALIVE_IDLE": (_whole_number(1), 4),
+    "REDIS_KEEPALIVE_INTERVAL": (_whole_number(1), 2),
+    "REDIS_KEEPALIVE_COUNT": (_whole_number(1), 3),
+    "REDIS_USER_TIMEOUT": (_non_negative_number, 10.0),
+    "REDIS_HEALTH_CHECK_INTERVAL": (_whole_number(0), 8),
+    "REDIS_SENTINEL_PASSWORD": (_optional_text, None),
     "SECRET_KEY": (_optional_text, None),
     "API_TOKENS": (_token_list, []),
     "ADMIN_USERNAME": (_optional_text, None),
@@ -294,7 +310,21 @@ def check(config: Mapping[str, Any]) -> None:
         token_scopes.grants(config.get("API_TOKENS") or [])
     except ValueError as err:
         raise ConfigError(f"API_TOKENS: {err}") from None
+    check_redis_urls(config)
     primary = Relay(str(config["MAIL_SERVER"]), int(config["MAIL_PORT"]))
     if primary in config.get("MAIL_FALLBACK_SERVERS", ()):
         raise ConfigError(f"MAIL_FALLBACK_SERVERS: lists MAIL_SERVER:MAIL_PORT ({primary}), "
                           "which is always tried first")
+
+
+def check_redis_urls(config: Mapping[str, Any]) -> None:
+    """A ``sentinel://`` REDIS_URL or CELERY_BROKER_URL must name Sentinels and a master."""
+    from tasks.stores.connection import SentinelGroup, is_sentinel
+
+    for name in ("REDIS_URL", "CELERY_BROKER_URL"):
+        url = str(config.get(name) or "")
+        if is_sentinel(url):
+            try:
+                SentinelGroup.parse(url)
+            except ValueError as err:
+                raise ConfigError(f"{name}: {err}") from None

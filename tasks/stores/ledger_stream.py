@@ -138,6 +138,11 @@ class LedgerStream:
         try:
             self._connection.disconnect()
             self._connection.connect()
+            # the server may be another one now (a Sentinel failover) or a restarted one:
+            # neither has the scripts, and Redis does not replicate its script cache
+            for name in self._sha:
+                self._connection.send_command("SCRIPT", "LOAD", self.ledger.scripts[name].script)
+                self._connection.read_response()
             for request in self._pending:
                 self._send(request)
         except (RedisError, OSError) as again:

@@ -16,6 +16,7 @@ from redis import Redis, RedisError
 
 from tasks.stores import key
 from tasks.stores.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
+from tasks.stores.replication import replicated
 from tasks.stores.watch import WATCH_AFTER, WATCH_KEY, Watchlist
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class MessageStore:
                                args=[f"{digest}:{message.id}:{PENDING}", IDEMPOTENCY_TTL,
                                      self._record(message), self.ttl])
             if not held:
+                replicated(self.redis)  # accepted: on a replica too before the API says so
                 return Admission(message, created=True, queued=False, idempotency_name=name,
                                  digest=digest)
             self._forget(message.id)  # another request took the key first
@@ -137,6 +139,7 @@ class MessageStore:
         message = self._new(fields, message_id)
         self._queue_recipients(message.id, recipients)
         self.redis.set(key("message", message.id), self._record(message), ex=self.ttl)
+        replicated(self.redis)  # accepted: on a replica too before the API says so
         return message
 
     @contextmanager

@@ -18,6 +18,7 @@ from redis import RedisError
 from tasks.campaigns import start_campaign
 from tasks.engine.templating import BUILTIN_VARIABLES, CampaignTemplates, TemplateProblem
 from tasks.stores.campaigns import CampaignStore
+from tasks.stores.replication import replicated
 from web.api.errors import APIError, require_sender
 from web.campaigns.recipients import RecipientSource, Row, check_row
 
@@ -107,6 +108,7 @@ def create_campaign(store: CampaignStore, spec: CampaignSpec, source: RecipientS
                        or {"recipients": "at least one recipient is needed"})
     status = store.open(campaign_id, total=report.accepted, send_at=spec.send_at,
                         report=report.public())
+    replicated(store.redis)  # accepted: on a replica too before the API says so
     log.info("campaign %s created: %d recipient(s), %d rejected, %s", campaign_id,
              report.accepted, report.rejected, status)
     if status == "queued":

@@ -30,6 +30,7 @@ from typing import NoReturn
 
 import click
 
+from tasks.stores.connection import redacted
 from web import config as settings
 from web.cli.embedded import CaptureServer, port_is_free, redis_answers, redis_command
 from web.cli.supervisor import Child, GaveUp, Supervisor, say
@@ -256,7 +257,7 @@ def banner(plan: Plan) -> list[str]:
         f"  Flower       {plan.url(plan.flower_port)}  (user {user}, password {password})",
         f"  Bounces      smtp://{plan.public_host}:{plan.bounce_port}  (DSNs and complaints for "
         f"{plan.env['MAIL_RETURN_PATH']})",
-        f"  Redis        {plan.env['REDIS_URL']}  ({redis_note})",
+        f"  Redis        {redacted(plan.env['REDIS_URL'])}  ({redis_note})",
         f"  API token    {plan.api_token}",
         "  Try it:      curl -H 'Authorization: Bearer " + plan.api_token + "' "
         "-H 'Content-Type: application/json' "
