@@ -111,6 +111,8 @@ def seconds(value: float | None) -> float:
     return float("inf") if value is None else value
 
 
+@issue15_gap("its recipients wait for the lease to run out and then for a reconcile pass "
+             "(38-44 s measured), and the run that lost its lease keeps sending when it returns")
 def test_a_host_cut_off_longer_than_a_lease_then_back(
         cluster_factory: Callable[..., Cluster], record_testsuite_property: Report) -> None:
     cluster = cluster_factory({"MAIL_RATE_LIMIT": str(RATE)})
@@ -142,6 +144,8 @@ def test_a_host_cut_off_longer_than_a_lease_then_back(
     ])
 
 
+@issue15_gap("a dead host's batches wait for its leases to run out and then for a reconcile "
+             "pass (59 s measured)")
 def test_the_host_of_a_lane_worker_killed(cluster_factory: Callable[..., Cluster],
                                           record_testsuite_property: Report) -> None:
     cluster = cluster_factory({"MAIL_RATE_LIMIT": str(RATE)})
@@ -177,6 +181,8 @@ def test_the_host_of_a_lane_worker_killed(cluster_factory: Callable[..., Cluster
     ])
 
 
+@issue15_gap("a lease is judged abandoned by hostname and pid, so a live run on a host alike "
+             "is taken over (86 of 600 sent twice measured)")
 def test_hosts_alike_in_hostname_and_pids(cluster_factory: Callable[..., Cluster],
                                           record_testsuite_property: Report) -> None:
     # A reconcile pass every 5 s finds batches still waiting behind the rate limit, so
@@ -199,15 +205,18 @@ def test_hosts_alike_in_hostname_and_pids(cluster_factory: Callable[..., Cluster
     ])
 
 
+@issue15_gap("session slots expire while the cut-off host's sessions stay open, and its runs "
+             "keep sending after their leases ran out (8 sessions for a limit of 6, 21 "
+             "duplicates measured)")
 def test_the_session_limit_holds_with_a_host_cut_off_from_redis(
         cluster_factory: Callable[..., Cluster], record_testsuite_property: Report) -> None:
     # The host still reaches the relay, so whatever it does with its sessions the relay
     # sees; with every packet dropped the relay would count them open until its own
-    # timeout, which no worker can shorten. More batches in flight than sessions keep
-    # the other hosts waiting for every slot that comes free.
+    # timeout, which no worker can shorten. Small batches, more of them in flight than
+    # there are sessions, keep the other hosts waiting for every slot that comes free.
     limit = 6
     cluster = cluster_factory({"MAIL_RATE_LIMIT": str(RATE), "MAIL_MAX_CONNECTIONS": str(limit),
-                               "CAMPAIGN_BATCHES_AHEAD": "12"})
+                               "CAMPAIGN_BATCHES_AHEAD": "12", "CAMPAIGN_BATCH_SIZE": "20"})
     hosts = three_hosts(cluster)
     cut_for = SLOT_LEASE + 5
     count = int(RATE * (cut_for + 5))
