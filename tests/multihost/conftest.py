@@ -65,7 +65,8 @@ def bridge_redis(network: Network, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def bridge_relay(network: Network) -> Iterator[BridgeRelay]:
-    relay = BridgeRelay(network.gateway, RELAY_PORT, latency=0.02).start()
+    relay = BridgeRelay(network.gateway, RELAY_PORT, latency=0.02)
+    relay.start()
     try:
         yield relay
     finally:

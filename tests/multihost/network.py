@@ -107,7 +107,7 @@ def _free_subnet() -> int:
     """The third octet of a 10.203.x.0/24 no interface uses yet."""
     used = ip("-o", "-4", "addr", "show", check=False).stdout
     start = 10 + os.getpid() % 200
-    for n in [*range(start, 250), *range(10, start)]:
+    for n in list(range(start, 250)) + list(range(10, start)):
         if f"10.203.{n}." not in used:
             return n
     raise NamespaceError("no free 10.203.x.0/24 subnet")
