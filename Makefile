@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool spam-tool \
-	sentinel-tool
+	sentinel-tool netns-tool
 
 run: $(STAMP)
 	$(BIN)/postroom dev $(DEV_ARGS)
@@ -18,7 +18,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) compose-tool browser-tool spam-tool sentinel-tool
+pytest: $(STAMP) compose-tool browser-tool spam-tool sentinel-tool netns-tool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_compose.py validates docker-compose.yml with Debian's docker-compose.
@@ -68,6 +68,19 @@ sentinel-tool:
 	  else \
 	    echo "redis-server/redis-sentinel are missing and cannot be installed here (needs root" \
 	      "and apt-get); tests/test_sentinel_failover.py will skip until they are installed"; \
+	  fi; }
+
+# tests/multihost/ makes worker hosts as network namespaces (iproute2) and cuts them off
+# from Redis with iptables; it runs as root and skips otherwise.
+netns-tool:
+	@{ command -v ip >/dev/null 2>&1 && command -v iptables >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing iproute2 and iptables (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends iproute2 iptables >/dev/null; \
+	  else \
+	    echo "ip or iptables is missing and cannot be installed here (needs root and apt-get);" \
+	      "tests/multihost/ will skip"; \
 	  fi; }
 
 # Benchmarks (bench/README.md): the whole stack as `make run` starts it, then the delivery
