@@ -2,14 +2,16 @@
 ``bounced`` and put the address on the suppression list.
 
 A report is matched by the VERP address it was sent to (``MAIL_RETURN_PATH``,
-see :mod:`tasks.engine.verp`), else by the original message's Message-ID, which
+see :mod:`tasks.engine.verp`), else by its ``Original-Envelope-Id`` (the ENVID the
+message was sent with: the same signed token), else by the original message's Message-ID, which
 Postroom makes from what it sent (``<campaign.recipient@domain>``,
 ``<message@domain>``, ``<message.recipient@domain>``); either way it must name
 that recipient. A
-permanent failure (``Action: failed`` with a 5.x.x status) or a complaint marks
-the recipient ``bounced`` and suppresses the address (``bounced`` or
-``complained``); a delay (4.x.x) is only recorded. Reports that match nothing
-are kept for a week for an operator to look at.
+failure (``Action: failed``, whatever the status class: 4.x.x means the relay gave
+up) or a complaint marks the recipient ``bounced``, suppresses the address
+(``bounced`` or ``complained``) and counts in ``postroom_deliveries_total{outcome=
+"bounced"}``; a delay (``Action: delayed``) is only recorded. Reports that match
+nothing are kept for a week for an operator to look at.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from tasks.stores import key
 from tasks.stores.campaigns import CampaignStore
 from tasks.stores.ledger import DeliveryLedger
 from tasks.stores.messages import MessageStore
+from tasks.stores.metrics import DeliveryMetrics, MetricsTally
 from tasks.stores.suppression import SuppressionList, normalise
 from tasks.stores.webhooks import Event
 from tasks.webhooks import emit
 
 log = logging.getLogger(__name__)
 
+ENVELOPE_ID_HOME = "envid@envelope-id.invalid"  # ENVID tokens are read as VERP forms of this
 OUR_MESSAGE_ID = re.compile(r"^<?([0-9a-f]{32})(?:\.(\d{1,9}))?@[^>]+>?$")
 KEPT = 7 * 24 * 3600  # unmatched reports and delays, for an operator to look at
 KEEP_AT_MOST = 1000
@@ -82,11 +86,13 @@ class BounceDesk:
         """Apply the report in *raw* (sent to *envelope_to*, when it came by SMTP); what
         it matched (empty: kept as unmatched)."""
         report = read_report(raw)
-        ref = self._verp(list(envelope_to) + report.return_paths)
+        ref = self._verp(list(envelope_to) + report.return_paths) or self._envelope_id(report)
         bounced: list[Event] = []
+        tally = MetricsTally()  # newly bounced recipients, for /metrics
         matched = [found for reported in report.recipients
-                   if (found := self._apply(report, reported, ref, bounced)) is not None]
+                   if (found := self._apply(report, reported, ref, bounced, tally)) is not None]
         emit(self.redis, bounced)
+        DeliveryMetrics(self.redis).write(tally)
         if not matched:
             self._keep("unmatched", raw.decode("utf-8", "replace")[:100_000])
             log.info("a %s report matched no recipient; kept for a week", report.kind)
@@ -102,8 +108,17 @@ class BounceDesk:
                 return ref
         return None
 
+    def _envelope_id(self, report: Report) -> BounceRef | None:
+        """What the report's ``Original-Envelope-Id`` names: the VERP token, signed here."""
+        token = report.envelope_id
+        if not (token and self.secret_key) or "@" in token:
+            return None
+        local, _, domain = ENVELOPE_ID_HOME.partition("@")
+        return read_verp(f"{local}+{token}@{domain}", ENVELOPE_ID_HOME, self.secret_key)
+
     def _apply(self, report: Report, reported: ReportedRecipient,
-               ref: BounceRef | None, bounced: list[Event]) -> Matched | None:
+               ref: BounceRef | None, bounced: list[Event],
+               tally: MetricsTally) -> Matched | None:
         target = self._target(report, reported.email, ref)
         if target is None:
             return None
@@ -112,8 +127,11 @@ class BounceDesk:
             complaint = reported.action == "complaint"
             reason = reported.diagnostic or (f"{reported.status} {reported.action}"
                                              if reported.status else reported.action)
-            if ledger.bounce(index, reported.smtp_code, reason) is None:
+            was = ledger.bounce(index, reported.smtp_code, reason)
+            if was is None:
                 return None
+            if was != "bounced":  # postroom_deliveries_total{outcome="bounced"}
+                tally.outcome("campaign" if campaign_id else "message", "bounced", None)
             self.suppressions.add(address, "complained" if complaint else "bounced",
                                   campaign_id=campaign_id)
             bounced.append(bounced_event(message_id, campaign_id, index, address,
@@ -131,8 +149,8 @@ class BounceDesk:
 
     def _target(self, report: Report, email: str, ref: BounceRef | None
                 ) -> tuple[DeliveryLedger, int, str, str | None, str | None] | None:
-        """The recipient a report speaks of: by its VERP token, else by the original
-        Message-ID; either way the report's recipient must be that recipient."""
+        """The recipient a report speaks of: by its VERP or ENVID token, else by the
+        original Message-ID; either way the report's recipient must be that recipient."""
         if ref is not None:
             kind, item_id, index = ref.kind, ref.item_id, ref.index
         else:
