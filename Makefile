@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool spam-tool
+.PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool spam-tool postfix-tool
 
 run: $(STAMP)
 	$(BIN)/postroom dev $(DEV_ARGS)
@@ -17,7 +17,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) compose-tool browser-tool spam-tool
+pytest: $(STAMP) compose-tool browser-tool spam-tool postfix-tool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_compose.py validates docker-compose.yml with Debian's docker-compose.
@@ -54,6 +54,21 @@ spam-tool:
 	  else \
 	    echo "spamassassin is missing and cannot be installed here (needs root and apt-get);" \
 	      "tests/test_deliverability.py will fail until it is installed"; \
+	  fi; }
+
+# tests/postfix/ starts a private Postfix (Cyrus SASL from sasl2-bin); debconf is told
+# "No configuration" so the system's own Postfix is left unconfigured and stopped.
+postfix-tool:
+	@{ command -v postfix >/dev/null 2>&1 && command -v saslpasswd2 >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing postfix and sasl2-bin (apt-get)"; \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends postfix sasl2-bin \
+	      libsasl2-modules >/dev/null; \
+	  else \
+	    echo "postfix is missing and cannot be installed here (needs root and apt-get);" \
+	      "tests/postfix/ will be skipped until it is installed"; \
 	  fi; }
 
 # Benchmarks (bench/README.md): the whole stack as `make run` starts it, then the delivery
