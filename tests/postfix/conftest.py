@@ -144,8 +144,27 @@ def send(client: FlaskClient, to: list[str], **fields: Any) -> dict[str, Any]:
 
 def statuses(client: FlaskClient, message_id: str) -> dict[str, str]:
     """Postroom's record: recipient -> status."""
+    return {r["email"]: r["status"] for r in shown_recipients(client, message_id)}
+
+
+def shown_recipients(client: FlaskClient, message_id: str) -> list[dict[str, Any]]:
+    """``GET /api/messages/<id>``'s recipients (email, status, smtp_code, error)."""
     shown = client.get(f"/api/messages/{message_id}", headers=AUTH).get_json()
-    return {r["email"]: r["status"] for r in shown["recipients"]}
+    found: list[dict[str, Any]] = shown["recipients"]
+    return found
+
+
+def bounced_total(client: FlaskClient, kind: str) -> float:
+    """``postroom_deliveries_total{kind=<kind>, outcome="bounced"}`` from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").get_data(as_text=True)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name == "postroom_deliveries_total"
+                    and sample.labels == {"kind": kind, "outcome": "bounced"}):
+                return float(sample.value)
+    raise AssertionError("postroom_deliveries_total{outcome=bounced} is missing")
 
 
 def forwarded(sink: SMTPTestServer) -> Counter[str]:
