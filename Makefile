@@ -59,12 +59,12 @@ spam-tool:
 # tests/postfix/ starts a private Postfix (Cyrus SASL from sasl2-bin); debconf is told
 # "No configuration" so the system's own Postfix is left unconfigured and stopped.
 postfix-tool:
-	@{ command -v postfix >/dev/null 2>&1 && command -v saslpasswd2 >/dev/null 2>&1; } || { \
+	@{ command -v postfix && command -v saslpasswd2 && command -v openssl; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing postfix and sasl2-bin (apt-get)"; \
 	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends postfix sasl2-bin \
+	      apt-get install -y -qq --no-install-recommends postfix sasl2-bin openssl \
 	      libsasl2-modules >/dev/null; \
 	  else \
 	    echo "postfix is missing and cannot be installed here (needs root and apt-get);" \
