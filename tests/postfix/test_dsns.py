@@ -5,6 +5,7 @@ status) both mark the recipient ``bounced``, suppress it and count in /metrics."
 
 from __future__ import annotations
 
+import smtplib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -14,11 +15,14 @@ from flask import Flask
 
 from tasks.bounces import BounceDesk, Matched, bounce_desk
 from tasks.engine.reports import read_report
+from tasks.engine.verp import BounceRef, verp_address
 from tasks.stores.campaigns import CampaignStore
+from tasks.stores.messages import MessageStore
 from tasks.stores.suppression import SuppressionList
 from tests.campaign_helpers import create, csv_bytes, people
 from tests.postfix.conftest import (
     RETURN_PATH,
+    SECRET,
     StartApp,
     StartPostfix,
     bounced_total,
@@ -121,3 +125,63 @@ def test_a_queue_expiry_dsn_marks_bounced(
     assert to[1] in SuppressionList(redis_client) and to[0] not in SuppressionList(redis_client)
     assert forwarded(sink) == {to[0]: 1}
     assert bounced_total(client, "message") == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_delay_warning_is_only_recorded(
+        start_postfix: StartPostfix, postroom: StartApp, sink: SMTPTestServer,
+        redis_client: redis.Redis) -> None:
+    slow = SMTPTestServer().start()
+    slow.handler.rcpt_reply = lambda address: "451 4.3.0 try again later"
+    try:
+        port = free_port()
+        relay = start_postfix(routes={BOUNCE_DOMAIN: port, "slow.example.com": slow.port},
+                              settings={"delay_warning_time": "1s"})
+        app = postroom(relay, MAIL_RETURN_PATH=RETURN_PATH)
+        client = app.test_client()
+        with listening(app, redis_client, port) as desk:
+            message = send(client, ["late@slow.example.com"])
+            wait_for(lambda: redis_client.llen("postroom:bounces:delays") != 0, 30,
+                     "Postfix's delay warning to reach the bounce listener")
+    finally:
+        slow.stop()
+    [reported] = [r for raw in desk.reports for r in read_report(raw).recipients]
+    assert (reported.email, reported.action) == ("late@slow.example.com", "delayed")
+    assert statuses(client, message["id"]) == {"late@slow.example.com": "sent"}
+    assert "late@slow.example.com" not in SuppressionList(redis_client)
+    assert bounced_total(client, "message") == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_postfix_dsn_is_matched_by_its_envelope_id(
+        start_postfix: StartPostfix, postroom: StartApp, sink: SMTPTestServer,
+        redis_client: redis.Redis) -> None:
+    """A DSN whose only link to what was sent is ``Original-Envelope-Id`` (the ENVID given
+    at MAIL FROM): the plain return path, and a Message-ID that is not Postroom's."""
+    port = free_port()
+    relay = start_postfix(routes={BOUNCE_DOMAIN: port})
+    app = postroom(relay, MAIL_RETURN_PATH=RETURN_PATH)
+    client = app.test_client()
+    to = ["ada@example.com", "gone@example.net"]
+    message = send(client, to)
+    wait_forwarded(sink, 2)
+    records, _ = MessageStore(redis_client).ledger(message["id"]).page(limit=10)
+    [gone] = [r for r in records if r.email == to[1]]
+    envid = verp_address(RETURN_PATH, SECRET, BounceRef("message", message["id"], gone.index)
+                         ).split("+", 1)[1].split("@")[0]
+    sink.handler.rcpt_reply = lambda address: (
+        "550 5.1.1 no such user" if address == to[1] else None)
+    with listening(app, redis_client, port) as desk:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as smtp:
+            smtp.ehlo()
+            assert "dsn" in smtp.esmtp_features
+            smtp.sendmail(RETURN_PATH, [to[1]], (
+                f"From: {RETURN_PATH}\r\nTo: {to[1]}\r\nSubject: again\r\n"
+                "Message-ID: <not-ours@elsewhere.example>\r\n\r\nHello\r\n"),
+                mail_options=[f"ENVID={envid}", "RET=HDRS"])
+        wait_for(lambda: statuses(client, message["id"])[to[1]] == "bounced", 30,
+                 "Postfix's DSN to be matched by its ENVID")
+    [report] = [read_report(raw) for raw in desk.reports]
+    assert report.envelope_id == envid
+    assert statuses(client, message["id"]) == {to[0]: "sent", to[1]: "bounced"}
+    assert to[1] in SuppressionList(redis_client)
