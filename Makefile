@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool spam-tool \
-	sentinel-tool netns-tool
+	sentinel-tool netns-tool postfix-tool
 
 run: $(STAMP)
 	$(BIN)/postroom dev $(DEV_ARGS)
@@ -18,7 +18,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) compose-tool browser-tool spam-tool sentinel-tool netns-tool
+pytest: $(STAMP) compose-tool browser-tool spam-tool sentinel-tool netns-tool postfix-tool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_compose.py validates docker-compose.yml with Debian's docker-compose.
@@ -81,6 +81,21 @@ netns-tool:
 	  else \
 	    echo "ip or iptables is missing and cannot be installed here (needs root and apt-get);" \
 	      "tests/multihost/ will skip"; \
+	  fi; }
+
+# tests/postfix/ starts a private Postfix (Cyrus SASL from sasl2-bin); debconf is told
+# "No configuration" so the system's own Postfix is left unconfigured and stopped.
+postfix-tool:
+	@{ command -v postfix && command -v saslpasswd2 && command -v openssl; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing postfix and sasl2-bin (apt-get)"; \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends postfix sasl2-bin openssl \
+	      libsasl2-modules >/dev/null; \
+	  else \
+	    echo "postfix is missing and cannot be installed here (needs root and apt-get);" \
+	      "tests/postfix/ will be skipped until it is installed"; \
 	  fi; }
 
 # Benchmarks (bench/README.md): the whole stack as `make run` starts it, then the delivery

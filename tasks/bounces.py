@@ -1,20 +1,21 @@
 """Applying bounces and complaints: find the recipient a report speaks of, mark it
 ``bounced`` and put the address on the suppression list.
 
-Over SMTP (the listener: nobody is authenticated) a report is matched only by the signed
-VERP address it was sent to (``MAIL_RETURN_PATH``, see :mod:`tasks.engine.verp`), and only
-for the recipient that token names (a token naming a whole message names a recipient only
-when the message had one). Through ``POST /api/bounces`` (an API token) a signed token in
+Over SMTP (the listener: nobody is authenticated) a report is matched only by a signed
+token: the VERP address it was sent to (``MAIL_RETURN_PATH``, see :mod:`tasks.engine.verp`),
+or its ``Original-Envelope-Id`` (the ENVID the message was sent with: the same signed token),
+and only for the recipient that token names (a token naming a whole message names a recipient
+only when the message had one). Through ``POST /api/bounces`` (an API token) a signed token in
 the report's headers, else the original message's Message-ID, which Postroom makes from
 what it sent (``<campaign.recipient@domain>``, ``<message@domain>``,
-``<message.recipient@domain>``), may match. Either way the report must name that
+``<message.recipient@domain>``), may match too. Either way the report must name that
 recipient (Final-Recipient, Original-Recipient, Original-Rcpt-To or the returned
-message's To): a report that names nobody matches nobody. A
-permanent failure (``Action: failed`` with a 5.x.x status) or a complaint marks
-the recipient ``bounced`` and suppresses the address (``bounced`` or
-``complained``); a delay (4.x.x) is only recorded. Reports that match nothing
-are kept for a week for an operator to look at, as a summary of a few KB
-(:mod:`tasks.engine.kept`), at most :data:`KEEP_AT_MOST` of them.
+message's To): a report that names nobody matches nobody. A failure (``Action: failed``,
+whatever the status class: 4.x.x means the relay gave up) or a complaint marks the recipient
+``bounced``, suppresses the address (``bounced`` or ``complained``) and counts in
+``postroom_deliveries_total{outcome="bounced"}``; a delay (``Action: delayed``) is only
+recorded. Reports that match nothing are kept for a week for an operator to look at, as a
+summary of a few KB (:mod:`tasks.engine.kept`), at most :data:`KEEP_AT_MOST` of them.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ from tasks.stores import key
 from tasks.stores.campaigns import CampaignStore
 from tasks.stores.ledger import DeliveryLedger
 from tasks.stores.messages import MessageStore
+from tasks.stores.metrics import DeliveryMetrics, MetricsTally
 from tasks.stores.suppression import SuppressionList, normalise
 from tasks.stores.webhooks import Event
 from tasks.webhooks import emit
 
 log = logging.getLogger(__name__)
 
+ENVELOPE_ID_HOME = "envid@envelope-id.invalid"  # ENVID tokens are read as VERP forms of this
 OUR_MESSAGE_ID = re.compile(r"^<?([0-9a-f]{32})(?:\.(\d{1,9}))?@[^>]+>?$")
 KEPT = 7 * 24 * 3600  # unmatched reports and delays, for an operator to look at
 KEEP_AT_MOST = 500  # entries per list; each at most kept.MAX_ENTRY_BYTES (4 KB): 2 MB
@@ -106,17 +109,19 @@ class BounceDesk:
             log.info("a report that cannot be read was kept for a week")
             raise
         addresses = list(envelope_to) + (report.return_paths if authenticated else [])
-        ref = self._verp(addresses)
+        ref = self._verp(addresses) or self._envelope_id(report)
         if ref is None and not authenticated:
             return self._unmatched(raw, report, envelope_to)
         bounced: list[Event] = []
         matched: list[Matched] = []
         seen: set[tuple[str, int]] = set()
+        tally = MetricsTally()  # newly bounced recipients, for /metrics
         for reported in report.recipients:
-            found = self._apply(report, reported, ref, bounced, seen)
+            found = self._apply(report, reported, ref, bounced, seen, tally)
             if found is not None:
                 matched.append(found)
         emit(self.redis, bounced)
+        DeliveryMetrics(self.redis).write(tally)
         return matched or self._unmatched(raw, report, envelope_to)
 
     def _unmatched(self, raw: bytes, report: Report, envelope_to: Sequence[str]
@@ -135,8 +140,17 @@ class BounceDesk:
                 return ref
         return None
 
+    def _envelope_id(self, report: Report) -> BounceRef | None:
+        """What the report's ``Original-Envelope-Id`` names: the VERP token, signed here."""
+        token = report.envelope_id
+        if not (token and self.secret_key) or "@" in token:
+            return None
+        local, _, domain = ENVELOPE_ID_HOME.partition("@")
+        return read_verp(f"{local}+{token}@{domain}", ENVELOPE_ID_HOME, self.secret_key)
+
     def _apply(self, report: Report, reported: ReportedRecipient, ref: BounceRef | None,
-               bounced: list[Event], seen: set[tuple[str, int]]) -> Matched | None:
+               bounced: list[Event], seen: set[tuple[str, int]],
+               tally: MetricsTally) -> Matched | None:
         target = self._target(report, reported.email, ref)
         if target is None:
             return None
@@ -148,8 +162,11 @@ class BounceDesk:
             complaint = reported.action == "complaint"
             reason = reported.diagnostic or (f"{reported.status} {reported.action}"
                                              if reported.status else reported.action)
-            if ledger.bounce(index, reported.smtp_code, reason) is None:
+            was = ledger.bounce(index, reported.smtp_code, reason)
+            if was is None:
                 return None
+            if was != "bounced":  # postroom_deliveries_total{outcome="bounced"}
+                tally.outcome("campaign" if campaign_id else "message", "bounced", None)
             self.suppressions.add(address, "complained" if complaint else "bounced",
                                   campaign_id=campaign_id)
             bounced.append(bounced_event(message_id, campaign_id, index, address,
@@ -168,8 +185,8 @@ class BounceDesk:
 
     def _target(self, report: Report, email: str, ref: BounceRef | None
                 ) -> tuple[DeliveryLedger, int, str, str | None, str | None] | None:
-        """The recipient a report speaks of: by its VERP token, else by the original
-        Message-ID; either way the report's recipient must be that recipient."""
+        """The recipient a report speaks of: by its VERP or ENVID token, else by the
+        original Message-ID; either way the report's recipient must be that recipient."""
         wanted = normalise(email) if email else None
         if not wanted:
             return None  # a report that names nobody changes nobody's mail

@@ -30,6 +30,9 @@ class MalformedReport(ValueError):
     """The mail is not something the email package can read as a report."""
 
 
+XTEXT = re.compile(r"\+([0-9A-F]{2})")
+
+
 @dataclass(frozen=True, slots=True)
 class ReportedRecipient:
     """One recipient a report speaks of."""
@@ -42,8 +45,9 @@ class ReportedRecipient:
 
     @property
     def permanent(self) -> bool:
-        return self.action == "complaint" or (
-            self.action == "failed" and (self.status or "5").startswith("5"))
+        """A complaint, or ``Action: failed`` whatever the status class: a 4.x.x
+        failure means the relay gave up (Postfix's queue expiry, 4.4.1, 4.2.2)."""
+        return self.action in {"complaint", "failed"}
 
 
 @dataclass(slots=True)
@@ -55,6 +59,7 @@ class Report:
     original_message_id: str | None = None
     original_recipients: list[str] = field(default_factory=list)  # the original's To
     return_paths: list[str] = field(default_factory=list)  # where the report says it went
+    envelope_id: str | None = None  # Original-Envelope-Id: the ENVID the original was sent with
 
 
 def read_report(raw: bytes) -> Report:
@@ -83,6 +88,7 @@ def _read(raw: bytes) -> Report:
         content_type = part.get_content_type()
         if content_type == "message/delivery-status":
             report.recipients += _delivery_status(part)
+            report.envelope_id = report.envelope_id or _envelope_id(part)
         elif content_type == "message/feedback-report":
             complained, senders = _feedback(part)
             report.recipients += complained
@@ -135,6 +141,15 @@ def _delivery_status(part: Message) -> list[ReportedRecipient]:
             status_code.group(1) if status_code else None, detail,
             int(code.group(1)) if code else None))
     return found
+
+
+def _envelope_id(part: Message) -> str | None:
+    """The per-message ``Original-Envelope-Id``, xtext-decoded (RFC 3461 §4, RFC 3464)."""
+    for block in _fields(part):
+        value = _header(block, "Original-Envelope-Id")
+        if value:
+            return XTEXT.sub(lambda found: chr(int(found.group(1), 16)), value.strip())
+    return None
 
 
 def _feedback(part: Message) -> tuple[list[ReportedRecipient], list[str]]:

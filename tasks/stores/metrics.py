@@ -5,7 +5,7 @@ Each worker adds to a few hashes under ``postroom:metrics:`` (``HINCRBY``), so
 
 - ``outcomes``: ``<kind>:<status>`` -> recipients (kind ``otp``, ``message``,
   ``campaign``; status ``sent``, ``deferred``, ``failed``, ``suppressed``, and
-  ``bounced``, which stays 0 until bounces are read back);
+  ``bounced``, added by the bounce desk, :mod:`tasks.bounces`, as reports are read);
 - ``smtp_replies``: ``2xx``/``4xx``/``5xx`` -> replies the relay gave about a recipient;
 - ``sessions``: ``opened`` -> SMTP sessions opened;
 - ``leases``: claim-lease events (``taken_over``, ``fenced``, ``lost``);
