@@ -66,7 +66,7 @@ def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
                                created_at=message.created_at)
     options = BatchOptions(token=f"{task.name}:{task.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=message.created_at,
-                           lease=runtime.claim_lease(), pace=runtime.pacer(), observe=observe)
+                           lease=runtime.claim_lease(), observe=observe)
     report = run_watched(task, ledger, envelopes, composer, runtime.smtp_settings(), options,
                          what, observe)
     settle_watched(task, "message", message.id, ledger, report)
