@@ -198,29 +198,29 @@ def _transaction(host: smtplib.SMTP, wire: Wire, recipients: list[str], data: by
     commands = envelope_commands(host, wire, len(data), recipients)
     mail, *rcpts, data_command = commands
     pipelined = host.has_extn("pipelining")
+    data_reply: Reply | None = None
     if pipelined:
         if not sent_ahead:
             host.send(b"".join(commands))
-        replies = _replies(host, len(commands))
+        mail_reply, *rcpt_replies = _replies(host, len(commands))
+        if len(rcpt_replies) > len(rcpts):
+            data_reply = rcpt_replies.pop()
     else:
         host.send(mail)
-        replies = [_reply(host)]
-        if _ok(replies[0]):
+        mail_reply, rcpt_replies = _reply(host), []
+        if _ok(mail_reply):
             for command in rcpts:
                 host.send(command)
-                replies.append(_reply(host))
-                if meaning("rcpt", *replies[-1]).action in ("next_transaction",
-                                                            "end_session"):
+                rcpt_replies.append(_reply(host))
+                if meaning("rcpt", *rcpt_replies[-1]).action in ("next_transaction",
+                                                                 "end_session"):
                     break
-            if any(_ok(reply) for reply in replies[1:]) and replies[-1][0] != 421:
+            if any(_ok(reply) for reply in rcpt_replies) and rcpt_replies[-1][0] != 421:
                 host.send(data_command)
-                replies.append(_reply(host))
-    mail_reply, *rest = replies
+                data_reply = _reply(host)
     _mail_refused(mail_reply, recipients)
     if not _ok(mail_reply):  # 5xx: the message's recipients fail with the server's text
         return _reset(host, _all(recipients, mail_reply), then if pipelined else b"")
-    rcpt_replies = rest[:len(rcpts)]
-    data_reply = rest[len(rcpts)] if len(rest) > len(rcpts) else None
     outcomes: dict[str, DeliveryOutcome] = {}
     accepted: list[str] = []
     throttle = False
