@@ -317,13 +317,17 @@ class BatchConnection(Connection):
                         for rcpt in recipients}
             host = paced
         self.num_emails += 1
-        then = b""
         max_emails = self.settings.max_emails
         relay = str(self.relay)
         pacer = self.settings.pacer
-        if upcoming is not None and not (max_emails and self.num_emails >= max_emails) \
-                and (pacer is None or pacer.reserve_now(relay)):
-            then = commands_ahead(host, upcoming)  # only when its slot is free now
+        ahead = upcoming if not (max_emails and self.num_emails >= max_emails) else None
+
+        def then() -> bytes:  # called as this message's content goes out
+            commands = commands_ahead(host, ahead) if ahead is not None else b""
+            if commands and (pacer is None or pacer.reserve_now(relay)):
+                return commands  # only when the next MAIL FROM's slot is free now
+            return b""
+
         self._ahead = None
         try:
             done = transaction(host, sender, list(recipients), data, sent_ahead=sent_ahead,

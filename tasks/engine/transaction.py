@@ -24,6 +24,7 @@ from tasks.engine.outcome import DeliveryOutcome, is_throttle, meaning
 from tasks.engine.verp import envid_in, xtext
 
 Reply = tuple[int, bytes]
+Ahead = bytes | Callable[[], bytes]  # the next message's commands, or what gives them
 _MAX_REPLY_LINE = 8192  # as smtplib
 
 NO_A_LABEL: Reply = (553, b"5.1.3 the domain has no A-label (IDNA) form")
@@ -144,7 +145,7 @@ def commands_ahead(host: smtplib.SMTP, upcoming: Upcoming) -> bytes:
 
 
 def transaction(host: smtplib.SMTP, sender: str, recipients: list[str], data: bytes, *,
-                sent_ahead: bool = False, then: bytes = b"",
+                sent_ahead: bool = False, then: Ahead = b"",
                 pace: Callable[[], None] | None = None) -> Transacted:
     """One message: a MAIL/RCPT/DATA transaction, pipelined where the server allows it,
     and more at once on the same session for recipients refused with "too many
@@ -153,7 +154,8 @@ def transaction(host: smtplib.SMTP, sender: str, recipients: list[str], data: by
     Outcomes are keyed by *recipients* as given; on the wire every domain is an
     A-label. *sent_ahead*: this message's commands went out with the previous
     message's content, so only their replies are read here. *then*: the next
-    message's commands (:func:`commands_ahead`), written together with this
+    message's commands (:func:`commands_ahead`), or a function that gives them (or
+    ``b""``) when they are about to go out, written together with this
     message's content unless recipients are left for another transaction; the
     caller must send that message next on this session or drop the session. The
     result says whether *then* went out. *pace* is called before each further
@@ -192,7 +194,7 @@ def transaction(host: smtplib.SMTP, sender: str, recipients: list[str], data: by
 
 
 def _transaction(host: smtplib.SMTP, wire: Wire, recipients: list[str], data: bytes, *,
-                 sent_ahead: bool, then: bytes) -> Transacted:
+                 sent_ahead: bool, then: Ahead) -> Transacted:
     """One transaction for *recipients*; those refused as "too many recipients" are left
     out of the outcomes (and nothing is sent ahead), for the next transaction."""
     commands = envelope_commands(host, wire, len(data), recipients)
@@ -220,7 +222,7 @@ def _transaction(host: smtplib.SMTP, wire: Wire, recipients: list[str], data: by
                 data_reply = _reply(host)
     _mail_refused(mail_reply, recipients)
     if not _ok(mail_reply):  # 5xx: the message's recipients fail with the server's text
-        return _reset(host, _all(recipients, mail_reply), then if pipelined else b"")
+        return _reset(host, _all(recipients, mail_reply), _now(then) if pipelined else b"")
     outcomes: dict[str, DeliveryOutcome] = {}
     accepted: list[str] = []
     throttle = False
@@ -244,17 +246,19 @@ def _transaction(host: smtplib.SMTP, wire: Wire, recipients: list[str], data: by
         if _ok(data_reply):  # a server that says 2xx to DATA took no message
             data_reply = (451, b"unexpected reply to DATA: %d %s" % data_reply)
         outcomes.update({r: _outcome(data_reply) for r in accepted})
-        return _reset(host, outcomes, then, throttle or is_throttle(*data_reply))
+        return _reset(host, outcomes, _now(then), throttle or is_throttle(*data_reply))
     if not accepted:  # nobody to deliver to, but DATA was accepted
-        host.send(b".\r\n" + then)
+        ahead = _now(then)
+        host.send(b".\r\n" + ahead)
         _reply(host)
-        return Transacted(outcomes, bool(then), throttle)
-    host.send(_dot_stuffed(data) + then)
+        return Transacted(outcomes, bool(ahead), throttle)
+    ahead = _now(then)
+    host.send(_dot_stuffed(data) + ahead)
     final = _reply(host)
     if final[0] == 421:
         raise _closing(recipients, outcomes, final, throttle)
     outcomes.update({r: _outcome(final) for r in accepted})
-    return Transacted(outcomes, bool(then), throttle or is_throttle(*final))
+    return Transacted(outcomes, bool(ahead), throttle or is_throttle(*final))
 
 
 def _mail_refused(reply: Reply, recipients: list[str]) -> None:
@@ -277,6 +281,10 @@ def _closing(recipients: list[str], outcomes: dict[str, DeliveryOutcome], reply:
 
 def _untried(recipients: Sequence[str], reply: Reply) -> dict[str, DeliveryOutcome]:
     return {r: DeliveryOutcome.untried(*reply) for r in recipients}
+
+
+def _now(then: Ahead) -> bytes:
+    return then() if callable(then) else then
 
 
 def _text(raw: bytes) -> str:

@@ -40,10 +40,11 @@ UNLIMITED_MEMORY = 600.0  # seconds a learned rate is kept without MAIL_RATE_LIM
 LIMITED_MEMORY = 3600.0  # seconds a rate under MAIL_RATE_LIMIT is kept after the last use
 CUT_GUARD = 1.0  # seconds between two decreases
 LOOK_AGAIN = 1.0  # seconds an unlimited worker trusts that a relay has no state
+AHEAD_TOLERANCE_US = 5000  # a slot this close counts as free for commands sent ahead
 
 _RESERVE = """
 -- KEYS[1]: the relay's hash; ARGV: ceiling (0 = none), successes, only_now (0/1),
---   memory_ms, increase
+--   memory_ms, increase, tolerance_us (how soon counts as now)
 -- Returns {wait_us, rate}: wait_us -1 when only_now and the slot is not free now
 -- (nothing taken); rate '0' when the relay is not limited (nothing taken).
 redis.replicate_commands()
@@ -64,7 +65,7 @@ end
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or now)
 if tat < now then tat = now end
 local shown = string.format('%.6f', rate)
-if ARGV[3] == '1' and tat > now then
+if ARGV[3] == '1' and tat - now > tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[1], 'rate', shown)
   return {-1, shown}
 end
@@ -128,7 +129,8 @@ class RelayPacer:
         successes = self._successes.pop(relay, 0)
         try:
             reply: Any = self.redis.eval(_RESERVE, 1, rate_key(relay), self.ceiling or 0,
-                                         successes, int(only_now), self._memory_ms(), INCREASE)
+                                         successes, int(only_now), self._memory_ms(), INCREASE,
+                                         AHEAD_TOLERANCE_US)
         except RedisError as err:
             log.warning("send rate of relay %s unknown, not pacing: %s", relay, err)
             return 0.0
