@@ -82,8 +82,11 @@ def _check_smtp() -> dict[str, Any]:
         return {"ok": True, "note": "relay states are kept in Redis, which cannot be reached",
                 "relays": [{"relay": name, "state": "unknown"} for name in relay_names()]}
     usable = [s for s in statuses if s.state in ("up", "unknown")]
-    rates = send_rates(current_app.extensions["redis"], [s.relay for s in statuses],
-                       current_app.config.get("MAIL_RATE_LIMIT"))
+    try:
+        rates = send_rates(current_app.extensions["redis"], [s.relay for s in statuses],
+                           current_app.config.get("MAIL_RATE_LIMIT"))
+    except redis.RedisError:
+        rates = {s.relay: math.inf for s in statuses}
     return {"ok": bool(usable), "relays": [
         {**s.public(), "send_rate": rates[s.relay] if rates[s.relay] != math.inf else None}
         for s in statuses]}
