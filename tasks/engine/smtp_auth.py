@@ -20,7 +20,7 @@ import smtplib
 
 log = logging.getLogger(__name__)
 
-PREFERRED = ("CRAM-MD5", "PLAIN", "LOGIN")  # as smtplib.SMTP.login
+PREFERRED = ("PLAIN", "LOGIN", "CRAM-MD5")  # PLAIN works with every password store
 _AUTH_COMMAND = re.compile(r"^(b?['\"])AUTH\s+(\S+)", re.IGNORECASE)
 _RETCODE = re.compile(r"^reply: retcode \((\d+)\)")
 
