@@ -290,3 +290,20 @@ def test_mail_debug_logs_the_conversation_with_auth_redacted(
         assert "AUTH" not in capsys.readouterr().err  # nothing printed around the log
     finally:
         server.stop()
+
+
+def test_run_batch_waits_its_turn_once_before_sending(redis_client: redis.Redis,
+                                                      smtp_server: SMTPTestServer) -> None:
+    """``wait_turn`` (called by run_batch before its lease check) takes the slot that
+    ``send_data`` then uses: one reservation per MAIL FROM, not two."""
+    pacer = RelayPacer(redis_client, 2.0)
+    with BatchConnection(settings_for(smtp_server, pacer=pacer)) as connection:
+        connection.wait_turn()
+        connection.send_data(SENDER, ["r0@example.com"], message(0))
+        started = time.monotonic()
+        connection.wait_turn()
+        waited = time.monotonic() - started
+        connection.send_data(SENDER, ["r1@example.com"], message(1))
+    assert 0.4 < waited < 0.6, waited
+    assert len(smtp_server.received) == 2
+    assert 0.4 < pacer.reserve(relay(smtp_server)) <= 0.5  # only two slots were taken

@@ -66,6 +66,7 @@ class BatchConnection(Connection):
         self._unavailable: SessionError | None = None
         self._ahead: tuple[str, tuple[str, ...]] | None = None  # commands sent for this one
         self.sessions_opened = 0
+        self._paced = False  # the next message's MAIL FROM slot is taken (wait_turn)
         self.relay: Relay | None = None  # where the current (or last) session was opened
 
     def __enter__(self) -> BatchConnection:
@@ -233,8 +234,8 @@ class BatchConnection(Connection):
         except SessionError as err:
             return {rcpt: DeliveryOutcome.unreached(str(err), err.smtp_code)
                     for rcpt in recipients}
-        sent_ahead = self._ahead is not None
-        if not sent_ahead:  # else its slot was taken when its commands went out ahead
+        sent_ahead, paced_already, self._paced = self._ahead is not None, self._paced, False
+        if not (sent_ahead or paced_already):  # else its slot is taken already
             paced = self._pace(host)
             if paced is None:
                 gone = self._unavailable or SessionError("no session after pacing")
@@ -286,6 +287,21 @@ class BatchConnection(Connection):
             wait = self.settings.pacer.reserve(relay)
             if wait > 0:
                 time.sleep(wait)
+
+    def wait_turn(self) -> None:
+        """Wait for the next message's ``MAIL FROM`` slot now, before the caller checks
+        that it may still send (``run_batch`` does, then calls :meth:`send_data`). A wait
+        longer than ``idle_wait`` is spent with the session closed."""
+        pacer = self.settings.pacer
+        if pacer is None or self.settings.suppress or self._unavailable is not None \
+                or self._ahead is not None or self._paced:
+            return
+        wait = pacer.reserve(str(self.relay or self.settings.relays[0]))
+        self._paced = True
+        if wait > self.settings.idle_wait and self.host is not None:
+            self.close()
+        if wait > 0:
+            time.sleep(wait)
 
     def _pace(self, host: smtplib.SMTP) -> smtplib.SMTP | None:
         """Take this message's ``MAIL FROM`` slot; a long wait is spent with the session
