@@ -300,7 +300,7 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
         runtime.app_config()["CAMPAIGN_BATCH_SECONDS"]))
     options = BatchOptions(token=batch_token(campaign.id, slot), policy=policy,
                            created_at=created_at,
-                           lease=runtime.claim_lease(), pace=runtime.pacer(),
+                           lease=runtime.claim_lease(),
                            suppressed=suppressed, should_stop=check, observe=observe)
     connection = BatchConnection(settings, gate=runtime.session_gate(bulk=True))
     try:

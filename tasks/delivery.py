@@ -189,6 +189,7 @@ class _Run:
             return True
         if self.options.pace is not None:
             self.options.pace()
+        self.connection.wait_turn()  # the relay's pace, per MAIL FROM (tasks.stores.pacing)
         self.stream.settle()  # a refused outcome says the lease was taken over
         if not self.lease.usable():  # taken over, or not renewed in time: stop sending
             self._stop_fenced()

@@ -68,8 +68,7 @@ def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
                                policy=policy, created_at=message.created_at)
     options = BatchOptions(token=f"{task.name}:{task.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=message.created_at,
-                           lease=runtime.claim_lease(), pace=runtime.pacer(),
-                           suppressed=suppressed, observe=observe)
+                           lease=runtime.claim_lease(), suppressed=suppressed, observe=observe)
     report = run_watched(task, ledger, envelopes, composer, runtime.smtp_settings(), options,
                          what, observe)
     settle_watched(task, "message", message.id, ledger, report)

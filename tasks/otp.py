@@ -84,8 +84,7 @@ def send_code(self: Task, request_id: str) -> None:
                                policy=policy, created_at=request.created_at)
     options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
                            policy=policy, created_at=request.created_at,
-                           lease=runtime.claim_lease(), pace=runtime.pacer(),
-                           suppressed=suppressed, observe=observe)
+                           lease=runtime.claim_lease(), suppressed=suppressed, observe=observe)
     report = run_watched(self, ledger, [Envelope([0], draft_to)], runtime.composer(settings),
                          settings, options, f"otp request {request_id}", observe)
     if report.counts:

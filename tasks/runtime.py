@@ -7,7 +7,7 @@ one place they read the app, so the engine and the stores never do.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from flask import current_app
@@ -21,8 +21,9 @@ from tasks.engine.session import SessionGate, SMTPSettings
 from tasks.events import DeliveryEvents
 from tasks.stores.heartbeats import BULK_QUEUE, advertised_sessions
 from tasks.stores.metrics import DeliveryMetrics
+from tasks.stores.pacing import RelayPacer
 from tasks.stores.relays import RelayBoard
-from tasks.stores.throttle import SendRate, SessionSlots
+from tasks.stores.throttle import SessionSlots
 
 DEFAULT_BULK_SESSIONS = 32  # campaign batches in flight when no bulk worker has reported
 
@@ -39,7 +40,8 @@ def app_config() -> Mapping[str, Any]:
 
 def smtp_settings() -> SMTPSettings:
     relays = RelayBoard.from_config(redis_client(), current_app.config)
-    return SMTPSettings.from_config(current_app.config, relay_state=relays)
+    return SMTPSettings.from_config(current_app.config, relay_state=relays,
+                                    pacer=relay_pacer())
 
 
 def composer(settings: SMTPSettings) -> Composer:
@@ -55,13 +57,12 @@ def retry_policy() -> RetryPolicy:
                        max_age=float(config["DELIVERY_MAX_AGE"]))
 
 
-def pacer() -> Callable[[], None] | None:
-    """What ``run_batch(pace=...)`` calls before each message: ``MAIL_RATE_LIMIT``
-    messages a second across every worker, or ``None`` when unlimited."""
+def relay_pacer() -> RelayPacer:
+    """Each relay's shared send rate: ``MAIL_RATE_LIMIT`` transactions a second across
+    every worker at most, lowered when a relay throttles (unlimited until then when
+    ``MAIL_RATE_LIMIT`` is unset). The engine paces each ``MAIL FROM`` with it."""
     per_second = current_app.config.get("MAIL_RATE_LIMIT")
-    if not per_second:
-        return None
-    return SendRate(redis_client(), float(per_second)).pace
+    return RelayPacer(redis_client(), float(per_second) if per_second else None)
 
 
 def session_gate(*, bulk: bool = False) -> SessionGate | None:

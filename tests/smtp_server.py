@@ -2,7 +2,10 @@
 
 It can misbehave on purpose: ``rcpt_reply`` and ``data_reply`` return a reply
 line (``"451 4.3.0 try later"``) or ``None`` for the normal answer, and
-``data_reply`` may return :data:`DROP` to cut the connection mid-transaction.
+``data_reply`` may return :data:`DROP` to cut the connection mid-transaction;
+``mail_reply`` answers ``MAIL FROM`` the same way (a relay's rate limit). With
+``dsn`` it offers the DSN extension (RFC 3461) and records each command's
+parameters in ``mail_params``/``rcpt_params``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import re
 import socket
 import threading
 import time
@@ -59,6 +63,11 @@ class RecordingHandler:
         self.peak_sessions = 0
         self.data_delay = 0.0  # seconds to take over each DATA (a slow relay), loop not blocked
         self.pipelining = False  # advertise PIPELINING (RFC 2920) in the EHLO reply
+        self.mail_reply: Callable[[str], str | None] = lambda sender: None
+        self.mail_times: list[float] = []  # when each MAIL FROM came (monotonic)
+        self.dsn = False  # advertise DSN (RFC 3461) and accept its parameters
+        self.mail_params: list[str] = []
+        self.rcpt_params: list[str] = []
 
     def new_connection(self) -> int:
         with self.lock:
@@ -76,7 +85,22 @@ class RecordingHandler:
         session.host_name = hostname
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
+        if self.dsn:
+            responses.insert(-1, "250-DSN")
         return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        with self.lock:
+            self.mail_times.append(time.monotonic())
+        reply = self.mail_reply(address)
+        if reply is not None:
+            with self.lock:
+                self.refused.append((address, reply))
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -106,8 +130,30 @@ class RecordingHandler:
         return "250 Message accepted"
 
 
+_DSN_PARAM = re.compile(r"\s+(?:RET|ENVID|NOTIFY|ORCPT)=\S+", re.IGNORECASE)
+
+
 class CountingSMTP(SMTP):
     """aiosmtpd's server, numbering each connection (one SMTP session each)."""
+
+    def _dsn_params(self, arg: str | None, kept: list[str]) -> str | None:
+        handler = self.event_handler
+        assert isinstance(handler, RecordingHandler)
+        if not handler.dsn or arg is None:
+            return arg
+        with handler.lock:
+            kept.append(" ".join(m.strip() for m in _DSN_PARAM.findall(arg)))
+        return _DSN_PARAM.sub("", arg)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        handler = self.event_handler
+        assert isinstance(handler, RecordingHandler)
+        await super().smtp_MAIL(self._dsn_params(arg, handler.mail_params))
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        handler = self.event_handler
+        assert isinstance(handler, RecordingHandler)
+        await super().smtp_RCPT(self._dsn_params(arg, handler.rcpt_params))
 
     def connection_made(self, transport: Any) -> None:
         handler = self.event_handler
@@ -162,7 +208,12 @@ class SMTPTestServer:
             handler.connections = 0
             handler.refused.clear()
             handler.peak_sessions = handler.open_sessions
+            handler.mail_times.clear()
+            handler.mail_params.clear()
+            handler.rcpt_params.clear()
         handler.data_delay = 0.0
+        handler.dsn = False
+        handler.mail_reply = lambda sender: None
         handler.pipelining = False
         handler.rcpt_reply = lambda address: None
         handler.data_reply = lambda envelope: None

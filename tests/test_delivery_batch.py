@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -153,10 +154,11 @@ def test_suppressed_batch_is_built_and_recorded_but_not_sent(redis_client: redis
 
 @pytest.mark.parametrize("config_overrides", [{"MAIL_DEBUG": True}])
 def test_mail_debug_shows_the_smtp_dialogue(client: FlaskClient, smtp_server: SMTPTestServer,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    client.post("/api/messages", json={"to": "a@example.com", "subject": "x", "body": "x"},
-                headers=AUTH)
-    assert "ehlo" in capsys.readouterr().err.lower()
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="tasks.engine.smtp_auth"):
+        client.post("/api/messages", json={"to": "a@example.com", "subject": "x", "body": "x"},
+                    headers=AUTH)
+    assert "ehlo" in caplog.text.lower()  # logged (credentials redacted), not printed
     assert len(smtp_server.received) == 1
 
 

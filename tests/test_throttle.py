@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 
 from tasks import runtime
 from tasks.engine.session import BatchConnection, SMTPSettings
+from tasks.stores.pacing import RelayPacer
 from tasks.stores.throttle import SendRate, SessionSlots, SessionSlotTimeout
 from tests.smtp_server import SMTPTestServer
 
@@ -319,7 +320,7 @@ def test_no_free_slot_defers_the_recipients(redis_client: redis.Redis,
 @pytest.mark.parametrize("config_overrides", [{}])
 def test_runtime_has_no_limits_unless_configured(app: Flask) -> None:
     with app.app_context():
-        assert runtime.pacer() is None
+        assert runtime.relay_pacer().ceiling is None  # unlimited until a relay throttles
         assert runtime.session_gate() is None
         assert runtime.session_gate(bulk=True) is None
 
@@ -336,20 +337,19 @@ def test_a_single_session_is_shared_by_bulk_too(app: Flask) -> None:
                          [{"MAIL_RATE_LIMIT": 5.0, "MAIL_MAX_CONNECTIONS": 2}])
 def test_runtime_limits_follow_the_config(app: Flask, redis_client: redis.Redis) -> None:
     with app.app_context():
-        pace = runtime.pacer()
+        pacer = runtime.relay_pacer()
         gate = runtime.session_gate()
-    assert pace is not None and isinstance(gate, SessionSlots)
+    assert pacer.ceiling == 5.0 and isinstance(gate, SessionSlots)
     assert (gate.limit, gate.headroom) == (2, 0)
     assert gate.wait_timeout == 4 * 5.0  # four times MAIL_TIMEOUT
     with app.app_context():
         bulk_gate = runtime.session_gate(bulk=True)
     assert isinstance(bulk_gate, SessionSlots)
     assert (bulk_gate.limit, bulk_gate.headroom) == (2, 1)
-    started = time.monotonic()
-    pace()
-    pace()
-    assert time.monotonic() - started >= 0.19  # the second slot is 0.2 s after the first
-    assert 0.1 < SendRate(redis_client, 5.0).reserve() <= 0.2  # and shared: the third is next
+    assert pacer.reserve("relay:25") == 0.0
+    assert 0.19 <= pacer.reserve("relay:25") <= 0.2  # the second slot is 0.2 s after the first
+    assert 0.39 <= RelayPacer(redis_client, 5.0).reserve("relay:25") <= 0.4  # and shared
+    assert RelayPacer(redis_client, 5.0).reserve("other:25") == 0.0  # per relay
 
 
 

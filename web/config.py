@@ -7,7 +7,7 @@ naming the variable, so start-up stops with one clear line.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from tasks.engine.relays import Relay
@@ -166,6 +166,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "MAIL_RETURN_PATH": (_optional_address, None),
     "MAIL_FALLBACK_SERVERS": (relay_list, ()),
     "MAIL_RELAY_COOLDOWN": (_positive_number, 60.0),
+    "ALLOW_SPECIAL_USE_DOMAINS": (lambda name, raw: special_use_list(name, raw), ()),
     "REDIS_URL": (_text, "redis://127.0.0.1:6379/0"),
     "CELERY_BROKER_URL": (_optional_text, None),
     # every Redis client (tasks.stores.connection): a silent Redis is noticed in seconds
@@ -255,6 +256,22 @@ def normalise(config: MutableMapping[str, Any]) -> None:
     cooldown = config.get("MAIL_RELAY_COOLDOWN")
     if isinstance(cooldown, str):
         config["MAIL_RELAY_COOLDOWN"] = _positive_number("MAIL_RELAY_COOLDOWN", cooldown)
+    config["ALLOW_SPECIAL_USE_DOMAINS"] = special_use_list(
+        "ALLOW_SPECIAL_USE_DOMAINS", config.get("ALLOW_SPECIAL_USE_DOMAINS") or ())
+
+
+def special_use_list(name: str, raw: str | Iterable[str]) -> tuple[str, ...]:
+    """``local,internal``: the special-use names recipients may be under."""
+    from tasks.stores.mailbox import SPECIAL_USE_DOMAINS
+
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    names = tuple(dict.fromkeys(str(item).strip().strip(".").lower() for item in items
+                                if str(item).strip()))
+    unknown = [n for n in names if n not in SPECIAL_USE_DOMAINS]
+    if unknown:
+        raise ConfigError(f"{name}: {', '.join(unknown)} is not a special-use name; choose "
+                          f"from {', '.join(SPECIAL_USE_DOMAINS)}")
+    return names
 
 
 DEV_PUBLIC_URL = "http://127.0.0.1:5000"  # links in development and tests without PUBLIC_URL

@@ -15,6 +15,7 @@ take requests, else 503. Both answer status only.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from flask.typing import ResponseReturnValue
 
 from tasks.engine.session import SMTPSettings
 from tasks.stores.heartbeats import Heartbeats, consumers
+from tasks.stores.pacing import send_rates
 from tasks.stores.relays import RelayBoard, RelayStatus
 from web.operator_access import may_see_details
 
@@ -80,7 +82,14 @@ def _check_smtp() -> dict[str, Any]:
         return {"ok": True, "note": "relay states are kept in Redis, which cannot be reached",
                 "relays": [{"relay": name, "state": "unknown"} for name in relay_names()]}
     usable = [s for s in statuses if s.state in ("up", "unknown")]
-    return {"ok": bool(usable), "relays": [s.public() for s in statuses]}
+    try:
+        rates = send_rates(current_app.extensions["redis"], [s.relay for s in statuses],
+                           current_app.config.get("MAIL_RATE_LIMIT"))
+    except redis.RedisError:
+        rates = {s.relay: math.inf for s in statuses}
+    return {"ok": bool(usable), "relays": [
+        {**s.public(), "send_rate": rates[s.relay] if rates[s.relay] != math.inf else None}
+        for s in statuses]}
 
 
 def _eager() -> bool:

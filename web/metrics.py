@@ -30,8 +30,9 @@ from prometheus_client.registry import Collector
 from tasks.stores.campaigns import CampaignStore
 from tasks.stores.heartbeats import Heartbeats, consumers, sessions_for
 from tasks.stores.metrics import DeliveryMetrics
+from tasks.stores.pacing import send_rates
 from tasks.stores.throttle import sessions_open
-from web.health import WORKER_SEEN_WITHIN, relay_statuses, routed_queues
+from web.health import WORKER_SEEN_WITHIN, relay_names, relay_statuses, routed_queues
 from web.heartbeat import PUBLISHED_AT
 from web.operator_access import metrics_token_sent, open_to_anyone
 
@@ -177,6 +178,11 @@ def sending_limits(registry: CollectorRegistry, client: redis.Redis) -> None:
           registry=registry).set(config.get("MAIL_MAX_CONNECTIONS") or 0)
     Gauge("postroom_smtp_sessions_open", "SMTP sessions holding a MAIL_MAX_CONNECTIONS slot",
           registry=registry).set(sessions_open(client))
+    rate = Gauge("postroom_relay_send_rate", "Transactions/s in force for each relay (learned "
+                 "from its throttling replies; +Inf: unlimited)", ["relay"], registry=registry)
+    for relay, per_second in send_rates(client, relay_names(),
+                                        config.get("MAIL_RATE_LIMIT")).items():
+        rate.labels(relay=relay).set(per_second)
 
 
 def relay_gauges(registry: CollectorRegistry) -> None:

@@ -55,6 +55,26 @@ class RelayState(Protocol):
     def failed(self, relay: str, reason: str) -> None:
         """A session could not be opened on *relay*; skip it for the cooldown."""
 
+    def auth_refused(self, relay: str, reason: str) -> None:
+        """*relay* refused the credentials: open its breaker (skipped by every worker
+        for the cooldown, even with no other relay; then one session probes it)."""
+
+
+class Pacer(Protocol):
+    """Each relay's send rate, shared by every worker (``tasks.stores.pacing``)."""
+
+    def reserve(self, relay: str) -> float:
+        """Take the next ``MAIL FROM`` slot on *relay*; the seconds until it comes."""
+
+    def reserve_now(self, relay: str) -> bool:
+        """Take a slot only if it is free now."""
+
+    def succeeded(self, relay: str, transactions: int = 1) -> None:
+        """*relay* accepted *transactions*."""
+
+    def throttled(self, relay: str) -> None:
+        """*relay* asked for mail more slowly."""
+
 
 def session_failure(relay: Relay, err: BaseException) -> SessionError:
     """Why a session could not be opened on *relay*, with the server's code if it gave one."""
@@ -63,8 +83,10 @@ def session_failure(relay: Relay, err: BaseException) -> SessionError:
         reason = f"{err.reason}: {detail}" if detail else (err.reason or str(err))
         return SessionError(f"TLS with {relay} failed: {reason}")
     if isinstance(err, smtplib.SMTPAuthenticationError):
-        return SessionError(f"{relay} refused the credentials: {_text(err.smtp_error)}",
-                            err.smtp_code)
+        return SessionError(f"authentication refused by {relay}: {err.smtp_code} "
+                            f"{_text(err.smtp_error)}", err.smtp_code)
+    if isinstance(err, smtplib.SMTPNotSupportedError):
+        return SessionError(f"{relay}: {err}")
     if isinstance(err, smtplib.SMTPResponseException):
         return SessionError(f"{relay} refused the session: {_text(err.smtp_error)}",
                             err.smtp_code)

@@ -13,90 +13,21 @@ import logging
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
 from flask_mail import Connection
 
 from tasks.engine.errors import PermanentDeliveryError, SessionError, TemporaryDeliveryError
-from tasks.engine.outcome import DeliveryOutcome
-from tasks.engine.relays import Relay, RelayState, no_relay, session_failure
+from tasks.engine.outcome import CREDENTIALS_REFUSED, DeliveryOutcome
+from tasks.engine.relays import Relay, no_relay, session_failure
+from tasks.engine.settings import SMTPSettings
+from tasks.engine.smtp_auth import authenticate, log_conversation
 from tasks.engine.transaction import SessionClosing, Upcoming, commands_ahead, transaction
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class SMTPSettings:
-    """Flask-Mail's settings plus ours, as plain values (no Flask app needed)."""
-
-    server: str = "localhost"
-    port: int = 25
-    use_tls: bool = False
-    use_ssl: bool = False
-    debug: bool = False
-    username: str | None = None
-    password: str | None = None
-    default_sender: str | None = None
-    max_emails: int | None = None
-    suppress: bool = False
-    ascii_attachments: bool = False
-    timeout: float = 30.0
-    tls_verify: bool = True
-    tls_ca_file: str | None = None
-    message_id_domain: str | None = None
-    return_path: str | None = None  # MAIL_RETURN_PATH: bounces go to a VERP form of it
-    fallbacks: tuple[Relay, ...] = ()  # MAIL_FALLBACK_SERVERS, tried in order
-    relay_state: RelayState | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def relays(self) -> tuple[Relay, ...]:
-        """``MAIL_SERVER:MAIL_PORT``, then the fallbacks: the order sessions are tried in."""
-        return (Relay(self.server, self.port), *self.fallbacks)
-
-    @classmethod
-    def from_config(cls, config: Any, *, relay_state: RelayState | None = None) -> SMTPSettings:
-        """Read the settings from a Flask-style config mapping.
-
-        ``MAIL_FALLBACK_SERVERS`` may hold :class:`Relay` values or ``host:port`` text.
-        """
-        fallbacks = tuple(relay if isinstance(relay, Relay) else Relay.parse(str(relay))
-                          for relay in config.get("MAIL_FALLBACK_SERVERS") or ())
-        return cls(
-            server=config["MAIL_SERVER"],
-            port=int(config["MAIL_PORT"]),
-            use_tls=bool(config["MAIL_USE_TLS"]),
-            use_ssl=bool(config["MAIL_USE_SSL"]),
-            debug=bool(config["MAIL_DEBUG"]),
-            username=config.get("MAIL_USERNAME"),
-            password=config.get("MAIL_PASSWORD"),
-            default_sender=config.get("MAIL_DEFAULT_SENDER"),
-            max_emails=config.get("MAIL_MAX_EMAILS"),
-            suppress=bool(config["MAIL_SUPPRESS_SEND"]),
-            ascii_attachments=bool(config["MAIL_ASCII_ATTACHMENTS"]),
-            timeout=float(config["MAIL_TIMEOUT"]),
-            tls_verify=bool(config["MAIL_TLS_VERIFY"]),
-            tls_ca_file=config.get("MAIL_TLS_CA_FILE"),
-            message_id_domain=config.get("MAIL_MESSAGE_ID_DOMAIN"),
-            return_path=config.get("MAIL_RETURN_PATH"),
-            fallbacks=fallbacks,
-            relay_state=relay_state,
-        )
-
-    def tls_context(self) -> ssl.SSLContext:
-        """A context that verifies the server unless verification is turned off.
-
-        ``MAIL_TLS_CA_FILE`` is trusted in addition to the system's CAs.
-        """
-        context = ssl.create_default_context()
-        if self.tls_ca_file:
-            context.load_verify_locations(cafile=self.tls_ca_file)
-        if not self.tls_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
 
 
 class SessionGate(Protocol):
@@ -135,6 +66,7 @@ class BatchConnection(Connection):
         self._unavailable: SessionError | None = None
         self._ahead: tuple[str, tuple[str, ...]] | None = None  # commands sent for this one
         self.sessions_opened = 0
+        self._paced = False  # the next message's MAIL FROM slot is taken (wait_turn)
         self.relay: Relay | None = None  # where the current (or last) session was opened
 
     def __enter__(self) -> BatchConnection:
@@ -166,13 +98,14 @@ class BatchConnection(Connection):
             self._release_gate()
             raise
         try:
-            host.set_debuglevel(int(s.debug))
+            if s.debug:
+                log_conversation(host, str(relay))
             if host.sock is not None:
                 host.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if s.use_tls:
                 host.starttls(context=s.tls_context())
             if s.username and s.password:
-                host.login(s.username, s.password)
+                authenticate(host, s.username, s.password, tls=s.use_tls or s.use_ssl)
             host.ehlo_or_helo_if_needed()
         except BaseException:
             host.close()
@@ -212,7 +145,10 @@ class BatchConnection(Connection):
             except (smtplib.SMTPException, *TRANSPORT_ERRORS) as err:
                 failure = session_failure(relay, err)
                 failures.append(failure)
-                if state is not None:
+                if state is not None and isinstance(err, smtplib.SMTPAuthenticationError) \
+                        and err.smtp_code in CREDENTIALS_REFUSED:
+                    state.auth_refused(str(relay), str(failure))
+                elif state is not None:
                     code = failure.smtp_code
                     state.failed(str(relay), f"{code} {failure}" if code else str(failure))
                 if len(relays) > 1:
@@ -298,17 +234,32 @@ class BatchConnection(Connection):
         except SessionError as err:
             return {rcpt: DeliveryOutcome.unreached(str(err), err.smtp_code)
                     for rcpt in recipients}
+        sent_ahead, paced_already, self._paced = self._ahead is not None, self._paced, False
+        if not (sent_ahead or paced_already):  # else its slot is taken already
+            paced = self._pace(host)
+            if paced is None:
+                gone = self._unavailable or SessionError("no session after pacing")
+                return {rcpt: DeliveryOutcome.unreached(str(gone), gone.smtp_code)
+                        for rcpt in recipients}
+            host = paced
         self.num_emails += 1
-        then = b""
         max_emails = self.settings.max_emails
-        if upcoming is not None and not (max_emails and self.num_emails >= max_emails):
-            then = commands_ahead(host, upcoming)
-        sent_ahead, self._ahead = self._ahead is not None, None
+        relay = str(self.relay)
+        pacer = self.settings.pacer
+        ahead = upcoming if not (max_emails and self.num_emails >= max_emails) else None
+
+        def then() -> bytes:  # called as this message's content goes out
+            commands = commands_ahead(host, ahead) if ahead is not None else b""
+            if commands and (pacer is None or pacer.reserve_now(relay)):
+                return commands  # only when the next MAIL FROM's slot is free now
+            return b""
+
+        self._ahead = None
         try:
             done = transaction(host, sender, list(recipients), data, sent_ahead=sent_ahead,
-                               then=then)
+                               then=then, pace=lambda: self._wait(relay))
         except SessionClosing as closing:
-            self._drop()
+            self._session_refused(closing, first_on_session=self.num_emails == 1)
             return closing.outcomes
         except (ssl.SSLError, *TRANSPORT_ERRORS) as err:
             first_on_session = self.num_emails == 1
@@ -321,7 +272,73 @@ class BatchConnection(Connection):
             return {rcpt: DeliveryOutcome.transport_failure(reason) for rcpt in recipients}
         if done.ahead and upcoming is not None:
             self._ahead = (upcoming.sender, upcoming.recipients)
+        if pacer is not None:
+            if done.throttle:
+                pacer.throttled(relay)
+            elif done.transactions:
+                pacer.succeeded(relay, done.transactions)
         return done.outcomes
+
+    # -- pacing and refusals
+
+    def _wait(self, relay: str) -> None:
+        """Wait for the next ``MAIL FROM`` slot on *relay* (no transaction is open)."""
+        if self.settings.pacer is not None:
+            wait = self.settings.pacer.reserve(relay)
+            if wait > 0:
+                time.sleep(wait)
+
+    def wait_turn(self) -> None:
+        """Wait for the next message's ``MAIL FROM`` slot now, before the caller checks
+        that it may still send (``run_batch`` does, then calls :meth:`send_data`). A wait
+        longer than ``idle_wait`` is spent with the session closed."""
+        pacer = self.settings.pacer
+        if pacer is None or self.settings.suppress or self._unavailable is not None \
+                or self._ahead is not None or self._paced:
+            return
+        wait = pacer.reserve(str(self.relay or self.settings.relays[0]))
+        self._paced = True
+        if wait > self.settings.idle_wait and self.host is not None:
+            self.close()
+        if wait > 0:
+            time.sleep(wait)
+
+    def _pace(self, host: smtplib.SMTP) -> smtplib.SMTP | None:
+        """Take this message's ``MAIL FROM`` slot; a long wait is spent with the session
+        closed (a relay's idle timeout is short). The session to use, or ``None``."""
+        pacer = self.settings.pacer
+        if pacer is None:
+            return host
+        wait = pacer.reserve(str(self.relay))
+        if wait <= 0:
+            return host
+        if wait > self.settings.idle_wait:
+            self.close()
+            time.sleep(wait)
+            try:
+                return self.open_session()
+            except SessionError:
+                return None
+        time.sleep(wait)
+        return host
+
+    def _session_refused(self, closing: SessionClosing, first_on_session: bool) -> None:
+        """A 421 or a relay-wide refusal ended the session: end it here too. After a
+        relay-wide refusal (a 4xx to ``MAIL FROM``, a throttling 421), or a 421 on a fresh
+        session, the rest of the batch is deferred at once, without using attempts."""
+        relay = str(self.relay)
+        if closing.relay_wide:
+            self.close()
+        else:
+            self._drop()
+        if closing.throttle and self.settings.pacer is not None:
+            self.settings.pacer.throttled(relay)
+        if closing.relay_wide or first_on_session:
+            code = closing.reason[:3]
+            self._unavailable = SessionError(f"{relay} refused mail: {closing.reason}",
+                                             int(code) if code.isdigit() else None)
+            log.warning("SMTP relay %s refused mail (%s); deferring the rest of the batch",
+                        relay, closing.reason)
 
     def send(self, message: Any, envelope_from: str | tuple[str, str] | None = None) -> None:
         """Flask-Mail's ``Connection.send``: raise unless every recipient took it."""

@@ -63,3 +63,50 @@ def is_return_path_address(address: str, return_path: str) -> bool:
     base_local, _, base_domain = return_path.rpartition("@")
     return (domain.lower() == base_domain.lower()
             and local.lower().partition("+")[0] == base_local.lower())
+
+
+# -- DSN envelope ids (RFC 3461 ENVID): the same signed token as the VERP return path
+
+_XTEXT_SAFE = frozenset(range(33, 127)) - {ord("+"), ord("=")}
+
+
+def _token_body(ref: BounceRef) -> str:
+    body = ("c" if ref.kind == "campaign" else "m") + ref.item_id
+    return body if ref.index is None else f"{body}.{ref.index}"
+
+
+def envid_for(ref: BounceRef, secret: str) -> str:
+    """The ``ENVID`` for *ref*: the signed token of its VERP address (``c<id>.<n>.<sig>``)."""
+    body = _token_body(ref)
+    return f"{body}.{_sign(secret, body)}"
+
+
+def read_envid(envid: str, secret: str) -> BounceRef | None:
+    """What an ``ENVID`` (or a DSN's ``Original-Envelope-Id``, xtext or not) names, if
+    it is genuine; the inverse of :func:`envid_for`."""
+    token = xtext_decode(envid.strip()).lower()
+    found = _TOKEN.match(token)
+    if found is None:
+        return None
+    kind, item_id, index, signature = found.groups()
+    if not hmac.compare_digest(signature, _sign(secret, token.rsplit(".", 1)[0])):
+        return None
+    return BounceRef("campaign" if kind == "c" else "message", item_id,
+                     int(index) if index is not None else None)
+
+
+def envid_in(envelope_sender: str) -> str | None:
+    """The token of a VERP envelope sender (not verified: the engine only passes it on
+    as the ``ENVID``), or ``None`` for any other sender."""
+    local = envelope_sender.strip().strip("<>").rpartition("@")[0]
+    token = local.rpartition("+")[2] if "+" in local else ""
+    return token if _TOKEN.match(token.lower()) else None
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 xtext: ``+`` and ``=``, controls, spaces and non-ASCII as ``+XX``."""
+    return "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}" for b in value.encode())
+
+
+def xtext_decode(value: str) -> str:
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)

@@ -10,6 +10,13 @@ two keys per relay, shared by all processes on all hosts:
 - ``postroom:relay:<host:port>:cooldown`` — present while the relay is skipped;
   its value is the time the cooldown ends, and Redis expires it then.
 
+A relay that refuses the credentials (535/534/454 at AUTH) opens a *breaker*:
+the state's ``breaker`` field says why ("authentication refused") and the
+cooldown key is set for ``MAIL_RELAY_COOLDOWN`` even with no fallback relay. When
+it runs out, the first worker to look takes the cooldown key again as its probe,
+so one session per cooldown tries the credentials, across all workers; a session
+that opens closes the breaker.
+
 The state is advisory: when Redis cannot be reached every relay is tried, and a
 session outcome that cannot be recorded is logged, never allowed to stop a batch.
 """
@@ -30,6 +37,35 @@ log = logging.getLogger(__name__)
 
 STATE_TTL = 3600  # a relay's last outcome is forgotten an hour after its last session
 MAX_ERROR = 300  # characters of a failure kept with the state
+AUTH_REFUSED = "authentication refused"
+
+_COOLING_DOWN = """
+-- KEYS: n cooldown keys, then the n state keys; ARGV: cooldowns on (0/1), breaker_ms, now
+-- 1 for each relay to skip. A relay whose breaker is open and whose cooldown ran out is
+-- not skipped by the caller, who takes the cooldown key again: the one probe.
+local n = #KEYS / 2
+local skip = {}
+for i = 1, n do
+  local breaker = redis.call('HGET', KEYS[n + i], 'breaker')
+  local cooling = redis.call('EXISTS', KEYS[i]) == 1
+  if cooling and (ARGV[1] == '1' or (breaker and breaker ~= '')) then
+    skip[i] = 1
+  elseif breaker and breaker ~= '' then
+    redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2])
+    skip[i] = 0
+  else
+    skip[i] = 0
+  end
+end
+return skip
+"""
+
+_CLOSE_BREAKER = """
+-- KEYS: state, cooldown. A session opened: an open breaker's cooldown (the probe) ends.
+local breaker = redis.call('HGET', KEYS[1], 'breaker')
+if breaker and breaker ~= '' then redis.call('DEL', KEYS[2]) end
+return 0
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +77,7 @@ class RelayStatus:
     at: float | None
     error: str | None
     cooling_down_until: float | None
+    breaker: str | None = None  # why the relay is skipped beyond a failed session
 
     @property
     def state(self) -> str:
@@ -54,7 +91,7 @@ class RelayStatus:
     def public(self) -> dict[str, Any]:
         return {"relay": self.relay, "state": self.state, "last_outcome": self.outcome,
                 "last_at": self.at, "error": self.error,
-                "cooling_down_until": self.cooling_down_until}
+                "cooling_down_until": self.cooling_down_until, "reason": self.breaker}
 
 
 class RelayBoard:
@@ -64,15 +101,17 @@ class RelayBoard:
     never skips a relay.
     """
 
-    def __init__(self, redis: Redis, cooldown: float) -> None:
+    def __init__(self, redis: Redis, cooldown: float, *, breaker: float | None = None) -> None:
         self.redis = redis
         self.cooldown = cooldown
+        self.breaker = cooldown if breaker is None else breaker  # after refused credentials
 
     @classmethod
     def from_config(cls, redis: Redis, config: Mapping[str, Any]) -> RelayBoard:
         """Cooldowns apply only when there is another relay to move to."""
         fallbacks = config.get("MAIL_FALLBACK_SERVERS") or ()
-        return cls(redis, float(config["MAIL_RELAY_COOLDOWN"]) if fallbacks else 0.0)
+        cooldown = float(config["MAIL_RELAY_COOLDOWN"])
+        return cls(redis, cooldown if fallbacks else 0.0, breaker=cooldown)
 
     def _state_key(self, relay: str) -> str:
         return key("relay", relay)
@@ -83,30 +122,47 @@ class RelayBoard:
     def cooling_down(self, relays: Collection[str]) -> set[str]:
         """Those of *relays* skipped for now (none when Redis cannot be reached)."""
         names = list(relays)
-        if not names or not self.cooldown:
+        if not names or not (self.cooldown or self.breaker):
             return set()
         try:
-            found = self.redis.mget([self._cooldown_key(relay) for relay in names])
+            skipped: Any = self.redis.eval(_COOLING_DOWN, 2 * len(names),
+                                      *[self._cooldown_key(relay) for relay in names],
+                                      *[self._state_key(relay) for relay in names],
+                                      int(bool(self.cooldown)),
+                                      max(1, round(self.breaker * 1000)),
+                                      repr(time.time() + self.breaker))
         except RedisError as err:
             log.warning("relay cooldowns unknown, trying every relay: %s", err)
             return set()
-        return {relay for relay, until in zip(names, found, strict=True) if until is not None}
+        return {relay for relay, flag in zip(names, skipped, strict=True) if int(flag)}
 
     def opened(self, relay: str) -> None:
-        self._record(relay, {"outcome": "opened", "at": time.time(), "error": ""})
+        self._record(relay, {"outcome": "opened", "at": time.time(), "error": "",
+                             "breaker": ""}, close_breaker=True)
+
+    def auth_refused(self, relay: str, reason: str) -> None:
+        """Open the relay's breaker for :attr:`breaker` seconds (one probe after that)."""
+        now = time.time()
+        self._record(relay, {"outcome": "failed", "at": now, "error": reason[:MAX_ERROR],
+                             "breaker": AUTH_REFUSED},
+                     cool_until=now + self.breaker if self.breaker else None,
+                     cool_for=self.breaker)
 
     def failed(self, relay: str, reason: str) -> None:
         now = time.time()
         self._record(relay, {"outcome": "failed", "at": now, "error": reason[:MAX_ERROR]},
                      cool_until=now + self.cooldown if self.cooldown else None)
 
-    def _record(self, relay: str, fields: dict[str, Any], cool_until: float | None = None) -> None:
+    def _record(self, relay: str, fields: dict[str, Any], cool_until: float | None = None,
+                cool_for: float | None = None, close_breaker: bool = False) -> None:
         pipe = self.redis.pipeline(transaction=True)
+        if close_breaker:  # a probe's cooldown key goes with the breaker
+            pipe.eval(_CLOSE_BREAKER, 2, self._state_key(relay), self._cooldown_key(relay))
         pipe.hset(self._state_key(relay), mapping=fields)
         pipe.expire(self._state_key(relay), STATE_TTL)
         if cool_until is not None:
             pipe.set(self._cooldown_key(relay), repr(cool_until),
-                     px=max(1, round(self.cooldown * 1000)))
+                     px=max(1, round((cool_for or self.cooldown) * 1000)))
         try:
             pipe.execute()
         except RedisError as err:
@@ -129,5 +185,6 @@ class RelayBoard:
                 relay=relay, outcome=state.get("outcome"),
                 at=float(state["at"]) if state.get("at") else None,
                 error=state.get("error") or None,
-                cooling_down_until=float(until) if until is not None else None))
+                cooling_down_until=float(until) if until is not None else None,
+                breaker=state.get("breaker") or None))
         return shown

@@ -21,6 +21,7 @@ from pydantic import (
 from tasks.engine.compose import HEADER_CONTROLS, format_address
 from tasks.stores.attachments import content_type_for
 from tasks.stores.mailbox import checked_address
+from web.addresses import special_use_allowed
 from web.api.errors import APIError
 
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII, no colon
@@ -63,7 +64,7 @@ def mailbox(value: Any) -> str:
     if not address or ("<" in value and not value.rstrip().endswith(">")):
         raise ValueError(f"{value[:100]!r} is not an email address")
     try:
-        checked = checked_address(address)
+        checked = checked_address(address, special_use=special_use_allowed())
     except EmailNotValidError as err:
         raise ValueError(str(err)) from None
     address = f"{checked.local_part}@{checked.ascii_domain}"  # the domain as an A-label

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from tasks.stores.mailbox import checked_address
 from tasks.stores.otp import normalise_code
+from web.addresses import special_use_allowed
 
 
 class OTPRequestIn(BaseModel):
@@ -25,7 +26,7 @@ class OTPRequestIn(BaseModel):
         if not isinstance(value, str):
             raise ValueError("must be an email address as a string")
         try:
-            return checked_address(value).normalized
+            return checked_address(value, special_use=special_use_allowed()).normalized
         except EmailNotValidError as err:
             raise ValueError(str(err)) from None
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.stores.mailbox import checked_address
 from tasks.stores.suppression import Suppression, SuppressionList
+from web.addresses import special_use_allowed
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
@@ -48,7 +49,7 @@ def _list() -> SuppressionList:
 def _address(email: str) -> str:
     """The address in the path, checked for its form (never a lookup for junk)."""
     try:
-        return checked_address(email).normalized
+        return checked_address(email, special_use=special_use_allowed()).normalized
     except EmailNotValidError as err:
         raise APIError(404, "not_found", f"not an email address: {err}") from None
 

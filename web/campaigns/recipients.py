@@ -17,6 +17,7 @@ from typing import IO, Any
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
 
 from tasks.stores.mailbox import checked_address
+from web.addresses import special_use_allowed
 from web.api.errors import APIError
 
 EMAIL_COLUMN = "email"
@@ -129,7 +130,7 @@ def normalised_address(value: str) -> str:
         if "--" not in domain and not any(domain == name or domain.endswith("." + name)
                                           for name in SPECIAL_USE_DOMAIN_NAMES):
             return f"{plain['local']}@{domain}"
-    return str(checked_address(value, strip=False).normalized)
+    return str(checked_address(value, strip=False, special_use=special_use_allowed()).normalized)
 
 
 def check_row(row: Row, required: frozenset[str]) -> tuple[str | None, str | None]:

@@ -9,6 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from tasks.stores.mailbox import checked_address
 from tasks.stores.suppression import SuppressionList
+from web.addresses import special_use_allowed
 from web.campaigns.pages import admin_required, bp
 
 PAGE = 100
@@ -34,7 +35,8 @@ def suppressions() -> ResponseReturnValue:
 def change_suppression() -> ResponseReturnValue:
     query = request.form.get("q", "")
     try:
-        address = checked_address(request.form.get("email", "")).normalized
+        address = checked_address(request.form.get("email", ""),
+                                  special_use=special_use_allowed()).normalized
     except EmailNotValidError as err:
         flash(f"Not an email address: {err}", "error")
         return redirect(url_for(".suppressions", q=query), code=303)

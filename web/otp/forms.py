@@ -12,6 +12,7 @@ from wtforms.validators import DataRequired, Length, ValidationError
 
 from tasks.stores.mailbox import checked_address
 from tasks.stores.otp import normalise_code
+from web.addresses import special_use_allowed
 
 
 class AddressForm(FlaskForm):  # type: ignore[misc]
@@ -21,7 +22,7 @@ class AddressForm(FlaskForm):  # type: ignore[misc]
 
     def validate_email(self, field: Any) -> None:
         try:
-            checked = checked_address(field.data)
+            checked = checked_address(field.data, special_use=special_use_allowed())
         except EmailNotValidError as err:
             raise ValidationError(str(err)) from None
         field.data = checked.normalized
