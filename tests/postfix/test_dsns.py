@@ -107,10 +107,14 @@ def test_a_queue_expiry_dsn_marks_bounced(
                               settings={"maximal_queue_lifetime": "0"})  # tried once only
         app = postroom(relay, MAIL_RETURN_PATH=RETURN_PATH)
         client = app.test_client()
+        # one recipient a message: over SMTP a message's token names a recipient only when
+        # the message had one (a co-recipient must not be able to bounce the others)
         to = ["ada@example.com", "late@slow.example.com"]
         with listening(app, redis_client, port) as desk:
-            message = send(client, to)
-            assert statuses(client, message["id"]) == dict.fromkeys(to, "sent")
+            first = send(client, to[:1])
+            message = send(client, to[1:])
+            assert statuses(client, first["id"]) == {to[0]: "sent"}
+            assert statuses(client, message["id"]) == {to[1]: "sent"}
             wait_for(lambda: statuses(client, message["id"])[to[1]] == "bounced", 30,
                      "Postfix's queue-expiry DSN to reach the bounce listener")
         assert slow.handler.refused  # Postfix really tried the next hop
@@ -119,8 +123,9 @@ def test_a_queue_expiry_dsn_marks_bounced(
     [reported] = [r for raw in desk.reports for r in read_report(raw).recipients]
     assert (reported.email, reported.action) == (to[1], "failed")
     assert (reported.status or "").startswith("4.")  # the relay gave up on a 4.x.x
-    assert statuses(client, message["id"]) == {to[0]: "sent", to[1]: "bounced"}
-    [late] = [r for r in shown_recipients(client, message["id"]) if r["email"] == to[1]]
+    assert statuses(client, first["id"]) == {to[0]: "sent"}
+    assert statuses(client, message["id"]) == {to[1]: "bounced"}
+    [late] = shown_recipients(client, message["id"])
     assert "4.3.0" in late.get("error", "")
     assert to[1] in SuppressionList(redis_client) and to[0] not in SuppressionList(redis_client)
     assert forwarded(sink) == {to[0]: 1}
