@@ -9,6 +9,7 @@ preview, so clicking it in the test copy unsubscribes no one.
 from __future__ import annotations
 
 import logging
+from email.utils import getaddresses
 from typing import Any
 
 from email_validator import EmailNotValidError
@@ -66,6 +67,14 @@ def rendered_first(store: CampaignStore, campaign: Campaign) -> tuple[str, str |
     except (TemplateProblem, InvalidMessageError) as err:
         raise APIError(422, "invalid_template", "the campaign cannot be rendered for its "
                        "first recipient", {"template": str(err)[:200]}) from None
+
+
+def test_recipient() -> str:
+    """Where the pages' "Send test" goes unless changed: ``ADMIN_EMAIL``, else the
+    default sender's address."""
+    config = current_app.config
+    chosen = config.get("ADMIN_EMAIL") or config.get("MAIL_DEFAULT_SENDER") or ""
+    return getaddresses([str(chosen)])[0][1] if chosen else ""
 
 
 def send_test(store: CampaignStore, campaign_id: str, to: list[str]) -> str:
