@@ -4,15 +4,20 @@ read from the page as it changes, never from a reload."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from tasks.campaigns import start_due_campaigns
 from tests.browser_support import chromium, screenshot
-from tests.campaign_helpers import csv_bytes, people
+from tests.campaign_helpers import csv_bytes, people, wait_for
+from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
 from tests.test_browser import ADMIN, LIVE, SAME_PAGE, sign_in
 
@@ -124,3 +129,37 @@ def test_draft_test_start_pause_resume(browser: Browser, live_server: str, width
     finally:
         context.close()
     assert script_errors == []
+
+
+def test_a_scheduled_campaign_that_starts_shows_its_levers_live(
+        browser: Browser, live_server: str, smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.data_delay = 0.1
+    send_at = time.time() + 1.5
+    body = json.dumps({"recipients": [{"email": p["email"]} for p in people(30)],
+                       "subject": "Later", "body": "Hello", "send_at": send_at})
+    request = urllib.request.Request(f"{live_server}/api/campaigns", data=body.encode(),
+                                     headers={**AUTH, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as created:
+        campaign_id = json.load(created)["id"]
+    context = browser.new_context(base_url=live_server, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(LIVE)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    try:
+        sign_in(page)
+        page.goto(f"/campaigns/{campaign_id}")
+        status = page.locator("[data-part=status]")
+        expect(status).to_have_text("scheduled")
+        assert actions(page) == ["Cancel"]
+        page.evaluate(f"{SAME_PAGE} = true")
+        wait_for(lambda: time.time() > send_at, timeout=5)
+        start_due_campaigns.delay()  # what beat does
+        expect(status).to_have_text("running")
+        expect(page.get_by_role("button", name="Pause")).to_be_visible()
+        assert actions(page) == ["Pause", "Cancel"]
+        assert page.evaluate(SAME_PAGE) is True  # no reload
+        page.get_by_role("button", name="Cancel").click()
+        expect(status).to_have_text("cancelled")
+        assert actions(page) == []
+    finally:
+        context.close()

@@ -39,7 +39,14 @@ from web.campaigns.creation import create_campaign
 from web.campaigns.drafts import rendered_first, test_recipient
 from web.campaigns.recipients import CSVRecipients
 from web.campaigns.signin import per_ip, per_user_name, sessions
-from web.campaigns.timing import campaign_rate, chart_bars, chart_scale, elapsed, register_filters
+from web.campaigns.timing import (
+    campaign_rate,
+    chart_bars,
+    chart_scale,
+    duration_text,
+    elapsed,
+    register_filters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +195,10 @@ def progress(campaign_id: str) -> ResponseReturnValue:
     shown = _shown(store, campaign_id)
     now = time.time()
     history = store.send_history(campaign_id)
+    span = elapsed(shown, now)
     return jsonify({**shown.model_dump(), "sending_rate": campaign_rate(shown, now),
-                    "elapsed": elapsed(shown, now), "chart": chart_bars(history),
-                    "scale": chart_scale(history)})
+                    "elapsed": span, "elapsed_text": duration_text(span),
+                    "chart": chart_bars(history), "scale": chart_scale(history)})
 
 
 @bp.post("/<campaign_id>/<action>")

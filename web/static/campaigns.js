@@ -21,6 +21,8 @@
     var chart = row.querySelector("[data-part=chart]");
     if (chart && c.chart) { drawChart(chart, c.chart); }
     if (c.scale) { drawScale(row, c.scale); }
+    var running = document.querySelector("[data-part=elapsed]");
+    if (running && c.elapsed_text && row.tagName !== "TR") { running.textContent = c.elapsed_text; }
     if (row.tagName !== "TR") { showActions(c); }
   }
 
