@@ -3,6 +3,7 @@ operator is marked, goes only to the addresses given, and leaves the draft as it
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -101,3 +102,28 @@ def test_test_and_start_of_unknown_campaign_are_404(client: FlaskClient, app: Fl
     assert "post" in spec["paths"]["/api/campaigns/{campaign_id}/test"]
     assert "post" in spec["paths"]["/api/campaigns/{campaign_id}/start"]
     assert "draft" in spec["components"]["schemas"]["CampaignIn"]["properties"]
+
+
+def test_a_drafts_attachments_go_with_its_test_and_must_still_be_stored_to_start(
+        client: FlaskClient, app: Flask, smtp_server: SMTPTestServer) -> None:
+    reply = client.post("/api/campaigns", headers=AUTH, json={
+        "subject": "Report", "body": "Attached", "draft": True,
+        "attachments": [{"filename": "r.txt", "content": base64.b64encode(b"facts").decode()}],
+        "recipients": [{"email": "ada@example.com"}]})
+    assert reply.status_code == 202, reply.get_json()
+    campaign_id = reply.get_json()["id"]
+    tested = client.post(f"/api/campaigns/{campaign_id}/test", headers=AUTH,
+                         json={"to": ["ops@example.org"]})
+    assert tested.status_code == 202
+    [test] = smtp_server.received
+    [part] = list(test.message.iter_attachments())
+    assert part.get_filename() == "r.txt" and part.get_content() == "facts"
+
+    redis = app.extensions["redis"]
+    for name in redis.scan_iter(match="*attachment:*"):
+        redis.delete(name)
+    refused = act(client, campaign_id, "start")
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "attachment_expired"
+    assert show(client, campaign_id)["status"] == "draft"
+    assert len(smtp_server.received) == 1

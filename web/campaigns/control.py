@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from tasks.campaigns import cancel_unsent, dispatch_batches, start_campaign
 from tasks.stores.campaigns import CampaignStore, TransitionRefused
 from web.api.errors import APIError
+from web.campaigns.drafts import keep_attachments
 
 
 @contextmanager
@@ -31,8 +32,10 @@ def start(store: CampaignStore, campaign_id: str) -> None:
     with _transition(campaign_id, "start"):
         store.require(campaign_id, ("draft",))
         campaign = store.get(campaign_id)
-        if campaign is not None and campaign.send_at is not None \
-                and campaign.send_at > time.time():
+        if campaign is None:
+            raise KeyError(campaign_id)
+        keep_attachments(store, campaign, until=campaign.send_at)
+        if campaign.send_at is not None and campaign.send_at > time.time():
             store.schedule(campaign_id, campaign.send_at)
             return
         store.queue_draft(campaign_id)

@@ -9,6 +9,7 @@ preview, so clicking it in the test copy unsubscribes no one.
 from __future__ import annotations
 
 import logging
+import time
 from email.utils import getaddresses
 from typing import Any
 
@@ -18,6 +19,8 @@ from flask import current_app
 from tasks.engine.errors import InvalidMessageError
 from tasks.engine.templating import CampaignTemplates, TemplateProblem
 from tasks.mail import deliver_message
+from tasks.stores import key
+from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentRef
 from tasks.stores.campaigns import Campaign, CampaignStore
 from tasks.stores.mailbox import checked_address
 from tasks.stores.messages import MessageStore
@@ -69,6 +72,18 @@ def rendered_first(store: CampaignStore, campaign: Campaign) -> tuple[str, str |
                        "first recipient", {"template": str(err)[:200]}) from None
 
 
+def keep_attachments(store: CampaignStore, campaign: Campaign, *, until: float | None) -> None:
+    """A draft's attachments are kept :data:`ATTACHMENT_TTL` past now (or past *until*, its
+    send time); a 409 names one that has already expired, before anything is sent."""
+    ttl = ATTACHMENT_TTL + int(max(0.0, (until or 0.0) - time.time()))
+    for fields in campaign.attachments:
+        ref = AttachmentRef.from_fields(fields)
+        if not store.redis.expire(key("attachment", ref.sha256), ttl):
+            raise APIError(409, "attachment_expired",
+                           f"attachment {ref.filename!r} is no longer stored; create the "
+                           "campaign again with it")
+
+
 def test_recipient() -> str:
     """Where the pages' "Send test" goes unless changed: ``ADMIN_EMAIL``, else the
     default sender's address."""
@@ -86,6 +101,7 @@ def send_test(store: CampaignStore, campaign_id: str, to: list[str]) -> str:
         raise APIError(409, "conflict",
                        f"only a draft can be sent as a test; this campaign is {campaign.status}")
     subject, text, html = rendered_first(store, campaign)
+    keep_attachments(store, campaign, until=campaign.send_at)
     fields: dict[str, Any] = {"to": to, "subject": TEST_PREFIX + subject,
                               "headers": {"X-Postroom-Test": campaign_id}}
     if text is not None:
