@@ -115,7 +115,8 @@ class CampaignOut(BaseModel):
 
     id: str
     name: str
-    status: str
+    status: str = Field(description="draft, scheduled, queued, running, pausing (until no "
+                        "batch is sending), paused, completed or cancelled")
     total: int
     counts: dict[str, int]
     send_at: float | None = None
