@@ -164,6 +164,8 @@ def batch_plan(store: CampaignStore, campaign_id: str) -> tuple[int, int]:
 def dispatch_batches(campaign_id: str) -> None:
     """Enqueue batches while the campaign runs and a slot is free; complete it when done."""
     store = _store()
+    if store.settle_pause(campaign_id):  # backstop: the last batch out normally does it
+        log.info("campaign %s paused", campaign_id)
     size, ahead = batch_plan(store, campaign_id)
     enqueued = 0
     while (batch := store.reserve_batch(campaign_id, size=size, ahead=ahead)) is not None:
@@ -186,8 +188,9 @@ class _StatusCheck:
         self.store = store
         self.campaign_id = campaign_id
         self.every = every
-        self.checked = time.monotonic()
-        self.ends = None if slice_seconds is None else self.checked + slice_seconds
+        started = time.monotonic()
+        self.checked = started - every  # the first call reads the status: a pause may be new
+        self.ends = None if slice_seconds is None else started + slice_seconds
         self.sliced = False
 
     def __call__(self) -> bool:
@@ -245,6 +248,7 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
         if campaign is not None and campaign.status == "cancelled":
             _cancel_unsent(store, campaign_id)
         store.release_batch(campaign_id, slot)
+        store.settle_pause(campaign_id)
         return
     try:
         report, sliced = _send_batch(store, campaign, first, last, slot)
@@ -260,6 +264,8 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
         send_campaign_batch.delay(campaign_id, first, last, slot)  # the rest, after the queue
         return
     store.release_batch(campaign_id, slot)
+    if store.settle_pause(campaign_id):  # the last batch out of a pausing campaign
+        log.info("campaign %s paused", campaign_id)
     status = store.status(campaign_id)
     if status == "cancelled":
         _cancel_unsent(store, campaign_id)

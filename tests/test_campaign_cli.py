@@ -85,3 +85,19 @@ def test_scheduled_send_and_errors(live_url: str, tmp_path: Path,
                                            "http://127.0.0.1:9", "--token", "t"])
     assert unreachable.exit_code == 1 and "cannot reach Postroom" in unreachable.output
     assert smtp_server.received == []
+
+
+def test_send_as_draft_stores_it_and_sends_nothing(live_url: str, tmp_path: Path,
+                                                   smtp_server: SMTPTestServer) -> None:
+    csv_file = tmp_path / "members.csv"
+    csv_file.write_bytes(csv_bytes(people(3)))
+    body = tmp_path / "body.txt"
+    body.write_text("Dear {{ name }}", encoding="utf-8")
+    result = run(live_url, "send", str(csv_file), "--subject", "Hi", "--body-file", str(body),
+                 "--draft")
+    assert result.exit_code == 0, result.output
+    assert " draft: 3 recipient(s)" in result.output and "/start" in result.output
+    campaign_id = result.output.split()[1]
+    shown = run(live_url, "status", campaign_id)
+    assert "draft" in shown.output
+    assert smtp_server.received == []

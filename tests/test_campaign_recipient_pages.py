@@ -16,7 +16,7 @@ from tests.campaign_helpers import create, csv_bytes, people
 from tests.smtp_server import SMTPTestServer
 from tests.test_campaign_pages import sign_in
 from web.api.schemas_campaigns import CampaignOut
-from web.campaigns.timing import average_rate, duration_text, sending_rate
+from web.campaigns.timing import campaign_rate, chart_scale, duration_text
 
 
 @pytest.fixture
@@ -30,19 +30,22 @@ def refuse_some(smtp_server: SMTPTestServer, every: int) -> None:
         "550 5.1.1 no such user" if int(address[6:11]) % every == 0 else None)
 
 
-def test_a_finished_campaign_shows_its_times_and_a_rate_of_zero(
+def test_a_finished_campaign_shows_its_times_and_one_rate(
         client: FlaskClient, smtp_server: SMTPTestServer) -> None:
     campaign = create(client, csv_bytes(people(30)), name="Autumn")
     sign_in(client)
     page = client.get(f"/campaigns/{campaign['id']}").get_data(as_text=True)
-    assert '<span data-part="rate">0.0</span> messages/s' in page  # not sending any more
-    for label in ("Created", "Started", "Finished", "Duration", "Average rate"):
+    rates = re.findall(r'<span data-part="rate">([\d.]+)</span> messages/s', page)
+    assert len(rates) == 2 and rates[0] == rates[1]  # the header and the table agree
+    for label in ("Created", "Started", "Finished", "Duration", "Rate"):
         assert f"<th>{label}</th>" in page
     moments = re.findall(r'<time class="local-time" datetime="(\d{4}-\d\d-\d\dT[\d:]{8}Z)">'
                          r'(\d{4}-\d\d-\d\d [\d:]{8} UTC)</time>', page)
     assert len(moments) == 3 and all(iso[:10] == text[:10] for iso, text in moments)
     progress = client.get(f"/campaigns/{campaign['id']}/progress").get_json()
-    assert progress["sending_rate"] == 0.0 and progress["elapsed"] >= 0
+    assert f"{progress['sending_rate']:.1f}" == rates[0] and progress["elapsed"] >= 0
+    assert progress["scale"]["top"] == 30 and progress["scale"]["last"].endswith(" UTC")
+    assert '<span data-part="chart-top">30</span>' in page
 
 
 def test_a_scheduled_campaign_shows_a_readable_time(client: FlaskClient) -> None:
@@ -61,11 +64,15 @@ def test_the_rate_is_the_campaigns_own() -> None:
     now = 1_000_000.0
     running = CampaignOut(id="c", name="n", status="running", total=500, created_at=now - 60,
                           started_at=now - 50, counts={"sent": 400}, rate=200.0)
-    assert sending_rate(running, now) == 8.0
-    assert sending_rate(running.model_copy(update={"status": "paused"}), now) == 0.0
+    assert campaign_rate(running, now) == 8.0
+    assert campaign_rate(running.model_copy(update={"status": "paused"}), now) == 8.0
     done = running.model_copy(update={"status": "completed", "finished_at": now - 10})
-    assert sending_rate(done, now) == 0.0 and average_rate(done) == 10.0
+    assert campaign_rate(done, now) == 10.0
+    assert campaign_rate(running.model_copy(update={"started_at": None}), now) is None
     assert duration_text(3725) == "1 h 02 min 05 s" and duration_text(65) == "1 min 05 s"
+    scale = chart_scale([(now, 4), (now + 10, 9), (now + 20, 2)])
+    assert (scale["top"], scale["middle"], scale["step"]) == (9, 4.5, 10)
+    assert scale["unit"] == "messages per 10 s"
 
 
 def test_the_failed_list_says_when_it_is_cut_short(client: FlaskClient,

@@ -92,11 +92,16 @@ def test_pause_stops_new_batches_and_resume_continues(client: FlaskClient,
     accepted = create(client, csv_bytes(people(300)))
     campaign_id = accepted["id"]
     wait_for(lambda: len(smtp_server.received) >= 30, timeout=20)
+    asked = time.monotonic()
     paused = act(client, campaign_id, "pause")
-    assert paused.status_code == 200 and paused.get_json()["status"] == "paused"
+    assert paused.status_code == 200 and paused.get_json()["status"] in ("pausing", "paused")
+    wait_for(lambda: show(client, campaign_id)["status"] == "paused", timeout=5)
+    assert time.monotonic() - asked < 2.0  # pausing ends once the batches sending stop
+    at_paused = len(smtp_server.received)
     shown = wait_for(lambda: settled(client, campaign_id, "paused"), timeout=10)
-    time.sleep(0.5)  # nothing more goes out while paused
+    time.sleep(0.7)  # nothing more goes out once paused
     sent_while_paused = len(smtp_server.received)
+    assert sent_while_paused == at_paused
     assert sent_while_paused == show(client, campaign_id)["counts"]["sent"]
     assert sent_while_paused == shown["counts"]["sent"] < 300
     assert shown["counts"]["queued"] == 300 - sent_while_paused

@@ -15,6 +15,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -34,6 +35,14 @@ class CapturedSummary:
     subject: str
     date: str
     envelope_to: str
+    size: int = 0  # bytes of the whole captured file
+    has_attachments: bool = False  # a multipart/mixed message (one part or more attached)
+
+    @property
+    def received_at(self) -> float:
+        """When it was captured, from its name (``20261202T054400.123456Z-...``), UTC."""
+        return datetime.strptime(self.name[:23], "%Y%m%dT%H%M%S.%fZ").replace(
+            tzinfo=UTC).timestamp()
 
     def matches(self, query: str) -> bool:
         """True when *query* (lower case) is in a recipient or the subject."""
@@ -92,14 +101,17 @@ class CapturedMailbox:
         if known is not None:
             return known
         try:
-            block = _read_header_block(self.directory / f"{name}.eml")
+            path = self.directory / f"{name}.eml"
+            block = _read_header_block(path)
+            size = path.stat().st_size
         except FileNotFoundError:
             return None
         headers = BytesHeaderParser(policy=email.policy.default).parsebytes(block)
         found = CapturedSummary(
             name=name, sender=_header(headers, "From"), to=_header(headers, "To"),
             cc=_header(headers, "Cc"), subject=_header(headers, "Subject"),
-            date=_header(headers, "Date"), envelope_to=_header(headers, "X-Envelope-To"))
+            date=_header(headers, "Date"), envelope_to=_header(headers, "X-Envelope-To"),
+            size=size, has_attachments=headers.get_content_type() == "multipart/mixed")
         with self._lock:
             self._summaries[name] = found
         return found
@@ -134,6 +146,19 @@ class CapturedMailbox:
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         return parsed, raw
+
+    def delete(self, name: str) -> bool:
+        """Delete the captured message *name*; False when there is no such message."""
+        path = self.path(name)
+        if path is None:
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            self._summaries.pop(name, None)
+        return True
 
     def clear(self) -> int:
         """Delete every captured message; the number deleted."""

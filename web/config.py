@@ -182,6 +182,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "API_TOKENS": (_token_list, []),
     "ADMIN_USERNAME": (_optional_text, None),
     "ADMIN_PASSWORD": (_optional_text, None),
+    "ADMIN_EMAIL": (_optional_text, None),  # where a draft's "Send test" goes by default
     "OTP_LENGTH": (_whole_number(4), 6),
     "OTP_TTL": (_whole_number(30), 600),
     "OTP_MAX_ATTEMPTS": (_whole_number(1), 5),

@@ -39,10 +39,12 @@ from flask.typing import ResponseReturnValue
 
 from web.campaigns.pages import admin_required
 from web.captured_mail import CapturedMailbox, attachment_parts, text_and_html
+from web.outbox_view import register_filters, remote_images
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
+register_filters(bp)
 
 PAGE_SIZE = 50
 MAX_QUERY = 200
@@ -115,6 +117,16 @@ def clear() -> ResponseReturnValue:
     return redirect(url_for("outbox.index"), code=303)
 
 
+@bp.post("/<name>/delete")
+def delete(name: str) -> ResponseReturnValue:
+    """Delete one captured message (the form carries the CSRF token)."""
+    if not mailbox().delete(name):
+        abort(404)
+    logger.info("outbox message %s deleted", name)
+    flash("Deleted the message.")
+    return redirect(url_for("outbox.index"), code=303)
+
+
 def _message(name: str) -> tuple[EmailMessage, bytes]:
     found = mailbox().message(name)
     if found is None:
@@ -130,6 +142,7 @@ def show(name: str) -> ResponseReturnValue:
     headers = [(key, str(value)) for key, value in message.raw_items()]
     return render_template("outbox/show.html", message=message, name=name, text=text,
                            has_html=bool(html), attachments=attachments, headers=headers,
+                           blocked_images=remote_images(html), size=len(raw),
                            raw=raw[:RAW_SHOWN].decode("utf-8", "replace"),
                            raw_cut=len(raw) > RAW_SHOWN)
 
@@ -181,3 +194,6 @@ def attachment(name: str, index: int) -> ResponseReturnValue:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
+
+
+from web import outbox_api  # noqa: E402,F401  (its routes on this blueprint)

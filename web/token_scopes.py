@@ -22,7 +22,9 @@ SCOPES = ("read", "send", "admin")
 EVERY_SCOPE = frozenset(SCOPES)
 READING_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SENDING = frozenset({("POST", "/api/messages"), ("POST", "/api/otp"),
-                     ("POST", "/api/otp/{request_id}/verify"), ("POST", "/api/campaigns")})
+                     ("POST", "/api/otp/{request_id}/verify"), ("POST", "/api/campaigns"),
+                     ("POST", "/api/campaigns/{campaign_id}/test"),
+                     ("POST", "/api/campaigns/{campaign_id}/start")})
 ADMIN_PATHS = ("/api/suppressions", "/api/webhooks", "/api/bounces")
 _RULE_PART = re.compile(r"<(?:[^:<>]+:)?([^:<>]+)>")
 

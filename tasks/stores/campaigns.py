@@ -5,8 +5,12 @@ A campaign is one Redis hash; its recipients live in a
 are Lua scripts that check the current status first, so two operators (or an
 operator and a worker) can never make a forbidden transition:
 
-    scheduled -> running           queued -> running            running -> completed
-    scheduled|queued|running|paused -> cancelled                queued|running <-> paused
+    draft -> queued|scheduled      scheduled -> running         queued -> running
+    running -> completed           queued|running -> pausing -> paused -> running
+    draft|scheduled|queued|running|pausing|paused -> cancelled
+
+``pausing`` lasts while a batch still holds its claim lease (is sending); the
+last batch out, or the dispatcher, makes it ``paused`` (:meth:`CampaignStore.settle_pause`).
 
 Batches are handed out by :meth:`CampaignStore.reserve_batch`: at most *ahead*
 at a time, each the next *size* queued recipients after a cursor, so a campaign
@@ -44,7 +48,7 @@ for i = 5, #ARGV do
     redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3])
     if ARGV[4] == 'started_at' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
     elseif ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[4], ARGV[3]) end
-    if ARGV[2] == 'running' then
+    if ARGV[2] == 'running' or ARGV[2] == 'pausing' then
       redis.call('SADD', KEYS[3], ARGV[1])
       redis.call('HDEL', KEYS[1], 'finished_at')
     else
@@ -64,6 +68,17 @@ for i = 3, #ARGV do
   if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') > 0 then return 0 end
 end
 redis.call('HSET', KEYS[1], 'status', 'completed', 'updated_at', ARGV[2], 'finished_at', ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+_SETTLE_PAUSE = """
+-- KEYS: campaign, in-flight batches, running; ARGV: id, now, lease name prefix of its batches
+if redis.call('HGET', KEYS[1], 'status') ~= 'pausing' then return 0 end
+for _, slot in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if redis.call('EXISTS', ARGV[3] .. slot) == 1 then return 0 end
+end
+redis.call('HSET', KEYS[1], 'status', 'paused', 'updated_at', ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 """
@@ -216,9 +231,10 @@ class CampaignStore:
         return following, counts
 
     def open(self, campaign_id: str, *, total: int, send_at: float | None,
-             report: dict[str, Any]) -> str:
-        """Finish the import: list the campaign as ``scheduled`` or ``queued``; return which."""
-        status = "scheduled" if send_at is not None else "queued"
+             report: dict[str, Any], draft: bool = False) -> str:
+        """Finish the import: list the campaign as ``draft``, ``scheduled`` or ``queued``;
+        return which. A draft keeps its *send_at* for when it is started."""
+        status = "draft" if draft else "scheduled" if send_at is not None else "queued"
         now = time.time()
         fields: dict[str, Any] = {"status": status, "total": total, "updated_at": now,
                                   "report": json.dumps(report)}
@@ -231,7 +247,9 @@ class CampaignStore:
             pipe.persist(name)
         pipe.delete(self._key(campaign_id, "seen"))
         pipe.zadd(self.index_key, {campaign_id: now})
-        if send_at is not None:
+        if draft:
+            pass  # nothing to start until the operator says so
+        elif send_at is not None:
             pipe.zadd(self.scheduled_key, {campaign_id: send_at})
         else:  # its start task is a doorbell: if it never rings, the reconciler starts it
             pipe.zadd(WATCH_KEY, {f"campaign:{campaign_id}": now + WATCH_AFTER})
@@ -302,6 +320,23 @@ class CampaignStore:
         if outcome == "refused":
             raise TransitionRefused(current)
         return current
+
+    def schedule(self, campaign_id: str, send_at: float) -> None:
+        """``draft -> scheduled`` for *send_at* (raises as :meth:`transition`)."""
+        self.transition(campaign_id, ("draft",), "scheduled")
+        self.redis.zadd(self.scheduled_key, {campaign_id: send_at})
+
+    def queue_draft(self, campaign_id: str) -> None:
+        """``draft -> queued`` (raises as :meth:`transition`), watched until it starts."""
+        self.transition(campaign_id, ("draft",), "queued")
+        self.redis.zadd(WATCH_KEY, {f"campaign:{campaign_id}": time.time() + WATCH_AFTER})
+
+    def settle_pause(self, campaign_id: str) -> bool:
+        """``pausing -> paused`` once no batch of the campaign holds its claim lease."""
+        return bool(self.redis.eval(_SETTLE_PAUSE, 3, self._key(campaign_id),
+                                    self._key(campaign_id, "inflight"), self.running_key,
+                                    campaign_id, time.time(),
+                                    LEASE_PREFIX + batch_token(campaign_id, "")))
 
     def require(self, campaign_id: str, allowed: Iterable[str]) -> str:
         """The current status if it is one of *allowed*; else raise as :meth:`transition`."""

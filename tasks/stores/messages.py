@@ -15,7 +15,7 @@ from typing import Any
 from redis import Redis, RedisError
 
 from tasks.stores import key
-from tasks.stores.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
+from tasks.stores.ledger import DeliveryLedger, RecipientRecord
 from tasks.stores.replication import replicated
 from tasks.stores.watch import WATCH_AFTER, WATCH_KEY, Watchlist
 
@@ -61,13 +61,25 @@ class StoredMessage:
     created_at: float
 
 
+PENDING_STATUSES = ("queued", "sending")  # a recipient not yet tried, or being tried now
+
+
 def message_status(counts: dict[str, int]) -> str:
-    """The message's status, derived from its recipients' counts."""
+    """A message's status from its recipients' counts: the one rule, for the API, the
+    pages and webhooks.
+
+    A recipient is *pending* while ``queued`` or ``sending``. While any is pending the
+    message is ``queued`` (none tried yet) or ``sending``; else ``deferred`` while any
+    recipient is deferred; else ``sent`` (every recipient sent or suppressed),
+    ``failed`` (none) or ``partial``.
+    """
     total = sum(counts.values())
-    done = total - sum(counts[status] for status in UNSETTLED)
-    if total == 0 or done < total:
-        return "sending" if counts["sending"] or counts["sent"] or counts["failed"] else "queued"
-    delivered = counts["sent"] + counts["suppressed"]
+    pending = sum(counts.get(status, 0) for status in PENDING_STATUSES)
+    if total == 0 or pending:
+        return "queued" if pending == counts.get("queued", 0) == total else "sending"
+    if counts.get("deferred", 0):
+        return "deferred"
+    delivered = counts.get("sent", 0) + counts.get("suppressed", 0)
     if delivered == total:
         return "sent"
     return "failed" if delivered == 0 else "partial"

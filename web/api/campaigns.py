@@ -28,9 +28,11 @@ from web.api.schemas_campaigns import (
     CampaignRecipientOut,
     CampaignRecipients,
     CampaignState,
+    CampaignTestIn,
+    CampaignTestOut,
 )
 from web.campaigns import control as levers
-from web.campaigns import creation
+from web.campaigns import creation, drafts
 from web.campaigns.recipients import CSVRecipients, JSONRecipients, RecipientSource
 
 PAGE_LIMIT = 500
@@ -64,7 +66,7 @@ def spec_from(fields: CampaignFields, default_name: str,
     refs = tuple(store.put(data, name, declared).as_fields() for name, declared, data in files)
     return creation.CampaignSpec(name=fields.name or default_name, subject=fields.subject,
                                  body=fields.body, html=fields.html, sender=fields.sender,
-                                 send_at=send_at, attachments=refs)
+                                 send_at=send_at, attachments=refs, draft=fields.draft)
 
 
 def uploaded_attachments() -> list[Upload]:
@@ -212,6 +214,38 @@ describe("get", "/api/campaigns/{campaign_id}/recipients", "A campaign's recipie
                 "limit": f"at most {PAGE_LIMIT}"})
 
 
+@bp.post("/campaigns/<campaign_id>/test")
+def send_test(campaign_id: str) -> ResponseReturnValue:
+    """Send a draft's first message to the addresses given, marked as a test."""
+    body = json_body()
+    to = drafts.test_addresses(body.get("to") if isinstance(body, dict) else None)
+    if isinstance(body, dict) and set(body) - {"to"}:
+        extra = sorted(set(body) - {"to"})[0]
+        raise APIError(422, "invalid", f"unknown field {extra[:40]!r}", {extra[:40]: "unknown"})
+    store = _store()
+    _campaign(store, campaign_id)
+    message_id = drafts.send_test(store, campaign_id, to)
+    sent = CampaignTestOut(id=campaign_id, status=store.status(campaign_id) or "",
+                           message_id=message_id, to=to)
+    return jsonify(sent.model_dump()), 202
+
+
+describe("post", "/api/campaigns/{campaign_id}/start",
+         "Start a draft now, or schedule it if its send_at is ahead",
+         operation_id="startCampaign", tag="campaigns", status=200, response=CampaignState,
+         errors=(401, 404, 409))
+describe("post", "/api/campaigns/{campaign_id}/test",
+         "Send a draft's first message to up to 10 addresses as a test (not counted)",
+         operation_id="testCampaign", tag="campaigns", status=202, request=CampaignTestIn,
+         response=CampaignTestOut, errors=(400, 401, 404, 409, 422))
+
+
+@bp.post("/campaigns/<campaign_id>/start")
+def start(campaign_id: str) -> ResponseReturnValue:
+    """A draft starts now (``queued``) or, with a ``send_at`` ahead, is ``scheduled``."""
+    return control(campaign_id, "start")
+
+
 @bp.post("/campaigns/<campaign_id>/<action>")
 def control(campaign_id: str, action: str) -> ResponseReturnValue:
     act = levers.ACTIONS.get(action)
@@ -227,7 +261,7 @@ def control(campaign_id: str, action: str) -> ResponseReturnValue:
 
 
 for _action, _operation, _summary in (
-        ("pause", "pauseCampaign", "Stop starting new batches"),
+        ("pause", "pauseCampaign", "Stop starting new batches; pausing, then paused"),
         ("resume", "resumeCampaign", "Continue a paused campaign"),
         ("cancel", "cancelCampaign", "Cancel every unsent recipient"),
         ("retry-failed", "retryFailedCampaign", "Queue the failed recipients again")):

@@ -191,7 +191,9 @@ class MessageOut(BaseModel):
     """``GET /api/messages/<id>``."""
 
     id: str
-    status: str
+    status: str = Field(description="from the recipients (tasks.stores.messages.message_status): "
+                        "queued or sending while any is queued or sending, then deferred while "
+                        "any is deferred, then sent, failed or partial")
     created_at: float
     recipients: list[RecipientOut]
 

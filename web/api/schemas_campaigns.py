@@ -56,6 +56,17 @@ class CampaignFields(BaseModel):
     attachments: list[AttachmentIn] = Field(
         default=[], max_length=MAX_ATTACHMENTS,
         description="JSON only; a multipart upload sends them as 'attachments' files")
+    draft: bool = Field(default=False, description="store as a draft: nothing is sent until "
+                        "POST /api/campaigns/{id}/start")
+
+    @field_validator("draft", mode="before")
+    @classmethod
+    def _form_flag(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in ("true", "1", "on", "yes"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "off", "no"):
+            return False
+        return value
 
     @field_validator("send_at", mode="before")
     @classmethod
@@ -104,7 +115,8 @@ class CampaignOut(BaseModel):
 
     id: str
     name: str
-    status: str
+    status: str = Field(description="draft, scheduled, queued, running, pausing (until no "
+                        "batch is sending), paused, completed or cancelled")
     total: int
     counts: dict[str, int]
     send_at: float | None = None
@@ -132,6 +144,24 @@ class CampaignRecipientOut(BaseModel):
 class CampaignRecipients(BaseModel):
     recipients: list[CampaignRecipientOut]
     next_cursor: int | None = None
+
+
+class CampaignTestIn(BaseModel):
+    """``POST /api/campaigns/<id>/test``: where the first recipient's message goes as a test."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: list[str] = Field(min_length=1, max_length=10,
+                          description="1 to 10 addresses; the subject starts with [Test]")
+
+
+class CampaignTestOut(BaseModel):
+    """202: the test message is queued; the campaign stays a draft."""
+
+    id: str
+    status: str
+    message_id: str = Field(description="the test message, as GET /api/messages/{id} shows it")
+    to: list[str]
 
 
 class CampaignState(BaseModel):

@@ -1,4 +1,4 @@
-"""Pause, resume, cancel and retry-failed: the operator's levers, for the API and the pages.
+"""Start, pause, resume, cancel and retry-failed: the operator's levers, for the API and pages.
 
 Each is one atomic status change (see :class:`~tasks.stores.campaigns.CampaignStore`);
 a change the current status forbids is a 409, an unknown campaign a 404.
@@ -6,12 +6,14 @@ a change the current status forbids is a 409, an unknown campaign a 404.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tasks.campaigns import cancel_unsent, dispatch_batches
+from tasks.campaigns import cancel_unsent, dispatch_batches, start_campaign
 from tasks.stores.campaigns import CampaignStore, TransitionRefused
 from web.api.errors import APIError
+from web.campaigns.drafts import keep_attachments
 
 
 @contextmanager
@@ -25,27 +27,44 @@ def _transition(campaign_id: str, verb: str) -> Iterator[None]:
                        f"cannot {verb} a campaign that is {refused.current}") from None
 
 
+def start(store: CampaignStore, campaign_id: str) -> None:
+    """A draft starts now, or is scheduled if its ``send_at`` is still ahead."""
+    with _transition(campaign_id, "start"):
+        store.require(campaign_id, ("draft",))
+        campaign = store.get(campaign_id)
+        if campaign is None:
+            raise KeyError(campaign_id)
+        keep_attachments(store, campaign, until=campaign.send_at)
+        if campaign.send_at is not None and campaign.send_at > time.time():
+            store.schedule(campaign_id, campaign.send_at)
+            return
+        store.queue_draft(campaign_id)
+    start_campaign.delay(campaign_id)
+
+
 def pause(store: CampaignStore, campaign_id: str) -> None:
-    """No new batch starts; batches in flight stop after the message they are sending."""
+    """No new batch starts; ``pausing`` until the batches sending stop (each after the
+    message it is sending), then ``paused``."""
     with _transition(campaign_id, "pause"):
-        store.transition(campaign_id, ("queued", "running"), "paused")
+        store.transition(campaign_id, ("queued", "running"), "pausing")
+    store.settle_pause(campaign_id)  # nothing was sending: paused at once
 
 
 def resume(store: CampaignStore, campaign_id: str) -> None:
     """Carry on from where it stopped (deferred recipients are tried again now)."""
     with _transition(campaign_id, "resume"):
-        store.require(campaign_id, ("paused",))
+        store.require(campaign_id, ("paused", "pausing"))
         store.move_recipients(campaign_id, "deferred", "queued")
         store.restart_from_top(campaign_id)
-        store.transition(campaign_id, ("paused",), "running", stamp="started_at")
+        store.transition(campaign_id, ("paused", "pausing"), "running", stamp="started_at")
     dispatch_batches.delay(campaign_id)
 
 
 def cancel(store: CampaignStore, campaign_id: str) -> None:
     """Stop for good; every recipient not yet sent becomes ``cancelled``."""
     with _transition(campaign_id, "cancel"):
-        store.transition(campaign_id, ("scheduled", "queued", "running", "paused"),
-                         "cancelled", stamp="finished_at")
+        store.transition(campaign_id, ("draft", "scheduled", "queued", "running", "pausing",
+                                       "paused"), "cancelled", stamp="finished_at")
     cancel_unsent.delay(campaign_id)
 
 
@@ -66,5 +85,6 @@ def retry_failed(store: CampaignStore, campaign_id: str) -> None:
 
 
 ACTIONS: dict[str, Callable[[CampaignStore, str], None]] = {
-    "pause": pause, "resume": resume, "cancel": cancel, "retry-failed": retry_failed,
+    "start": start, "pause": pause, "resume": resume, "cancel": cancel,
+    "retry-failed": retry_failed,
 }

@@ -39,6 +39,7 @@ class CampaignSpec:
     sender: str | None
     send_at: float | None
     attachments: tuple[dict[str, Any], ...] = ()  # AttachmentRef fields, bytes already stored
+    draft: bool = False  # stored as a draft: nothing is sent until it is started
 
 
 @dataclass(slots=True)
@@ -107,7 +108,7 @@ def create_campaign(store: CampaignStore, spec: CampaignSpec, source: RecipientS
                        {f"{report.location_name} {k}": v for k, v in shown.items()}
                        or {"recipients": "at least one recipient is needed"})
     status = store.open(campaign_id, total=report.accepted, send_at=spec.send_at,
-                        report=report.public())
+                        report=report.public(), draft=spec.draft)
     replicated(store.redis)  # accepted: on a replica too before the API says so
     log.info("campaign %s created: %d recipient(s), %d rejected, %s", campaign_id,
              report.accepted, report.rejected, status)

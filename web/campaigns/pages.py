@@ -36,14 +36,16 @@ from web.api.errors import APIError, fields_of
 from web.api.schemas_campaigns import CampaignFields, CampaignOut
 from web.campaigns.control import ACTIONS
 from web.campaigns.creation import create_campaign
+from web.campaigns.drafts import rendered_first, test_recipient
 from web.campaigns.recipients import CSVRecipients
 from web.campaigns.signin import per_ip, per_user_name, sessions
 from web.campaigns.timing import (
-    average_rate,
+    campaign_rate,
     chart_bars,
+    chart_scale,
+    duration_text,
     elapsed,
     register_filters,
-    sending_rate,
 )
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ def new() -> ResponseReturnValue:
         return render_template("campaigns/new.html", form={}, errors={})
     request.max_content_length = int(current_app.config["CAMPAIGN_MAX_UPLOAD_BYTES"])
     form = {name: value for name, value in request.form.items()
-            if value != "" and name != "csrf_token"}
+            if value != "" and name not in ("csrf_token", "send")}
     upload = request.files.get("file")
     try:
         fields = CampaignFields.model_validate(form)
@@ -170,11 +172,19 @@ def show(campaign_id: str) -> ResponseReturnValue:
     shown = _shown(store, campaign_id)
     failed, more_failed = store.ledger(campaign_id).page(status="failed", limit=FAILED_SHOWN)
     now = time.time()
+    history = store.send_history(campaign_id)
+    draft = None
+    if shown.status == "draft":
+        campaign = store.get(campaign_id)
+        try:
+            draft = rendered_first(store, campaign) if campaign is not None else None
+        except APIError as err:
+            draft = (err.message, None, None)
     return render_template("campaigns/show.html", campaign=shown, failed=failed,
                            more_failed=more_failed is not None, final=FINAL,
-                           rate=sending_rate(shown, now), elapsed=elapsed(shown, now),
-                           average=average_rate(shown),
-                           bars=chart_bars(store.send_history(campaign_id)))
+                           rate=campaign_rate(shown, now), elapsed=elapsed(shown, now),
+                           bars=chart_bars(history), scale=chart_scale(history),
+                           draft=draft, test_to=test_recipient())
 
 
 @bp.get("/<campaign_id>/progress")
@@ -184,9 +194,11 @@ def progress(campaign_id: str) -> ResponseReturnValue:
     store = _store()
     shown = _shown(store, campaign_id)
     now = time.time()
-    return jsonify({**shown.model_dump(), "sending_rate": sending_rate(shown, now),
-                    "elapsed": elapsed(shown, now),
-                    "chart": chart_bars(store.send_history(campaign_id))})
+    history = store.send_history(campaign_id)
+    span = elapsed(shown, now)
+    return jsonify({**shown.model_dump(), "sending_rate": campaign_rate(shown, now),
+                    "elapsed": span, "elapsed_text": duration_text(span),
+                    "chart": chart_bars(history), "scale": chart_scale(history)})
 
 
 @bp.post("/<campaign_id>/<action>")
@@ -207,6 +219,7 @@ def control(campaign_id: str, action: str) -> ResponseReturnValue:
 
 
 from web.campaigns import (  # noqa: E402,F401  (their routes on this blueprint)
+    draft_pages,
     recipient_pages,
     suppressions,
 )

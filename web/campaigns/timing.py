@@ -2,8 +2,9 @@
 
 Times go to the page as ISO 8601 (UTC) in ``<time datetime=...>``, which the
 page's script shows in the viewer's own time zone; the UTC text is the fallback.
-The rate is the campaign's own: messages sent over the time it has been running,
-and zero whenever it is not sending.
+The rate is one figure, the same in the header, the facts table and the live
+updates: messages sent over the time from the start to the finish (or to now).
+The chart has a scale: its tallest bar's count and the time each bar covers.
 """
 
 from __future__ import annotations
@@ -51,18 +52,13 @@ def elapsed(campaign: CampaignOut, now: float) -> float | None:
     return max(end - campaign.started_at, 0.0)
 
 
-def sending_rate(campaign: CampaignOut, now: float) -> float:
-    """Messages per second since the start while running; 0.0 when not sending."""
-    if campaign.status != "running" or campaign.started_at is None:
-        return 0.0
-    return campaign.counts.get("sent", 0) / max(now - campaign.started_at, 1.0)
-
-
-def average_rate(campaign: CampaignOut) -> float | None:
-    """A finished campaign's messages per second from start to finish; None before it ends."""
-    if campaign.started_at is None or campaign.finished_at is None:
+def campaign_rate(campaign: CampaignOut, now: float) -> float | None:
+    """The campaign's one rate figure, shown everywhere: messages sent per second from its
+    start to its finish (or to *now* while unfinished); None before it starts."""
+    span = elapsed(campaign, now)
+    if span is None:
         return None
-    return campaign.counts.get("sent", 0) / max(campaign.finished_at - campaign.started_at, 1.0)
+    return campaign.counts.get("sent", 0) / max(span, 1.0)
 
 
 def register_filters(bp: Blueprint) -> None:
@@ -89,3 +85,16 @@ def chart_bars(history: list[tuple[float, int]]) -> list[dict[str, object]]:
                      "w": round(max(width - 1, 1), 2), "h": height,
                      "label": f"{utc_text(start)}: {count} sent"})
     return bars
+
+
+def chart_scale(history: list[tuple[float, int]]) -> dict[str, object]:
+    """The chart's axes: the count at its top and middle (messages per bar), the seconds
+    one bar covers, and the UTC times at its left and right ends."""
+    if not history:
+        return {"top": 0, "middle": 0, "step": 0, "first": "", "last": "", "unit": ""}
+    tallest = max(count for _, count in history)
+    step = int(history[1][0] - history[0][0]) if len(history) > 1 else 10
+    return {"top": tallest, "middle": round(tallest / 2, 1), "step": step,
+            "first": utc_text(history[0][0])[11:19],
+            "last": utc_text(history[-1][0] + step)[11:19] + " UTC",
+            "unit": f"messages per {step} s"}

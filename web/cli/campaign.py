@@ -138,19 +138,21 @@ def campaign() -> None:
 @click.option("--name", help="Campaign name (default: the file name).")
 @click.option("--sender", help="From address (default: MAIL_DEFAULT_SENDER).")
 @click.option("--send-at", help="ISO 8601 time to send (UTC unless a zone is given).")
+@click.option("--draft", is_flag=True,
+              help="Store it as a draft: nothing is sent until it is started.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Show progress until the campaign completes.")
 @click.option("--interval", type=float, default=1.0, show_default=True, hidden=True)
 @with_connection
 def send(csv_file: Path, subject: str, body_file: Any, html_file: Any, name: str | None,
-         sender: str | None, send_at: str | None, wait: bool, interval: float, url: str,
-         token: str) -> None:
+         sender: str | None, send_at: str | None, draft: bool, wait: bool, interval: float,
+         url: str, token: str) -> None:
     """Send FILE.csv (an 'email' column plus variable columns) as a campaign."""
     if body_file is None and html_file is None:
         raise click.UsageError("give --body-file, --html-file or both")
     fields = {"subject": subject, "name": name or csv_file.name, "sender": sender or "",
               "send_at": send_at or "", "body": body_file.read() if body_file else "",
-              "html": html_file.read() if html_file else ""}
+              "html": html_file.read() if html_file else "", "draft": "true" if draft else ""}
     api = PostroomAPI(url, token)
     accepted = api.create_from_csv(csv_file, {k: v for k, v in fields.items() if v})
     click.echo(f"campaign {accepted['id']} {accepted['status']}: {accepted['total']} "
@@ -158,6 +160,10 @@ def send(csv_file: Path, subject: str, body_file: Any, html_file: Any, name: str
                f"{accepted['suppressed']} suppressed, {accepted['rejected']} row(s) rejected")
     for row in accepted.get("rejected_rows", []):
         click.echo(f"  line {row.get('line', row.get('index'))}: {row['reason']}", err=True)
+    if accepted["status"] == "draft":
+        click.echo(f"review it on its page (/campaigns/{accepted['id']}), then start it with "
+                   f"POST /api/campaigns/{accepted['id']}/start")
+        return
     if accepted["status"] == "scheduled" or not wait:
         click.echo(f"follow it with: postroom campaign status {accepted['id']} --watch")
         return

@@ -14,10 +14,32 @@
     if (n.cancelled) { text += " · " + n.cancelled + " cancelled"; }
     row.querySelector("[data-part=counts]").textContent = text;
     row.querySelector("[data-part=status]").textContent = c.status;
-    var rate = row.querySelector("[data-part=rate]");
-    if (rate) { rate.textContent = (c.sending_rate || 0).toFixed(1); }
+    document.querySelectorAll("[data-campaign='" + c.id + "'] [data-part=rate], " +
+                              ".campaign-facts [data-part=rate]").forEach(function (el) {
+      el.textContent = (c.sending_rate || 0).toFixed(1);
+    });
     var chart = row.querySelector("[data-part=chart]");
     if (chart && c.chart) { drawChart(chart, c.chart); }
+    if (c.scale) { drawScale(row, c.scale); }
+    var running = document.querySelector("[data-part=elapsed]");
+    if (running && c.elapsed_text && row.tagName !== "TR") { running.textContent = c.elapsed_text; }
+    if (row.tagName !== "TR") { showActions(c); }
+  }
+
+  // Every lever the status allows, and no other (the page is never reloaded for it).
+  function showActions(c) {
+    document.querySelectorAll("[data-when]").forEach(function (el) {
+      var allowed = el.dataset.when.split(" ").indexOf(c.status) !== -1;
+      if (el.dataset.needsFailed && !c.counts.failed) { allowed = false; }
+      el.hidden = !allowed;
+    });
+  }
+
+  function drawScale(row, scale) {
+    ["top", "middle", "first", "last", "unit"].forEach(function (name) {
+      var el = row.querySelector("[data-part=chart-" + name + "]");
+      if (el && scale[name] !== "") { el.textContent = scale[name]; }
+    });
   }
 
   // The sends-over-time bars, as the server computed them (see web/campaigns/timing.py).
@@ -46,12 +68,11 @@
         .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
         .then(function (c) {
           render(row, c);
-          if (FINAL.indexOf(c.status) !== -1) {
-            clearInterval(timer);
-            if (initial !== c.status && document.querySelector(".campaign-actions")) { location.reload(); }
-          }
+          if (FINAL.indexOf(c.status) !== -1) { clearInterval(timer); }
         })
-        .catch(function () { clearInterval(timer); });
+        .catch(function (status) {  // a blip: try again next second; gone or signed out: stop
+          if (status === 404 || status === 401) { clearInterval(timer); }
+        });
     }, 1000);
   }
 
@@ -65,6 +86,13 @@
       el.dataset.local = "1";
     });
   }
+
+  // A confirm before anything is sent (or cancelled): data-confirm on the form or its button.
+  document.addEventListener("submit", function (event) {
+    var button = event.submitter;
+    var text = (button && button.dataset.confirm) || event.target.dataset.confirm;
+    if (text && !window.confirm(text)) { event.preventDefault(); }
+  });
 
   localTimes();
   document.querySelectorAll("[data-progress-url]").forEach(watch);
