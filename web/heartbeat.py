@@ -9,6 +9,9 @@
 - Beat marks each scheduled task it publishes (``postroom.campaign.start_due``
   goes out every ``CAMPAIGN_SCAN_INTERVAL``), so ``/healthz`` can tell whether beat
   runs, whatever the workers do.
+- Every task a worker runs adds one to ``postroom:metrics:tasks`` under its queue
+  and final state (a ``task_postrun`` handler, one ``HINCRBY``), so ``/metrics``
+  can tell a queue that drains from one that is frozen.
 - Every task message carries a ``postroom_published_at`` header (Unix time), so
   ``/metrics`` can give the age of the oldest task waiting in each queue.
 """
@@ -22,11 +25,12 @@ import weakref
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import beat_init, before_task_publish
+from celery.signals import beat_init, before_task_publish, task_postrun
 from redis import Redis
 from redis.exceptions import RedisError
 
 from tasks.stores.heartbeats import Heartbeats, WorkerCard, worker_identity
+from tasks.stores.metrics import DeliveryMetrics
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +123,19 @@ def _stamp_and_mark_beat(headers: dict[str, Any] | None = None, **_: Any) -> Non
             Heartbeats(client).beat()
         except RedisError as err:
             log.warning("beat heartbeat not written: %s", err)
+
+
+@task_postrun.connect
+def _count_finished(sender: Any = None, task: Any = None, state: str | None = None,
+                    **_: Any) -> None:
+    task = task or sender
+    app = getattr(task, "app", None)
+    client = _clients.get(app) if app is not None else None
+    if client is None or task.request.is_eager:
+        return
+    delivery = task.request.delivery_info or {}
+    queue = delivery.get("routing_key") or delivery.get("queue") or "unknown"
+    try:
+        DeliveryMetrics(client).task_finished(str(queue), state or "UNKNOWN")
+    except RedisError as err:
+        log.warning("finished-task count not written: %s", err)
