@@ -36,7 +36,7 @@ from redis import Redis, RedisError
 
 from tasks import runtime
 from tasks.campaigns import dispatch_batches, send_campaign_batch, start_campaign
-from tasks.lost_tasks import report_lost
+from tasks.lost_tasks import report_lost, sweep
 from tasks.mail import deliver_message
 from tasks.otp import send_code
 from tasks.stores import key
@@ -92,6 +92,7 @@ def reconcile_once() -> Reconciled | None:
     waiting = _broker_view()
     found = Reconciler(redis, grace=interval, waiting=waiting or Waiting.of(()),
                        unknown=waiting is None).run()
+    sweep(current_app, redis)  # tasks of workers that died end FAILED in Flower
     if found:
         log.warning("reconciler re-enqueued work that had stopped moving: %s", found)
         pipe = redis.pipeline(transaction=False)

@@ -13,11 +13,15 @@ import redis
 from celery import Celery
 from flask import Flask
 
-from tasks.lost_tasks import REPORTED_BY, task_id_of
+from tasks.lost_tasks import REPORTED_BY, sweep, task_id_of
 from tasks.reconcile import Reconciler
+from tasks.stores.heartbeats import Heartbeats
 from tasks.stores.ledger import LEASE_PREFIX
 from tasks.stores.messages import MessageStore
+from tasks.stores.running import RUNNING_KEY
+from tests.conftest import AUTH
 from tests.lease_support import lease
+from tests.smtp_server import SMTPTestServer
 
 LATER = 120.0
 
@@ -70,3 +74,34 @@ def test_the_task_of_a_dead_worker_is_marked_failed_when_its_recipients_are_requ
     assert result.state == "FAILURE"
     prefix = celery_app.conf.broker_transport_options["global_keyprefix"]
     assert redis_client.llen(prefix + "mail") == 1  # its recipient is enqueued again
+
+
+def test_a_task_running_on_a_worker_that_stops_reporting_is_marked_failed(
+        worker_app: Flask, celery_worker: Celery, redis_client: redis.Redis,
+        smtp_server: SMTPTestServer) -> None:
+    """A real worker lists the task it runs; when the worker's heartbeat is gone (it died),
+    the sweep marks that task failed and clears the list."""
+    release = threading.Event()
+
+    def stall(address: str) -> None:  # the relay takes its time: the task stays running
+        release.wait(15)
+
+    smtp_server.handler.rcpt_reply = stall
+    try:
+        assert worker_app.test_client().post("/api/messages", headers=AUTH, json={
+            "to": "ada@example.com", "subject": "Hi", "body": "x"}).status_code == 202
+        deadline = time.monotonic() + 10
+        while not (running := redis_client.hgetall(RUNNING_KEY)):
+            assert time.monotonic() < deadline, "the running task was not listed within 10 s"
+            time.sleep(0.1)
+        [(entry, name)] = running.items()
+        identity, _, task_id = entry.decode().partition(" ")
+        assert name == b"postroom.deliver_message"
+        assert identity in Heartbeats(redis_client).workers_since(time.time() - 30)
+        assert sweep(celery_worker, redis_client) == []  # its worker is alive
+        Heartbeats(redis_client).forget_worker(identity)  # it died: no more heartbeats
+        assert sweep(celery_worker, redis_client) == [task_id]
+        assert celery_worker.AsyncResult(task_id).state == "FAILURE"
+        assert redis_client.hlen(RUNNING_KEY) == 0
+    finally:
+        release.set()

@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from redis import Redis
+from redis.client import Pipeline
 
 from tasks.stores import key
 from tasks.stores.ledger import text
@@ -140,9 +141,10 @@ class DeliveryMetrics:
         """The reconciler's re-enqueues by reason."""
         return self._named(REQUEUES_KEY, REQUEUE_REASONS)
 
-    def task_finished(self, queue: str, state: str) -> None:
-        """One task of *queue* finished its run in Celery state *state*."""
-        self.redis.hincrby(TASKS_KEY, f"{queue}:{state}", 1)
+    def task_finished(self, queue: str, state: str, pipe: Pipeline | None = None) -> None:
+        """One task of *queue* finished its run in Celery state *state* (on *pipe* if given:
+        the caller executes it)."""
+        (pipe or self.redis).hincrby(TASKS_KEY, f"{queue}:{state}", 1)
 
     def tasks_finished(self) -> dict[tuple[str, str], int]:
         """``(queue, state)`` -> tasks that finished so."""
