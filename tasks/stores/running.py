@@ -5,6 +5,8 @@ worker starts a task (``task_prerun``) and removed when it finishes (``task_post
 the same round trip as the finished-task count). It holds only the tasks running at this
 moment. A worker that stops reporting (:mod:`tasks.stores.heartbeats`) leaves its entries;
 the reconciler (:func:`tasks.lost_tasks.sweep`) takes them and reports those tasks failed.
+A pool process forked before the worker drew its identity lists nothing (the threads pool,
+which Postroom's workers use, always does).
 """
 
 from __future__ import annotations
