@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool spam-tool \
-	sentinel-tool netns-tool postfix-tool
+	sentinel-tool netns-tool postfix-tool prometheus-tool
 
 run: $(STAMP)
 	$(BIN)/postroom dev $(DEV_ARGS)
@@ -18,7 +18,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) compose-tool browser-tool spam-tool sentinel-tool netns-tool postfix-tool
+pytest: $(STAMP) compose-tool browser-tool spam-tool sentinel-tool netns-tool postfix-tool \
+	prometheus-tool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_compose.py validates docker-compose.yml with Debian's docker-compose.
@@ -114,3 +115,15 @@ $(STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# tests/test_alert_rules.py runs promtool; tests/test_dashboard_queries.py a real Prometheus.
+prometheus-tool:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "prometheus/promtool is missing and cannot be installed here (needs root and" \
+	      "apt-get); tests/test_alert_rules.py and tests/test_dashboard_queries.py skip"; \
+	  fi; }

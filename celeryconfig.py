@@ -26,7 +26,8 @@ broker_transport_options = {
     "global_keyprefix": os.environ.get("CELERY_KEY_PREFIX", "postroom:celery:"),
 }
 result_backend_transport_options = {"global_keyprefix": "postroom:celery:"}
-result_expires = 24 * 3600
+# Only the delivery tasks store a result (their counts by outcome, for Flower), briefly.
+result_expires = int(os.environ.get("CELERY_RESULT_EXPIRES", "3600"))
 broker_connection_retry_on_startup = True
 
 # Messages are acknowledged after the task ran; a worker lost mid-task gives it back.
@@ -73,3 +74,11 @@ beat_schedule["postroom-reconcile"] = {
     "task": "postroom.reconcile",
     "schedule": float(os.environ.get("RECONCILE_INTERVAL", "4")),
 }
+
+# Beat's routine tasks (every few seconds) send no task events, so Flower's task list shows
+# mail, not housekeeping; /metrics shows them (postroom_beat_last_seen_timestamp_seconds,
+# postroom_reconciler_requeues_total). CELERY_ROUTINE_TASK_EVENTS=true shows them too.
+_routine_tasks = ("postroom.reconcile", "postroom.campaign.start_due")
+_routine_events = os.environ.get("CELERY_ROUTINE_TASK_EVENTS", "").lower() in {"1", "true",
+                                                                               "yes"}
+task_annotations = {name: {"send_events": _routine_events} for name in _routine_tasks}

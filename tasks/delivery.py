@@ -78,6 +78,15 @@ class BatchReport:
     def deferred(self) -> int:
         return self.counts.get("deferred", 0)
 
+    def summary(self) -> dict[str, int]:
+        """What the run did, as a task result (Flower shows it): recipient counts by outcome,
+        never an address."""
+        found = dict.fromkeys(("sent", "deferred", "failed", "suppressed"), 0)
+        found.update({status: int(n) for status, n in self.counts.items()})
+        if self.lost:
+            found["lost"] = self.lost
+        return found
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:

@@ -61,7 +61,7 @@ def _attachments(message: StoredMessage) -> list[Attachment] | InvalidMessageErr
 
 
 def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
-             envelopes: list[Envelope], composer: Composer, what: str) -> None:
+             envelopes: list[Envelope], composer: Composer, what: str) -> dict[str, int]:
     policy = runtime.retry_policy()
     suppressed = suppression_check(ledger.redis, "message")  # bounced, complained, manual
     observe = runtime.observer("message", message.id, SuppressedNotes(ledger, suppressed),
@@ -72,6 +72,7 @@ def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
     report = run_watched(task, ledger, envelopes, composer, runtime.smtp_settings(), options,
                          what, observe)
     settle_watched(task, "message", message.id, ledger, report)
+    return report.summary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +116,15 @@ def _load(message_id: str) -> _Loaded | None:
                    settings.return_path, str(runtime.app_config()["SECRET_KEY"]))
 
 
-@shared_task(name="postroom.deliver_message", bind=True, max_retries=None, ignore_result=True)
-def deliver_message(self: Task, message_id: str) -> None:
-    """Send one stored message to its recipients that are not yet settled."""
+@shared_task(name="postroom.deliver_message", bind=True, max_retries=None, ignore_result=False)
+def deliver_message(self: Task, message_id: str) -> dict[str, int] | None:
+    """Send one stored message to its recipients that are not yet settled.
+
+    Returns the run's recipient counts by outcome (stored for ``CELERY_RESULT_EXPIRES``).
+    """
     batch = _load(message_id)
     if batch is None:
-        return
+        return None
     draft = replace(_with_message_id(batch.template, batch.composer, message_id),
                     return_path=batch.bounce_address(None))
 
@@ -129,16 +133,18 @@ def deliver_message(self: Task, message_id: str) -> None:
 
     ledger = batch.ledger
     recipients = _unsettled(ledger, range(sum(ledger.counts().values())))
-    _deliver(self, batch.message, ledger, [Envelope(recipients, draft_to)] if recipients else [],
-             batch.composer, f"message {message_id}")
+    return _deliver(self, batch.message, ledger,
+                    [Envelope(recipients, draft_to)] if recipients else [], batch.composer,
+                    f"message {message_id}")
 
 
-@shared_task(name="postroom.deliver_each", bind=True, max_retries=None, ignore_result=True)
-def deliver_each(self: Task, message_id: str, first: int, stop: int) -> None:
-    """Send each unsettled recipient numbered *first* to *stop* - 1 a copy of its own."""
+@shared_task(name="postroom.deliver_each", bind=True, max_retries=None, ignore_result=False)
+def deliver_each(self: Task, message_id: str, first: int, stop: int) -> dict[str, int] | None:
+    """Send each unsettled recipient numbered *first* to *stop* - 1 a copy of its own;
+    returns the run's recipient counts by outcome."""
     batch = _load(message_id)
     if batch is None:
-        return
+        return None
     template, composer = batch.template, batch.composer
 
     def copy_for(claimed: list[RecipientRecord]) -> Draft:
@@ -150,8 +156,9 @@ def deliver_each(self: Task, message_id: str, first: int, stop: int) -> None:
             return_path=batch.bounce_address(recipient.index)))
 
     indices = _unsettled(batch.ledger, range(first, stop))
-    _deliver(self, batch.message, batch.ledger, [Envelope([i], copy_for) for i in indices],
-             composer, f"message {message_id} copies {first}-{stop - 1}")
+    return _deliver(self, batch.message, batch.ledger,
+                    [Envelope([i], copy_for) for i in indices], composer,
+                    f"message {message_id} copies {first}-{stop - 1}")
 
 
 def _unsettled(ledger: DeliveryLedger, indices: range) -> list[int]:

@@ -36,6 +36,7 @@ from redis import Redis, RedisError
 
 from tasks import runtime
 from tasks.campaigns import dispatch_batches, send_campaign_batch, start_campaign
+from tasks.lost_tasks import report_lost, sweep
 from tasks.mail import deliver_message
 from tasks.otp import send_code
 from tasks.stores import key
@@ -91,6 +92,7 @@ def reconcile_once() -> Reconciled | None:
     waiting = _broker_view()
     found = Reconciler(redis, grace=interval, waiting=waiting or Waiting.of(()),
                        unknown=waiting is None).run()
+    sweep(current_app, redis)  # tasks of workers that died end FAILED in Flower
     if found:
         log.warning("reconciler re-enqueued work that had stopped moving: %s", found)
         pipe = redis.pipeline(transaction=False)
@@ -221,6 +223,8 @@ class Reconciler:
             self.watch.expect(kind, item_id, now + self.grace)
             return
         self.watch.expect(kind, item_id, now + 2 * self.grace)  # before: the task may clear it
+        if kind != "campaign":  # a dead worker's task ends FAILED in Flower, not STARTED
+            report_lost(current_app, ledger.orphaned_claims(limit=100))
         task.delay(item_id)
         found.add(kind)
 

@@ -24,6 +24,7 @@ import redis
 import yaml
 from celery import Celery
 
+from tasks.stores.relays import RelayBoard
 from tests.smtp_server import SMTPTestServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,3 +318,29 @@ def test_bounces_command_takes_mail_for_the_return_path(compose: LocalCompose) -
         client.mail("")
         assert client.rcpt("someone@example.com")[0] == 550  # not the return path
         assert client.rcpt("bounces+junk@bounces.localhost")[0] == 250
+
+
+def test_web_healthcheck_probes_livez_and_a_dead_relay_fails_no_probe(
+        compose: LocalCompose, redis_client: redis.Redis) -> None:
+    """The compose healthcheck asks /livez; with every relay's last session failed, /livez
+    and /readyz still answer 200 while /healthz (monitoring) reports the relay down."""
+    check = compose.services["web"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"] and "/livez" in check[3]
+    port = free_port()
+    web = compose.run("web", {"0.0.0.0:8000": f"127.0.0.1:{port}"})
+    base = f"http://127.0.0.1:{port}"
+    web.wait_until("web answers /livez", lambda: http_status(base + "/livez") == 200)
+    RelayBoard(redis_client, 0.0).failed(f"127.0.0.1:{compose.smtp_port}", "connection refused")
+    probe = subprocess.run([sys.executable, "-c", check[3].replace("127.0.0.1:8000",
+                                                                   f"127.0.0.1:{port}")],
+                           capture_output=True, text=True, timeout=15, check=False)
+    assert probe.returncode == 0, probe.stderr
+    assert http_status(base + "/readyz") == 200
+    request = urllib.request.Request(base + "/healthz", headers={
+        "Authorization": f"Bearer {SECRETS['METRICS_TOKEN']}"})
+    try:
+        urllib.request.urlopen(request, timeout=5)
+        raise AssertionError("/healthz answered 200 with the relay down")
+    except urllib.error.HTTPError as err:
+        assert err.code == 503
+        assert "smtp" in json.loads(err.read())["down"]

@@ -92,6 +92,19 @@ def _token_list(name: str, raw: str) -> list[str]:
     return [token.strip() for token in raw.split(",") if token.strip()]
 
 
+def expected_workers(name: str, raw: str | Mapping[str, int]) -> dict[str, int]:
+    """``otp:2,bulk:3`` (or a dict, from a test's config): live workers each queue needs."""
+    if not isinstance(raw, str):
+        return {str(queue): int(count) for queue, count in raw.items()}
+    found: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        queue, sep, count = item.partition(":")
+        if not sep or not queue.strip() or not count.strip().isdigit():
+            raise ConfigError(f"{name}: expected queue:count,queue:count, got {item!r}")
+        found[queue.strip()] = int(count)
+    return found
+
+
 def relay_list(name: str, raw: str | Sequence[str | Relay]) -> tuple[Relay, ...]:
     """``host:port,host:port`` (or a list of them, from a test's config) as relays."""
     items = raw.split(",") if isinstance(raw, str) else list(raw)
@@ -226,6 +239,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "BOUNCE_IDLE_TIMEOUT": (_positive_number, 60.0),
     "BOUNCE_WORKERS": (_whole_number(1), 2),
     "BOUNCE_QUEUE": (_whole_number(1), 32),
+    "EXPECTED_WORKERS": (expected_workers, {}),  # exported as postroom_workers_expected
 }
 
 
@@ -247,6 +261,8 @@ def normalise(config: MutableMapping[str, Any]) -> None:
         config["MAIL_SUPPRESS_SEND"] = bool(config.get("TESTING"))
     config["MAIL_FALLBACK_SERVERS"] = relay_list("MAIL_FALLBACK_SERVERS",
                                                  config.get("MAIL_FALLBACK_SERVERS") or ())
+    config["EXPECTED_WORKERS"] = expected_workers("EXPECTED_WORKERS",
+                                                  config.get("EXPECTED_WORKERS") or {})
     allow_private = config.get("WEBHOOK_ALLOW_PRIVATE")
     if isinstance(allow_private, str):
         allow_private = parse_bool("WEBHOOK_ALLOW_PRIVATE", allow_private)

@@ -9,6 +9,11 @@
 - Beat marks each scheduled task it publishes (``postroom.campaign.start_due``
   goes out every ``CAMPAIGN_SCAN_INTERVAL``), so ``/healthz`` can tell whether beat
   runs, whatever the workers do.
+- Every task a worker runs adds one to ``postroom:metrics:tasks`` under its queue
+  and final state (a ``task_postrun`` handler, one ``HINCRBY``), so ``/metrics``
+  can tell a queue that drains from one that is frozen; while it runs it is listed
+  under the worker's identity (:mod:`tasks.stores.running`), so the reconciler can mark
+  the tasks of a worker that died failed.
 - Every task message carries a ``postroom_published_at`` header (Unix time), so
   ``/metrics`` can give the age of the oldest task waiting in each queue.
 """
@@ -22,11 +27,13 @@ import weakref
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import beat_init, before_task_publish
+from celery.signals import beat_init, before_task_publish, task_postrun, task_prerun
 from redis import Redis
 from redis.exceptions import RedisError
 
 from tasks.stores.heartbeats import Heartbeats, WorkerCard, worker_identity
+from tasks.stores.metrics import DeliveryMetrics
+from tasks.stores.running import RunningTasks
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ WORKER_EVERY = 5.0  # seconds between a worker's reports
 PUBLISHED_AT = "postroom_published_at"  # the task message header
 
 _clients: weakref.WeakKeyDictionary[Celery, Redis] = weakref.WeakKeyDictionary()
+_identities: weakref.WeakKeyDictionary[Celery, str] = weakref.WeakKeyDictionary()
 _beat: dict[str, Redis] = {}  # the Redis of the beat running in this process, if any
 
 
@@ -52,6 +60,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         if client is None:
             return
         self.identity = worker_identity(worker.hostname)
+        _identities[worker.app] = self.identity  # the tasks it runs are recorded under it
         log.info("worker %s reports as %s", worker.hostname, self.identity)
         self.report(worker, self.identity, client)
         self.timer_ref = worker.timer.call_repeatedly(
@@ -119,3 +128,45 @@ def _stamp_and_mark_beat(headers: dict[str, Any] | None = None, **_: Any) -> Non
             Heartbeats(client).beat()
         except RedisError as err:
             log.warning("beat heartbeat not written: %s", err)
+
+
+def _worker_of(task: Any) -> tuple[Redis, str] | None:
+    """The Redis and identity of the worker running *task* (``None``: eager, or unknown)."""
+    app = getattr(task, "app", None)
+    client = _clients.get(app) if app is not None else None
+    if client is None or task.request.is_eager:
+        return None
+    return client, _identities.get(app, "")
+
+
+@task_prerun.connect
+def _mark_running(sender: Any = None, task_id: str | None = None, task: Any = None,
+                  **_: Any) -> None:
+    task = task or sender
+    found = _worker_of(task)
+    if found is None or not found[1] or not task_id:
+        return
+    try:
+        RunningTasks(found[0]).started(found[1], task_id, task.name)
+    except RedisError as err:
+        log.warning("running task %s not recorded: %s", task_id, err)
+
+
+@task_postrun.connect
+def _count_finished(sender: Any = None, task_id: str | None = None, task: Any = None,
+                    state: str | None = None, **_: Any) -> None:
+    task = task or sender
+    found = _worker_of(task)
+    if found is None:
+        return
+    client, identity = found
+    delivery = task.request.delivery_info or {}
+    queue = delivery.get("routing_key") or delivery.get("queue") or "unknown"
+    pipe = client.pipeline(transaction=False)
+    DeliveryMetrics(client).task_finished(str(queue), state or "UNKNOWN", pipe)
+    if identity and task_id:
+        RunningTasks(client).finished(pipe, identity, task_id)
+    try:
+        pipe.execute()
+    except RedisError as err:
+        log.warning("finished-task count not written: %s", err)

@@ -1,5 +1,10 @@
 """``GET /metrics``: Prometheus text for the whole deployment, read from Redis.
 
+Every series here is cluster-wide: each replica answers the same figures, and no
+per-process series (``process_*``, ``python_*``) is served. Scrape one target (the
+Service / load-balancer address); the rules and dashboard in ``deploy/`` take
+``max without (instance, pod)`` first, so scraping every replica counts nothing twice.
+
 Counters are kept in Redis by the workers (:mod:`tasks.stores.metrics`), so any
 web process answers with every worker's and host's figures. Each request builds
 a fresh registry. With ``METRICS_TOKEN`` set, only a request that sends it as
@@ -39,6 +44,7 @@ from web.operator_access import metrics_token_sent, open_to_anyone
 bp = Blueprint("metrics", __name__)
 
 QUEUES = ("otp", "mail", "bulk", "events")
+TASK_STATES = ("SUCCESS", "RETRY", "FAILURE")
 CAMPAIGN_STATUSES = ("scheduled", "queued", "running", "paused", "completed", "cancelled")
 
 
@@ -97,6 +103,14 @@ class DeploymentCollector(Collector):
         for reason, n in metrics.requeues().items():
             requeues.add_metric([reason], n)
         yield requeues
+        finished = CounterMetricFamily(
+            "postroom_tasks_finished", "Tasks that finished a run, by queue and Celery state "
+            "(SUCCESS, RETRY, FAILURE)", labels=["queue", "state"])
+        counted = {(queue, state): 0 for queue in QUEUES for state in TASK_STATES}
+        counted.update(metrics.tasks_finished())
+        for (queue, state), n in sorted(counted.items()):
+            finished.add_metric([queue, state], n)
+        yield finished
         latency = HistogramMetricFamily(
             "postroom_send_duration_seconds",
             "Time from handing a message to the relay to its reply", labels=["kind"])
@@ -176,6 +190,12 @@ def sending_limits(registry: CollectorRegistry, client: redis.Redis) -> None:
           registry=registry).set(config.get("MAIL_RATE_LIMIT") or 0)
     Gauge("postroom_mail_max_connections", "MAIL_MAX_CONNECTIONS across all workers",
           registry=registry).set(config.get("MAIL_MAX_CONNECTIONS") or 0)
+    expected = Gauge("postroom_workers_expected",
+                     "EXPECTED_WORKERS: live workers each queue should have (0: not set)",
+                     ["queue"], registry=registry)
+    wanted = dict.fromkeys(QUEUES, 0) | dict(config.get("EXPECTED_WORKERS") or {})
+    for queue, count in wanted.items():
+        expected.labels(queue=queue).set(count)
     Gauge("postroom_smtp_sessions_open", "SMTP sessions holding a MAIL_MAX_CONNECTIONS slot",
           registry=registry).set(sessions_open(client))
     rate = Gauge("postroom_relay_send_rate", "Transactions/s in force for each relay (learned "

@@ -266,9 +266,13 @@ class DeliveryLedger:
 
     def orphaned(self, *, limit: int = 1000) -> list[int]:
         """Recipients left ``sending`` under a claim whose lease is gone (its worker died)."""
+        return [i for indices in self.orphaned_claims(limit=limit).values() for i in indices]
+
+    def orphaned_claims(self, *, limit: int = 1000) -> dict[str, list[int]]:
+        """The claims whose lease is gone: run token -> the recipients it left ``sending``."""
         members = [int(m) for m in self.redis.zrange(self.index_prefix + "sending", 0, limit - 1)]
         if not members:
-            return []
+            return {}
         raws = self.redis.hmget(self.records_key, [str(i) for i in members])
         tokens = {i: str(json.loads(raw).get("t") or "")
                   for i, raw in zip(members, raws, strict=True) if raw is not None}
@@ -277,7 +281,11 @@ class DeliveryLedger:
         for token in distinct:
             pipe.exists(LEASE_PREFIX + token)
         alive = {token for token, found in zip(distinct, pipe.execute(), strict=True) if found}
-        return [i for i, token in tokens.items() if token not in alive]
+        dead: dict[str, list[int]] = {}
+        for i, token in tokens.items():
+            if token not in alive:
+                dead.setdefault(token, []).append(i)
+        return dead
 
     def page(self, *, status: str | None = None, cursor: int = 0,
              limit: int = 100) -> tuple[list[RecipientRecord], int | None]:

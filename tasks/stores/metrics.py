@@ -10,6 +10,9 @@ Each worker adds to a few hashes under ``postroom:metrics:`` (``HINCRBY``), so
 - ``sessions``: ``opened`` -> SMTP sessions opened;
 - ``leases``: claim-lease events (``taken_over``, ``fenced``, ``lost``);
 - ``reconciler``: the reconciler's re-enqueues by reason;
+- ``tasks``: ``<queue>:<state>`` -> tasks that finished on a queue (Celery's state
+  after the run: ``SUCCESS``, ``RETRY``, ``FAILURE``), one ``HINCRBY`` per task from
+  a ``task_postrun`` handler (:func:`web.heartbeat.register`);
 - ``latency``: ``<kind>:<bucket upper bound>`` -> messages whose SMTP exchange took at
   most that long and more than the bound below it, plus ``<kind>:sum`` (seconds)
   and ``<kind>:count``.
@@ -27,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from redis import Redis
+from redis.client import Pipeline
 
 from tasks.stores import key
 from tasks.stores.ledger import text
@@ -43,6 +47,7 @@ SESSIONS_KEY = key("metrics", "sessions")
 LATENCY_KEY = key("metrics", "latency")
 LEASES_KEY = key("metrics", "leases")  # claim leases: taken_over, fenced, lost
 REQUEUES_KEY = key("metrics", "reconciler")  # the reconciler's re-enqueues, by reason
+TASKS_KEY = key("metrics", "tasks")  # tasks finished, by queue and state
 LEASE_EVENTS = ("taken_over", "fenced", "lost")
 REQUEUE_REASONS = ("batch_lease_gone", "claim_lease_gone", "retry_overdue", "message_idle",
                    "otp_idle", "campaign_idle", "events_idle")
@@ -135,6 +140,20 @@ class DeliveryMetrics:
     def requeues(self) -> dict[str, int]:
         """The reconciler's re-enqueues by reason."""
         return self._named(REQUEUES_KEY, REQUEUE_REASONS)
+
+    def task_finished(self, queue: str, state: str, pipe: Pipeline | None = None) -> None:
+        """One task of *queue* finished its run in Celery state *state* (on *pipe* if given:
+        the caller executes it)."""
+        (pipe or self.redis).hincrby(TASKS_KEY, f"{queue}:{state}", 1)
+
+    def tasks_finished(self) -> dict[tuple[str, str], int]:
+        """``(queue, state)`` -> tasks that finished so."""
+        found: dict[tuple[str, str], int] = {}
+        for name, value in self.redis.hgetall(TASKS_KEY).items():
+            queue, _, state = text(name).rpartition(":")
+            if queue:
+                found[(queue, state)] = int(value)
+        return found
 
     def _named(self, name: str, known: tuple[str, ...]) -> dict[str, int]:
         found = dict.fromkeys(known, 0)
