@@ -239,9 +239,11 @@ class _UnknownUsers:
 
 
 @shared_task(name="postroom.campaign.send_batch", bind=True, max_retries=None,
-             ignore_result=True)
-def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slot: str) -> None:
-    """Send the campaign to its unsent recipients numbered *first*..*last*, one connection."""
+             ignore_result=False)
+def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int,
+                        slot: str) -> dict[str, int] | None:
+    """Send the campaign to its unsent recipients numbered *first*..*last*, one connection;
+    the result (Flower shows it) is what this run did: counts by outcome, no addresses."""
     store = _store()
     campaign = store.get(campaign_id)
     if campaign is None or campaign.status != "running":
@@ -249,7 +251,7 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
             _cancel_unsent(store, campaign_id)
         store.release_batch(campaign_id, slot)
         store.settle_pause(campaign_id)
-        return
+        return None
     try:
         report, sliced = _send_batch(store, campaign, first, last, slot)
     except RedisError as err:  # Redis went away mid-batch: what was claimed comes back
@@ -258,11 +260,11 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
         raise self.retry(countdown=runtime.retry_policy().countdown(self.request.retries + 1),
                          exc=err) from err
     if report.fenced or report.lease_busy:
-        return  # another run of this batch is in charge of it (and of its slot)
+        return report.summary()  # another run of this batch is in charge of it and its slot
     if sliced and not self.request.is_eager and store.status(campaign_id) == "running":
         store.mark_dispatched(campaign_id, slot, first, last)
         send_campaign_batch.delay(campaign_id, first, last, slot)  # the rest, after the queue
-        return
+        return report.summary()
     store.release_batch(campaign_id, slot)
     if store.settle_pause(campaign_id):  # the last batch out of a pausing campaign
         log.info("campaign %s paused", campaign_id)
@@ -274,6 +276,7 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int, slo
     countdown = retry_countdown(report)
     if countdown is not None and status == "running":
         raise self.retry(countdown=countdown)  # deferred recipients; the slot is free meanwhile
+    return report.summary()
 
 
 def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,

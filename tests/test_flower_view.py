@@ -52,6 +52,29 @@ def test_a_message_task_result_counts_outcomes_without_an_address(
     assert "@" not in raw and "example.com" not in raw
 
 
+def test_a_campaign_batch_result_counts_outcomes_without_an_address(
+        worker_app: Flask, celery_worker: Celery, redis_client: redis.Redis,
+        smtp_server: SMTPTestServer) -> None:
+    from tasks.stores.campaigns import CampaignStore
+    from tests.campaign_helpers import wait_for
+    from tests.test_reconcile import new_campaign
+
+    smtp_server.handler.rcpt_reply = (
+        lambda address: "550 5.7.1 refused by policy" if address == "r2@example.com" else None)
+    store = CampaignStore(redis_client)
+    campaign_id = new_campaign(redis_client, 5)
+    with worker_app.app_context():
+        from tasks.campaigns import start_campaign
+        start_campaign.delay(campaign_id)
+    wait_for(lambda: store.status(campaign_id) == "completed", timeout=20)
+    batches = [meta for meta, _ in wait_for(lambda: [
+        found for found in stored_results(redis_client).values()
+        if "sent" in (found[0].get("result") or {})], timeout=10)]
+    assert sum(meta["result"]["sent"] for meta in batches) == 4
+    assert sum(meta["result"]["failed"] for meta in batches) == 1
+    assert "example.com" not in json.dumps(batches)
+
+
 def test_routine_tasks_send_no_events_while_deliveries_do(
         worker_app: Flask, celery_worker: Celery, smtp_server: SMTPTestServer) -> None:
     assert celery_worker.tasks["postroom.reconcile"].send_events is _ROUTINE_EVENTS

@@ -45,7 +45,8 @@ bp = Blueprint("metrics", __name__)
 
 QUEUES = ("otp", "mail", "bulk", "events")
 TASK_STATES = ("SUCCESS", "RETRY", "FAILURE")
-CAMPAIGN_STATUSES = ("scheduled", "queued", "running", "paused", "completed", "cancelled")
+CAMPAIGN_STATUSES = ("draft", "scheduled", "queued", "running", "pausing", "paused", "completed",
+                     "cancelled")
 
 
 def queue_depths(client: redis.Redis, prefix: str) -> dict[str, int]:
