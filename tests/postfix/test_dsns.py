@@ -114,7 +114,8 @@ def test_a_queue_expiry_dsn_marks_bounced(
             first = send(client, to[:1])
             message = send(client, to[1:])
             assert statuses(client, first["id"]) == {to[0]: "sent"}
-            assert statuses(client, message["id"]) == {to[1]: "sent"}
+            # Postfix may give up (and report it) before the API is even asked
+            assert statuses(client, message["id"])[to[1]] in {"sent", "bounced"}
             wait_for(lambda: statuses(client, message["id"])[to[1]] == "bounced", 30,
                      "Postfix's queue-expiry DSN to reach the bounce listener")
         assert slow.handler.refused  # Postfix really tried the next hop
