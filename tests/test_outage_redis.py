@@ -100,7 +100,8 @@ def api_calls() -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", f"/api/campaigns/{some_id}", {}),
         ("GET", f"/api/campaigns/{some_id}/recipients", {}),
         *[("POST", f"/api/campaigns/{some_id}/{action}", {})
-          for action in ("pause", "resume", "cancel", "retry-failed")],
+          for action in ("pause", "resume", "cancel", "retry-failed", "start")],
+        ("POST", f"/api/campaigns/{some_id}/test", {"json": {"to": ["ada@example.com"]}}),
     ]
 
 
