@@ -128,7 +128,6 @@ class BatchOptions:
     policy: RetryPolicy = RetryPolicy()
     created_at: float | None = None  # of the delivery, for the policy's deadline
     lease: float = 10.0  # seconds a claim outlives the last renewal of its run
-    pace: Callable[[], None] | None = None  # blocks for MAIL_RATE_LIMIT before each message
     suppressed: Callable[[list[str]], list[bool]] | None = None  # the suppression list
     should_stop: Callable[[], bool] | None = None  # paused or cancelled: stop before a message
     observe: Callable[[Dispatched], None] | None = None  # each message's fate, as it is known
@@ -196,8 +195,6 @@ class _Run:
         if built.message is None:
             self._record(built.claimed, built.failure, built)
             return True
-        if self.options.pace is not None:
-            self.options.pace()
         self.connection.wait_turn()  # the relay's pace, per MAIL FROM (tasks.stores.pacing)
         self.stream.settle()  # a refused outcome says the lease was taken over
         if not self.lease.usable():  # taken over, or not renewed in time: stop sending

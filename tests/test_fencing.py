@@ -142,11 +142,6 @@ def test_the_reconciler_runs_once_per_interval_whoever_asks(redis_client: redis.
     assert take_turn(redis_client, 0.3)
 
 
-@pytest.fixture
-def config_overrides() -> dict[str, Any]:
-    return {"RECONCILE_IN_WORKERS": False}
-
-
 def test_a_batch_waiting_in_the_broker_is_left_alone_and_a_lost_one_is_sent_again(
         worker_app: Flask, redis_client: redis.Redis) -> None:
     celery_app = worker_app.extensions["celery"]
