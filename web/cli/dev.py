@@ -299,8 +299,8 @@ def banner(plan: Plan) -> list[str]:
 def run(plan: Plan) -> int:
     stopping = threading.Event()
     state = RunningDev(plan.var_dir)
-    say(f"postroom dev: starting; once everything is up it prints the URLs, the API token and "
-        f"the logins last, and keeps them in {state.banner_path} "
+    say(f"postroom dev: starting; once everything is up it prints the URLs, logins and "
+        f"token for the API last, and keeps them in {state.banner_path} "
         f"(`postroom dev --show` prints them again)")
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
