@@ -4,11 +4,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean compose-tool browser-tool spam-tool \
+.PHONY: run show campaign test lint typecheck pytest bench clean compose-tool browser-tool spam-tool \
 	sentinel-tool netns-tool postfix-tool prometheus-tool
 
 run: $(STAMP)
 	$(BIN)/postroom dev $(DEV_ARGS)
+
+# The running `make run`'s URLs, API token and logins, again.
+show: $(STAMP)
+	$(BIN)/postroom dev --show $(DEV_ARGS)
+
+# `make campaign ARGS="send list.csv --subject Hi --body-file body.txt"` (or "status ID"),
+# with the API token `make run` keeps in var/ unless POSTROOM_TOKEN is set.
+campaign: $(STAMP)
+	POSTROOM_TOKEN="$${POSTROOM_TOKEN:-$$(cat var/api_token 2>/dev/null)}" \
+	  $(BIN)/postroom campaign $(ARGS)
 
 test: $(STAMP) lint typecheck pytest
 

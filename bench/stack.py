@@ -154,7 +154,10 @@ def stack_environ(redis_url: str, mail_port: int, extra: dict[str, str]) -> dict
            if not name.startswith(SCRUBBED_PREFIXES)}
     env.update(REDIS_URL=redis_url, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(mail_port),
                API_TOKENS=TOKEN, SECRET_KEY="bench-secret-key-" + uuid.uuid4().hex,
-               POSTROOM_ENV="development", PYTHONUNBUFFERED="1")
+               POSTROOM_ENV="development", PYTHONUNBUFFERED="1",
+               # the production log lines (postroom dev quiets them by default), so the
+               # figures stay comparable with a deployment's and with earlier runs
+               DELIVERY_LOG_LEVEL="INFO", TASK_LOG_LEVEL="INFO")
     env.update(extra)
     return env
 

@@ -312,6 +312,7 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
                            lease=runtime.claim_lease(),
                            suppressed=suppressed, should_stop=check, observe=observe)
     connection = BatchConnection(settings, gate=runtime.session_gate(bulk=True))
+    started = time.monotonic()
     try:
         with connection:
             report = run_batch(store.ledger(campaign.id),
@@ -320,8 +321,8 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
     finally:
         observe.close(sessions_opened=connection.sessions_opened)
     counter.flush()
-    log.info("campaign %s batch %d-%d: %s (%d session(s))%s", campaign.id, first, last,
-             report.counts, connection.sessions_opened,
+    log.info("campaign %s batch %d-%d: %s in %.3f s (%d session(s))%s", campaign.id, first,
+             last, report.described(), time.monotonic() - started, connection.sessions_opened,
              "; its time slice is over" if check.sliced else "")
     return report, check.sliced
 

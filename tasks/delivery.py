@@ -87,6 +87,12 @@ class BatchReport:
             found["lost"] = self.lost
         return found
 
+    def described(self) -> str:
+        """``48 sent, 1 deferred, 1 failed`` (and any other outcome it had): the batch's
+        one log line."""
+        return ", ".join(f"{n} {status}" for status, n in self.summary().items()
+                         if n or status in {"sent", "deferred", "failed"})
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:

@@ -34,6 +34,7 @@ def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope
     (what it had claimed comes back when its lease runs out). *watch* (the options'
     observer) is closed with the sessions opened when the batch is over."""
     connection = BatchConnection(settings, gate=runtime.session_gate())
+    started = time.monotonic()
     try:
         with connection:
             report = run_batch(ledger, envelopes, connection, composer, options)
@@ -43,7 +44,8 @@ def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope
         raise task.retry(countdown=countdown, exc=err) from err
     finally:
         watch.close(sessions_opened=connection.sessions_opened)
-    log.info("%s: %s (%d session(s))", what, report.counts, connection.sessions_opened)
+    log.info("%s: %s in %.3f s (%d session(s))", what, report.described(),
+             time.monotonic() - started, connection.sessions_opened)
     return report
 
 

@@ -1,8 +1,10 @@
-"""``DELIVERY_LOG_LEVEL``: the level of the one-line-per-outcome delivery log."""
+"""``DELIVERY_LOG_LEVEL``: the level of the one-line-per-outcome delivery log; the line per
+run; ``TASK_LOG_LEVEL``: Celery's lines per task."""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -10,6 +12,9 @@ from flask.testing import FlaskClient
 
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
+from web import config as settings
+from web import logs
+from web.config import ConfigError
 
 
 @pytest.mark.parametrize("config_overrides", [{}, {"DELIVERY_LOG_LEVEL": "DEBUG"}],
@@ -25,3 +30,35 @@ def test_the_outcome_lines_follow_the_configured_level(
              and "sent to example.com" in r.getMessage()]
     expected = 0 if config_overrides.get("DELIVERY_LOG_LEVEL") == "DEBUG" else 1
     assert len(lines) == expected, [r.getMessage() for r in caplog.records]
+
+
+def test_each_run_gets_one_line_with_its_counts_and_seconds(
+        client: FlaskClient, smtp_server: SMTPTestServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tasks.watched")
+    client.post("/api/messages", headers=AUTH,
+                json={"to": ["ada@example.com"], "cc": ["bob@example.com"], "subject": "Hi",
+                      "body": "Hello"})
+    assert len(smtp_server.received) == 1
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tasks.watched"]
+    assert re.fullmatch(r"message \w+: 2 sent, 0 deferred, 0 failed in \d+\.\d{3} s "
+                        r"\(1 session\(s\)\)", line), line
+
+
+def test_task_log_level_warning_quiets_celerys_lines_per_task() -> None:
+    loggers = [logging.getLogger(name) for name in logs.CELERY_PER_TASK_LOGGERS]
+    before = [logger.level for logger in loggers]
+    try:
+        logs.set_task_log_level({"TASK_LOG_LEVEL": "INFO"})
+        assert [logger.level for logger in loggers] == before  # INFO leaves them alone
+        logs.set_task_log_level({"TASK_LOG_LEVEL": "WARNING"})
+        assert all(not logger.isEnabledFor(logging.INFO) for logger in loggers)
+        assert all(logger.isEnabledFor(logging.ERROR) for logger in loggers)  # failures show
+    finally:
+        for logger, level in zip(loggers, before, strict=True):
+            logger.setLevel(level)
+
+
+def test_a_malformed_task_log_level_is_one_clear_error() -> None:
+    with pytest.raises(ConfigError, match="TASK_LOG_LEVEL: expected DEBUG, INFO or WARNING"):
+        settings.from_environ({"TASK_LOG_LEVEL": "loud"})

@@ -34,6 +34,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings.check(app.config)
     logs.configure(app.config)
     logs.quiet_routine_tasks()
+    logs.set_task_log_level(app.config)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = os.urandom(32).hex()  # dev/testing only (checked above)
     if not app.config.get("PUBLIC_URL"):

@@ -210,6 +210,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "METRICS_PUBLIC": (parse_bool, False),  # true: /metrics and /healthz details for anyone
     "LOG_FORMAT": (_log_format, "text"),
     "DELIVERY_LOG_LEVEL": (_log_level, "INFO"),
+    "TASK_LOG_LEVEL": (_log_level, "INFO"),  # Celery's per-task "received"/"succeeded" lines
     "FLOWER_URL": (_optional_text, None),
     "MAX_ATTACHMENT_BYTES": (_whole_number(1), 10 * 1024 * 1024),
     "MAX_MESSAGE_BYTES": (_whole_number(1), 25 * 1024 * 1024),

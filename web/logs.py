@@ -1,5 +1,5 @@
-"""``LOG_FORMAT=json``: one JSON object per log line, for log pipelines; and beat's
-routine scans logged at DEBUG.
+"""``LOG_FORMAT=json``: one JSON object per log line, for log pipelines; beat's
+routine scans logged at DEBUG; and ``TASK_LOG_LEVEL`` for Celery's per-task lines.
 
 Each line has ``time`` (UTC, ISO 8601), ``level``, ``logger`` and ``message``;
 a delivery outcome adds ``delivery`` (kind, id, Message-ID, status, the
@@ -23,6 +23,8 @@ EXTRA_FIELDS = ("delivery",)  # ``extra=`` attributes copied into the line
 ROUTINE_TASKS = ("postroom.campaign.start_due", "postroom.reconcile",
                  "postroom-campaigns-due", "postroom-reconcile")
 CELERY_TASK_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+# Celery's "Task ... received" and "Task ... succeeded in" lines, one pair per task run
+CELERY_PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
 class RoutineTasksAtDebug(logging.Filter):
@@ -44,6 +46,16 @@ def quiet_routine_tasks() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RoutineTasksAtDebug) for f in logger.filters):
             logger.addFilter(RoutineTasksAtDebug())
+
+
+def set_task_log_level(config: Mapping[str, Any]) -> None:
+    """``TASK_LOG_LEVEL``: ``WARNING`` hides Celery's per-task "received" and "succeeded"
+    lines (a task's failure, at ERROR, still shows); ``INFO``, the default, leaves the
+    loggers' levels as they are."""
+    level = str(config.get("TASK_LOG_LEVEL") or "INFO")
+    if level != "INFO":
+        for name in CELERY_PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(level)
 
 
 class JSONFormatter(logging.Formatter):

@@ -14,6 +14,7 @@ sessions in threads (a relay's latency, not the CPU, bounds a session).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -33,6 +34,7 @@ import click
 from tasks.stores.connection import redacted
 from web import config as settings
 from web.cli.embedded import CaptureServer, port_is_free, redis_answers, redis_command
+from web.cli.running import RunningDev
 from web.cli.supervisor import Child, GaveUp, Supervisor, say
 from web.config import ConfigError
 from web.token_scopes import token_of
@@ -75,6 +77,7 @@ class Plan:
     redis_port: int
     var_dir: Path
     bounce_port: int = 2525
+    verbose: bool = False  # every child's start-up output, Celery's task lines, each recipient
     env: dict[str, str] = field(default_factory=dict)
     embed_redis: bool = False
     embed_smtp: bool = False
@@ -102,6 +105,10 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
     env.setdefault("PUBLIC_URL", plan.url(plan.port, ""))  # links in mail, never the Host header
     env.setdefault("FLOWER_URL", plan.url(plan.flower_port))  # linked from the home page
     env["PYTHONUNBUFFERED"] = "1"
+    # quiet by default: a summary line per batch instead of one per recipient, and none of
+    # Celery's "received"/"succeeded" lines per task (--verbose or the variables: all back)
+    env.setdefault("DELIVERY_LOG_LEVEL", "INFO" if plan.verbose else "DEBUG")
+    env.setdefault("TASK_LOG_LEVEL", "INFO" if plan.verbose else "WARNING")
     if not env.get("SECRET_KEY"):  # kept, so codes and sessions survive a restart
         env["SECRET_KEY"] = persisted_secret(var / "secret_key", lambda: secrets.token_hex(32))
     tokens = [t.strip() for t in env.get("API_TOKENS", "").split(",") if t.strip()]
@@ -174,7 +181,7 @@ def bulk_shape(env: dict[str, str], cores: int | None = None) -> tuple[int, int]
 
 def commands(plan: Plan) -> dict[str, list[str]]:
     python = sys.executable
-    celery = [python, "-m", "celery", "-A", "worker"]
+    celery = [python, "-m", "celery", "-A", "worker", *([] if plan.verbose else ["--quiet"])]
     worker = [*celery, "worker", "-E", "--without-gossip", "--without-mingle",
               "--loglevel", "INFO"]
     processes, threads = bulk_shape(plan.env)
@@ -189,7 +196,8 @@ def commands(plan: Plan) -> dict[str, list[str]]:
         **bulk,
         "beat": [*celery, "beat", "--loglevel", "INFO",
                  "--schedule", str(plan.var_dir / "celerybeat-schedule")],
-        "flower": [*celery, "flower", f"--address={plan.host}", f"--port={plan.flower_port}"],
+        "flower": [*celery, "flower", f"--address={plan.host}", f"--port={plan.flower_port}",
+                   *([] if plan.verbose else ["--logging=warning"])],
         "bounces": [python, "-m", "web.cli", "bounces", "--host", plan.host,
                     "--port", str(plan.bounce_port)],
     }
@@ -215,13 +223,34 @@ def wait_for_redis(plan: Plan, child: Child, stopping: threading.Event) -> None:
         time.sleep(0.05)
 
 
+def workers_ready(url: str) -> bool:
+    """True once ``/healthz`` at *url* answers and finds a live worker on every queue (or,
+    showing no details, does not say)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body = response.read()
+    except urllib.error.HTTPError as err:
+        body = err.read()  # a 503 still says which checks failed
+    except OSError:
+        return False
+    try:
+        checks = json.loads(body).get("checks")
+    except (ValueError, AttributeError):
+        return True
+    return not isinstance(checks, dict) or bool(checks.get("workers", {}).get("ok", True))
+
+
 def wait_until_ready(plan: Plan, supervisor: Supervisor, stopping: threading.Event) -> bool:
-    """True once web and Flower answer HTTP; False if asked to stop first."""
+    """True once web answers with every queue's workers up and Flower answers HTTP;
+    False if asked to stop first."""
     deadline = time.monotonic() + READY_TIMEOUT
-    pending = {"web": plan.url(plan.port, "/healthz"), "flower": plan.url(plan.flower_port)}
+    healthz, flower = plan.url(plan.port, "/healthz"), plan.url(plan.flower_port)
+    pending: dict[str, Callable[[], bool]] = {
+        "web and the workers": lambda: workers_ready(healthz),
+        "flower": lambda: answers_http(flower)}
     while pending:
-        for name, url in list(pending.items()):
-            if answers_http(url):
+        for name, ready in list(pending.items()):
+            if ready():
                 del pending[name]
         if stopping.wait(0.2):
             return False
@@ -269,6 +298,10 @@ def banner(plan: Plan) -> list[str]:
 
 def run(plan: Plan) -> int:
     stopping = threading.Event()
+    state = RunningDev(plan.var_dir)
+    say(f"postroom dev: starting; once everything is up it prints the URLs, logins and "
+        f"token for the API last, and keeps them in {state.banner_path} "
+        f"(`postroom dev --show` prints them again)")
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stopping.set()
@@ -277,9 +310,14 @@ def run(plan: Plan) -> int:
         signal.signal(signum, on_signal)
 
     supervisor = Supervisor()
+    if not plan.verbose:
+        say(f"postroom dev: the processes' start-up output goes to {state.startup_log} "
+            f"(--verbose shows it here)")
+        supervisor.output.hold(state.startup_log)
     capture: CaptureServer | None = None
     redis_child: Child | None = None
     status = 0
+    state.started()
     try:
         if plan.embed_redis:
             (plan.var_dir / "redis").mkdir(parents=True, exist_ok=True)
@@ -293,14 +331,24 @@ def run(plan: Plan) -> int:
             if not stopping.is_set():
                 supervisor.start(Child(name, argv, plan.env))
         if wait_until_ready(plan, supervisor, stopping):
-            for line in banner(plan):
+            supervisor.output.release()
+            lines = banner(plan)
+            state.ready(lines)
+            for line in lines:
                 say(line)
         while not stopping.wait(0.5):
             supervisor.restart_exited()
     except GaveUp as err:
+        if supervisor.output.held is not None:
+            supervisor.output.release()
+            say(f"postroom dev: the last lines of {state.startup_log}:", err=True)
+            for line in state.startup_log.read_text(errors="replace").splitlines()[-20:]:
+                say(line, err=True)
         say(f"postroom dev: {err}", err=True)
         status = 1
     finally:
+        supervisor.output.release()
+        state.stopped()
         say("postroom dev: stopping every process")
         others = [c for c in supervisor.children if c is not redis_child]
         supervisor.stop(first=others)
@@ -308,6 +356,18 @@ def run(plan: Plan) -> int:
             capture.stop()
         say("postroom dev: stopped")
     return status
+
+
+def show_banner(state: RunningDev) -> NoReturn:
+    """``--show``: the running instance's banner, or one line saying why there is none."""
+    text = state.banner()
+    if text is not None:
+        click.echo(text, nl=False)
+        sys.exit(0)
+    if state.pid() is not None:
+        fail(f"postroom dev (pid {state.pid()}) is still starting; its banner will be in "
+             f"{state.banner_path}")
+    fail(f"no postroom dev is running with --var-dir {state.var_dir}")
 
 
 @click.command()
@@ -325,12 +385,18 @@ def run(plan: Plan) -> int:
               help="Port of the listener for bounces and complaints (MAIL_RETURN_PATH).")
 @click.option("--var-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var"),
               show_default=True, help="Where the embedded servers keep their data.")
+@click.option("--verbose", is_flag=True, help="Show every process's start-up output, Celery's "
+              "line per task and a line per recipient (DELIVERY_LOG_LEVEL=INFO).")
+@click.option("--show", is_flag=True, help="Print the banner (URLs, API token, logins) of the "
+              "postroom dev running with this --var-dir, and exit.")
 def dev(host: str, port: int, flower_port: int, smtp_port: int, redis_port: int,
-        bounce_port: int, var_dir: Path) -> None:
+        bounce_port: int, var_dir: Path, verbose: bool, show: bool) -> None:
     """Run web, workers, beat, Flower and the bounce listener, embedding Redis and SMTP
     when not configured."""
+    if show:
+        show_banner(RunningDev(var_dir.resolve()))
     var_dir.mkdir(parents=True, exist_ok=True)
     plan = make_plan(dict(os.environ), Plan(host, port, flower_port, smtp_port, redis_port,
-                                            var_dir.resolve(), bounce_port))
+                                            var_dir.resolve(), bounce_port, verbose))
     check_ports(plan)
     sys.exit(run(plan))

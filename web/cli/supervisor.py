@@ -3,7 +3,8 @@
 Each child runs in its own session (so its own process group): a Ctrl-C at the
 terminal reaches only the supervisor, which then stops every group itself —
 SIGTERM to each leader, a wait, then SIGKILL to whatever is left in the group.
-Every line a child writes is echoed with the child's name in front.
+Every line a child writes is echoed with the child's name in front (or, while
+the supervisor holds it, written to a file).
 """
 
 from __future__ import annotations
@@ -36,9 +37,36 @@ class GaveUp(RuntimeError):
     """A child keeps exiting right after it starts."""
 
 
-def _echo_lines(name: str, stream: IO[bytes]) -> None:
+class ChildOutput:
+    """Where the children's lines go: the terminal, or a file while held (so the start-up
+    chatter of every child does not bury what the supervisor prints once all are up)."""
+
+    def __init__(self) -> None:
+        self.held: IO[str] | None = None
+
+    def hold(self, path: Path) -> None:
+        """Write the children's lines to *path* (truncated) until :meth:`release`."""
+        self.held = path.open("w", encoding="utf-8")
+
+    def release(self) -> None:
+        """Back to the terminal."""
+        with _output_lock:
+            if self.held is not None:
+                self.held.close()
+                self.held = None
+
+    def write(self, line: str) -> None:
+        with _output_lock:
+            if self.held is not None:
+                self.held.write(line + "\n")
+                self.held.flush()
+            else:
+                click.echo(line)
+
+
+def _echo_lines(name: str, stream: IO[bytes], output: ChildOutput) -> None:
     for raw in iter(stream.readline, b""):
-        say(f"{name:<7}| {raw.decode('utf-8', 'replace').rstrip()}")
+        output.write(f"{name:<7}| {raw.decode('utf-8', 'replace').rstrip()}")
     stream.close()
 
 
@@ -65,6 +93,7 @@ class Child:
         self.started_at = 0.0
         self.quick_exits = 0
         self.restarts = 0
+        self.output = ChildOutput()  # the supervisor's, once started by one
         self._reader: threading.Thread | None = None
 
     @property
@@ -77,8 +106,9 @@ class Child:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.started_at = time.monotonic()
         assert self.process.stdout is not None
-        self._reader = threading.Thread(target=_echo_lines, args=(self.name, self.process.stdout),
-                                        name=f"output-{self.name}", daemon=True)
+        self._reader = threading.Thread(
+            target=_echo_lines, args=(self.name, self.process.stdout, self.output),
+            name=f"output-{self.name}", daemon=True)
         self._reader.start()
 
     def exit_code(self) -> int | None:
@@ -116,9 +146,11 @@ class Supervisor:
 
     def __init__(self) -> None:
         self.children: list[Child] = []
+        self.output = ChildOutput()
 
     def start(self, child: Child) -> Child:
         self.children.append(child)
+        child.output = self.output
         child.start()
         return child
 
