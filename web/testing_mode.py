@@ -51,8 +51,7 @@ def own_redis_url(app: Flask) -> str:
         stack.close()
         raise
     weakref.finalize(app, stack.close)  # also at exit: the server never outlives the tests
-    log.info("TESTING without REDIS_URL: state, broker and results in an embedded Redis at %s",
-             url)
+    log.info("TESTING without REDIS_URL: state, broker and results in the Redis at %s", url)
     return url
 
 
