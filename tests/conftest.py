@@ -86,6 +86,8 @@ def app_config(redis_url: str, smtp_port: int, **overrides: Any) -> dict[str, An
         "CELERY": {"task_always_eager": True, "task_eager_propagates": True},
     }
     config.update(overrides)
+    # every test says whether Celery is eager (web.testing_mode warns otherwise)
+    config["CELERY"] = {"task_always_eager": False, **config["CELERY"]}
     return config
 
 
@@ -117,7 +119,7 @@ def worker_app(redis_client: redis.Redis, redis_url: str, smtp_server: SMTPTestS
                config_overrides: dict[str, Any], tmp_path: Path) -> Flask:
     """The app with a real broker: tasks go through Redis to a worker."""
     config = app_config(redis_url, smtp_server.port, **config_overrides)
-    config["CELERY"] = {"broker_transport_options": {
+    config["CELERY"] = {"task_always_eager": False, "broker_transport_options": {
         "visibility_timeout": 60, "global_keyprefix": f"postroom:celery:{tmp_path.name}:"}}
     return create_app(config)
 

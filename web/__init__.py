@@ -10,7 +10,7 @@ from flask import Flask
 
 from tasks.stores import connection
 from web import config as settings
-from web import logs, page_headers, request_bounds
+from web import logs, page_headers, request_bounds, testing_mode
 from web.celery import celery_init_app
 from web.extensions import csrf, limiter, mail
 from web.json_provider import BoundedJSONProvider
@@ -28,6 +28,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(settings.from_environ(os.environ))
     if config:
         app.config.from_mapping(config)
+    if app.testing and not testing_mode.names_redis(config):  # never 127.0.0.1:6379/0
+        app.config["REDIS_URL"] = testing_mode.own_redis_url(app)
     if not app.config.get("CELERY_BROKER_URL"):
         app.config["CELERY_BROKER_URL"] = app.config["REDIS_URL"]
     settings.normalise(app.config)

@@ -11,15 +11,26 @@ from flask import Flask
 
 from tasks.stores import connection
 from web import heartbeat, reconciler_step
+from web.testing_mode import EagerGuard
 
 
 def celery_init_app(app: Flask) -> Celery:
-    """Create the Celery app for *app*; every task runs inside ``app.app_context()``."""
+    """Create the Celery app for *app*; every task runs inside ``app.app_context()``.
+
+    A ``TESTING`` app that never said whether Celery is eager warns at its first task
+    sent to the broker (:mod:`web.testing_mode`).
+    """
+    guard = EagerGuard(app.config)
 
     class FlaskTask(Task):  # type: ignore[misc]
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             with app.app_context():
                 return self.run(*args, **kwargs)
+
+        def apply_async(self, *args: Any, **kwargs: Any) -> Any:
+            if not self.app.conf.task_always_eager:
+                guard.task_sent(self.name, stacklevel=3)  # at the caller of .delay()
+            return super().apply_async(*args, **kwargs)
 
         def retry(self, *args: Any, **kwargs: Any) -> Any:
             """In eager mode, run the next attempt now.

@@ -26,6 +26,8 @@ def offers() -> list[dict[str, str]]:
     found += [
         {"title": "API", "href": url_for("api.openapi"),
          "about": "The OpenAPI 3 document of the JSON API (bearer token)."},
+        {"title": "API explorer", "href": url_for("api.docs"),
+         "about": "Every operation of the API, to read and try with a token."},
         {"title": "Health", "href": url_for("health.healthz"),
          "about": "Redis, the broker, workers, beat and the relays."},
         {"title": "Metrics", "href": url_for("metrics.metrics"),

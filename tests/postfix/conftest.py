@@ -94,7 +94,7 @@ def postroom_worker(redis_client: redis.Redis, redis_url: str,
         def make(instance: Postfix, **overrides: Any) -> Flask:
             overrides.setdefault("MAIL_DEFAULT_SENDER", "Postroom <noreply@example.org>")
             config = app_config(redis_url, instance.port, SECRET_KEY=SECRET, **overrides)
-            config["CELERY"] = {"broker_transport_options": {
+            config["CELERY"] = {"task_always_eager": False, "broker_transport_options": {
                 "visibility_timeout": 60,
                 "global_keyprefix": f"postroom:celery:{tmp_path.name}:"}}
             app = create_app(config)

@@ -19,7 +19,7 @@ from web.token_scopes import granted, grants, needed_scope, path_template
 bp = Blueprint("api", __name__, url_prefix="/api")
 csrf.exempt(bp)  # bearer tokens, not cookies: CSRF cannot ride on them
 
-PUBLIC_ENDPOINTS = frozenset({"api.openapi"})
+PUBLIC_ENDPOINTS = frozenset({"api.openapi", "api.docs", "api.docs_asset"})
 
 
 @bp.before_request
@@ -47,6 +47,7 @@ bp.app_errorhandler(405)(handle_routing_error)
 from web.api import (  # noqa: E402,F401  (routes)
     bounces,
     campaigns,
+    explorer,
     messages,
     openapi,
     otp,

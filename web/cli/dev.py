@@ -269,6 +269,8 @@ def banner(plan: Plan) -> list[str]:
         f"  Web          {plan.url(plan.port)}",
         f"  API          {plan.url(plan.port, '/api/messages')}",
         f"  OpenAPI      {plan.url(plan.port, '/api/openapi.json')}",
+        f"  API docs     {plan.url(plan.port, '/api/docs')}  (Swagger UI; Authorize with the "
+        "API token)",
         f"  Health       {plan.url(plan.port, '/healthz')}",
         f"  Metrics      {plan.url(plan.port, '/metrics')}",
     ]
