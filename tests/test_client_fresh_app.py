@@ -149,3 +149,16 @@ def test_a_fresh_app_switched_from_flask_mail_sends_through_postroom(
 
     # the message sent while testing was never sent: only the real one reached the outbox
     assert outbox_with(dev, "Welcome while testing") == []
+
+
+def test_a_connect_block_sends_each_message_on_one_kept_connection(
+        client_venv: Path, app_dir: Path, dev: DevRun) -> None:
+    """Under gunicorn (gthread, keep-alive) the three API calls share one TCP connection."""
+    shown = run_app(client_venv, app_dir, dev, "bulk", "Bulk")
+    assert len(set(shown["ids"])) == 3  # type: ignore[arg-type]
+    assert len(shown["ports"]) == 3 and len(set(shown["ports"])) == 1  # type: ignore[arg-type]
+    for n in range(3):
+        deadline = time.monotonic() + 60
+        while not outbox_with(dev, f"Bulk {n}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(outbox_with(dev, f"Bulk {n}")) == 1

@@ -73,6 +73,11 @@ class Postroom:
         self._token = token
         self._transport = Transport(self._http, retry or RetryPolicy())
 
+    @property
+    def http(self) -> httpx.Client:
+        """The ``httpx.Client`` whose kept connections every call uses (for event hooks)."""
+        return self._http
+
     def close(self) -> None:
         """Close the kept connections (only those of a client this object made)."""
         if self._owns_http:
