@@ -73,7 +73,8 @@ def test_send_message_queues_it_and_get_message_shows_each_recipient(
 def test_attachments_go_as_multipart_and_arrive_byte_for_byte(
         postroom: Postroom, smtp_server: SMTPTestServer) -> None:
     data = bytes(range(256)) * 8
-    postroom.send_message(to=["ada@example.com"], subject="Files", body="See attached",
+    postroom.send_message(to=["ada@example.com", '"Lovelace, Ada" <ada2@example.com>'],
+                          subject="Files", body="See attached",
                           reply_to="help@example.com", headers={"X-Ref": "a"},
                           attachments=[Attachment("data.bin", data),
                                        Attachment("Bericht ü.txt", "Grüße".encode(),
@@ -84,6 +85,8 @@ def test_attachments_go_as_multipart_and_arrive_byte_for_byte(
     assert files["Bericht ü.txt"].get_payload(decode=True) == "Grüße".encode()
     assert received.message["Reply-To"] == "help@example.com"
     assert received.message["X-Ref"] == "a"
+    assert received.message["To"] == 'ada@example.com, "Lovelace, Ada" <ada2@example.com>'
+    assert sorted(received.recipients) == ["ada2@example.com", "ada@example.com"]
 
 
 def test_a_send_refused_once_is_retried_with_the_same_idempotency_key(

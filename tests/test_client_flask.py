@@ -46,7 +46,8 @@ def test_send_takes_a_flask_mail_message_and_returns_its_id(
     mail = Mail(sending_app)
     with sending_app.app_context():
         message = Message("Order shipped", recipients=["ada@example.com"],
-                          cc=[("Carol", "carol@example.com")], bcc=["bob@example.com"],
+                          cc=[("Carol", "carol@example.com"), ("Zoë, Z.", "zoe@example.com")],
+                          bcc=["bob@example.com"],
                           reply_to="help@example.com", body="On its way",
                           html="<p>On its <i>way</i></p>",
                           extra_headers={"X-Order": "77"})
@@ -59,10 +60,11 @@ def test_send_takes_a_flask_mail_message_and_returns_its_id(
     sent = received.message
     assert sent["From"] == "Shop <shop@example.com>"  # MAIL_DEFAULT_SENDER, a tuple
     assert (sent["To"], sent["Cc"], sent["Reply-To"]) == (
-        "ada@example.com", "Carol <carol@example.com>", "help@example.com")
+        "ada@example.com", 'Carol <carol@example.com>, "Zoë, Z." <zoe@example.com>',
+        "help@example.com")
     assert sent["X-Order"] == "77" and sent["Bcc"] is None
     assert sorted(received.recipients) == [
-        "ada@example.com", "bob@example.com", "carol@example.com"]
+        "ada@example.com", "bob@example.com", "carol@example.com", "zoe@example.com"]
     [pdf] = sent.iter_attachments()
     assert (pdf.get_filename(), pdf.get_content()) == ("label.pdf", b"%PDF-1.4 \x00\xff")
     html = sent.get_body(("html",))

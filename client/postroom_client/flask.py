@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.headerregistry import Address
 from email.utils import formataddr
 from types import TracebackType
 from typing import Any
@@ -43,7 +44,15 @@ class UnsupportedMessage(ValueError):
 
 
 def _address(value: str | tuple[str, str]) -> str:
-    return formataddr(value) if isinstance(value, tuple) else value
+    """``"Name <user@example.com>"`` for Flask-Mail's ``(name, address)``, the name quoted
+    when it needs it and left in Unicode (Postroom encodes headers itself)."""
+    if isinstance(value, str):
+        return value
+    name, address = value
+    try:
+        return str(Address(display_name=name, addr_spec=address))
+    except (ValueError, IndexError):  # not an address: Postroom's 422 will name the field
+        return formataddr(value)
 
 
 def _attachment(attached: MailAttachment, charset: str) -> Attachment:
