@@ -3,6 +3,7 @@ server's ``Retry-After`` honoured (against the app over real HTTP)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from flask import Flask
 
-from postroom_client import NotFound, RetryPolicy
+from postroom_client import NotFound, Postroom, RetryPolicy, TransportError
 from postroom_client.transport import Transport, retry_after_seconds, retryable
 from tests.client_support import Front, serving
 from tests.conftest import AUTH
@@ -81,3 +82,14 @@ def test_without_retry_after_the_wait_is_the_backoff(base_url: str, front: Front
         with pytest.raises(NotFound):
             transport.request("GET", MISSING, headers=AUTH)
     assert len(slept) == 2 and 0 <= slept[0] <= 0.2 and 0 <= slept[1] <= 0.4
+
+
+def test_a_server_that_never_answers_is_a_timeout_then_a_transport_error() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog) and says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with Postroom(url, "token", timeout=0.2,
+                      retry=RetryPolicy(attempts=2, base=0.01, cap=0.01)) as postroom:
+            with pytest.raises(TransportError, match="ReadTimeout"):
+                postroom.get_message("0" * 32)
