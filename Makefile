@@ -117,10 +117,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench engine
 	$(BIN)/python -m bench.profile_batch
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e "./client[flask]"
 	touch $(STAMP)
 
 clean:
