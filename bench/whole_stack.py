@@ -20,6 +20,12 @@ same run. Scenarios (``--scenarios``, comma-separated; default all but
   While the campaign runs, ``POST /api/otp`` every ``--otp-interval`` (0.5 s),
   each to a new address, timed to the moment the sink accepted that code's
   mail. Goal: p99 under 2 s.
+- ``sessions``: a ``--session-recipients`` (120) campaign with
+  ``MAIL_MAX_EMAILS=--max-emails`` (7) on the delay sink at 0 ms. Goal: exactly
+  ceil(n/N) SMTP sessions (18), each carrying N but the last.
+- ``sink`` and ``delay`` also time the peer (:mod:`bench.peer_app`, the Flask
+  docs' Celery pattern, a task and a session per email). Goals: Postroom 10x
+  it at 0 ms, 50x at 20 ms.
 - ``memory``: Redis ``used_memory`` before and after a scheduled
   ``--memory-rows`` (100,000) row CSV campaign. Goal: at most 300 bytes each.
 - ``enqueue``: the relay down (``MAIL_PORT`` a closed port), ``POST
