@@ -38,7 +38,8 @@ class Peer:
     def sent(self) -> int:
         from bench.peer_app import SENT_KEY
 
-        return int(redis.Redis.from_url(self.broker_url).get(SENT_KEY) or 0)
+        raw: bytes | None = redis.Redis.from_url(self.broker_url).get(SENT_KEY)  # type: ignore[assignment]
+        return int(raw or 0)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
