@@ -35,7 +35,7 @@ from celery import current_app, shared_task
 from redis import Redis, RedisError
 
 from tasks import runtime
-from tasks.campaigns import dispatch_batches, send_campaign_batch, start_campaign
+from tasks.campaigns import batch_size, dispatch_batches, send_campaign_batch, start_campaign
 from tasks.lost_tasks import report_lost, sweep
 from tasks.mail import deliver_message
 from tasks.otp import send_code
@@ -188,7 +188,9 @@ class Reconciler:
         overdue = {i for i in ledger.due_for_retry(now - self.grace)
                    if not _within(i, covered)} - orphaned
         stuck = sorted(orphaned | overdue)
-        size = int(runtime.app_config()["CAMPAIGN_BATCH_SIZE"])
+        config = runtime.app_config()  # whole sessions per batch, as the dispatcher cuts them
+        size = batch_size(len(stuck), 1, cap=int(config["CAMPAIGN_BATCH_SIZE"]),
+                          per_session=int(config.get("MAIL_MAX_EMAILS") or 0) or None)
         for first, last in _spans(stuck, size):
             slot = store.rescue_batch(campaign_id, first, last)
             send_campaign_batch.delay(campaign_id, first, last, slot)

@@ -97,6 +97,21 @@ def test_batches_are_reserved_a_few_at_a_time(redis_client: redis.Redis) -> None
     assert store.reserve_batch(campaign_id, size=100, ahead=2) is None
 
 
+def test_unreserved_counts_what_no_batch_has_been_cut_for(redis_client: redis.Redis) -> None:
+    store = CampaignStore(redis_client)
+    campaign_id = new_campaign(store, 250)
+    store.transition(campaign_id, ("queued",), "running")
+    assert store.unreserved(campaign_id) == 250
+    first = store.reserve_batch(campaign_id, size=100, ahead=3)
+    assert first is not None and store.unreserved(campaign_id) == 150
+    store.reserve_batch(campaign_id, size=100, ahead=3)
+    store.reserve_batch(campaign_id, size=100, ahead=3)
+    # nothing after the cursor: what is still queued behind it, for the batch that goes back
+    assert store.unreserved(campaign_id) == 250
+    store.move_recipients(campaign_id, "queued", "cancelled")
+    assert store.unreserved(campaign_id) == 0
+
+
 def test_a_batch_whose_run_holds_no_lease_is_silent(redis_client: redis.Redis) -> None:
     store = CampaignStore(redis_client)
     campaign_id = new_campaign(store, 30)

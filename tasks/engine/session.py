@@ -180,6 +180,13 @@ class BatchConnection(Connection):
             except (TimeoutError, OSError) as err:  # no session slot came free in time
                 self._unavailable = SessionError(str(err))
 
+    def between_sessions(self) -> bool:
+        """Whether the next message starts a session anyway: none is open, or the open one
+        has carried ``max_emails`` (always, without ``max_emails``). A batch that stops
+        here leaves no session short of ``max_emails``."""
+        max_emails = self.settings.max_emails
+        return self.host is None or not max_emails or self.num_emails >= max_emails
+
     def _release_gate(self) -> None:
         handle, self._gate_handle = self._gate_handle, None
         if self.gate is not None and handle is not None:

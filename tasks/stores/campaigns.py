@@ -389,6 +389,14 @@ class CampaignStore:
             return None
         return slot, int(reply[0]), int(reply[1])
 
+    def unreserved(self, campaign_id: str) -> int:
+        """Queued recipients no batch has been cut for yet: those after the cursor, or, when
+        there are none, every queued one (the next batch goes back for those given back)."""
+        queued = self.ledger(campaign_id).index_prefix + "queued"
+        cursor = self.redis.hget(self._key(campaign_id), "cursor") or b"0"
+        after = int(self.redis.zcount(queued, int(cursor), "+inf"))
+        return after or int(self.redis.zcard(queued))
+
     def rescue_batch(self, campaign_id: str, first: int, last: int) -> str:
         """A batch of its own for recipients *first*..*last* (found stuck); its slot."""
         slot = uuid.uuid4().hex[:12]
