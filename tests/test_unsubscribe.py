@@ -8,8 +8,15 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from itsdangerous import URLSafeSerializer
 
-from tasks.stores.suppression import SuppressionList, read_unsubscribe_token, unsubscribe_token
+from tasks.stores.suppression import (
+    SALT,
+    SuppressionList,
+    UnsubscribeTokens,
+    read_unsubscribe_token,
+    unsubscribe_token,
+)
 from tests.campaign_helpers import create, csv_bytes, people, recipients
 from tests.smtp_server import SMTPTestServer
 
@@ -75,3 +82,16 @@ def test_token_round_trip_and_tampering() -> None:
     assert found is not None and (found.email, found.campaign_id) == ("ada@example.com", "c1")
     assert read_unsubscribe_token("k", token[:-2] + ("A" if token[-1] != "A" else "B")) is None
     assert read_unsubscribe_token("other", token) is None
+
+
+@pytest.mark.parametrize("email", ["ada@example.com", " Ada@Example.com ", "zoë@exämple.de",
+                                   "x" * 120 + "@example.com"])
+def test_tokens_signed_once_per_batch_are_itsdangerous_tokens(email: str) -> None:
+    """The batch's signer (key derived once) writes exactly what itsdangerous writes, so
+    links already in inboxes and links sent now are read the same way."""
+    tokens = UnsubscribeTokens("batch-secret")
+    expected = URLSafeSerializer("batch-secret", salt=SALT).dumps([email.strip().lower(), "c9"])
+    assert tokens.token(email, "c9") == expected
+    assert tokens.token(email, "c9") == expected  # the keyed HMAC is copied, never reused
+    found = read_unsubscribe_token("batch-secret", tokens.token(email, "c10"))
+    assert found is not None and found.campaign_id == "c10"
