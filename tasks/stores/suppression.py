@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,12 +64,25 @@ class UnsubscribeTokens:
         self._signer = signer
 
     def token(self, email: str, campaign_id: str) -> str:
-        payload = self.serializer.dump_payload([normalise(email), campaign_id])
+        payload = _payload([normalise(email), campaign_id])
         if self._mac is None:  # another algorithm: let itsdangerous sign it
             return self._signer.sign(payload).decode()
         mac = self._mac.copy()
         mac.update(payload)
         return (payload + self._sep + base64_encode(mac.digest())).decode()
+
+
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _payload(value: list[str]) -> bytes:
+    """``URLSafeSerializer.dump_payload``: compact JSON, zlib-compressed (with a leading
+    ``.``) only when that is shorter, base64url; with one JSON encoder for every token."""
+    raw = _COMPACT_JSON.encode(value).encode()
+    compressed = zlib.compress(raw)
+    if len(compressed) < len(raw) - 1:
+        return b"." + base64_encode(compressed)
+    return base64_encode(raw)
 
 
 def read_unsubscribe_token(secret_key: str, token: str) -> Unsubscribe | None:
