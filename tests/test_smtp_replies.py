@@ -253,6 +253,15 @@ def test_xtext_encodes_plus_equals_and_controls() -> None:
         BounceRef("message", "f" * 32, None)
 
 
+@pytest.mark.parametrize("value", ["c" + "0" * 32 + ".17.abcdefghij", "!*,-<>~", "a\x7fb",
+                                   "tab\there", "zoë", "".join(map(chr, range(256)))])
+def test_xtext_leaves_plain_values_as_they_are_and_encodes_the_rest_per_byte(
+        value: str) -> None:
+    from tasks.engine.verp import _XTEXT_SAFE
+    assert xtext(value) == "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}"
+                                   for b in value.encode())
+
+
 # -- STARTTLS forgotten
 
 

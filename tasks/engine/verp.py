@@ -112,8 +112,13 @@ def envid_in(envelope_sender: str) -> str | None:
     return token if _TOKEN.match(token.lower()) else None
 
 
+_XTEXT_PLAIN = re.compile(r"[!-*,-<>-~]*")  # printable ASCII but "+" and "=": unchanged
+
+
 def xtext(value: str) -> str:
     """RFC 3461 xtext: ``+`` and ``=``, controls, spaces and non-ASCII as ``+XX``."""
+    if _XTEXT_PLAIN.fullmatch(value):  # every token Postroom writes
+        return value
     return "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}" for b in value.encode())
 
 
