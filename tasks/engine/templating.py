@@ -102,6 +102,9 @@ class CampaignTemplates:
             private = _private_names(tree)
             variables = frozenset(_variables(tree))
             template = env.from_string(env.rewrite(tree))
+            # a plain dict, not the environment's ChainMap: every render copies the
+            # globals into its context, and a dict copies in C
+            template.globals = dict(template.globals)
         except TemplateError as err:
             line = getattr(err, "lineno", None)
             where = f" (line {line})" if line else ""
