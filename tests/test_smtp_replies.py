@@ -219,6 +219,25 @@ def test_with_smtputf8_everyone_is_sent() -> None:
         server.stop()
 
 
+def test_one_envelope_sent_to_a_relay_with_smtputf8_then_to_one_without() -> None:
+    """The envelope worked out for one session is not reused for a relay that differs."""
+    with_utf8 = SMTPTestServer(enable_SMTPUTF8=True).start()
+    without = SMTPTestServer(enable_SMTPUTF8=False).start()
+    to = ["ada@example.com", "jösé@example.com"]
+    try:
+        for server, expected in ((with_utf8, ["sent", "sent"]), (without, ["sent", "failed"]),
+                                 (with_utf8, ["sent", "sent"])):
+            with BatchConnection(settings_for(server)) as connection:
+                outcomes = connection.send_data(SENDER, to, message(0, ["ada@example.com"]))
+                again = connection.send_data(SENDER, to, message(1, ["ada@example.com"]))
+            assert [outcomes[a].status for a in to] == expected
+            assert [again[a].status for a in to] == expected
+        assert len(without.received) == 2 and len(with_utf8.received) == 4
+    finally:
+        with_utf8.stop()
+        without.stop()
+
+
 # -- DSN requests (RFC 3461)
 
 
