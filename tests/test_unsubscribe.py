@@ -42,6 +42,10 @@ def test_one_click_unsubscribe_is_honoured_by_later_campaigns(
     first = create(client, csv_bytes(rows), body="Hi {{ name }}. Leave: {{ unsubscribe_url }}")
     leaving = rows[1]["email"]
     path = unsubscribe_path(smtp_server, leaving)
+    lists = {str(r.message["List-Id"]) for r in smtp_server.received}
+    messages = {str(r.message["Message-ID"]) for r in smtp_server.received}
+    assert len(lists) == 1 and lists.pop().startswith(f"<{first['id']}.")  # one list (RFC 2919)
+    assert len(messages) == 3 and all(m.startswith(f"<{first['id']}.") for m in messages)
 
     page = client.get(path)
     assert page.status_code == 200
