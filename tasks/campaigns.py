@@ -69,7 +69,12 @@ class CampaignMailing:
         self.templates = CampaignTemplates(campaign.subject, campaign.body, campaign.html)
         self.tokens = UnsubscribeTokens(secret_key)
         self.sender = campaign.sender or default_sender or ""
+        self.sender_address = addr_spec(self.sender)
         self.attachments = attachments or []
+        # the same for every recipient: <campaign id.domain> (RFC 2919), the list id, for
+        # filters and for spam scores (an unsubscribe header without one reads as a
+        # partial list header)
+        self.list_id = f"<{campaign.id}.{composer.domain_for(self.sender_address)}>"
 
     def unsubscribe_url(self, email: str) -> str:
         token = self.tokens.token(email, self.campaign.id)
@@ -84,7 +89,7 @@ class CampaignMailing:
         context = {**recipient.vars, "email": recipient.email, "unsubscribe_url": url}
         subject, text, html = self.templates.render(context)
         message_id = self.composer.message_id_for(f"{self.campaign.id}.{recipient.index}",
-                                                  addr_spec(self.sender))
+                                                  self.sender_address)
         return Draft(sender=self.sender, to=[recipient.email], subject=subject, text=text,
                      html=html, headers={"List-Id": self.list_id,  # RFC 2919
                                          "List-Unsubscribe": f"<{url}>",
@@ -98,12 +103,6 @@ class CampaignMailing:
             return None
         return verp_address(self.return_path, self.secret_key,
                             BounceRef("campaign", self.campaign.id, index))
-
-    @property
-    def list_id(self) -> str:
-        """``<campaign id.domain>``: the campaign as a list, for filters and for spam scores
-        (an unsubscribe header without a List-Id reads as a partial list header)."""
-        return f"<{self.campaign.id}.{self.composer.domain_for(addr_spec(self.sender))}>"
 
 
 def load_attachments(campaign: Campaign) -> list[Attachment] | InvalidMessageError:

@@ -48,12 +48,20 @@ def log_outcomes(kind: str, delivery_id: str, dispatched: Dispatched,
     message_id = dispatched.message.message_id if dispatched.message is not None else "-"
     for record, outcome in zip(dispatched.recipients, dispatched.outcomes, strict=True):
         domain = domain_of(record.email)
-        log.log(level, "%s %s %s: %s to %s, smtp %s, %.3f s", kind, delivery_id, message_id,
-                 outcome.status, domain, outcome.smtp_code or "-", dispatched.seconds,
-                 extra={"delivery": {"kind": kind, "id": delivery_id, "message_id": message_id,
-                                     "status": outcome.status, "domain": domain,
-                                     "smtp_code": outcome.smtp_code,
-                                     "seconds": round(dispatched.seconds, 6)}})
+        # the record is made here and handed to the handlers as Logger.log would, less
+        # its search of the call stack for the caller (no format Postroom uses shows it)
+        line = log.makeRecord(
+            log.name, level, __file__, _LINE, "%s %s %s: %s to %s, smtp %s, %.3f s",
+            (kind, delivery_id, message_id, outcome.status, domain, outcome.smtp_code or "-",
+             dispatched.seconds), None, "log_outcomes",
+            {"delivery": {"kind": kind, "id": delivery_id, "message_id": message_id,
+                          "status": outcome.status, "domain": domain,
+                          "smtp_code": outcome.smtp_code,
+                          "seconds": round(dispatched.seconds, 6)}})
+        log.handle(line)
+
+
+_LINE = log_outcomes.__code__.co_firstlineno  # where the record says it was logged
 
 
 class DeliveryWatch:

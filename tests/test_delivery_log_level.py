@@ -62,3 +62,30 @@ def test_task_log_level_warning_quiets_celerys_lines_per_task() -> None:
 def test_a_malformed_task_log_level_is_one_clear_error() -> None:
     with pytest.raises(ConfigError, match="TASK_LOG_LEVEL: expected DEBUG, INFO or WARNING"):
         settings.from_environ({"TASK_LOG_LEVEL": "loud"})
+
+
+def test_an_outcome_line_is_a_whole_record_through_the_logger_filters(
+        client: FlaskClient, smtp_server: SMTPTestServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The record is built without Logger.log's search of the stack, but it still passes the
+    logger's filters and carries the fields a format or a JSON line reads."""
+    caplog.set_level(logging.INFO, logger="tasks.delivery_watch")
+    seen: list[logging.LogRecord] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
+
+    logger = logging.getLogger("tasks.delivery_watch")
+    logger.addFilter(keep)
+    try:
+        client.post("/api/messages", headers=AUTH,
+                    json={"to": ["ada@example.com"], "subject": "Hi", "body": "Hello"})
+    finally:
+        logger.removeFilter(keep)
+    assert len(smtp_server.received) == 1
+    [line] = [r for r in seen if "sent to example.com" in r.getMessage()]
+    assert line.levelno == logging.INFO and line.funcName == "log_outcomes"
+    assert line.pathname.endswith("delivery_watch.py") and line.lineno > 0
+    assert line.delivery["status"] == "sent" and line.delivery["domain"] == "example.com"  # type: ignore[attr-defined]
+    assert "ada@" not in line.getMessage()

@@ -219,6 +219,25 @@ def test_with_smtputf8_everyone_is_sent() -> None:
         server.stop()
 
 
+def test_one_envelope_sent_to_a_relay_with_smtputf8_then_to_one_without() -> None:
+    """The envelope worked out for one session is not reused for a relay that differs."""
+    with_utf8 = SMTPTestServer(enable_SMTPUTF8=True).start()
+    without = SMTPTestServer(enable_SMTPUTF8=False).start()
+    to = ["ada@example.com", "jösé@example.com"]
+    try:
+        for server, expected in ((with_utf8, ["sent", "sent"]), (without, ["sent", "failed"]),
+                                 (with_utf8, ["sent", "sent"])):
+            with BatchConnection(settings_for(server)) as connection:
+                outcomes = connection.send_data(SENDER, to, message(0, ["ada@example.com"]))
+                again = connection.send_data(SENDER, to, message(1, ["ada@example.com"]))
+            assert [outcomes[a].status for a in to] == expected
+            assert [again[a].status for a in to] == expected
+        assert len(without.received) == 2 and len(with_utf8.received) == 4
+    finally:
+        with_utf8.stop()
+        without.stop()
+
+
 # -- DSN requests (RFC 3461)
 
 
@@ -251,6 +270,15 @@ def test_xtext_encodes_plus_equals_and_controls() -> None:
     assert xtext("a+b=c d") == "a+2Bb+3Dc+20d"
     assert read_envid(xtext(envid_for(BounceRef("message", "f" * 32, None), "k")), "k") == \
         BounceRef("message", "f" * 32, None)
+
+
+@pytest.mark.parametrize("value", ["c" + "0" * 32 + ".17.abcdefghij", "!*,-<>~", "a\x7fb",
+                                   "tab\there", "zoë", "".join(map(chr, range(256)))])
+def test_xtext_leaves_plain_values_as_they_are_and_encodes_the_rest_per_byte(
+        value: str) -> None:
+    from tasks.engine.verp import _XTEXT_SAFE
+    assert xtext(value) == "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}"
+                                   for b in value.encode())
 
 
 # -- STARTTLS forgotten

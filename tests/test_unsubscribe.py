@@ -8,8 +8,15 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from itsdangerous import URLSafeSerializer
 
-from tasks.stores.suppression import SuppressionList, read_unsubscribe_token, unsubscribe_token
+from tasks.stores.suppression import (
+    SALT,
+    SuppressionList,
+    UnsubscribeTokens,
+    read_unsubscribe_token,
+    unsubscribe_token,
+)
 from tests.campaign_helpers import create, csv_bytes, people, recipients
 from tests.smtp_server import SMTPTestServer
 
@@ -35,6 +42,10 @@ def test_one_click_unsubscribe_is_honoured_by_later_campaigns(
     first = create(client, csv_bytes(rows), body="Hi {{ name }}. Leave: {{ unsubscribe_url }}")
     leaving = rows[1]["email"]
     path = unsubscribe_path(smtp_server, leaving)
+    lists = {str(r.message["List-Id"]) for r in smtp_server.received}
+    messages = {str(r.message["Message-ID"]) for r in smtp_server.received}
+    assert len(lists) == 1 and lists.pop().startswith(f"<{first['id']}.")  # one list (RFC 2919)
+    assert len(messages) == 3 and all(m.startswith(f"<{first['id']}.") for m in messages)
 
     page = client.get(path)
     assert page.status_code == 200
@@ -75,3 +86,17 @@ def test_token_round_trip_and_tampering() -> None:
     assert found is not None and (found.email, found.campaign_id) == ("ada@example.com", "c1")
     assert read_unsubscribe_token("k", token[:-2] + ("A" if token[-1] != "A" else "B")) is None
     assert read_unsubscribe_token("other", token) is None
+
+
+@pytest.mark.parametrize("email", ["ada@example.com", " Ada@Example.com ", "zoë@exämple.de",
+                                   "x" * 120 + "@example.com",  # compressed
+                                   "ab" * 40 + "@" + "cd" * 40 + ".com"])
+def test_tokens_signed_once_per_batch_are_itsdangerous_tokens(email: str) -> None:
+    """The batch's signer (key derived once) writes exactly what itsdangerous writes, so
+    links already in inboxes and links sent now are read the same way."""
+    tokens = UnsubscribeTokens("batch-secret")
+    expected = URLSafeSerializer("batch-secret", salt=SALT).dumps([email.strip().lower(), "c9"])
+    assert tokens.token(email, "c9") == expected
+    assert tokens.token(email, "c9") == expected  # the keyed HMAC is copied, never reused
+    found = read_unsubscribe_token("batch-secret", tokens.token(email, "c10"))
+    assert found is not None and found.campaign_id == "c10"

@@ -179,6 +179,8 @@ class Composer:
         self._parts: dict[tuple[str, str, str, str], bytes] = {}
         self._digests: dict[int, tuple[bytes, str]] = {}
         self._headers: dict[tuple[str, str], bytes] = {}
+        self._last: dict[str, tuple[str, bytes]] = {}  # each header's last value, encoded
+        self._domains: dict[str, str] = {}  # envelope sender -> its Message-ID domain
         self._token = secrets.token_hex(12)
         self._mixed = f"=_m{self._token}"
         self._alternative = f"=_a{self._token}"
@@ -206,10 +208,15 @@ class Composer:
         """The right-hand side of Message-IDs (and list ids) for mail from *envelope_sender*."""
         if self.message_id_domain:
             return self.message_id_domain
-        try:
-            return a_label_address(envelope_sender).rpartition("@")[2] or "postroom.invalid"
-        except ValueError:
-            return "postroom.invalid"
+        domain = self._domains.get(envelope_sender)
+        if domain is None:  # a batch has one sender, or a few
+            try:
+                domain = a_label_address(envelope_sender).rpartition("@")[2] or "postroom.invalid"
+            except ValueError:
+                domain = "postroom.invalid"
+            if len(self._domains) < _CACHE_LIMIT:
+                self._domains[envelope_sender] = domain
+        return domain
 
     # -- headers
 
@@ -236,6 +243,14 @@ class Composer:
         return self._date[1]
 
     def _header(self, name: str, value: str) -> bytes:
+        last = self._last.get(name)
+        if last is not None and last[0] == value:  # From, List-Id...: the same every message
+            return last[1]
+        line = self._encoded_header(name, value)
+        self._last[name] = (value, line)
+        return line
+
+    def _encoded_header(self, name: str, value: str) -> bytes:
         if HEADER_CONTROLS.search(value):
             raise InvalidMessageError(f"{name}: a header value must not contain control "
                                       "characters or line breaks")

@@ -11,6 +11,7 @@ reports (``RET=HDRS``) with the sender's VERP token as ``ENVID``, and each
 from __future__ import annotations
 
 import smtplib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,13 +48,31 @@ class Wire:
         return list(dict.fromkeys(self.by_recipient.values()))
 
 
+_last = threading.local()  # each thread's last envelope: (sender, recipients, smtputf8), Wire
+
+
 def on_the_wire(host: smtplib.SMTP, sender: str,
                 recipients: Sequence[str]) -> Wire | dict[str, DeliveryOutcome]:
     """The envelope to send, or every recipient's outcome if nothing can be sent.
 
     Without SMTPUTF8 at the server only the recipients with a non-ASCII local part
-    fail (a 553 naming each); a sender that needs it fails them all.
+    fail (a 553 naming each); a sender that needs it fails them all. The same
+    envelope asked for twice in a row in one thread (its commands sent ahead with
+    the previous message, then its own transaction) is worked out once.
     """
+    key = (sender, tuple(recipients), bool(host.has_extn("smtputf8")))
+    last = getattr(_last, "wire", None)
+    if last is not None and last[0] == key:
+        wire: Wire = last[1]
+        return wire
+    found = _on_the_wire(host, sender, recipients)
+    if isinstance(found, Wire):
+        _last.wire = (key, found)
+    return found
+
+
+def _on_the_wire(host: smtplib.SMTP, sender: str,
+                 recipients: Sequence[str]) -> Wire | dict[str, DeliveryOutcome]:
     try:
         wire_sender = a_label_address(sender)
     except ValueError:

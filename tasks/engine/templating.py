@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, nodes
@@ -88,9 +89,9 @@ class CampaignTemplates:
     def __init__(self, subject: str, body: str | None, html: str | None) -> None:
         if body is None and html is None:
             raise TemplateProblem("body", "give body, html or both")
-        self.subject = self._compile("subject", subject, _TEXT)
-        self.body = None if body is None else self._compile("body", body, _TEXT)
-        self.html = None if html is None else self._compile("html", html, _HTML)
+        self.subject = _compiled("subject", subject, autoescape=False)
+        self.body = None if body is None else _compiled("body", body, autoescape=False)
+        self.html = None if html is None else _compiled("html", html, autoescape=True)
 
     @staticmethod
     def _compile(field: str, source: str, env: BoundedSandbox) -> _Compiled:
@@ -101,6 +102,9 @@ class CampaignTemplates:
             private = _private_names(tree)
             variables = frozenset(_variables(tree))
             template = env.from_string(env.rewrite(tree))
+            # a plain dict, not the environment's ChainMap: every render copies the
+            # globals into its context, and a dict copies in C
+            template.globals = dict(template.globals)
         except TemplateError as err:
             line = getattr(err, "lineno", None)
             where = f" (line {line})" if line else ""
@@ -160,6 +164,14 @@ class CampaignTemplates:
                 room -= len(part.render(context, seconds=left, max_chars=room))
             except InvalidMessageError as err:
                 raise TemplateProblem(part.field, str(err.__cause__ or err)) from None
+
+
+@lru_cache(maxsize=16)
+def _compiled(field: str, source: str, *, autoescape: bool) -> _Compiled:
+    """A template compiled once per process: every batch of a campaign renders the same
+    ones (a compiled Jinja template renders in any thread). A template that does not
+    compile raises each time, as it is not kept."""
+    return CampaignTemplates._compile(field, source, _HTML if autoescape else _TEXT)
 
 
 def header_text(value: str) -> str:

@@ -7,6 +7,7 @@ recipient of which delivery bounced, and nobody can forge one for another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -24,8 +25,16 @@ class BounceRef:
     index: int | None
 
 
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: str) -> hmac.HMAC:
+    """The HMAC keyed with *secret*, made once; each token signs a copy of it."""
+    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
+
+
 def _sign(secret: str, ref: str) -> str:
-    return hmac.new(secret.encode(), ref.encode(), hashlib.sha256).hexdigest()[:10]
+    mac = _keyed(secret).copy()
+    mac.update(ref.encode())
+    return mac.hexdigest()[:10]
 
 
 def verp_address(return_path: str, secret: str, ref: BounceRef) -> str:
@@ -103,8 +112,13 @@ def envid_in(envelope_sender: str) -> str | None:
     return token if _TOKEN.match(token.lower()) else None
 
 
+_XTEXT_PLAIN = re.compile(r"[!-*,-<>-~]*")  # printable ASCII but "+" and "=": unchanged
+
+
 def xtext(value: str) -> str:
     """RFC 3461 xtext: ``+`` and ``=``, controls, spaces and non-ASCII as ``+XX``."""
+    if _XTEXT_PLAIN.fullmatch(value):  # every token Postroom writes
+        return value
     return "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}" for b in value.encode())
 
 
