@@ -217,12 +217,24 @@ class BatchConnection(Connection):
         kept = self.pool.take(self._pool_key())
         if kept is None:
             return False
+        if self._earlier_relay_back(kept.relay):  # a fallback's session: the relay before it
+            kept.close()  # takes the mail again once its cooldown is over
+            return False
         self._release_gate()  # a slot taken for a fresh session: the kept one has its own
         self.host, self.relay, self.num_emails = kept.host, kept.relay, kept.carried
         self._gate_handle = kept.handle
         self._slot_gate = kept.gate if kept.gate is not self.gate else None
         self.sessions_reused += 1
         return True
+
+    def _earlier_relay_back(self, relay: Relay) -> bool:
+        """Whether a relay tried before *relay* may be tried again (not cooling down)."""
+        relays, state = self.settings.relays, self.settings.relay_state
+        if relay == relays[0] or relay not in relays:
+            return False
+        earlier = [str(r) for r in relays[:relays.index(relay)]]
+        skipped = state.cooling_down(earlier) if state is not None else set()
+        return any(name not in skipped for name in earlier)
 
     def _keepable(self) -> bool:
         """Whether the session may carry another message of another batch: open, no
