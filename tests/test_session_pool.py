@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery.contrib.testing.worker import start_worker
 from flask import Flask
 
 from tasks.engine.compose import Composer, Draft
@@ -218,3 +219,16 @@ def test_messages_arriving_together_on_a_worker_share_sessions(
     store = MessageStore(worker_app.extensions["redis"])
     assert until(lambda: all(store.ledger(i).counts()["sent"] == 1 for i in ids))
     once_each(smtp_server, 20)
+
+
+def test_a_stopping_worker_ends_its_kept_sessions(worker_app: Flask,
+                                                  smtp_server: SMTPTestServer) -> None:
+    celery_app: Celery = worker_app.extensions["celery"]
+    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,
+                      queues=["otp", "mail"], shutdown_timeout=30, loglevel="WARNING"):
+        post_messages(worker_app, 3)
+        assert until(lambda: len(smtp_server.received) == 3, timeout=30)
+        assert smtp_server.quits == 0 and smtp_server.open_sessions >= 1
+    assert until(lambda: smtp_server.open_sessions == 0)
+    assert smtp_server.quits == smtp_server.session_count  # each ended with QUIT
+    once_each(smtp_server, 3)
