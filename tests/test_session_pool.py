@@ -232,3 +232,15 @@ def test_a_stopping_worker_ends_its_kept_sessions(worker_app: Flask,
     assert until(lambda: smtp_server.open_sessions == 0)
     assert smtp_server.quits == smtp_server.session_count  # each ended with QUIT
     once_each(smtp_server, 3)
+
+
+def test_a_session_past_its_age_is_not_reused(smtp_server: SMTPTestServer) -> None:
+    pool = SessionPool(idle=30.0, max_age=0.2)
+    settings = settings_for(smtp_server)
+    assert send_one(pool, settings, 0) == "sent" and send_one(pool, settings, 1) == "sent"
+    assert smtp_server.session_count == 1
+    time.sleep(0.3)  # the session passes its age (a wait, not a timing assertion)
+    assert send_one(pool, settings, 2) == "sent"
+    assert [r.session for r in smtp_server.received] == [1, 1, 2]
+    assert until(lambda: smtp_server.quits == 1)  # the old one ended with QUIT
+    pool.close_all()

@@ -11,6 +11,8 @@ in the same process (any thread) carries its message on one of them:
 - before a kept session carries a message it is reset (``RSET``): a session the
   relay closed meanwhile fails there, before any message went out on it, and is
   thrown away for another or a fresh one;
+- a session opened more than :data:`MAX_AGE` seconds ago is closed, not reused, so
+  the relay state sees sessions opened (and a relay's load balancer spreads them);
 - a session idle for *idle* seconds is closed (``QUIT``) by a background thread,
   and so is every kept session holding a ``MAIL_MAX_CONNECTIONS`` slot as soon
   as some process waits for one (:meth:`SlotWaiters.waiting`): a kept session
@@ -33,6 +35,7 @@ from tasks.engine.relays import Relay
 log = logging.getLogger(__name__)
 
 MAX_KEPT = 8  # idle sessions kept per kind of session (the lane's threads)
+MAX_AGE = 60.0  # seconds from a session's opening after which it is not reused
 WAITERS_POLL = 0.2  # seconds between looks for slot waiters while slotted sessions are kept
 
 
@@ -54,6 +57,7 @@ class KeptSession:
     carried: int
     gate: SlotHolder | None = None
     handle: str | None = None
+    opened_at: float = field(default_factory=time.monotonic)
     idle_since: float = field(default_factory=time.monotonic)
 
     def close(self, *, polite: bool = True) -> None:
@@ -101,12 +105,13 @@ class SessionPool:
     """
 
     def __init__(self, idle: float, *, waiting: Callable[[], bool] | None = None,
-                 max_kept: int = MAX_KEPT) -> None:
+                 max_kept: int = MAX_KEPT, max_age: float = MAX_AGE) -> None:
         if idle <= 0:
             raise ValueError(f"idle must be greater than 0, got {idle!r}")
         self.idle = idle
         self.waiting = waiting
         self.max_kept = max_kept
+        self.max_age = max_age
         self._lock = threading.Condition()
         self._kept: dict[Hashable, list[KeptSession]] = {}
         self._pid = os.getpid()
@@ -121,13 +126,16 @@ class SessionPool:
                 if not kept:
                     return None
                 session = kept.pop()  # the most recently used: the least likely gone
-            if session.usable():
+            if time.monotonic() - session.opened_at > self.max_age:
+                session.close()
+            elif session.usable():
                 return session
 
     def give(self, key: Hashable, session: KeptSession) -> None:
         """Keep *session* for the next message of kind *key*; close it instead when
         enough are kept, or when a slot it holds is wanted elsewhere."""
-        if session.gate is not None and self.waiting is not None and self.waiting():
+        if time.monotonic() - session.opened_at > self.max_age or (
+                session.gate is not None and self.waiting is not None and self.waiting()):
             session.close()
             return
         session.idle_since = time.monotonic()

@@ -77,6 +77,7 @@ class BatchConnection(Connection):
         self.sessions_reused = 0  # kept sessions this connection carried messages on
         self._paced = False  # the next message's MAIL FROM slot is taken (wait_turn)
         self.relay: Relay | None = None  # where the current (or last) session was opened
+        self._opened_at = 0.0  # monotonic time the current session was opened
 
     def __enter__(self) -> BatchConnection:
         self.host = None  # connect lazily, when the first message needs it
@@ -167,7 +168,7 @@ class BatchConnection(Connection):
                 if len(relays) > 1:
                     log.warning("SMTP relay %s failed: %s", relay, failure)
                 continue
-            self.relay = relay
+            self.relay, self._opened_at = relay, time.monotonic()
             if state is not None:
                 state.opened(str(relay))
             return self.host
@@ -222,6 +223,7 @@ class BatchConnection(Connection):
             return False
         self._release_gate()  # a slot taken for a fresh session: the kept one has its own
         self.host, self.relay, self.num_emails = kept.host, kept.relay, kept.carried
+        self._opened_at = kept.opened_at
         self._gate_handle = kept.handle
         self._slot_gate = kept.gate if kept.gate is not self.gate else None
         self.sessions_reused += 1
@@ -248,7 +250,8 @@ class BatchConnection(Connection):
         assert self.pool is not None and self.host is not None and self.relay is not None
         gate: SlotHolder | None = self._slot_gate or self.gate
         kept = KeptSession(self.host, self.relay, self.num_emails,
-                           gate if self._gate_handle is not None else None, self._gate_handle)
+                           gate if self._gate_handle is not None else None, self._gate_handle,
+                           opened_at=self._opened_at)
         self.host, self._gate_handle, self._slot_gate, self.num_emails = None, None, None, 0
         self.pool.give(self._pool_key(), kept)
 
