@@ -64,9 +64,17 @@ def retry_policy() -> RetryPolicy:
 def relay_pacer() -> RelayPacer:
     """Each relay's shared send rate: ``MAIL_RATE_LIMIT`` transactions a second across
     every worker at most, lowered when a relay throttles (unlimited until then when
-    ``MAIL_RATE_LIMIT`` is unset). The engine paces each ``MAIL FROM`` with it."""
+    ``MAIL_RATE_LIMIT`` is unset). The engine paces each ``MAIL FROM`` with it. One per
+    process and ceiling, shared by its threads, so a relay with no limit costs a Redis
+    call at most once a second, not once a message."""
     per_second = current_app.config.get("MAIL_RATE_LIMIT")
-    return RelayPacer(redis_client(), float(per_second) if per_second else None)
+    ceiling = float(per_second) if per_second else None
+    with _POOL_LOCK:  # one per process: its once-a-second look at an unlimited relay holds
+        pacers = current_app.extensions.setdefault("postroom.relay_pacers", {})
+        pacer: RelayPacer | None = pacers.get(ceiling)
+        if pacer is None:
+            pacer = pacers[ceiling] = RelayPacer(redis_client(), ceiling)
+    return pacer
 
 
 def session_gate(*, bulk: bool = False) -> SessionGate | None:
