@@ -156,10 +156,9 @@ def test_a_kept_session_gives_its_slot_to_a_worker_waiting_for_one(
     settings = settings_for(smtp_server)
     assert send_one(here, settings, 0, gate=slots) == "sent"
     assert here.kept() == 1 and slots.in_use() == 1
-    started = time.monotonic()
+    # were the slot kept, the wait for it would time out and the message be deferred
     assert send_one(elsewhere, settings, 1, gate=SessionSlots(redis_client, 1,
                                                               wait_timeout=10.0)) == "sent"
-    assert time.monotonic() - started < 5.0, "the kept session should have let go of its slot"
     once_each(smtp_server, 2)
     assert smtp_server.peak_sessions == 1 and smtp_server.quits >= 1  # QUIT, then the next
     assert here.kept() == 0
