@@ -8,7 +8,10 @@ per message), ``--rounds`` (3) times each, interleaved; the best round counts,
 since the machine is shared. Prints the CPU this process spent per message
 (``time.process_time``, which other processes on the cores change little) and
 the wall-clock rate; ``--profile`` adds where the time goes with sessions kept
-(parts as in :mod:`bench.profile_batch`).
+(parts as in :mod:`bench.profile_batch`). Then, against :mod:`bench.delay_sink`
+with every reply ``--latency`` (20 ms) late, how long one message takes on a
+connection of its own (as a task sends it, QUIT included), 20 in a row, with and
+without a kept session: what a code waits for across a network.
 """
 
 from __future__ import annotations
@@ -16,10 +19,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import tempfile
 import time
+from pathlib import Path
 
 from bench.profile_batch import report
-from bench.servers import redis_server, smtp_sink
+from bench.report import spread
+from bench.servers import delay_sink, redis_server, smtp_sink
+from tasks.engine.compose import Composer, Draft
+from tasks.engine.pool import SessionPool
+from tasks.engine.session import BatchConnection, SMTPSettings
 from tasks.mail import deliver_message
 from tasks.stores.messages import MessageStore
 from web import create_app
@@ -52,12 +61,33 @@ def run(config: dict[str, object], n: int, tag: str,
     return cpu, wall
 
 
+def one_by_one(port: int, pool: SessionPool | None, n: int = 20) -> list[float]:
+    """Seconds each of *n* messages takes on a connection of its own (QUIT included)."""
+    settings = SMTPSettings(server="127.0.0.1", port=port, timeout=10.0)
+    composer = Composer(message_id_domain="postroom.test")
+    sender = "noreply@postroom.test"
+    seconds = []
+    for i in range(n):
+        data = composer.compose(Draft(sender=sender, to=[f"d{i}@example.com"],
+                                      subject=f"Code {i}", text=BODY)).data
+        started = time.perf_counter()
+        with BatchConnection(settings, pool=pool) as connection:
+            outcome = connection.send_data(sender, [f"d{i}@example.com"], data)
+        seconds.append(time.perf_counter() - started)
+        if outcome[f"d{i}@example.com"].status != "sent":
+            raise SystemExit(f"message {i} to the delay sink: {outcome}")
+    if pool is not None:
+        pool.close_all()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_singles", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds, the delay sink")
     args = parser.parse_args()
     n = args.messages
     with redis_server() as url, smtp_sink() as port:
@@ -86,6 +116,12 @@ def main() -> None:
             run(base | {"MAIL_SESSION_IDLE": 5.0}, n, "profiled-", profiler)
             print("\nwith sessions kept, under the profiler:")
             print(report(pstats.Stats(profiler), n))
+    with tempfile.TemporaryDirectory() as workdir, \
+            delay_sink(args.latency, Path(workdir) / "accepted.tsv") as port:
+        print(f"\none message per connection, 20 in a row, every reply "
+              f"{args.latency * 1000:g} ms late:")
+        print(f"  a session per message: {spread(one_by_one(port, None))}")
+        print(f"  sessions kept:         {spread(one_by_one(port, SessionPool(idle=5.0)))}")
 
 
 if __name__ == "__main__":
