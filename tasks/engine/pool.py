@@ -47,7 +47,7 @@ class SlotHolder(Protocol):
     def trusted(self, handle: str) -> bool: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # one session is itself, never equal to another
 class KeptSession:
     """An open session between messages: the socket, where it goes, what it carried,
     and the ``MAIL_MAX_CONNECTIONS`` slot it holds (``gate`` and ``handle``)."""
