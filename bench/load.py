@@ -25,14 +25,21 @@ class OpenLoopResult:
     start_lags: list[float]  # seconds from due time to the moment the request was sent
     statuses: Counter[str]
     seconds: float  # first due time to last answer
+    ids: list[str] = field(default_factory=list)  # each accepted message's id ("" if none)
+    answered_at: list[float] = field(default_factory=list)  # time.time() each answer was read
 
 
-def open_loop(stack: Stack, rate: float, seconds: float, threads: int = 64) -> OpenLoopResult:
-    """``POST /api/messages`` *rate* times a second for *seconds*, each to a new address."""
+def open_loop(stack: Stack, rate: float, seconds: float, threads: int = 64,
+              body: str = "One message while the relay is down.",
+              prefix: str = "enqueue") -> OpenLoopResult:
+    """``POST /api/messages`` *rate* times a second for *seconds*, each to a new address
+    (``<prefix><i>@example.com``)."""
     total = int(rate * seconds)
     latencies = [0.0] * total
     lags = [0.0] * total
     statuses: list[str] = [""] * total
+    ids = [""] * total
+    answered_at = [0.0] * total
     lock = threading.Lock()
     following = iter(range(total))
     start = time.monotonic() + 0.2
@@ -48,19 +55,22 @@ def open_loop(stack: Stack, rate: float, seconds: float, threads: int = 64) -> O
             lags[i] = time.monotonic() - due
             try:
                 answer = stack.post_json("/api/messages", {
-                    "to": [f"enqueue{i}@example.com"], "subject": f"Enqueue {i}",
-                    "body": "One message while the relay is down."}, timeout=30)
+                    "to": [f"{prefix}{i}@example.com"], "subject": f"Message {i}",
+                    "body": body}, timeout=30)
                 statuses[i] = str(answer.status)
+                ids[i] = str(answer.body.get("id") or "")
             except OSError as err:
                 statuses[i] = type(err).__name__
             latencies[i] = time.monotonic() - due
+            answered_at[i] = time.time()
 
     workers = [threading.Thread(target=client, name=f"enqueue-{n}") for n in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return OpenLoopResult(latencies, lags, Counter(statuses), time.monotonic() - start)
+    return OpenLoopResult(latencies, lags, Counter(statuses), time.monotonic() - start, ids,
+                          answered_at)
 
 
 @dataclass

@@ -31,6 +31,9 @@ same run. Scenarios (``--scenarios``, comma-separated; default all but
 - ``enqueue``: the relay down (``MAIL_PORT`` a closed port), ``POST
   /api/messages`` at ``--enqueue-rate`` (200/s) for ``--enqueue-seconds``
   (10 s), open loop. Goal: p99 under 25 ms.
+- ``singles``: single-message capacity, the relay up: ``POST /api/messages``
+  stepped from 50 a second up while the API's p99 stays under 25 ms and every
+  message is sent within 2 s of its 202 (:mod:`bench.singles`).
 - ``million`` (``--million``): see :mod:`bench.million`.
 """
 
@@ -56,10 +59,11 @@ from bench.million import scenario_million
 from bench.peer import PEER, peer_worker, run_peer
 from bench.report import Summary, percentile, rate, spread, verdict
 from bench.servers import delay_sink, free_port, redis_server, smtp_sink
+from bench.singles import scenario_singles
 from bench.stack import postroom_dev
 
 LOOP = "tutorial loop: Flask-Mail `with mail.connect() as conn:`, one session"
-SCENARIOS = ("sink", "delay", "sessions", "memory", "enqueue")
+SCENARIOS = ("sink", "delay", "sessions", "memory", "enqueue", "singles")
 
 
 def scenario_sink(workdir: Path, args: argparse.Namespace, summary: Summary) -> None:
@@ -344,6 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-rows", type=int, default=100_000, help="[memory]")
     parser.add_argument("--enqueue-rate", type=float, default=200.0, help="[enqueue] per s")
     parser.add_argument("--enqueue-seconds", type=float, default=10.0, help="[enqueue]")
+    parser.add_argument("--singles-rates", default="50,100,200,300,400,600,800",
+                        help="[singles] messages a second, one step each")
+    parser.add_argument("--singles-seconds", type=float, default=3.0, help="[singles] per step")
+    parser.add_argument("--singles-session-idle", type=float, default=None,
+                        help="[singles] MAIL_SESSION_IDLE (0: no session kept)")
     parser.add_argument("--million", action="store_true", help="add the million scenario")
     parser.add_argument("--million-recipients", type=int, default=1_000_000, help="[million]")
     parser.add_argument("--timeout", type=float, default=1800.0,
@@ -354,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         chosen.append("million")
     runners: dict[str, Callable[[Path, argparse.Namespace, Summary], None]] = {
         "sink": scenario_sink, "delay": scenario_delay, "sessions": scenario_sessions,
-        "memory": scenario_memory, "enqueue": scenario_enqueue,
+        "memory": scenario_memory, "enqueue": scenario_enqueue, "singles": scenario_singles,
         "million": lambda workdir, args, _: scenario_million(workdir, args)}
     unknown = [s for s in chosen if s not in runners]
     if unknown:

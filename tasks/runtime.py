@@ -7,6 +7,7 @@ one place they read the app, so the engine and the stores never do.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from tasks.delivery import RetryPolicy
 from tasks.delivery_watch import DeliveryWatch, Observer
 from tasks.dispatch_signal import DispatchSignal
 from tasks.engine.compose import Composer
+from tasks.engine.pool import SessionPool
 from tasks.engine.session import SessionGate, SMTPSettings
 from tasks.events import DeliveryEvents
 from tasks.stores.heartbeats import BULK_QUEUE, advertised_sessions
@@ -26,6 +28,8 @@ from tasks.stores.relays import RelayBoard
 from tasks.stores.throttle import SessionSlots
 
 DEFAULT_BULK_SESSIONS = 32  # campaign batches in flight when no bulk worker has reported
+SESSION_POOL = "postroom.session_pool"  # the app's extension holding it
+_POOL_LOCK = threading.Lock()
 
 
 def redis_client() -> Redis:
@@ -60,9 +64,17 @@ def retry_policy() -> RetryPolicy:
 def relay_pacer() -> RelayPacer:
     """Each relay's shared send rate: ``MAIL_RATE_LIMIT`` transactions a second across
     every worker at most, lowered when a relay throttles (unlimited until then when
-    ``MAIL_RATE_LIMIT`` is unset). The engine paces each ``MAIL FROM`` with it."""
+    ``MAIL_RATE_LIMIT`` is unset). The engine paces each ``MAIL FROM`` with it. One per
+    process and ceiling, shared by its threads, so a relay with no limit costs a Redis
+    call at most once a second, not once a message."""
     per_second = current_app.config.get("MAIL_RATE_LIMIT")
-    return RelayPacer(redis_client(), float(per_second) if per_second else None)
+    ceiling = float(per_second) if per_second else None
+    with _POOL_LOCK:  # one per process: its once-a-second look at an unlimited relay holds
+        pacers = current_app.extensions.setdefault("postroom.relay_pacers", {})
+        pacer: RelayPacer | None = pacers.get(ceiling)
+        if pacer is None:
+            pacer = pacers[ceiling] = RelayPacer(redis_client(), ceiling)
+    return pacer
 
 
 def session_gate(*, bulk: bool = False) -> SessionGate | None:
@@ -76,6 +88,24 @@ def session_gate(*, bulk: bool = False) -> SessionGate | None:
     wait = 4 * float(current_app.config["MAIL_TIMEOUT"])
     headroom = 1 if bulk and int(limit) > 1 else 0
     return SessionSlots(redis_client(), int(limit), headroom=headroom, wait_timeout=wait)
+
+
+def session_pool() -> SessionPool | None:
+    """This process's SMTP sessions kept open between single messages and codes, or
+    ``None`` when ``MAIL_SESSION_IDLE`` is 0. A kept session is closed after
+    ``MAIL_SESSION_IDLE`` seconds without a message, and at once, giving its slot
+    back, when some worker waits for a ``MAIL_MAX_CONNECTIONS`` slot."""
+    idle = float(current_app.config.get("MAIL_SESSION_IDLE") or 0)
+    if idle <= 0:
+        return None
+    extensions = current_app.extensions
+    with _POOL_LOCK:
+        pool: SessionPool | None = extensions.get(SESSION_POOL)
+        if pool is None:
+            gate = session_gate()
+            waiting = gate.waiting if isinstance(gate, SessionSlots) else None
+            pool = extensions[SESSION_POOL] = SessionPool(idle, waiting=waiting)
+    return pool
 
 
 def claim_lease() -> float:

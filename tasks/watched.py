@@ -1,10 +1,11 @@
 """Running a message's or a code's delivery task, with the watch list kept true.
 
 Both ``postroom.deliver_message`` and ``postroom.otp.send`` run one batch on a
-connection of their own, retry it with backoff when Redis fails under it, and
-end by taking their delivery off the reconciler's watch list, or by retrying
-when recipients are deferred and asking the reconciler to look again should
-that retry be lost.
+connection of their own (on a session an earlier one left open in this process,
+when one is kept: :func:`tasks.runtime.session_pool`), retry it with backoff
+when Redis fails under it, and end by taking their delivery off the
+reconciler's watch list, or by retrying when recipients are deferred and asking
+the reconciler to look again should that retry be lost.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope
     """:func:`run_batch` on one connection; a Redis error retries the task with backoff
     (what it had claimed comes back when its lease runs out). *watch* (the options'
     observer) is closed with the sessions opened when the batch is over."""
-    connection = BatchConnection(settings, gate=runtime.session_gate())
+    connection = BatchConnection(settings, gate=runtime.session_gate(),
+                                 pool=runtime.session_pool())
     started = time.monotonic()
     try:
         with connection:
@@ -44,8 +46,9 @@ def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope
         raise task.retry(countdown=countdown, exc=err) from err
     finally:
         watch.close(sessions_opened=connection.sessions_opened)
-    log.info("%s: %s in %.3f s (%d session(s))", what, report.described(),
-             time.monotonic() - started, connection.sessions_opened)
+    log.info("%s: %s in %.3f s (%d session(s) opened, %d kept one(s) used)", what,
+             report.described(), time.monotonic() - started, connection.sessions_opened,
+             connection.sessions_reused)
     return report
 
 

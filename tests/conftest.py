@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
+from tasks.runtime import SESSION_POOL
 from tests.redis_server import EmbeddedRedis
 from tests.smtp_server import SMTPTestServer, free_port
 from web import create_app
@@ -97,11 +98,20 @@ def config_overrides() -> dict[str, Any]:
     return {}
 
 
+def close_kept_sessions(app: Flask) -> None:
+    """QUIT the SMTP sessions the app's tasks kept open, so the next test starts with none."""
+    pool = app.extensions.get(SESSION_POOL)
+    if pool is not None:
+        pool.close_all()
+
+
 @pytest.fixture
 def app(redis_client: redis.Redis, redis_url: str, smtp_server: SMTPTestServer,
-        config_overrides: dict[str, Any]) -> Flask:
+        config_overrides: dict[str, Any]) -> Iterator[Flask]:
     """The app with Celery eager: tasks run inside the request, against real servers."""
-    return create_app(app_config(redis_url, smtp_server.port, **config_overrides))
+    app = create_app(app_config(redis_url, smtp_server.port, **config_overrides))
+    yield app
+    close_kept_sessions(app)
 
 
 @pytest.fixture
@@ -116,12 +126,14 @@ def runner(app: Flask) -> Any:
 
 @pytest.fixture
 def worker_app(redis_client: redis.Redis, redis_url: str, smtp_server: SMTPTestServer,
-               config_overrides: dict[str, Any], tmp_path: Path) -> Flask:
+               config_overrides: dict[str, Any], tmp_path: Path) -> Iterator[Flask]:
     """The app with a real broker: tasks go through Redis to a worker."""
     config = app_config(redis_url, smtp_server.port, **config_overrides)
     config["CELERY"] = {"task_always_eager": False, "broker_transport_options": {
         "visibility_timeout": 60, "global_keyprefix": f"postroom:celery:{tmp_path.name}:"}}
-    return create_app(config)
+    app = create_app(config)
+    yield app
+    close_kept_sessions(app)
 
 
 @pytest.fixture

@@ -68,6 +68,8 @@ class RecordingHandler:
         self.dsn = False  # advertise DSN (RFC 3461) and accept its parameters
         self.mail_params: list[str] = []
         self.rcpt_params: list[str] = []
+        self.quits = 0  # QUIT commands received
+        self.live: dict[int, Any] = {}  # connection number -> its open transport
 
     def new_connection(self) -> int:
         with self.lock:
@@ -76,9 +78,15 @@ class RecordingHandler:
             self.peak_sessions = max(self.peak_sessions, self.open_sessions)
             return self.connections
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, number: int = 0) -> None:
         with self.lock:
             self.open_sessions -= 1
+            self.live.pop(number, None)
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            self.quits += 1
+        return "221 Bye"
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -161,13 +169,15 @@ class CountingSMTP(SMTP):
         if not hasattr(self, "connection_number"):  # STARTTLS calls this again
             self.connection_number = handler.new_connection()
         super().connection_made(transport)
+        with handler.lock:
+            handler.live[self.connection_number] = transport
 
     def connection_lost(self, error: Exception | None) -> None:
         if hasattr(self, "connection_number") and not getattr(self, "session_closed", False):
             self.session_closed = True  # counted once, even after STARTTLS
             handler = self.event_handler
             assert isinstance(handler, RecordingHandler)
-            handler.connection_closed()
+            handler.connection_closed(self.connection_number)
         super().connection_lost(error)
 
 
@@ -211,12 +221,34 @@ class SMTPTestServer:
             handler.mail_times.clear()
             handler.mail_params.clear()
             handler.rcpt_params.clear()
+            handler.quits = 0
         handler.data_delay = 0.0
         handler.dsn = False
         handler.mail_reply = lambda sender: None
         handler.pipelining = False
         handler.rcpt_reply = lambda address: None
         handler.data_reply = lambda envelope: None
+
+    def drop_connections(self) -> int:
+        """Close every open connection from the server's side, as a relay that ends idle
+        sessions does; returns how many were open."""
+        with self.handler.lock:
+            transports = list(self.handler.live.values())
+        for transport in transports:
+            self.controller.loop.call_soon_threadsafe(transport.close)
+        return len(transports)
+
+    @property
+    def open_sessions(self) -> int:
+        """Connections open now."""
+        with self.handler.lock:
+            return self.handler.open_sessions
+
+    @property
+    def quits(self) -> int:
+        """``QUIT`` commands received since the last :meth:`reset`."""
+        with self.handler.lock:
+            return self.handler.quits
 
     @property
     def received(self) -> list[Received]:

@@ -17,7 +17,7 @@ from tasks.engine.compose import Composer, Draft
 from tasks.engine.session import BatchConnection, SMTPSettings
 from tasks.reconcile import Reconciler, take_turn
 from tasks.stores.campaigns import CampaignStore, batch_token
-from tasks.stores.leases import ClaimLease, LeaseBusy, process_id, run_id
+from tasks.stores.leases import ClaimLease, LeaseBusy, process_id, renew, run_id
 from tasks.stores.ledger import LEASE_PREFIX, DeliveryLedger, Outcome, RecipientRecord
 from tasks.stores.metrics import LEASES_KEY as TAKEOVERS_KEY
 from tasks.waiting import read_waiting
@@ -227,3 +227,17 @@ def test_a_holder_with_this_hosts_name_and_pid_on_another_machine_keeps_its_leas
         assert holder.run != live
         with pytest.raises(LeaseBusy):
             ClaimLease(redis_client, "alive", ttl=30).__enter__()
+
+
+def test_a_renewal_that_finds_an_ended_lease_gone_counts_no_loss(
+        redis_client: redis.Redis) -> None:
+    """The keeper renews what it held a moment ago; a run that ended meanwhile (a message
+    task takes milliseconds) gave its lease back and was not taken over."""
+    redis_client.delete(TAKEOVERS_KEY)
+    claim = ClaimLease(redis_client, "message:ended-run", 8.0)
+    with claim:
+        held = claim._held
+    assert held is not None
+    renew([held])  # the keeper's snapshot, renewed after the run gave the lease back
+    assert redis_client.hget(TAKEOVERS_KEY, "lost") is None
+    assert not claim.lost

@@ -93,7 +93,8 @@ def test_two_workers_share_the_session_limit(workers: WorkerPair,
 
     assert len(smtp_server.received) == count
     assert smtp_server.peak_sessions == 2  # never more, and the two slots were both used
-    assert smtp_server.session_count == count
+    # a session may carry several messages (kept between them), never more than one at once
+    assert smtp_server.session_count <= count
     assert all(n > 0 for n in workers.tasks_done()), workers.tasks_done()
     store = MessageStore(workers.redis)
     assert all(store.ledger(i).counts()["sent"] == 1 for i in ids)

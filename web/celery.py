@@ -10,7 +10,7 @@ from celery.exceptions import Ignore
 from flask import Flask
 
 from tasks.stores import connection
-from web import heartbeat, reconciler_step
+from web import heartbeat, kept_sessions, reconciler_step
 from web.testing_mode import EagerGuard
 
 
@@ -63,6 +63,7 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.set_default()
     heartbeat.register(celery_app, app.extensions["redis"])
     reconciler_step.register(celery_app, app)
+    kept_sessions.register(celery_app, app)
     app.extensions["celery"] = celery_app
     return celery_app
 

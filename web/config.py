@@ -174,6 +174,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "MAIL_TLS_VERIFY": (parse_bool, True),
     "MAIL_TLS_CA_FILE": (_file_path, None),
     "MAIL_MAX_CONNECTIONS": (_optional_whole_number, None),
+    "MAIL_SESSION_IDLE": (_non_negative_number, 5.0),  # 0: no session kept between messages
     "MAIL_RATE_LIMIT": (_optional_positive_number, None),
     "MAIL_MESSAGE_ID_DOMAIN": (_optional_text, None),
     "MAIL_RETURN_PATH": (_optional_address, None),

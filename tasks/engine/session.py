@@ -22,6 +22,7 @@ from flask_mail import Connection
 
 from tasks.engine.errors import PermanentDeliveryError, SessionError, TemporaryDeliveryError
 from tasks.engine.outcome import CREDENTIALS_REFUSED, DeliveryOutcome
+from tasks.engine.pool import KeptSession, SessionPool, SlotHolder
 from tasks.engine.relays import Relay, no_relay, session_failure
 from tasks.engine.settings import SMTPSettings
 from tasks.engine.smtp_auth import authenticate, log_conversation
@@ -56,18 +57,27 @@ class BatchConnection(Connection):
     rest of the batch is deferred at once instead of waiting for the same
     failure once per message. A session lost after it has carried messages is
     replaced by a new one.
+
+    With a *pool* (:class:`tasks.engine.pool.SessionPool`) the connection starts
+    on a session a previous batch of this process left open, when one is kept,
+    and leaves its session there at the end while it may carry more messages.
     """
 
-    def __init__(self, settings: SMTPSettings, gate: SessionGate | None = None) -> None:
+    def __init__(self, settings: SMTPSettings, gate: SessionGate | None = None,
+                 pool: SessionPool | None = None) -> None:
         super().__init__(settings)  # type: ignore[arg-type]  # same attribute names as Mail
         self.settings = settings
         self.gate = gate
+        self.pool = pool
         self._gate_handle: str | None = None
+        self._slot_gate: SlotHolder | None = None  # what the handle came from, if not gate
         self._unavailable: SessionError | None = None
         self._ahead: tuple[str, tuple[str, ...]] | None = None  # commands sent for this one
         self.sessions_opened = 0
+        self.sessions_reused = 0  # kept sessions this connection carried messages on
         self._paced = False  # the next message's MAIL FROM slot is taken (wait_turn)
         self.relay: Relay | None = None  # where the current (or last) session was opened
+        self._opened_at = 0.0  # monotonic time the current session was opened
 
     def __enter__(self) -> BatchConnection:
         self.host = None  # connect lazily, when the first message needs it
@@ -76,7 +86,10 @@ class BatchConnection(Connection):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        if exc_type is None and self._keepable():
+            self._keep()
+        else:
+            self.close()
 
     # -- sessions
 
@@ -125,7 +138,8 @@ class BatchConnection(Connection):
         """
         if self._unavailable is not None:
             raise self._unavailable
-        if self.host is not None:
+        if self.host is not None or self._take_kept():
+            assert self.host is not None
             return self.host
         relays = self.settings.relays
         state = self.settings.relay_state
@@ -154,7 +168,7 @@ class BatchConnection(Connection):
                 if len(relays) > 1:
                     log.warning("SMTP relay %s failed: %s", relay, failure)
                 continue
-            self.relay = relay
+            self.relay, self._opened_at = relay, time.monotonic()
             if state is not None:
                 state.opened(str(relay))
             return self.host
@@ -174,6 +188,8 @@ class BatchConnection(Connection):
         max_emails = self.settings.max_emails
         if self.host is not None and max_emails and self.num_emails >= max_emails:
             self.close()
+        if self.host is None:
+            self._take_kept()
         if self.host is None and self.gate is not None and self._gate_handle is None:
             try:
                 self._gate_handle = self.gate.acquire()
@@ -189,8 +205,62 @@ class BatchConnection(Connection):
 
     def _release_gate(self) -> None:
         handle, self._gate_handle = self._gate_handle, None
-        if self.gate is not None and handle is not None:
-            self.gate.release(handle)
+        gate, self._slot_gate = self._slot_gate or self.gate, None
+        if gate is not None and handle is not None:
+            gate.release(handle)
+
+    # -- sessions kept between batches (pool)
+
+    def _pool_key(self) -> tuple[object, ...]:
+        """What makes two sessions interchangeable: where they go and how they were opened
+        (debugging included: a code never goes out on a session whose dialogue is logged)."""
+        s = self.settings
+        return (s.relays, s.use_tls, s.use_ssl, s.username, s.password, s.tls_verify,
+                s.tls_ca_file, s.timeout, s.debug)
+
+    def _take_kept(self) -> bool:
+        """Carry on on a session kept open by an earlier batch, if the pool has one."""
+        if self.pool is None or self.settings.suppress or self._unavailable is not None:
+            return False
+        kept = self.pool.take(self._pool_key())
+        if kept is None:
+            return False
+        if self._earlier_relay_back(kept.relay):  # a fallback's session: the relay before it
+            kept.close()  # takes the mail again once its cooldown is over
+            return False
+        self._release_gate()  # a slot taken for a fresh session: the kept one has its own
+        self.host, self.relay, self.num_emails = kept.host, kept.relay, kept.carried
+        self._opened_at = kept.opened_at
+        self._gate_handle = kept.handle
+        self._slot_gate = kept.gate if kept.gate is not self.gate else None
+        self.sessions_reused += 1
+        return True
+
+    def _earlier_relay_back(self, relay: Relay) -> bool:
+        """Whether a relay tried before *relay* may be tried again (not cooling down)."""
+        relays, state = self.settings.relays, self.settings.relay_state
+        if relay == relays[0] or relay not in relays:
+            return False
+        earlier = [str(r) for r in relays[:relays.index(relay)]]
+        skipped = state.cooling_down(earlier) if state is not None else set()
+        return any(name not in skipped for name in earlier)
+
+    def _keepable(self) -> bool:
+        """Whether the session may carry another message of another batch: open, no
+        transaction under way, fewer than ``max_emails`` carried."""
+        max_emails = self.settings.max_emails
+        return (self.pool is not None and self.host is not None and self.relay is not None
+                and self._ahead is None and self._unavailable is None
+                and not (max_emails and self.num_emails >= max_emails))
+
+    def _keep(self) -> None:
+        assert self.pool is not None and self.host is not None and self.relay is not None
+        gate: SlotHolder | None = self._slot_gate or self.gate
+        kept = KeptSession(self.host, self.relay, self.num_emails,
+                           gate if self._gate_handle is not None else None, self._gate_handle,
+                           opened_at=self._opened_at)
+        self.host, self._gate_handle, self._slot_gate, self.num_emails = None, None, None, 0
+        self.pool.give(self._pool_key(), kept)
 
     def close(self) -> None:
         """End the current session politely if there is one."""
@@ -231,8 +301,9 @@ class BatchConnection(Connection):
         envelope = (sender, tuple(recipients))
         if self._ahead is not None and self._ahead != envelope:
             self._drop()  # the commands sent ahead were for another message: start afresh
-        if (self.host is not None and self.gate is not None and self._gate_handle is not None
-                and not self.gate.trusted(self._gate_handle)):
+        slot_gate = self._slot_gate or self.gate
+        if (self.host is not None and slot_gate is not None and self._gate_handle is not None
+                and not slot_gate.trusted(self._gate_handle)):
             log.warning("SMTP session slot could not be renewed in time; closing the session")
             self._drop()  # before the slot can run out, so MAIL_MAX_CONNECTIONS holds
         self.reserve()

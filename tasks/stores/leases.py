@@ -157,6 +157,7 @@ class _Held:
     confirmed: float  # monotonic time the last confirmed renewal (or the take) was sent
     lost: bool = False
     failing: bool = False  # the last renewal did not get an answer
+    ended: bool = False  # its run gave it back: a renewal that finds it gone says nothing
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def trusted_until(self) -> float:
@@ -231,6 +232,8 @@ def renew(leases: list[_Held]) -> None:
             continue
         gone = set(map(text, lost))
         for lease in group:
+            if lease.ended:  # given back meanwhile: gone because it ended, not taken over
+                continue
             if lease.name in gone:
                 if not lease.lost:
                     log.warning("claim lease %s was taken over while its batch ran; it stops",
@@ -287,6 +290,8 @@ class ClaimLease:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._held is not None:
+            self._held.ended = True  # a renewal under way may find it gone: not a takeover
         _keeper.remove(self.run)
         try:
             self.redis.eval(_DROP, 2, self.name, self.mark, self.run)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -116,7 +117,8 @@ class RelayPacer:
             raise ValueError(f"ceiling must be greater than 0, got {ceiling!r}")
         self.redis = redis
         self.ceiling = ceiling
-        self._successes: dict[str, int] = {}
+        self._successes: dict[str, int] = {}  # per relay, told with the next reservation
+        self._lock = threading.Lock()  # the threads of a worker share one pacer
         self._quiet_until: dict[str, float] = {}  # unlimited: no state seen, until then
 
     def _memory_ms(self) -> int:
@@ -126,7 +128,8 @@ class RelayPacer:
         if self.ceiling is None and self._quiet_until.get(relay, 0.0) > time.monotonic():
             self._successes.pop(relay, None)
             return 0.0
-        successes = self._successes.pop(relay, 0)
+        with self._lock:
+            successes = self._successes.pop(relay, 0)
         try:
             reply: Any = self.redis.eval(_RESERVE, 1, rate_key(relay), self.ceiling or 0,
                                          successes, int(only_now), self._memory_ms(), INCREASE,
@@ -149,7 +152,8 @@ class RelayPacer:
 
     def succeeded(self, relay: str, transactions: int = 1) -> None:
         """Transactions the relay accepted (told to Redis with the next reservation)."""
-        self._successes[relay] = self._successes.get(relay, 0) + transactions
+        with self._lock:
+            self._successes[relay] = self._successes.get(relay, 0) + transactions
 
     def throttled(self, relay: str) -> None:
         """The relay asked for mail more slowly: halve its rate for every worker."""

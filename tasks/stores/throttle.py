@@ -31,6 +31,7 @@ from tasks.stores import key
 log = logging.getLogger(__name__)
 
 SLOT_TRUSTED = 0.6  # of a slot's lease, from the sending of its last confirmed renewal
+WANTED_FOR = 1.0  # seconds a process waiting for a session slot is remembered
 
 _RESERVE_SEND = """
 -- KEYS[1]: theoretical arrival time (microseconds); ARGV: interval_us, tolerance_us
@@ -162,6 +163,7 @@ class SessionSlots:
         self.wait_timeout = wait_timeout
         self.poll = poll
         self.key = key("throttle", name)
+        self.wanted_key = key("throttle", name, "wanted")
         self._lease_ms = max(1, round(lease * 1000))
         self._lock = threading.Lock()
         self._held: dict[str, float] = {}  # handle -> when its last confirmed renewal was sent
@@ -186,10 +188,14 @@ class SessionSlots:
     def acquire(self) -> str:
         """Block until a slot is free; raise :class:`SessionSlotTimeout` after *wait_timeout*."""
         deadline = time.monotonic() + self.wait_timeout
+        said = 0.0
         while True:
             handle = self.try_acquire()
             if handle is not None:
                 return handle
+            if time.monotonic() - said > WANTED_FOR / 2:  # kept idle sessions close for it
+                self.redis.set(self.wanted_key, 1, px=round(WANTED_FOR * 1000))
+                said = time.monotonic()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise SessionSlotTimeout(
@@ -210,6 +216,16 @@ class SessionSlots:
             confirmed = self._held.get(handle)
         return confirmed is not None and (
             time.monotonic() < confirmed + self.lease * SLOT_TRUSTED)
+
+    def waiting(self) -> bool:
+        """Whether some process waited for a slot in the last :data:`WANTED_FOR` seconds
+        (``True`` when Redis cannot tell): a session kept open between messages
+        (:class:`tasks.engine.pool.SessionPool`) closes then, and gives its slot up."""
+        try:
+            return bool(self.redis.exists(self.wanted_key))
+        except RedisError as err:
+            log.warning("could not tell whether SMTP session slots are wanted: %s", err)
+            return True
 
     def in_use(self) -> int:
         """Slots held now, by any process."""
