@@ -42,7 +42,7 @@ def test_each_run_gets_one_line_with_its_counts_and_seconds(
     assert len(smtp_server.received) == 1
     [line] = [r.getMessage() for r in caplog.records if r.name == "tasks.watched"]
     assert re.fullmatch(r"message \w+: 2 sent, 0 deferred, 0 failed in \d+\.\d{3} s "
-                        r"\(1 session\(s\)\)", line), line
+                        r"\(1 session\(s\) opened, 0 kept one\(s\) used\)", line), line
 
 
 def test_task_log_level_warning_quiets_celerys_lines_per_task() -> None:
