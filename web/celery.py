@@ -14,6 +14,28 @@ from web import heartbeat, kept_sessions, reconciler_step
 from web.testing_mode import EagerGuard
 
 
+class PostroomCelery(Celery):  # type: ignore[misc]
+    """Celery whose publishers do not subscribe to each task's result when they send it.
+
+    Celery's Redis result backend subscribes to a task's result channel as the task is
+    sent, in case the sender waits for it. Postroom's senders never do (results are kept
+    for Flower and operators), and the subscription costs a round trip per enqueue; when
+    Redis goes away at that moment it retries for 20 s and then leaves the process's
+    result consumer broken ("the Celery application must be restarted") instead of
+    failing the request with a 503. ``AsyncResult.get()`` still subscribes when it is
+    called.
+    """
+
+    def _get_backend(self) -> Any:
+        backend = super()._get_backend()
+        backend.on_task_call = _publish_without_subscribing
+        return backend
+
+
+def _publish_without_subscribing(producer: Any, task_id: str) -> None:
+    """Nothing to do when a task is sent: nobody sending it waits for its result."""
+
+
 def celery_init_app(app: Flask) -> Celery:
     """Create the Celery app for *app*; every task runs inside ``app.app_context()``.
 
@@ -46,7 +68,7 @@ def celery_init_app(app: Flask) -> Celery:
                        throw=True)
             raise Ignore()
 
-    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app = PostroomCelery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object("celeryconfig")
     settings, broker_options, backend_options = _redis_settings(app.config)
     celery_app.conf.update(**settings)
