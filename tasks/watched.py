@@ -5,6 +5,11 @@ connection of their own, retry it with backoff when Redis fails under it, and
 end by taking their delivery off the reconciler's watch list, or by retrying
 when recipients are deferred and asking the reconciler to look again should
 that retry be lost.
+
+While every relay is known to be down (its breaker open in Redis), a run parks
+instead (:mod:`tasks.relay_probe`): before it claims anything, or after a batch
+that could open no session; it is published again as soon as a probe finds a
+relay back, and is not retried meanwhile.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tasks.delivery import BatchOptions, BatchReport, Envelope, retry_countdown,
 from tasks.delivery_watch import DeliveryWatch
 from tasks.engine.compose import Composer
 from tasks.engine.session import BatchConnection, SMTPSettings
+from tasks.relay_probe import park
 from tasks.stores.ledger import UNSETTLED, DeliveryLedger
 from tasks.stores.watch import Watchlist
 
@@ -32,11 +38,20 @@ def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope
                 what: str, watch: DeliveryWatch) -> BatchReport:
     """:func:`run_batch` on one connection; a Redis error retries the task with backoff
     (what it had claimed comes back when its lease runs out). *watch* (the options'
-    observer) is closed with the sessions opened when the batch is over."""
+    observer) is closed with the sessions opened when the batch is over.
+
+    While every relay is down the run parks: at once, or after a batch on which no
+    session could be opened (its recipients deferred, no attempt used)."""
     connection = BatchConnection(settings, gate=runtime.session_gate())
+    deadline = options.policy.deadline(options.created_at)
     try:
+        if envelopes and park(task, settings, deadline) is not None:
+            return BatchReport(parked=_look_again(options))
         with connection:
             report = run_batch(ledger, envelopes, connection, composer, options)
+        if report.deferred and not connection.sessions_opened \
+                and park(task, settings, deadline) is not None:
+            report.parked = _look_again(options)
     except RedisError as err:
         log.warning("%s stopped by a Redis error; retrying: %s", what, err)
         countdown = options.policy.countdown(task.request.retries + 1)
@@ -51,6 +66,9 @@ def settle_watched(task: Task, kind: str, item_id: str, ledger: DeliveryLedger,
                    report: BatchReport) -> None:
     """Off the watch list when nothing is left; else retry, and be looked at after that."""
     watch = Watchlist(runtime.redis_client())
+    if report.parked is not None:  # published again when a relay is back
+        watch.expect(kind, item_id, report.parked)
+        return
     countdown = retry_countdown(report)
     if countdown is None:
         if not UNSETTLED.intersection(s for s, n in ledger.counts().items() if n):
@@ -58,3 +76,15 @@ def settle_watched(task: Task, kind: str, item_id: str, ledger: DeliveryLedger,
         return
     watch.expect(kind, item_id, time.time() + countdown + runtime.watch_after())
     raise task.retry(countdown=countdown)
+
+
+def _look_again(options: BatchOptions, now: float | None = None) -> float:
+    """When the reconciler looks at a parked delivery should nothing have woken it:
+    after as long again as it has waited (within the backoff's cap), never after its
+    deadline, so an outage long over is caught and a long one costs few looks."""
+    current = time.time() if now is None else now
+    waited = current - (options.created_at or current)
+    grace = runtime.watch_after()
+    later = current + max(grace, min(options.policy.cap, waited))
+    deadline = options.policy.deadline(options.created_at)
+    return min(later, deadline + grace) if deadline is not None else later
