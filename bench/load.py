@@ -25,10 +25,17 @@ class OpenLoopResult:
     start_lags: list[float]  # seconds from due time to the moment the request was sent
     statuses: Counter[str]
     seconds: float  # first due time to last answer
+    started: float = 0.0  # request i was due at started + i / rate (time.monotonic())
+    rate: float = 0.0
+
+    def answered_at(self, i: int) -> float:
+        """When request *i*'s answer had been read (``time.monotonic()``)."""
+        return self.started + i / self.rate + self.latencies[i]
 
 
 def open_loop(stack: Stack, rate: float, seconds: float, threads: int = 64) -> OpenLoopResult:
-    """``POST /api/messages`` *rate* times a second for *seconds*, each to a new address."""
+    """``POST /api/messages`` *rate* times a second for *seconds*, request *i* to
+    ``enqueue<i>@example.com``."""
     total = int(rate * seconds)
     latencies = [0.0] * total
     lags = [0.0] * total
@@ -60,7 +67,8 @@ def open_loop(stack: Stack, rate: float, seconds: float, threads: int = 64) -> O
         worker.start()
     for worker in workers:
         worker.join()
-    return OpenLoopResult(latencies, lags, Counter(statuses), time.monotonic() - start)
+    return OpenLoopResult(latencies, lags, Counter(statuses), time.monotonic() - start,
+                          start, rate)
 
 
 @dataclass
