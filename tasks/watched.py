@@ -79,12 +79,13 @@ def settle_watched(task: Task, kind: str, item_id: str, ledger: DeliveryLedger,
 
 
 def _look_again(options: BatchOptions, now: float | None = None) -> float:
-    """When the reconciler looks at a parked delivery should nothing have woken it:
-    after as long again as it has waited (within the backoff's cap), never after its
-    deadline, so an outage long over is caught and a long one costs few looks."""
+    """When the reconciler looks at a parked delivery: at its deadline (then it fails, if
+    no relay took it), or after the backoff's cap without one. Until then the parked set
+    and the probe task are what move it (the reconciler replaces a lost probe task), so a
+    long outage costs the reconciler nothing per message."""
     current = time.time() if now is None else now
-    waited = current - (options.created_at or current)
     grace = runtime.watch_after()
-    later = current + max(grace, min(options.policy.cap, waited))
     deadline = options.policy.deadline(options.created_at)
-    return min(later, deadline + grace) if deadline is not None else later
+    if deadline is not None:
+        return max(current, deadline) + grace
+    return current + max(grace, options.policy.cap)

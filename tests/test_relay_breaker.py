@@ -174,3 +174,73 @@ def test_relay_down_parks_mail_then_one_probe_releases_it_once(
         assert len(ParkedWork(redis_client)) == 0
     finally:
         server.stop()
+
+
+@pytest.mark.worker
+def test_workers_killed_while_mail_is_parked_lose_nothing(
+        tmp_path: Path, redis_url: str, dead_relay: DeadRelay,
+        redis_client: redis.Redis) -> None:
+    group = WorkerProcesses(tmp_path, redis_url, dead_relay.port, {
+        "MAIL_RELAY_PROBE_INTERVAL": str(PROBE), "MAIL_TIMEOUT": "2",
+        "DELIVERY_BACKOFF_BASE": "600", "DELIVERY_BACKOFF_CAP": "1200",
+        "RECONCILE_INTERVAL": "1"})
+    try:
+        doomed = group.start(queues="otp,mail", concurrency=2, count=2, pool="threads")
+        store = MessageStore(redis_client)
+        ids = []
+        for n in range(30):
+            to = f"k{n}@example.com"
+            message = store.create({"to": [to], "subject": "Your receipt", "body": "Thanks.\n"},
+                                   [to])
+            ids.append(message.id)
+            group.producer.send_task("postroom.deliver_message", args=[message.id],
+                                     queue="mail")
+        wait_until(lambda: len(ParkedWork(redis_client)) == len(ids), 30,
+                   f"not every message parked: {len(ParkedWork(redis_client))}")
+        for process in doomed:  # the scheduled probe task dies with them
+            group.kill(process)
+        dead_relay.close()
+        server = relay_up_on(dead_relay.port)
+        try:
+            group.start(queues="otp,mail", concurrency=2)
+            wait_until(lambda: {r.status for r in records(store, ids)} == {"sent"}, 90,
+                       "parked mail was lost with its workers: "
+                       f"{Counter(r.status for r in records(store, ids))}")
+            time.sleep(0.5)
+            sent = Counter(str(item.message["Message-ID"]) for item in server.received)
+            assert len(sent) == len(ids)
+            assert set(sent.values()) == {1}
+        finally:
+            server.stop()
+    finally:
+        group.stop()
+
+
+@pytest.mark.worker
+def test_parked_mail_still_fails_at_its_deadline(
+        tmp_path: Path, redis_url: str, dead_relay: DeadRelay,
+        redis_client: redis.Redis) -> None:
+    group = WorkerProcesses(tmp_path, redis_url, dead_relay.port, {
+        "MAIL_RELAY_PROBE_INTERVAL": str(PROBE), "MAIL_TIMEOUT": "2",
+        "DELIVERY_BACKOFF_BASE": "600", "DELIVERY_BACKOFF_CAP": "1200",
+        "DELIVERY_MAX_AGE": "4"})
+    try:
+        group.start(queues="otp,mail", concurrency=2)
+        store = MessageStore(redis_client)
+        ids = []
+        for n in range(5):
+            to = f"late{n}@example.com"
+            message = store.create({"to": [to], "subject": "Your receipt", "body": "Thanks.\n"},
+                                   [to])
+            ids.append(message.id)
+            group.producer.send_task("postroom.deliver_message", args=[message.id],
+                                     queue="mail")
+        wait_until(lambda: {r.status for r in records(store, ids)} == {"failed"}, 60,
+                   f"parked mail outlived DELIVERY_MAX_AGE: "
+                   f"{Counter(r.status for r in records(store, ids))}")
+        failed = records(store, ids)
+        assert all("DELIVERY_MAX_AGE" in (r.error or "") for r in failed)
+        assert {r.attempts for r in failed} == {0}
+        assert len(ParkedWork(redis_client)) == 0
+    finally:
+        group.stop()
