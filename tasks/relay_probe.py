@@ -42,10 +42,12 @@ WAKE_SLACK = 5.0  # seconds a scheduled probe may run late before another is sch
 MIN_WAIT = 0.05  # seconds at least between two probe tasks (one may run a moment early)
 
 
-def park(task: Task, settings: SMTPSettings, deadline: float | None) -> float | None:
+def park(task: Task, settings: SMTPSettings, deadline: float | None,
+         watched: tuple[str, float] | None = None) -> float | None:
     """Park *task*'s current run when every relay is down; the time its next probe is
     due, or ``None`` when the run should go ahead (a relay may be tried, the deadline
-    has passed, or the task runs eagerly, with no broker to wake it)."""
+    has passed, or the task runs eagerly, with no broker to wake it). *watched*: the
+    delivery's watch-list entry (``kind:id``, when to look), set when it parks."""
     board = settings.relay_state
     if task.request.is_eager or not isinstance(board, RelayBoard):
         return None
@@ -56,7 +58,7 @@ def park(task: Task, settings: SMTPSettings, deadline: float | None) -> float | 
     wake_at = max(until, now)
     parked = ParkedWork(board.redis)
     if parked.park(task.name, list(task.request.args or ()), deadline, wake_at=wake_at,
-                   wake_for=_wake_for(board, wake_at - now)):
+                   wake_for=_wake_for(board, wake_at - now), watched=watched):
         probe_relays.apply_async(countdown=wake_at - now)
     return wake_at
 

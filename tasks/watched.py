@@ -44,14 +44,16 @@ def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope
     session could be opened (its recipients deferred, no attempt used)."""
     connection = BatchConnection(settings, gate=runtime.session_gate())
     deadline = options.policy.deadline(options.created_at)
+    look_again = _look_again(options)
+    watched = (f"{watch.kind}:{watch.delivery_id}", look_again)
     try:
-        if envelopes and park(task, settings, deadline) is not None:
-            return BatchReport(parked=_look_again(options))
+        if envelopes and park(task, settings, deadline, watched) is not None:
+            return BatchReport(parked=look_again)
         with connection:
             report = run_batch(ledger, envelopes, connection, composer, options)
         if report.deferred and not connection.sessions_opened \
-                and park(task, settings, deadline) is not None:
-            report.parked = _look_again(options)
+                and park(task, settings, deadline, watched) is not None:
+            report.parked = look_again
     except RedisError as err:
         log.warning("%s stopped by a Redis error; retrying: %s", what, err)
         countdown = options.policy.countdown(task.request.retries + 1)
@@ -65,10 +67,9 @@ def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope
 def settle_watched(task: Task, kind: str, item_id: str, ledger: DeliveryLedger,
                    report: BatchReport) -> None:
     """Off the watch list when nothing is left; else retry, and be looked at after that."""
-    watch = Watchlist(runtime.redis_client())
-    if report.parked is not None:  # published again when a relay is back
-        watch.expect(kind, item_id, report.parked)
+    if report.parked is not None:  # on the watch list for report.parked already
         return
+    watch = Watchlist(runtime.redis_client())
     countdown = retry_countdown(report)
     if countdown is None:
         if not UNSETTLED.intersection(s for s, n in ledger.counts().items() if n):

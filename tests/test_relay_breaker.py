@@ -20,6 +20,7 @@ from tasks.stores.ledger import RecipientRecord
 from tasks.stores.messages import MessageStore
 from tasks.stores.parked import ParkedWork
 from tasks.stores.relays import RELAY_DOWN, RelayBoard
+from tasks.stores.watch import WATCH_KEY
 from tests.outage_support import DeadRelay
 from tests.smtp_server import SMTPTestServer
 from tests.worker_processes import WorkerProcesses
@@ -160,6 +161,8 @@ def test_relay_down_parks_mail_then_one_probe_releases_it_once(
     parked = records(store, ids)
     assert {r.status for r in parked} <= {"queued", "deferred"}
     assert {r.attempts for r in parked} == {0}  # parking uses no attempt
+    looks = [redis_client.zscore(WATCH_KEY, f"message:{message_id}") for message_id in ids]
+    assert min(look or 0.0 for look in looks) > time.time() + 60  # no reconciler churn
 
     dead_relay.close()
     server = relay_up_on(dead_relay.port)

@@ -26,6 +26,7 @@ from typing import Any
 from redis import Redis
 
 from tasks.stores import key
+from tasks.stores.watch import WATCH_KEY
 
 PARKED_KEY = key("parked")
 WAKE_KEY = key("parked", "wake")
@@ -41,15 +42,20 @@ class ParkedWork:
         self.redis = redis
 
     def park(self, task: str, args: list[Any], deadline: float | None, *,
-             wake_at: float, wake_for: float) -> bool:
+             wake_at: float, wake_for: float,
+             watched: tuple[str, float] | None = None) -> bool:
         """Park ``task(*args)`` until the relay is back (or *deadline*); ``True`` when
         the caller must schedule the probe for *wake_at* (none was scheduled). The wake
-        key lives *wake_for* seconds, so a probe task that was lost is replaced then."""
+        key lives *wake_for* seconds, so a probe task that was lost is replaced then.
+        *watched*: the delivery's watch-list member (``kind:id``) and when the reconciler
+        should look at it, written in the same round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(PARKED_KEY, {_member(task, args): math.inf if deadline is None
                                else deadline})
         pipe.set(WAKE_KEY, repr(wake_at), nx=True, px=max(1, round(wake_for * 1000)))
-        _, scheduled = pipe.execute()
+        if watched is not None:
+            pipe.zadd(WATCH_KEY, {watched[0]: watched[1]})
+        scheduled = pipe.execute()[1]
         return bool(scheduled)
 
     def wake_scheduled(self) -> bool:
