@@ -50,6 +50,7 @@ task_routes = {
     "postroom.deliver_each": {"queue": "bulk"},
     "postroom.campaign.*": {"queue": "bulk"},
     "postroom.reconcile": {"queue": "mail"},
+    "postroom.relay_probe": {"queue": "mail"},
     "postroom.webhooks.*": {"queue": "events"},  # calls to client apps: never in the way
 }
 

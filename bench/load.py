@@ -27,6 +27,12 @@ class OpenLoopResult:
     seconds: float  # first due time to last answer
     ids: list[str] = field(default_factory=list)  # each accepted message's id ("" if none)
     answered_at: list[float] = field(default_factory=list)  # time.time() each answer was read
+    started: float = 0.0  # request i was due at started + i / rate (time.monotonic())
+    rate: float = 0.0
+
+    def answered_monotonic(self, i: int) -> float:
+        """When request *i*'s answer had been read (``time.monotonic()``)."""
+        return self.started + i / self.rate + self.latencies[i]
 
 
 def open_loop(stack: Stack, rate: float, seconds: float, threads: int = 64,
@@ -70,7 +76,7 @@ def open_loop(stack: Stack, rate: float, seconds: float, threads: int = 64,
     for worker in workers:
         worker.join()
     return OpenLoopResult(latencies, lags, Counter(statuses), time.monotonic() - start, ids,
-                          answered_at)
+                          answered_at, start, rate)
 
 
 @dataclass

@@ -66,6 +66,7 @@ class BatchReport:
     lost: int = 0  # claims another run took over before this one recorded them
     fenced: bool = False  # this run lost its lease to another run and stopped
     lease_busy: bool = False  # another run held the batch's lease: this one did nothing
+    parked: float | None = None  # every relay down: parked, to be looked at by then
 
     def add(self, status: str, n: int = 1) -> None:
         self.counts[status] = self.counts.get(status, 0) + n

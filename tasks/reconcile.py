@@ -16,7 +16,9 @@ finds work that should be moving and is not, and enqueues it again:
 - messages, OTP requests and queued campaigns on the watch list
   (:mod:`tasks.stores.watch`) whose time has passed and whose task is not
   waiting in the broker;
-- webhook events left in the outbox with no dispatcher queued.
+- webhook events left in the outbox with no dispatcher queued;
+- mail parked while every relay is down (:mod:`tasks.relay_probe`) with no probe
+  on its way (its task was lost with a worker).
 
 Enqueuing twice is safe: a batch claims only what is unsent and unclaimed, so
 a duplicate finds nothing to do.
@@ -39,6 +41,7 @@ from tasks.campaigns import batch_size, dispatch_batches, send_campaign_batch, s
 from tasks.lost_tasks import report_lost, sweep
 from tasks.mail import deliver_message
 from tasks.otp import send_code
+from tasks.relay_probe import schedule_lost_probe
 from tasks.stores import key
 from tasks.stores.campaigns import CampaignStore
 from tasks.stores.leases import process_id
@@ -167,6 +170,8 @@ class Reconciler:
         if EventOutbox(self.redis).waiting() and not self.redis.exists(DISPATCH_PENDING):
             dispatch_events.delay()  # events whose dispatcher was lost
             found.add("events")
+        if schedule_lost_probe():
+            found.add("relay_probe")
         return found
 
     # -- campaigns ----------------------------------------------------------------------------

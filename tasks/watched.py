@@ -6,6 +6,11 @@ when one is kept: :func:`tasks.runtime.session_pool`), retry it with backoff
 when Redis fails under it, and end by taking their delivery off the
 reconciler's watch list, or by retrying when recipients are deferred and asking
 the reconciler to look again should that retry be lost.
+
+While every relay is known to be down (its breaker open in Redis), a run parks
+instead (:mod:`tasks.relay_probe`): before it claims anything, or after a batch
+that could open no session; it is published again as soon as a probe finds a
+relay back, and is not retried meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from tasks.delivery import BatchOptions, BatchReport, Envelope, retry_countdown,
 from tasks.delivery_watch import DeliveryWatch
 from tasks.engine.compose import Composer
 from tasks.engine.session import BatchConnection, SMTPSettings
+from tasks.relay_probe import park
 from tasks.stores.ledger import UNSETTLED, DeliveryLedger
 from tasks.stores.watch import Watchlist
 
@@ -33,13 +39,24 @@ def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope
                 what: str, watch: DeliveryWatch) -> BatchReport:
     """:func:`run_batch` on one connection; a Redis error retries the task with backoff
     (what it had claimed comes back when its lease runs out). *watch* (the options'
-    observer) is closed with the sessions opened when the batch is over."""
+    observer) is closed with the sessions opened when the batch is over.
+
+    While every relay is down the run parks: at once, or after a batch on which no
+    session could be opened (its recipients deferred, no attempt used)."""
     connection = BatchConnection(settings, gate=runtime.session_gate(),
                                  pool=runtime.session_pool())
     started = time.monotonic()
+    deadline = options.policy.deadline(options.created_at)
+    look_again = _look_again(options)
+    watched = (f"{watch.kind}:{watch.delivery_id}", look_again)
     try:
+        if envelopes and park(task, settings, deadline, watched) is not None:
+            return BatchReport(parked=look_again)
         with connection:
             report = run_batch(ledger, envelopes, connection, composer, options)
+        if report.deferred and not (connection.sessions_opened or connection.sessions_reused) \
+                and park(task, settings, deadline, watched) is not None:
+            report.parked = look_again
     except RedisError as err:
         log.warning("%s stopped by a Redis error; retrying: %s", what, err)
         countdown = options.policy.countdown(task.request.retries + 1)
@@ -55,6 +72,8 @@ def run_watched(task: Task, ledger: DeliveryLedger, envelopes: Sequence[Envelope
 def settle_watched(task: Task, kind: str, item_id: str, ledger: DeliveryLedger,
                    report: BatchReport) -> None:
     """Off the watch list when nothing is left; else retry, and be looked at after that."""
+    if report.parked is not None:  # on the watch list for report.parked already
+        return
     watch = Watchlist(runtime.redis_client())
     countdown = retry_countdown(report)
     if countdown is None:
@@ -63,3 +82,16 @@ def settle_watched(task: Task, kind: str, item_id: str, ledger: DeliveryLedger,
         return
     watch.expect(kind, item_id, time.time() + countdown + runtime.watch_after())
     raise task.retry(countdown=countdown)
+
+
+def _look_again(options: BatchOptions, now: float | None = None) -> float:
+    """When the reconciler looks at a parked delivery: at its deadline (then it fails, if
+    no relay took it), or after the backoff's cap without one. Until then the parked set
+    and the probe task are what move it (the reconciler replaces a lost probe task), so a
+    long outage costs the reconciler nothing per message."""
+    current = time.time() if now is None else now
+    grace = runtime.watch_after()
+    deadline = options.policy.deadline(options.created_at)
+    if deadline is not None:
+        return max(current, deadline) + grace
+    return current + max(grace, options.policy.cap)

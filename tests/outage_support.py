@@ -28,6 +28,7 @@ class DeadRelay:
     def __init__(self, greeting: str | None = None) -> None:
         self.greeting = greeting
         self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a relay may follow
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.port = int(self.sock.getsockname()[1])

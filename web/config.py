@@ -180,6 +180,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "MAIL_RETURN_PATH": (_optional_address, None),
     "MAIL_FALLBACK_SERVERS": (relay_list, ()),
     "MAIL_RELAY_COOLDOWN": (_positive_number, 60.0),
+    "MAIL_RELAY_PROBE_INTERVAL": (_positive_number, 1.0),  # a relay that is down, probed
     "ALLOW_SPECIAL_USE_DOMAINS": (lambda name, raw: special_use_list(name, raw), ()),
     "REDIS_URL": (_text, "redis://127.0.0.1:6379/0"),
     "CELERY_BROKER_URL": (_optional_text, None),
@@ -275,6 +276,10 @@ def normalise(config: MutableMapping[str, Any]) -> None:
     cooldown = config.get("MAIL_RELAY_COOLDOWN")
     if isinstance(cooldown, str):
         config["MAIL_RELAY_COOLDOWN"] = _positive_number("MAIL_RELAY_COOLDOWN", cooldown)
+    probe = config.get("MAIL_RELAY_PROBE_INTERVAL")
+    if isinstance(probe, str):
+        config["MAIL_RELAY_PROBE_INTERVAL"] = _positive_number("MAIL_RELAY_PROBE_INTERVAL",
+                                                               probe)
     config["ALLOW_SPECIAL_USE_DOMAINS"] = special_use_list(
         "ALLOW_SPECIAL_USE_DOMAINS", config.get("ALLOW_SPECIAL_USE_DOMAINS") or ())
 

@@ -17,6 +17,14 @@ it runs out, the first worker to look takes the cooldown key again as its probe,
 so one session per cooldown tries the credentials, across all workers; a session
 that opens closes the breaker.
 
+A relay on which a session could not be opened at all (refused, silent, a 4xx
+greeting, TLS) opens a breaker too (``relay down``), with or without fallback
+relays: the cooldown key then lasts ``MAIL_RELAY_COOLDOWN`` when there is another
+relay to move to, else ``MAIL_RELAY_PROBE_INTERVAL``, and the state's
+``probe_ms`` says how long each later probe holds the turn. While every relay's
+breaker is open, :meth:`RelayBoard.parked_until` tells a task to park its work
+(``tasks.relay_probe``) instead of opening a connection of its own.
+
 The state is advisory: when Redis cannot be reached every relay is tried, and a
 session outcome that cannot be recorded is logged, never allowed to stop a batch.
 """
@@ -38,6 +46,7 @@ log = logging.getLogger(__name__)
 STATE_TTL = 3600  # a relay's last outcome is forgotten an hour after its last session
 MAX_ERROR = 300  # characters of a failure kept with the state
 AUTH_REFUSED = "authentication refused"
+RELAY_DOWN = "relay down"
 
 _COOLING_DOWN = """
 -- KEYS: n cooldown keys, then the n state keys; ARGV: cooldowns on (0/1), breaker_ms, now
@@ -51,7 +60,8 @@ for i = 1, n do
   if cooling and (ARGV[1] == '1' or (breaker and breaker ~= '')) then
     skip[i] = 1
   elseif breaker and breaker ~= '' then
-    redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2])
+    local hold = tonumber(redis.call('HGET', KEYS[n + i], 'probe_ms')) or tonumber(ARGV[2])
+    redis.call('SET', KEYS[i], ARGV[3], 'PX', hold)
     skip[i] = 0
   else
     skip[i] = 0
@@ -98,20 +108,24 @@ class RelayBoard:
     """The shared relay state (:class:`tasks.engine.relays.RelayState`), in Redis.
 
     *cooldown* is ``MAIL_RELAY_COOLDOWN`` in seconds; 0 records outcomes but
-    never skips a relay.
+    never skips a relay that merely failed, unless *probe* (seconds between probes of
+    a relay that is down, ``MAIL_RELAY_PROBE_INTERVAL``) is set.
     """
 
-    def __init__(self, redis: Redis, cooldown: float, *, breaker: float | None = None) -> None:
+    def __init__(self, redis: Redis, cooldown: float, *, breaker: float | None = None,
+                 probe: float = 0.0) -> None:
         self.redis = redis
         self.cooldown = cooldown
         self.breaker = cooldown if breaker is None else breaker  # after refused credentials
+        self.probe = probe
 
     @classmethod
     def from_config(cls, redis: Redis, config: Mapping[str, Any]) -> RelayBoard:
         """Cooldowns apply only when there is another relay to move to."""
         fallbacks = config.get("MAIL_FALLBACK_SERVERS") or ()
         cooldown = float(config["MAIL_RELAY_COOLDOWN"])
-        return cls(redis, cooldown if fallbacks else 0.0, breaker=cooldown)
+        return cls(redis, cooldown if fallbacks else 0.0, breaker=cooldown,
+                   probe=float(config.get("MAIL_RELAY_PROBE_INTERVAL") or 0.0))
 
     def _state_key(self, relay: str) -> str:
         return key("relay", relay)
@@ -122,7 +136,7 @@ class RelayBoard:
     def cooling_down(self, relays: Collection[str]) -> set[str]:
         """Those of *relays* skipped for now (none when Redis cannot be reached)."""
         names = list(relays)
-        if not names or not (self.cooldown or self.breaker):
+        if not names or not (self.cooldown or self.breaker or self.probe):
             return set()
         try:
             skipped: Any = self.redis.eval(_COOLING_DOWN, 2 * len(names),
@@ -149,9 +163,37 @@ class RelayBoard:
                      cool_for=self.breaker)
 
     def failed(self, relay: str, reason: str) -> None:
+        """No session could be opened on *relay*: skip it for the cooldown (with a relay
+        to move to) or until the next probe, one probe per :attr:`probe` seconds after."""
         now = time.time()
-        self._record(relay, {"outcome": "failed", "at": now, "error": reason[:MAX_ERROR]},
-                     cool_until=now + self.cooldown if self.cooldown else None)
+        fields: dict[str, Any] = {"outcome": "failed", "at": now, "error": reason[:MAX_ERROR]}
+        if self.probe:
+            fields |= {"breaker": RELAY_DOWN, "probe_ms": max(1, round(self.probe * 1000))}
+        skip = self.cooldown or self.probe
+        self._record(relay, fields, cool_until=now + skip if skip else None, cool_for=skip)
+
+    def parked_until(self, relays: Sequence[str]) -> float | None:
+        """When every one of *relays* has an open breaker: the time the first of them is
+        probed again (it may have passed: the probe is due). ``None`` while any relay may
+        be tried, and when Redis cannot be reached (then every relay is tried)."""
+        if not relays or not (self.probe or self.breaker):
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for relay in relays:
+            pipe.hget(self._state_key(relay), "breaker")
+            pipe.pttl(self._cooldown_key(relay))
+        try:
+            replies = pipe.execute()
+        except RedisError as err:
+            log.warning("relay breakers unknown, trying every relay: %s", err)
+            return None
+        now = time.time()
+        probes = []
+        for breaker, left in zip(replies[::2], replies[1::2], strict=True):
+            if not breaker:
+                return None
+            probes.append(now + max(int(left), 0) / 1000)
+        return min(probes)
 
     def _record(self, relay: str, fields: dict[str, Any], cool_until: float | None = None,
                 cool_for: float | None = None, close_breaker: bool = False) -> None:
