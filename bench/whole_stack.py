@@ -16,7 +16,7 @@ same run. Scenarios (``--scenarios``, comma-separated; default all but
 - ``delay``: ``bench.delay_sink`` with every reply ``--latency`` (20 ms) late,
   ``MAIL_MAX_CONNECTIONS=--connections`` (50), ``--delay-recipients`` (5,000),
   timed from just before the call to the sink's last accepted campaign message.
-  Baseline: the same loop on ``--loop-messages`` (200) messages. Goal: 80x.
+  Baseline: the same loop on ``--loop-messages`` (200) messages. Goal: 175x.
   While the campaign runs, ``POST /api/otp`` every ``--otp-interval`` (0.5 s),
   each to a new address, timed to the moment the sink accepted that code's
   mail. Goal: p99 under 2 s.
