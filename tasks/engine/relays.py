@@ -46,8 +46,9 @@ class Relay:
 class RelayState(Protocol):
     """What every worker knows about each relay's last session (``MAIL_RELAY_COOLDOWN``)."""
 
-    def cooling_down(self, relays: Collection[str]) -> set[str]:
-        """Those of *relays* that failed recently and are skipped for now."""
+    def cooling_down(self, relays: Collection[str], *, take_turn: bool = True) -> set[str]:
+        """Those of *relays* that failed recently and are skipped for now; a relay due for
+        its one probe is not, and the caller takes that turn unless *take_turn* is false."""
 
     def opened(self, relay: str) -> None:
         """A session was opened on *relay*."""

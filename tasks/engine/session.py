@@ -242,7 +242,7 @@ class BatchConnection(Connection):
         if relay == relays[0] or relay not in relays:
             return False
         earlier = [str(r) for r in relays[:relays.index(relay)]]
-        skipped = state.cooling_down(earlier) if state is not None else set()
+        skipped = state.cooling_down(earlier, take_turn=False) if state is not None else set()
         return any(name not in skipped for name in earlier)
 
     def _keepable(self) -> bool:

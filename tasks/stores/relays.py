@@ -49,9 +49,10 @@ AUTH_REFUSED = "authentication refused"
 RELAY_DOWN = "relay down"
 
 _COOLING_DOWN = """
--- KEYS: n cooldown keys, then the n state keys; ARGV: cooldowns on (0/1), breaker_ms, now
--- 1 for each relay to skip. A relay whose breaker is open and whose cooldown ran out is
--- not skipped by the caller, who takes the cooldown key again: the one probe.
+-- KEYS: n cooldown keys, then the n state keys; ARGV: cooldowns on (0/1), breaker_ms, now,
+-- take the probe turn (0/1). 1 for each relay to skip. A relay whose breaker is open and
+-- whose cooldown ran out is not skipped by the caller, who takes the cooldown key again
+-- (the one probe) unless it only asked.
 local n = #KEYS / 2
 local skip = {}
 for i = 1, n do
@@ -59,7 +60,7 @@ for i = 1, n do
   local cooling = redis.call('EXISTS', KEYS[i]) == 1
   if cooling and (ARGV[1] == '1' or (breaker and breaker ~= '')) then
     skip[i] = 1
-  elseif breaker and breaker ~= '' then
+  elseif breaker and breaker ~= '' and ARGV[4] == '1' then
     local hold = tonumber(redis.call('HGET', KEYS[n + i], 'probe_ms')) or tonumber(ARGV[2])
     redis.call('SET', KEYS[i], ARGV[3], 'PX', hold)
     skip[i] = 0
@@ -133,8 +134,11 @@ class RelayBoard:
     def _cooldown_key(self, relay: str) -> str:
         return key("relay", relay, "cooldown")
 
-    def cooling_down(self, relays: Collection[str]) -> set[str]:
-        """Those of *relays* skipped for now (none when Redis cannot be reached)."""
+    def cooling_down(self, relays: Collection[str], *, take_turn: bool = True) -> set[str]:
+        """Those of *relays* skipped for now (none when Redis cannot be reached).
+
+        A relay due for its probe is not skipped, and the caller takes the probe turn;
+        with *take_turn* false it only asks (the turn stays for whoever opens a session)."""
         names = list(relays)
         if not names or not (self.cooldown or self.breaker or self.probe):
             return set()
@@ -144,7 +148,7 @@ class RelayBoard:
                                       *[self._state_key(relay) for relay in names],
                                       int(bool(self.cooldown)),
                                       max(1, round(self.breaker * 1000)),
-                                      repr(time.time() + self.breaker))
+                                      repr(time.time() + self.breaker), int(take_turn))
         except RedisError as err:
             log.warning("relay cooldowns unknown, trying every relay: %s", err)
             return set()
