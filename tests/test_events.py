@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any, cast
 
 import pytest
 import redis
@@ -49,8 +50,9 @@ def nothing_listens() -> Redis:
                        retry=Retry(NoBackoff(), 0))
 
 
-def outbox(client: Redis) -> list[dict[str, object]]:
-    return [json.loads(raw) for raw in client.lrange(OUTBOX, 0, -1)]
+def outbox(client: Redis) -> list[dict[str, Any]]:
+    """The events written to the outbox, oldest first, as the dispatcher will read them."""
+    return [json.loads(raw) for raw in cast(list[bytes], client.lrange(OUTBOX, 0, -1))]
 
 
 @pytest.fixture
