@@ -388,3 +388,17 @@ def test_the_next_message_goes_ahead_even_after_a_refused_transaction(
     assert [r.message["Subject"] for r in smtp.received] == ["second"]
 
 
+
+
+def test_the_next_message_goes_ahead_even_after_a_5xx_to_mail_from(
+        smtp: SMTPTestServer, host: smtplib.SMTP) -> None:
+    smtp.handler.mail_reply = lambda s: "550 5.7.1 not you" if s.startswith("blocked") else None
+    second = message("second")
+    ahead = pipeline_of(host, ["bob@example.com"], second)
+    refused = transaction(host, "blocked@postroom.test", ["ada@example.com"], message("first"),
+                          then=ahead)
+    assert statuses(refused) == {"ada@example.com": "failed"}
+    assert refused.ahead is smtp.handler.pipelining  # with the RSET
+    after = transaction(host, SENDER, ["bob@example.com"], second, sent_ahead=refused.ahead)
+    assert statuses(after) == {"bob@example.com": "sent"}
+    assert [r.message["Subject"] for r in smtp.received] == ["second"]
