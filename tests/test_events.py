@@ -140,6 +140,16 @@ def test_a_deferral_that_uses_the_last_attempt_is_announced_as_a_failure(
 
 
 @pytest.mark.usefixtures("endpoint")
+def test_an_otp_whose_last_attempt_is_deferred_is_announced_as_failed(
+        redis_client: Redis) -> None:
+    events = DeliveryEvents(redis_client, "otp", "req-1", Emitted(), max_attempts=3)
+    events(batch(("ada@example.com", DEFERRED), attempts=2))
+    events.close()
+    assert [(e["type"], e["data"]) for e in outbox(redis_client)] == [
+        ("otp.failed", {"request_id": "req-1", "status": "failed", "error": "4.3.0 try later"})]
+
+
+@pytest.mark.usefixtures("endpoint")
 @pytest.mark.parametrize(("deadline", "status"), [(-1.0, "failed"), (3600.0, "deferred")])
 def test_a_deferral_after_the_deadline_is_a_failure(redis_client: Redis, deadline: float,
                                                     status: str) -> None:
