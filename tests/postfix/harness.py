@@ -17,12 +17,13 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from tests.smtp_server import free_port
 
 MASTER_CF = Path("/etc/postfix/master.cf")
 HOSTNAME = "relay.postroom.test"
@@ -39,12 +40,6 @@ def missing() -> str | None:
     if not MASTER_CF.exists():
         return f"{MASTER_CF} is missing (Debian's postfix package installs it)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
