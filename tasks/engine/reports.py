@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from email.message import Message
 
-SMTP_CODE = re.compile(r"\b([245]\d\d)\b")
+# a reply code stands alone: "554 5.7.1 ...", "554-...", never an address's "203.0.113.7"
+SMTP_CODE = re.compile(r"(?<![\w.])([245]\d\d)(?=[ -]|$)")
 STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 MAX_RECIPIENTS = 100  # a DSN speaks of a few; the rest of a bigger one is not read
 MAX_DIAGNOSTIC = 500  # characters of a Diagnostic-Code kept
