@@ -114,8 +114,10 @@ def _contents(message: Message) -> tuple[str | None, str | None, list[Upload]]:
 
 def _leaves(part: Message) -> list[Message]:
     """The parts that hold content, in order; an attached message is one leaf."""
-    if part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), list):
-        return [leaf for child in part.get_payload() for leaf in _leaves(child)]
+    children = part.get_payload()
+    if part.get_content_maintype() == "multipart" and isinstance(children, list):
+        return [leaf for child in children if isinstance(child, Message)
+                for leaf in _leaves(child)]
     return [part]
 
 
@@ -134,7 +136,7 @@ def _text(part: Message) -> str:
 def _bytes(part: Message) -> bytes:
     if part.get_content_maintype() == "message":
         inner = part.get_payload()
-        if isinstance(inner, list) and inner:
+        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
             return bytes(inner[0].as_bytes())
     data = part.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
