@@ -5,11 +5,13 @@ back from the suite's SMTP server after Postroom delivered it (Celery eager)."""
 from __future__ import annotations
 
 import base64
+import email
 import email.policy
 import logging
 import smtplib
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -78,26 +80,29 @@ def test_a_flask_mail_app_sends_through_it_unchanged(
         port: int, smtp_server: SMTPTestServer) -> None:
     app, mail = shop(port)
     with app.app_context():
-        message = flask_mail.Message("Your order", recipients=["ada@example.com"],
+        message = flask_mail.Message("Your order — café", recipients=["ada@example.com"],
                                      cc=["bob@example.com"], bcc=["carol@example.com"],
                                      body="Thanks for your order.",
                                      html="<p>Thanks for your <b>order</b>.</p>",
                                      extra_headers={"X-Order": "1234"})
         message.attach("invoice.pdf", "application/pdf", PDF)
+        message.attach("résumé.txt", "text/plain", "Ça va".encode())
         mail.send(message)
     [received] = smtp_server.received
     assert sorted(received.recipients) == ["ada@example.com", "bob@example.com",
                                            "carol@example.com"]
     sent = received.message
     assert (sent["To"], sent["Cc"], sent["Bcc"]) == ("ada@example.com", "bob@example.com", None)
-    assert str(sent["From"]) == SHOP and sent["Subject"] == "Your order"
+    assert str(sent["From"]) == SHOP and sent["Subject"] == "Your order — café"
     assert sent["X-Order"] == "1234"
     assert sent.get_body(("plain",)).get_content().strip() == "Thanks for your order."
     assert "<b>order</b>" in sent.get_body(("html",)).get_content()
-    [attachment] = list(sent.iter_attachments())
+    attachment, text = sent.iter_attachments()
     assert attachment.get_filename() == "invoice.pdf"
     assert attachment.get_content_type() == "application/pdf"
     assert attachment.get_content() == PDF
+    assert (text.get_filename(), text.get_payload(decode=True)) == ("résumé.txt",
+                                                                     "Ça va".encode())
 
 
 def test_bulk_sends_on_one_connection_with_max_emails(
@@ -143,6 +148,21 @@ def test_the_envelope_decides_who_gets_it(port: int, smtp_server: SMTPTestServer
     assert sorted(received.recipients) == ["ada@example.com", "bob@example.com"]
     assert str(received.message["To"]) == "Team <team@example.com>"
     assert received.message["Bcc"] is None
+
+
+def test_an_attached_message_goes_as_a_file(port: int, smtp_server: SMTPTestServer) -> None:
+    forwarded = EmailMessage()
+    forwarded["From"], forwarded["To"], forwarded["Subject"] = SHOP, "ada@example.com", "Fwd"
+    forwarded.set_content("See the original below")
+    original = email.message_from_bytes(plain("bob@example.com", subject="Original"),
+                                        policy=email.policy.default)
+    forwarded.add_attachment(original)
+    with signed_in(port) as relay:
+        assert relay.sendmail("x@client.example", ["ada@example.com"],
+                              forwarded.as_bytes(policy=email.policy.SMTP)) == {}
+    [attached] = list(smtp_server.received[0].message.iter_attachments())
+    assert attached.get_filename() == "attachment-1.eml"
+    assert b"Subject: Original" in attached.get_payload(decode=True)
 
 
 def test_nothing_is_taken_before_auth(port: int, smtp_server: SMTPTestServer) -> None:
@@ -310,3 +330,20 @@ def test_a_certificate_needs_its_key(certificate: tuple[str, str]) -> None:
         check(config)
     with pytest.raises(ConfigError, match="SUBMISSION_TLS_CERT: no such file"):
         from_environ({"SUBMISSION_TLS_CERT": "/nonexistent/cert.pem"})
+
+
+@pytest.mark.worker
+def test_a_real_worker_delivers_what_the_listener_queued(
+        worker_app: Flask, celery_worker: Any, smtp_server: SMTPTestServer) -> None:
+    listener = SubmissionListener(worker_app, host="127.0.0.1", port=free_port()).start()
+    try:
+        app, mail = shop(listener.controller.port)
+        with app.app_context():
+            mail.send(flask_mail.Message("Through the broker", recipients=["ada@example.com"],
+                                         body="Hello"))
+    finally:
+        listener.stop()
+    deadline = time.monotonic() + 30
+    while not smtp_server.received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [r.message["Subject"] for r in smtp_server.received] == ["Through the broker"]

@@ -107,8 +107,9 @@ def _contents(message: Message) -> tuple[str | None, str | None, list[Upload]]:
             body = _text(part)
         elif not _is_attachment(part) and kind == "text/html" and html is None:
             html = _text(part)
-        else:
-            uploads.append((_file_name(part, len(uploads) + 1), kind, _bytes(part)))
+        else:  # an attached message goes as a file (.eml): message/* is not attachable
+            declared = None if part.get_content_maintype() == "message" else kind
+            uploads.append((_file_name(part, len(uploads) + 1), declared, _bytes(part)))
     return body, html, uploads
 
 
@@ -146,5 +147,6 @@ def _file_name(part: Message, number: int) -> str:
     name = part.get_filename()
     if name:
         return str(name)
-    extension = mimetypes.guess_extension(part.get_content_type()) or ".bin"
+    extension = (".eml" if part.get_content_maintype() == "message"
+                 else mimetypes.guess_extension(part.get_content_type()) or ".bin")
     return f"attachment-{number}{extension}"

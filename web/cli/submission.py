@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from redis import Redis
 from redis.exceptions import RedisError
 
+from tasks.stores.attachments import content_type_for
 from web.api.errors import APIError, fields_of
 from web.api.messages import scoped_idempotency_key, submit_message
 from web.api.schemas import MAX_RECIPIENTS, MessageIn, file_name_checked, mailbox
@@ -189,8 +190,9 @@ class SubmissionHandler:
             try:
                 mail = read_submitted(raw, rcpt_tos)
                 message = MessageIn.model_validate(mail.fields)
-                for name, _, _ in mail.uploads:
+                for name, declared, _ in mail.uploads:
                     file_name_checked(name)
+                    _attachable(name, declared)
                 key = (None if mail.idempotency_key is None
                        else scoped_idempotency_key(token_digest, mail.idempotency_key))
                 submitted = submit_message(message, mail.uploads,
@@ -217,6 +219,14 @@ class SubmissionHandler:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _attachable(name: str, declared: str | None) -> None:
+    try:
+        content_type_for(name, declared)
+    except ValueError as err:
+        raise APIError(422, "invalid", "an attachment is not valid",
+                       {"attachments": f"{name[:80]!r}: {err}"}) from None
 
 
 def _envelope(rcpt_tos: list[str]) -> list[str]:
