@@ -121,7 +121,9 @@ def test_bulk_sends_on_one_connection_with_max_emails(
 
 
 def test_the_reply_names_the_message_and_auth_login_works(
-        port: int, smtp_server: SMTPTestServer, client: FlaskClient) -> None:
+        port: int, smtp_server: SMTPTestServer, client: FlaskClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as relay:
         relay.ehlo()
         assert "LOGIN" in relay.esmtp_features["auth"]
@@ -136,6 +138,17 @@ def test_the_reply_names_the_message_and_auth_login_works(
     assert shown["status"] == "sent"
     assert [r["email"] for r in shown["recipients"]] == ["ada@example.com"]
     assert smtp_server.to("ada@example.com")[0].message["Subject"] == "Hi"
+    token_b64 = base64.b64encode(API_TOKEN.encode()).decode()
+    assert API_TOKEN not in caplog.text and token_b64 not in caplog.text
+
+
+def test_at_most_100_recipients_a_message(port: int) -> None:
+    with signed_in(port) as relay:
+        relay.mail("x@client.example")
+        for n in range(100):
+            assert relay.rcpt(f"reader{n}@example.com")[0] == 250
+        code, text = relay.rcpt("one-too-many@example.com")
+    assert code == 452 and b"at most 100" in text
 
 
 def test_the_envelope_decides_who_gets_it(port: int, smtp_server: SMTPTestServer) -> None:
