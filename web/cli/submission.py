@@ -33,14 +33,11 @@ from typing import Any
 import click
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from flask import Flask
-from limits import parse_many
-from limits.storage import RedisStorage
-from limits.strategies import FixedWindowRateLimiter
 from pydantic import ValidationError
-from redis import Redis
 from redis.exceptions import RedisError
 
 from tasks.stores.attachments import content_type_for
+from tasks.stores.throttle import FailedLogins
 from web.api.errors import APIError, fields_of
 from web.api.messages import scoped_idempotency_key, submit_message
 from web.api.schemas import MAX_RECIPIENTS, MessageIn, file_name_checked, mailbox
@@ -56,27 +53,6 @@ log = logging.getLogger(__name__)
 MAX_REPLY_TEXT = 400  # an SMTP reply line is at most 512 octets (RFC 5321 4.5.3.1.5)
 INVALID_LOGIN = "535 5.7.8 Authentication credentials invalid"
 TOO_MANY_LOGINS = "421 4.7.0 too many failed logins from your network; try again later"
-
-
-class LoginThrottle:
-    """Failed logins per client network (IPv4 address or IPv6 /64), counted in Redis."""
-
-    def __init__(self, redis: Redis, limits: str) -> None:
-        storage = RedisStorage("redis://", connection_pool=redis.connection_pool,
-                               key_prefix="postroom:ratelimit")
-        self.limiter = FixedWindowRateLimiter(storage)
-        self.items = parse_many(limits)
-
-    def blocked(self, client: str) -> bool:
-        """Whether *client* has used up its failed logins."""
-        return not all(self.limiter.test(item, "submission-login", client)
-                       for item in self.items)
-
-    def failed(self, client: str) -> bool:
-        """Count a failed login; whether *client* is now blocked."""
-        for item in self.items:
-            self.limiter.hit(item, "submission-login", client)
-        return self.blocked(client)
 
 
 class SubmissionSMTP(BoundedSMTP):
@@ -109,7 +85,7 @@ class SubmissionSMTP(BoundedSMTP):
         return False
 
     async def smtp_AUTH(self, arg: str) -> None:
-        throttle: LoginThrottle = self.event_handler.throttle
+        throttle: FailedLogins = self.event_handler.throttle
         client = network_of(self.peer_address)
         loop = asyncio.get_running_loop()
         try:
@@ -139,8 +115,9 @@ class SubmissionHandler:
         self.app = app
         self.limits = limits
         self.grants = grants(app.config["API_TOKENS"])
-        self.throttle = LoginThrottle(app.extensions["redis"],
-                                      app.config["SUBMISSION_AUTH_RATE_LIMIT"])
+        self.throttle = FailedLogins(app.extensions["redis"],
+                                     app.config["SUBMISSION_AUTH_RATE_LIMIT"],
+                                     scope="submission-login")
         self.executor = ThreadPoolExecutor(max_workers=limits.workers,
                                            thread_name_prefix="submission")
         self.waiting = 0  # messages in or waiting for the executor (event loop only)
