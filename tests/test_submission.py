@@ -20,12 +20,14 @@ from typing import Any
 import flask_mail
 import pytest
 import redis
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import API_TOKEN, AUTH, app_config
 from tests.smtp_server import SMTPTestServer, free_port
 from web import create_app
+from web.cli import cli
 from web.cli.submission import SubmissionListener, tls_context
 from web.config import ConfigError, check, from_environ
 
@@ -360,3 +362,18 @@ def test_a_real_worker_delivers_what_the_listener_queued(
     while not smtp_server.received and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [r.message["Subject"] for r in smtp_server.received] == ["Through the broker"]
+
+
+@pytest.mark.parametrize(("extra", "said"), [
+    ({}, "outside development, AUTH is refused before STARTTLS"),
+    ({"SUBMISSION_TLS_CERT": "/nonexistent/cert.pem"},
+     "configuration error: SUBMISSION_TLS_CERT: no such file"),
+])
+def test_the_command_says_why_it_will_not_start(redis_url: str, extra: dict[str, str],
+                                                said: str) -> None:
+    environ = {"POSTROOM_ENV": "production", "SECRET_KEY": "s", "REDIS_URL": redis_url,
+               "PUBLIC_URL": "https://mail.example.com", "METRICS_TOKEN": "m",
+               "API_TOKENS": API_TOKEN, **extra}
+    result = CliRunner().invoke(cli, ["submission", "--port", str(free_port())], env=environ)
+    assert result.exit_code == 1
+    assert said in result.output and "Traceback" not in result.output
