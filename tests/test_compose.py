@@ -40,7 +40,8 @@ DESIGN_VARIABLES = [
     "MAIL_MAX_CONNECTIONS", "MAIL_RATE_LIMIT", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY",
     "API_TOKENS", "ADMIN_USERNAME", "ADMIN_PASSWORD", "OTP_LENGTH", "OTP_TTL",
     "OTP_MAX_ATTEMPTS", "MAX_ATTACHMENT_BYTES", "MAX_MESSAGE_BYTES"]
-APP_SERVICES = ("web", "worker", "worker-bulk", "worker-events", "bounces", "beat", "flower")
+APP_SERVICES = ("web", "worker", "worker-bulk", "worker-events", "bounces", "submission", "beat",
+                "flower")
 
 
 def docker_compose(*args: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -67,8 +68,10 @@ def services() -> dict[str, Any]:
 
 def test_compose_defines_every_service(services: dict[str, Any]) -> None:
     assert set(services) == {"redis", "mailpit", "web", "worker", "worker-bulk",
-                             "worker-events", "bounces", "beat", "flower"}
+                             "worker-events", "bounces", "submission", "beat", "flower"}
     assert services["bounces"]["command"][:2] == ["postroom", "bounces"]
+    assert services["submission"]["command"][:2] == ["postroom", "submission"]
+    assert [p["target"] for p in services["submission"]["ports"]] == [2587]
     redis_service = services["redis"]
     assert redis_service["command"][-2:] == ["--appendonly", "yes"]
     assert any(volume.startswith("redis-data:/data") for volume in redis_service["volumes"])
@@ -202,7 +205,7 @@ class LocalCompose:
         self.prefix = f"postroom:celery:{workdir.name}:"
         self.started: list[Service] = []
 
-    def run(self, name: str, replacements: dict[str, str]) -> Service:
+    def run(self, name: str, replacements: dict[str, str], **extra: str) -> Service:
         service = self.services[name]
         environment = {key: str(value) for key, value in service["environment"].items()
                        if value is not None}
@@ -211,7 +214,7 @@ class LocalCompose:
             PYTHONUNBUFFERED="1",  # as the image sets it
             REDIS_URL=self.redis_url, CELERY_BROKER_URL=self.redis_url,
             CELERY_KEY_PREFIX=self.prefix,
-            MAIL_SERVER="127.0.0.1", MAIL_PORT=str(self.smtp_port))
+            MAIL_SERVER="127.0.0.1", MAIL_PORT=str(self.smtp_port), **extra)
         started = Service(local_command(service["command"], replacements), environment,
                           self.workdir / f"{name}.log")
         self.started.append(started)
@@ -344,3 +347,35 @@ def test_web_healthcheck_probes_livez_and_a_dead_relay_fails_no_probe(
     except urllib.error.HTTPError as err:
         assert err.code == 503
         assert "smtp" in json.loads(err.read())["down"]
+
+
+def test_submission_command_takes_mail_after_starttls(compose: LocalCompose, tmp_path: Path,
+                                                     smtp_server: SMTPTestServer) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    environment = compose.services["submission"]["environment"]
+    assert environment["SUBMISSION_TLS_CERT"] == "/etc/postroom/tls/cert.pem"
+    port = free_port()
+    listener = compose.run("submission", {"0.0.0.0": "127.0.0.1", "2587": str(port)},
+                           SUBMISSION_TLS_CERT=str(cert), SUBMISSION_TLS_KEY=str(key))
+
+    def answers() -> bool:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=2) as client:
+                return client.ehlo()[0] == 250
+        except OSError:
+            return False
+
+    listener.wait_until("the submission listener answers SMTP", answers, timeout=40)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        assert client.has_extn("starttls") and not client.has_extn("auth")  # not before TLS
+        client.starttls()
+        client.login("app", SECRETS["API_TOKENS"])
+        client.mail("app@example.com")
+        client.rcpt("ada@example.com")
+        code, reply = client.data(b"From: app@example.com\r\nTo: ada@example.com\r\n"
+                                  b"Subject: Through compose\r\n\r\nHello\r\n")
+    assert code == 250 and reply.startswith(b"2.0.0 Ok: queued as ")

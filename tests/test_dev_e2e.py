@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import flask_mail
 import pytest
 import redis
+from flask import Flask
 
 from tests.smtp_server import SMTPTestServer, free_port
 from web.config import SETTINGS
@@ -133,7 +135,7 @@ def start_dev(workdir: Path, *extra: str, environ: dict[str, str] | None = None)
     log = workdir / "dev.log"
     argv = [str(POSTROOM), "dev", "--port", str(port), "--flower-port", str(flower_port),
             "--smtp-port", str(free_port()), "--redis-port", str(free_port()),
-            "--bounce-port", str(free_port()), *extra]
+            "--bounce-port", str(free_port()), "--submission-port", str(free_port()), *extra]
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, cwd=workdir, env=environ or clean_environ(),
                                    stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
@@ -264,6 +266,19 @@ def test_dev_uses_configured_servers_restarts_a_killed_worker_and_stops_on_sigte
     post_and_deliver(dev_run, "After a restart")
     [received] = smtp_server.to("eve@example.com")
     assert received.message["Subject"] == "After a restart"
+    # a Flask-Mail app sends through the submission listener with the API token
+    submission_port = int(dev_run.wait_for(r"Submission\s+smtp://127\.0\.0\.1:(\d+)").group(1))
+    shop = Flask("shop")
+    shop.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=submission_port,
+                       MAIL_USERNAME="shop", MAIL_PASSWORD="configured-token",
+                       MAIL_DEFAULT_SENDER="shop@example.com")
+    with shop.app_context():
+        flask_mail.Mail(shop).send(flask_mail.Message("Submitted", body="Over SMTP",
+                                                      recipients=["zoe@example.com"]))
+    deadline = time.monotonic() + 30
+    while not smtp_server.to("zoe@example.com") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [r.message["Subject"] for r in smtp_server.to("zoe@example.com")] == ["Submitted"]
     assert not (tmp_path / "var" / "outbox").exists()
 
     children = descendants(dev_run.process.pid)
@@ -279,7 +294,7 @@ def test_taken_port_is_one_clear_line(tmp_path: Path) -> None:
         result = subprocess.run(
             [str(POSTROOM), "dev", "--port", str(port), "--flower-port", str(free_port()),
              "--smtp-port", str(free_port()), "--redis-port", str(free_port()),
-             "--bounce-port", str(free_port())],
+             "--bounce-port", str(free_port()), "--submission-port", str(free_port())],
             cwd=tmp_path, env=clean_environ(), stdin=subprocess.DEVNULL, capture_output=True,
             text=True, timeout=30)
     assert result.returncode != 0

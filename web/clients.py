@@ -19,7 +19,11 @@ IPV6_PREFIX = 64
 
 def client_network() -> str:
     """``203.0.113.7`` for IPv4, ``2001:db8:1:2::/64`` for any address in that IPv6 /64."""
-    address = get_remote_address() or ""
+    return network_of(get_remote_address() or "")
+
+
+def network_of(address: str) -> str:
+    """:func:`client_network` for any client *address* (an SMTP peer's, say)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:

@@ -242,6 +242,18 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "BOUNCE_IDLE_TIMEOUT": (_positive_number, 60.0),
     "BOUNCE_WORKERS": (_whole_number(1), 2),
     "BOUNCE_QUEUE": (_whole_number(1), 32),
+    # The submission listener (postroom submission): AUTH with an API token, STARTTLS with
+    # this certificate, failed logins per client network, and the bounce listener's bounds
+    # (a message's size is MAX_MESSAGE_BYTES).
+    "SUBMISSION_TLS_CERT": (_file_path, None),
+    "SUBMISSION_TLS_KEY": (_file_path, None),
+    "SUBMISSION_AUTH_RATE_LIMIT": (_rate_limits, "5/minute;30/hour"),
+    "SUBMISSION_MAX_CONNECTIONS": (_whole_number(1), 100),
+    "SUBMISSION_MAX_CONNECTIONS_PER_CLIENT": (_whole_number(1), 10),
+    "SUBMISSION_DATA_TIMEOUT": (_positive_number, 300.0),
+    "SUBMISSION_IDLE_TIMEOUT": (_positive_number, 60.0),
+    "SUBMISSION_WORKERS": (_whole_number(1), 4),
+    "SUBMISSION_QUEUE": (_whole_number(1), 32),
     "EXPECTED_WORKERS": (expected_workers, {}),  # exported as postroom_workers_expected
 }
 
@@ -330,6 +342,9 @@ def check(config: Mapping[str, Any]) -> None:
     """Reject combinations that cannot work, whatever their source."""
     if config["MAIL_USE_TLS"] and config["MAIL_USE_SSL"]:
         raise ConfigError("MAIL_USE_TLS and MAIL_USE_SSL: choose one, not both")
+    if bool(config.get("SUBMISSION_TLS_CERT")) != bool(config.get("SUBMISSION_TLS_KEY")):
+        raise ConfigError("SUBMISSION_TLS_CERT and SUBMISSION_TLS_KEY: set both (the "
+                          "certificate chain and its private key, PEM files) or neither")
     if not config.get("SECRET_KEY") and not relaxed(config):
         raise ConfigError("SECRET_KEY: must be set outside development and testing")
     public_url = config.get("PUBLIC_URL")

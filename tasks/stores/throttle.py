@@ -14,6 +14,8 @@ clock (``TIME``), never by the clocks of the hosts asking:
   A holder that cannot renew trusts its slot for :data:`SLOT_TRUSTED` of a lease
   from its last confirmed renewal (:meth:`SessionSlots.trusted`); the session
   is closed before then, so the limit holds at the relay too.
+- :class:`FailedLogins` counts failed logins per client in fixed windows (the
+  ``limits`` package's counters, as Flask-Limiter keeps them for the web's throttles).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import threading
 import time
 import uuid
 
+from limits import parse_many
+from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter
 from redis import Redis, RedisError
 
 from tasks.stores import key
@@ -255,6 +260,28 @@ class SessionSlots:
             if gone:
                 log.warning("%d SMTP session lease(s) ran out before renewal; the limit may "
                             "be exceeded until they close", len(gone))
+
+
+class FailedLogins:
+    """Failed logins per client, within *limits* (``5/minute;30/hour``), counted in Redis
+    under the web throttles' prefix, so every process sees the same counts."""
+
+    def __init__(self, redis: Redis, limits: str, *, scope: str) -> None:
+        storage = RedisStorage("redis://", connection_pool=redis.connection_pool,
+                               key_prefix=key("ratelimit"))
+        self.limiter = FixedWindowRateLimiter(storage)
+        self.items = parse_many(limits)
+        self.scope = scope
+
+    def blocked(self, client: str) -> bool:
+        """Whether *client* has used up its failed logins in some window."""
+        return not all(self.limiter.test(item, self.scope, client) for item in self.items)
+
+    def failed(self, client: str) -> bool:
+        """Count a failed login; whether *client* is now blocked."""
+        for item in self.items:
+            self.limiter.hit(item, self.scope, client)
+        return self.blocked(client)
 
 
 def sessions_open(redis: Redis, slots_key: str = key("throttle", "smtp-sessions")) -> int:

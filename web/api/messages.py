@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import getaddresses
 from typing import Any
@@ -59,6 +60,36 @@ def create_message() -> ResponseReturnValue:
     else:
         message = parse(MessageIn, json_body())
         uploads = [(a.filename, a.content_type, a.data()) for a in message.attachments]
+    submitted = submit_message(message, uploads, idempotency_key=_idempotency_key())
+    response = jsonify(Accepted(id=submitted.id, status=submitted.status).model_dump())
+    response.headers["Location"] = url_for("api.show_message", message_id=submitted.id)
+    if not submitted.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response, 202
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A message accepted (or, for a replayed Idempotency-Key, the one it stands for)."""
+
+    id: str
+    status: str
+    created: bool
+
+
+def submit_message(message: MessageIn, uploads: list[Upload], *,
+                   recipients: list[str] | None = None,
+                   idempotency_key: str | None = None) -> Submitted:
+    """Store *message* with its attachments and queue its delivery: what every way in
+    (``POST /api/messages``, the SMTP submission listener) does with a valid message.
+
+    *recipients* (the SMTP envelope's) replace ``to``, ``cc`` and ``bcc`` as the
+    addresses it is sent to; *idempotency_key* is already scoped to the caller
+    (:func:`scoped_idempotency_key`). Raises :class:`APIError` for what the client
+    must change (no sender, an attachment too large, a key reused for another
+    message).
+    """
+    limit = int(current_app.config["MAX_ATTACHMENT_BYTES"])
     require_sender(message.sender)
     for name, _, data in uploads:
         _check_size(name, len(data), limit)
@@ -67,13 +98,13 @@ def create_message() -> ResponseReturnValue:
     fields = message.model_dump(exclude_none=True, exclude={"attachments"})
     if refs:
         fields["attachments"] = [ref.as_fields() for ref in refs]
+    envelope = message.recipients() if recipients is None else recipients
     store = _store()
-    key = _idempotency_key()
-    if key is None:
-        admission = store.accept(fields, message.recipients())
+    if idempotency_key is None:
+        admission = store.accept(fields, envelope)
     else:
         try:
-            admission = store.create_once(key, fields, message.recipients())
+            admission = store.create_once(idempotency_key, fields, envelope)
         except IdempotencyConflict:
             raise APIError(409, "idempotency_conflict",
                            "this Idempotency-Key was used for a different request; "
@@ -84,11 +115,7 @@ def create_message() -> ResponseReturnValue:
             deliver_message.delay(stored.id)
     status = ("queued" if admission.created
               else message_status(store.ledger(stored.id).counts()))
-    response = jsonify(Accepted(id=stored.id, status=status).model_dump())
-    response.headers["Location"] = url_for("api.show_message", message_id=stored.id)
-    if not admission.created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response, 202
+    return Submitted(stored.id, status, admission.created)
 
 
 def _check_size(name: str, size: int, limit: int) -> None:
@@ -103,11 +130,17 @@ def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
+    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    return scoped_idempotency_key(hashlib.sha256(token.encode()).hexdigest(), key)
+
+
+def scoped_idempotency_key(token_digest: str, key: str) -> str:
+    """*key* as the store keeps it, scoped to the caller's token (its SHA-256, in hex);
+    a 422 when it is not 1 to 255 printable ASCII characters."""
     if not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
         raise APIError(422, "invalid", "the Idempotency-Key header is not valid",
                        {"Idempotency-Key": "1 to 255 printable ASCII characters"})
-    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
-    return f"{hashlib.sha256(token.encode()).hexdigest()}:{key}"
+    return f"{token_digest}:{key}"
 
 
 def _multipart(limit: int) -> tuple[dict[str, Any], list[Upload]]:

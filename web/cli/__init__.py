@@ -22,3 +22,7 @@ cli.add_command(campaign)
 from web.cli.bounces import bounces  # noqa: E402
 
 cli.add_command(bounces)
+
+from web.cli.submission import submission  # noqa: E402
+
+cli.add_command(submission)

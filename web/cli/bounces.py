@@ -24,14 +24,10 @@ import asyncio
 import logging
 import signal
 import threading
-from collections import Counter
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
 from typing import Any
 
 import click
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis import Redis
 from redis.exceptions import RedisError
@@ -40,105 +36,19 @@ from tasks.bounces import BounceDesk
 from tasks.engine.reports import MalformedReport
 from tasks.engine.verp import is_return_path_address
 from tasks.stores import key
+from web.cli.smtp_listener import BoundedSMTP, GatedController, ListenerLimits
+
+__all__ = ["BounceHandler", "BounceListener", "BounceSMTP", "ListenerLimits", "bounces"]
 
 log = logging.getLogger(__name__)
 
 UNMATCHED_COUNT = key("bounces", "unmatched-count")
-# Commands per session (aiosmtpd's command_call_limit; 421 and closed past one): a client
-# cannot hold a slot for ever with NOOPs, each of which resets the idle timer.
-COMMANDS_PER_SESSION = {"NOOP": 20, "HELO": 5, "EHLO": 5, "VRFY": 5, "EXPN": 5, "HELP": 5,
-                        "*": 1000}
 
 
-@dataclass(frozen=True, slots=True)
-class ListenerLimits:
-    """What the listener lets clients hold (the ``BOUNCE_*`` settings)."""
-
-    max_bytes: int = 1024 * 1024
-    max_connections: int = 100
-    max_connections_per_client: int = 10
-    data_timeout: float = 60.0
-    idle_timeout: float = 60.0
-    workers: int = 2
-    queue: int = 32  # reports waiting for or in a worker; past it, 451
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ListenerLimits:
-        defaults = cls()
-        return cls(**{f.name: config.get(f"BOUNCE_{f.name.upper()}", getattr(defaults, f.name))
-                      for f in fields(cls)})
-
-
-class ConnectionGate:
-    """Counts open connections, in all and per client address (used on the event loop)."""
-
-    def __init__(self, limits: ListenerLimits) -> None:
-        self.limits = limits
-        self.by_client: Counter[str] = Counter()
-        self.total = 0
-
-    def admit(self, client: str) -> bool:
-        if (self.total >= self.limits.max_connections
-                or self.by_client[client] >= self.limits.max_connections_per_client):
-            return False
-        self.total += 1
-        self.by_client[client] += 1
-        return True
-
-    def release(self, client: str) -> None:
-        self.total -= 1
-        self.by_client[client] -= 1
-        if self.by_client[client] <= 0:
-            del self.by_client[client]
-
-
-class BounceSMTP(SMTP):
+class BounceSMTP(BoundedSMTP):
     """aiosmtpd's server with the listener's bounds on connections and on DATA."""
 
-    def __init__(self, handler: BounceHandler, gate: ConnectionGate, limits: ListenerLimits,
-                 **kwargs: Any) -> None:
-        super().__init__(handler, data_size_limit=limits.max_bytes,
-                         timeout=limits.idle_timeout,
-                         command_call_limit=dict(COMMANDS_PER_SESSION), **kwargs)
-        self.gate = gate
-        self.limits = limits
-        self.client: str | None = None  # the address counted against the gate
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self.transport is None
-        super().connection_made(transport)  # schedules _handle_client: it runs after this
-        if first:
-            peer = transport.get_extra_info("peername")
-            client = str(peer[0]) if peer else "unknown"
-            if self.gate.admit(client):
-                self.client = client
-
-    async def _handle_client(self) -> None:
-        if self.client is None:
-            log.warning("bounce listener: refused a connection from %s (too many)",
-                        self.session.peer if self.session else "unknown")
-            await self.push("421 4.7.0 too many connections; try again later")
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super()._handle_client()
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.client is not None:
-            self.gate.release(self.client)
-            self.client = None
-        super().connection_lost(error)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        """DATA with a deadline on the whole phase, however slowly its lines arrive."""
-        try:
-            await asyncio.wait_for(super().smtp_DATA(arg), self.limits.data_timeout)
-        except TimeoutError:
-            log.warning("bounce listener: DATA from %s took over %.0f s; closed",
-                        self.session.peer if self.session else "unknown",
-                        self.limits.data_timeout)
-            if self.transport is not None:
-                self.transport.close()
+    name = "bounce listener"
 
 
 class BounceHandler:
@@ -199,18 +109,6 @@ class BounceHandler:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-class BounceController(Controller):
-    """aiosmtpd's controller making :class:`BounceSMTP` servers that share one gate."""
-
-    def __init__(self, handler: BounceHandler, limits: ListenerLimits, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.limits = limits
-        self.gate = ConnectionGate(limits)
-
-    def factory(self) -> SMTP:
-        return BounceSMTP(self.handler, self.gate, self.limits, **self.SMTP_kwargs)
-
-
 class BounceListener:
     """The listener on *host*:*port*, serving from a thread (:meth:`start`, :meth:`stop`)."""
 
@@ -218,7 +116,8 @@ class BounceListener:
                  limits: ListenerLimits | None = None) -> None:
         limits = limits or ListenerLimits()
         self.handler = BounceHandler(desk, return_path, limits)
-        self.controller = BounceController(self.handler, limits, hostname=host, port=port)
+        self.controller = GatedController(self.handler, limits, BounceSMTP, hostname=host,
+                                          port=port)
 
     def start(self) -> BounceListener:
         self.controller.start()

@@ -77,6 +77,7 @@ class Plan:
     redis_port: int
     var_dir: Path
     bounce_port: int = 2525
+    submission_port: int = 2587
     verbose: bool = False  # every child's start-up output, Celery's task lines, each recipient
     env: dict[str, str] = field(default_factory=dict)
     embed_redis: bool = False
@@ -151,7 +152,8 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
 def check_ports(plan: Plan) -> None:
     """One clear line, before anything starts, for a port that is taken or used twice."""
     wanted = [("--port", plan.port, plan.host), ("--flower-port", plan.flower_port, plan.host),
-              ("--bounce-port", plan.bounce_port, plan.host)]
+              ("--bounce-port", plan.bounce_port, plan.host),
+              ("--submission-port", plan.submission_port, plan.host)]
     if plan.embed_smtp:
         wanted.append(("--smtp-port", plan.smtp_port, "127.0.0.1"))
     if plan.embed_redis:
@@ -200,6 +202,8 @@ def commands(plan: Plan) -> dict[str, list[str]]:
                    *([] if plan.verbose else ["--logging=warning"])],
         "bounces": [python, "-m", "web.cli", "bounces", "--host", plan.host,
                     "--port", str(plan.bounce_port)],
+        "submit": [python, "-m", "web.cli", "submission", "--host", plan.host,
+                   "--port", str(plan.submission_port)],
     }
 
 
@@ -288,6 +292,8 @@ def banner(plan: Plan) -> list[str]:
         f"  Flower       {plan.url(plan.flower_port)}  (user {user}, password {password})",
         f"  Bounces      smtp://{plan.public_host}:{plan.bounce_port}  (DSNs and complaints for "
         f"{plan.env['MAIL_RETURN_PATH']})",
+        f"  Submission   smtp://{plan.public_host}:{plan.submission_port}  (Flask-Mail apps: "
+        "MAIL_PASSWORD is the API token)",
         f"  Redis        {redacted(plan.env['REDIS_URL'])}  ({redis_note})",
         f"  API token    {plan.api_token}",
         "  Try it:      curl -H 'Authorization: Bearer " + plan.api_token + "' "
@@ -385,6 +391,9 @@ def show_banner(state: RunningDev) -> NoReturn:
               help="Port of the embedded Redis (when REDIS_URL is unset and none answers there).")
 @click.option("--bounce-port", type=click.IntRange(1, 65535), default=2525, show_default=True,
               help="Port of the listener for bounces and complaints (MAIL_RETURN_PATH).")
+@click.option("--submission-port", type=click.IntRange(1, 65535), default=2587,
+              show_default=True, help="Port of the SMTP submission listener (AUTH with the "
+              "API token).")
 @click.option("--var-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var"),
               show_default=True, help="Where the embedded servers keep their data.")
 @click.option("--verbose", is_flag=True, help="Show every process's start-up output, Celery's "
@@ -392,13 +401,15 @@ def show_banner(state: RunningDev) -> NoReturn:
 @click.option("--show", is_flag=True, help="Print the banner (URLs, API token, logins) of the "
               "postroom dev running with this --var-dir, and exit.")
 def dev(host: str, port: int, flower_port: int, smtp_port: int, redis_port: int,
-        bounce_port: int, var_dir: Path, verbose: bool, show: bool) -> None:
-    """Run web, workers, beat, Flower and the bounce listener, embedding Redis and SMTP
-    when not configured."""
+        bounce_port: int, submission_port: int, var_dir: Path, verbose: bool,
+        show: bool) -> None:
+    """Run web, workers, beat, Flower and the bounce and submission listeners, embedding
+    Redis and SMTP when not configured."""
     if show:
         show_banner(RunningDev(var_dir.resolve()))
     var_dir.mkdir(parents=True, exist_ok=True)
     plan = make_plan(dict(os.environ), Plan(host, port, flower_port, smtp_port, redis_port,
-                                            var_dir.resolve(), bounce_port, verbose))
+                                            var_dir.resolve(), bounce_port, submission_port,
+                                            verbose))
     check_ports(plan)
     sys.exit(run(plan))
