@@ -76,6 +76,8 @@ def postroom(redis_client: redis.Redis, redis_url: str) -> StartApp:
         from web import create_app
 
         overrides.setdefault("MAIL_DEFAULT_SENDER", "Postroom <noreply@example.org>")
+        # each test reads the sessions Postfix logged: none is kept open after its mail
+        overrides.setdefault("MAIL_SESSION_IDLE", 0)
         return create_app(app_config(redis_url, instance.port, SECRET_KEY=SECRET,
                                      **overrides))
 
@@ -93,6 +95,7 @@ def postroom_worker(redis_client: redis.Redis, redis_url: str,
     with contextlib.ExitStack() as stack:
         def make(instance: Postfix, **overrides: Any) -> Flask:
             overrides.setdefault("MAIL_DEFAULT_SENDER", "Postroom <noreply@example.org>")
+            overrides.setdefault("MAIL_SESSION_IDLE", 0)
             config = app_config(redis_url, instance.port, SECRET_KEY=SECRET, **overrides)
             config["CELERY"] = {"task_always_eager": False, "broker_transport_options": {
                 "visibility_timeout": 60,
