@@ -216,7 +216,8 @@ class _StatusCheck:
 
     def __init__(self, store: CampaignStore, campaign_id: str, every: float = 0.5,
                  slice_seconds: float | None = None,
-                 between_sessions: Callable[[], bool] = lambda: True) -> None:
+                 between_sessions: Callable[[], bool] = lambda: True,
+                 ends_after_next: Callable[[], bool] = lambda: True) -> None:
         self.store = store
         self.campaign_id = campaign_id
         self.every = every
@@ -224,6 +225,7 @@ class _StatusCheck:
         self.checked = started - every  # the first call reads the status: a pause may be new
         self.ends = None if slice_seconds is None else started + slice_seconds
         self.between_sessions = between_sessions
+        self.ends_after_next = ends_after_next
         self.sliced = False
 
     def __call__(self) -> bool:
@@ -235,6 +237,16 @@ class _StatusCheck:
             return False
         self.checked = now
         return self.store.status(self.campaign_id) != "running"
+
+    def last_call(self) -> bool:
+        """Whether the message about to go is this run's last: the slice is over and the
+        session may end after it (*ends_after_next*). Nothing goes ahead of the next
+        message then, so the session ends between transactions: it is kept for the rest
+        of the batch (see :func:`_send_batch`) instead of being cut off mid-transaction."""
+        if self.ends is not None and time.monotonic() >= self.ends and self.ends_after_next():
+            self.sliced = True
+            return True
+        return False
 
 
 class _SentCounter:
@@ -338,14 +350,21 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
     created_at = campaign.started_at or campaign.created_at
     observe = runtime.observer("campaign", campaign.id, extra=counted, policy=policy,
                                created_at=created_at)
-    connection = BatchConnection(settings, gate=runtime.session_gate(bulk=True))
+    # Without MAIL_MAX_EMAILS a batch starts on a session an earlier batch (or the run
+    # before this one's time slice ended) left open in this process, and leaves its own
+    # there; with it, every batch is whole sessions of its own (exactly ceil(n/N)).
+    pool = None if settings.max_emails else runtime.session_pool()
+    connection = BatchConnection(settings, gate=runtime.session_gate(bulk=True), pool=pool,
+                                 lane="bulk")
     check = _StatusCheck(store, campaign.id, slice_seconds=float(
         runtime.app_config()["CAMPAIGN_BATCH_SECONDS"]),
-        between_sessions=connection.between_sessions)
+        between_sessions=connection.between_sessions,
+        ends_after_next=connection.ends_after_next)
     options = BatchOptions(token=batch_token(campaign.id, slot), policy=policy,
                            created_at=created_at,
                            lease=runtime.claim_lease(),
-                           suppressed=suppressed, should_stop=check, observe=observe)
+                           suppressed=suppressed, should_stop=check, last_call=check.last_call,
+                           observe=observe)
     started = time.monotonic()
     try:
         with connection:
@@ -355,8 +374,9 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
     finally:
         observe.close(sessions_opened=connection.sessions_opened)
     counter.flush()
-    log.info("campaign %s batch %d-%d: %s in %.3f s (%d session(s))%s", campaign.id, first,
-             last, report.described(), time.monotonic() - started, connection.sessions_opened,
+    log.info("campaign %s batch %d-%d: %s in %.3f s (%d session(s) opened, %d kept one(s) "
+             "used)%s", campaign.id, first, last, report.described(),
+             time.monotonic() - started, connection.sessions_opened, connection.sessions_reused,
              "; its time slice is over" if check.sliced else "")
     return report, check.sliced
 

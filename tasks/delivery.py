@@ -137,6 +137,9 @@ class BatchOptions:
     lease: float = 10.0  # seconds a claim outlives the last renewal of its run
     suppressed: Callable[[list[str]], list[bool]] | None = None  # the suppression list
     should_stop: Callable[[], bool] | None = None  # paused or cancelled: stop before a message
+    # whether the message about to go is the run's last (its time slice is over): nothing is
+    # sent ahead of the next one, so the session ends between transactions and can be kept
+    last_call: Callable[[], bool] | None = None
     observe: Callable[[Dispatched], None] | None = None  # each message's fate, as it is known
 
 
@@ -207,8 +210,10 @@ class _Run:
         if not self.lease.usable():  # taken over, or not renewed in time: stop sending
             self._stop_fenced()
             return False
+        last = (following is not None and self.options.last_call is not None
+                and self.options.last_call())
         upcoming = None
-        if following is not None and following.message is not None:
+        if not last and following is not None and following.message is not None:
             upcoming = Upcoming(following.message.envelope_sender,
                                 tuple(following.emails), len(following.message.data))
         started = time.perf_counter()
@@ -216,7 +221,7 @@ class _Run:
                                              built.message.data, upcoming=upcoming)
         self._record(built.claimed, [by_email[email] for email in built.emails], built,
                      time.perf_counter() - started)
-        return True
+        return not last
 
     def _claim(self, chunk: list[Envelope]) -> bool:
         """Claim the chunk's recipients; ``False`` when this run no longer holds the lease."""

@@ -61,14 +61,16 @@ class BatchConnection(Connection):
     With a *pool* (:class:`tasks.engine.pool.SessionPool`) the connection starts
     on a session a previous batch of this process left open, when one is kept,
     and leaves its session there at the end while it may carry more messages.
+    Sessions are shared only between connections of the same *lane*.
     """
 
     def __init__(self, settings: SMTPSettings, gate: SessionGate | None = None,
-                 pool: SessionPool | None = None) -> None:
+                 pool: SessionPool | None = None, *, lane: str = "") -> None:
         super().__init__(settings)  # type: ignore[arg-type]  # same attribute names as Mail
         self.settings = settings
         self.gate = gate
         self.pool = pool
+        self.lane = lane  # kept sessions are shared only within one lane (bulk, singles)
         self._gate_handle: str | None = None
         self._slot_gate: SlotHolder | None = None  # what the handle came from, if not gate
         self._unavailable: SessionError | None = None
@@ -198,10 +200,23 @@ class BatchConnection(Connection):
 
     def between_sessions(self) -> bool:
         """Whether the next message starts a session anyway: none is open, or the open one
-        has carried ``max_emails`` (always, without ``max_emails``). A batch that stops
-        here leaves no session short of ``max_emails``."""
+        has carried ``max_emails`` (always, without ``max_emails``), and the next message's
+        commands were not sent ahead (stopping then would cut the session off). A batch
+        that stops here leaves no session short of ``max_emails``."""
+        if self._ahead is not None:
+            return False
         max_emails = self.settings.max_emails
         return self.host is None or not max_emails or self.num_emails >= max_emails
+
+    def ends_after_next(self) -> bool:
+        """Whether the session may end after the next message: always without
+        ``max_emails``, else when the next message is its ``max_emails``-th. A batch that
+        stops after it leaves no session short of ``max_emails``."""
+        max_emails = self.settings.max_emails
+        if not max_emails:
+            return True
+        full = self.host is None or self.num_emails >= max_emails  # the next one opens one
+        return (0 if full else self.num_emails) + 1 >= max_emails
 
     def _release_gate(self) -> None:
         handle, self._gate_handle = self._gate_handle, None
@@ -213,10 +228,12 @@ class BatchConnection(Connection):
 
     def _pool_key(self) -> tuple[object, ...]:
         """What makes two sessions interchangeable: where they go and how they were opened
-        (debugging included: a code never goes out on a session whose dialogue is logged)."""
+        (debugging included: a code never goes out on a session whose dialogue is logged),
+        and the lane: a bulk batch never carries on on a session whose slot was taken
+        without the headroom kept for codes."""
         s = self.settings
-        return (s.relays, s.use_tls, s.use_ssl, s.username, s.password, s.tls_verify,
-                s.tls_ca_file, s.timeout, s.debug)
+        return (self.lane, s.relays, s.use_tls, s.use_ssl, s.username, s.password,
+                s.tls_verify, s.tls_ca_file, s.timeout, s.debug)
 
     def _take_kept(self) -> bool:
         """Carry on on a session kept open by an earlier batch, if the pool has one."""
