@@ -99,7 +99,7 @@ def test_dev_is_quiet_ends_with_its_banner_and_shows_it_again(
 
     campaign_id = send_campaign(run, ["ada@example.com", "bob@example.com", "eve@example.com"])
     run.wait_for(rf"campaign {campaign_id} batch 0-2: 3 sent, 0 deferred, 0 failed "
-                 rf"in \d+\.\d{{3}} s \(1 session\(s\)\)")
+                 rf"in \d+\.\d{{3}} s \(1 session\(s\) opened, \d+ kept one\(s\) used\)")
     post_and_deliver(run, "Quiet message")
     run.wait_for(r"message \S+: 2 sent, 0 deferred, 0 failed in \d+\.\d{3} s")
     output = run.output()
