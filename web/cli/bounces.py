@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import click
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -36,7 +33,12 @@ from tasks.bounces import BounceDesk
 from tasks.engine.reports import MalformedReport
 from tasks.engine.verp import is_return_path_address
 from tasks.stores import key
-from web.cli.smtp_listener import BoundedSMTP, GatedController, ListenerLimits
+from web.cli.smtp_listener import (
+    BoundedSMTP,
+    GatedController,
+    ListenerLimits,
+    serve_until_signalled,
+)
 
 __all__ = ["BounceHandler", "BounceListener", "BounceSMTP", "ListenerLimits", "bounces"]
 
@@ -153,12 +155,4 @@ def bounces(host: str, port: int) -> None:
     except OSError as err:
         raise click.ClickException(f"cannot listen on {host}:{port}: {err}") from None
     click.echo(f"postroom bounces: taking mail for {return_path} on smtp://{host}:{port}")
-    stopping = threading.Event()
-
-    def stop(signum: int, frame: Any) -> None:
-        stopping.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
-    stopping.wait()
-    listener.stop()
+    serve_until_signalled(listener)

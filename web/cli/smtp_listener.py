@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
@@ -142,3 +144,20 @@ class GatedController(Controller):
 
     def factory(self) -> SMTP:
         return self.server_class(self.handler, self.gate, self.limits, **self.SMTP_kwargs)
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def serve_until_signalled(listener: Stoppable) -> None:
+    """Block until SIGINT or SIGTERM, then stop *listener* (a listener command's main loop)."""
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    stopping.wait()
+    listener.stop()

@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import signal
 import ssl
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parseaddr
 from typing import Any
@@ -41,7 +39,12 @@ from tasks.stores.throttle import FailedLogins
 from web.api.errors import APIError, fields_of
 from web.api.messages import scoped_idempotency_key, submit_message
 from web.api.schemas import MAX_RECIPIENTS, MessageIn, file_name_checked, mailbox
-from web.cli.smtp_listener import BoundedSMTP, GatedController, ListenerLimits
+from web.cli.smtp_listener import (
+    BoundedSMTP,
+    GatedController,
+    ListenerLimits,
+    serve_until_signalled,
+)
 from web.clients import network_of
 from web.config import relaxed
 from web.outages import UNREACHABLE
@@ -307,12 +310,4 @@ def submission(host: str, port: int) -> None:
         raise click.ClickException(f"cannot listen on {host}:{port}: {err}") from None
     click.echo(f"postroom submission: taking mail on smtp://{host}:{port} "
                f"({'STARTTLS' if context else 'no TLS'}; AUTH with an API token)")
-    stopping = threading.Event()
-
-    def stop(signum: int, frame: Any) -> None:
-        stopping.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
-    stopping.wait()
-    listener.stop()
+    serve_until_signalled(listener)
