@@ -137,6 +137,13 @@ class Tally:
         """Copies beyond the first, over every (Message-ID, recipient)."""
         return sum(n - 1 for n in self.pairs.values())
 
+    def duplicates_by_session(self) -> Counter[int]:
+        """For each session, how many of the recipients it had accepted were sent again."""
+        first: dict[tuple[str, str], int] = {}
+        for d in self.deliveries:  # in the order the relay accepted them
+            first.setdefault((d.message_id, d.recipient), d.session)
+        return Counter(first[pair] for pair, n in self.pairs.items() if n > 1)
+
     def summary(self) -> str:
         return (f"sent={self.sent} lost={self.lost} duplicates={self.duplicates} "
                 f"sessions={len({d.session for d in self.deliveries})}")
