@@ -11,9 +11,10 @@ COPY pyproject.toml README.md celeryconfig.py ./
 COPY web ./web
 COPY worker ./worker
 COPY tasks ./tasks
+COPY cli ./cli
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /var/lib/postroom --create-home postroom
 
 USER postroom
 EXPOSE 8000 5555
-CMD ["gunicorn", "-c", "python:web.cli.gunicorn_conf", "--bind", "0.0.0.0:8000", "web:create_app()"]
+CMD ["gunicorn", "-c", "python:web.gunicorn_conf", "--bind", "0.0.0.0:8000", "web:create_app()"]

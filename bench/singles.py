@@ -33,7 +33,7 @@ from bench.processes import command_line, descendants, role
 from bench.report import Summary, percentile, spread, verdict
 from bench.servers import redis_server, smtp_sink
 from bench.stack import postroom_dev
-from tasks.stores.messages import MessageStore
+from tasks.messages.store import MessageStore
 
 API_P99 = 0.025  # seconds: the goal for POST /api/messages
 DELIVERY = 2.0  # seconds from a message's 202 to its relay's 250

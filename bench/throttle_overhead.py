@@ -13,7 +13,7 @@ from collections.abc import Callable
 import redis
 
 from bench.servers import redis_server
-from tasks.stores.throttle import SendRate, SessionSlots
+from tasks.delivery.throttle import SendRate, SessionSlots
 
 ROUNDS = 5_000
 

@@ -16,11 +16,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
-from tasks.runtime import SESSION_POOL
+from cli.embedded import CaptureServer
+from tasks.delivery.runtime import SESSION_POOL
 from tests.redis_server import EmbeddedRedis
 from tests.smtp_server import SMTPTestServer, free_port
 from web import create_app
-from web.cli.embedded import CaptureServer
 
 API_TOKEN = "test-token-7f3a"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from tasks.stores.ledger import LEASE_PREFIX
+from tasks.delivery.ledger import LEASE_PREFIX
 
 
 def lease(client: redis.Redis, token: str = "t", ttl: float = 30.0) -> str:

@@ -14,9 +14,9 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.mail import deliver_message
-from tasks.stores.attachments import AttachmentStore, clean_filename, content_type_for
-from tasks.stores.messages import MessageStore
+from tasks.messages.store import MessageStore
+from tasks.messages.tasks import deliver_message
+from tasks.shared.attachments import AttachmentStore, clean_filename, content_type_for
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
 

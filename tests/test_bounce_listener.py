@@ -21,14 +21,14 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.bounces import bounce_desk
-from tasks.stores.campaigns import CampaignStore
-from tasks.stores.messages import MessageStore
-from tasks.stores.suppression import SuppressionList
+from cli.bounces import BounceListener, ListenerLimits
+from tasks.bounces.service import bounce_desk
+from tasks.bounces.store import SuppressionList
+from tasks.campaigns.store import CampaignStore
+from tasks.messages.store import MessageStore
 from tests.campaign_helpers import create, csv_bytes, people
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer, free_port
-from web.cli.bounces import BounceListener, ListenerLimits
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 RETURN_PATH = "bounces@bounces.example.org"

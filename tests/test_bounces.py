@@ -11,9 +11,9 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from tasks.stores.campaigns import CampaignStore
-from tasks.stores.messages import MessageStore
-from tasks.stores.suppression import SuppressionList
+from tasks.bounces.store import SuppressionList
+from tasks.campaigns.store import CampaignStore
+from tasks.messages.store import MessageStore
 from tests.campaign_helpers import create, csv_bytes, people
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
@@ -145,9 +145,9 @@ def test_verp_return_paths_and_the_inbound_listener(app: Any, client: FlaskClien
                                                     redis_client: redis.Redis) -> None:
     import smtplib
 
-    from tasks.bounces import bounce_desk
+    from cli.bounces import BounceListener
+    from tasks.bounces.service import bounce_desk
     from tests.smtp_server import free_port
-    from web.cli.bounces import BounceListener
 
     rows = people(2)
     campaign = create(client, csv_bytes(rows))

@@ -18,13 +18,13 @@ import pytest
 from flask import Flask
 from playwright.sync_api import Browser, Page, expect
 
-from tasks.stores.suppression import SuppressionList
+from cli.embedded import CaptureServer
+from tasks.bounces.store import SuppressionList
 from tests.browser_support import chromium, screenshot
 from tests.campaign_helpers import csv_bytes, people, wait_for
 from tests.conftest import AUTH
 from tests.otp_support import code_in, latest_code
 from tests.smtp_server import Received, SMTPTestServer
-from web.cli.embedded import CaptureServer
 
 pytestmark = pytest.mark.worker
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tasks.campaigns import start_due_campaigns
+from tasks.campaigns.tasks import start_due_campaigns
 from tests.browser_support import chromium, screenshot
 from tests.campaign_helpers import csv_bytes, people, wait_for
 from tests.conftest import AUTH

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from cli.embedded import CaptureServer
 from tests.browser_support import chromium, screenshot
 from tests.campaign_helpers import wait_for
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
 from tests.test_outbox import rich_message
-from web.cli.embedded import CaptureServer
 
 pytestmark = pytest.mark.worker
 

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from flask import Flask
 from werkzeug.serving import make_server
 
+from cli import cli
 from tests.campaign_helpers import csv_bytes, people
 from tests.conftest import API_TOKEN
 from tests.smtp_server import SMTPTestServer
-from web.cli import cli
 
 pytestmark = pytest.mark.worker
 

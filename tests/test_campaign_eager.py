@@ -12,8 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.campaigns import start_due_campaigns
-from tasks.stores.suppression import SuppressionList
+from tasks.bounces.store import SuppressionList
+from tasks.campaigns.tasks import start_due_campaigns
 from tests.campaign_helpers import create, csv_bytes, people, recipients, show, upload
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer

@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.engine.pool import SessionPool
-from tasks.engine.session import BatchConnection
+from tasks.delivery.engine.pool import SessionPool
+from tasks.delivery.engine.session import BatchConnection
 from tests.campaign_helpers import create, csv_bytes, people, show, wait_for
 from tests.smtp_server import SMTPTestServer
 from tests.test_session_pool import SENDER, message, once_each, send_one, settings_for
@@ -37,7 +37,7 @@ def test_the_rest_of_a_sliced_batch_goes_on_on_its_session(
         caplog: pytest.LogCaptureFixture) -> None:
     smtp_server.handler.pipelining = True  # commands go ahead with each message's content
     smtp_server.handler.data_delay = 0.01  # a slice (0.05 s) is over after a few messages
-    with caplog.at_level(logging.INFO, logger="tasks.campaigns"):
+    with caplog.at_level(logging.INFO, logger="tasks.campaigns.tasks"):
         accepted = create(worker_client, csv_bytes(people(40)))
         done = wait_for(lambda: (shown := show(worker_client, accepted["id"]))["status"]
                         == "completed" and shown, timeout=60)
@@ -55,7 +55,7 @@ def test_the_next_batch_starts_on_the_previous_batchs_session(
         worker_client: FlaskClient, smtp_server: SMTPTestServer,
         caplog: pytest.LogCaptureFixture) -> None:
     smtp_server.handler.pipelining = True
-    with caplog.at_level(logging.INFO, logger="tasks.campaigns"):
+    with caplog.at_level(logging.INFO, logger="tasks.campaigns.tasks"):
         accepted = create(worker_client, csv_bytes(people(40)))
         done = wait_for(lambda: (shown := show(worker_client, accepted["id"]))["status"]
                         == "completed" and shown, timeout=60)

@@ -7,9 +7,9 @@ import time
 
 import redis
 
-from tasks.stores.campaigns import CampaignStore, batch_token
-from tasks.stores.leases import ClaimLease
-from tasks.stores.watch import WATCH_KEY
+from tasks.campaigns.store import CampaignStore, batch_token
+from tasks.delivery.leases import ClaimLease
+from tasks.delivery.watch_list import WATCH_KEY
 from tests.test_campaign_store import new_campaign
 
 

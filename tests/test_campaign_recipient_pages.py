@@ -164,7 +164,7 @@ def test_the_page_charts_the_campaigns_sends_over_time(client: FlaskClient,
 
 
 def test_a_long_history_is_drawn_in_at_most_sixty_bars(redis_client: Any) -> None:
-    from tasks.stores.campaigns import HISTORY_STEP, CampaignStore
+    from tasks.campaigns.store import HISTORY_STEP, CampaignStore
 
     store = CampaignStore(redis_client)
     start = 1_800_000_000

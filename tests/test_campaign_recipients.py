@@ -7,8 +7,8 @@ import io
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
+from tasks.campaigns.recipients import CSVRecipients, normalised_address
 from web.api.errors import APIError
-from web.campaigns.recipients import CSVRecipients, normalised_address
 
 ADDRESSES = ["Ada.Lovelace@Example.COM", "o'brien+news@mail.example.co.uk", "x@a.b",
              "x@foo.test", "x@sub.example.invalid", "a..b@example.com", "x@xn--bcher-kva.example",

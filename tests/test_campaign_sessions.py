@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.campaigns import MIN_BATCH, batch_size
+from tasks.campaigns.tasks import MIN_BATCH, batch_size
 from tests.campaign_helpers import create, csv_bytes, people, show, wait_for
 from tests.smtp_server import SMTPTestServer
 
@@ -104,7 +104,7 @@ def test_a_time_slice_ends_between_sessions(
         worker_client: FlaskClient, smtp_server: SMTPTestServer,
         caplog: pytest.LogCaptureFixture) -> None:
     smtp_server.handler.data_delay = 0.01  # a slice (0.05 s) is over in mid-session
-    with caplog.at_level(logging.INFO, logger="tasks.campaigns"):
+    with caplog.at_level(logging.INFO, logger="tasks.campaigns.tasks"):
         accepted = create(worker_client, csv_bytes(people(120)))
         done = wait_for(lambda: (shown := show(worker_client, accepted["id"]))["status"]
                         == "completed" and shown, timeout=60)

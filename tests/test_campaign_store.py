@@ -7,9 +7,9 @@ import time
 import pytest
 import redis
 
-from tasks.stores.campaigns import CampaignStore, TransitionRefused, batch_token
-from tasks.stores.leases import ClaimLease
-from tasks.stores.suppression import SuppressionList
+from tasks.bounces.store import SuppressionList
+from tasks.campaigns.store import CampaignStore, TransitionRefused, batch_token
+from tasks.delivery.leases import ClaimLease
 
 
 def new_campaign(store: CampaignStore, n: int, *, send_at: float | None = None) -> str:

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.campaigns import start_due_campaigns
+from tasks.campaigns.tasks import start_due_campaigns
 from tests.campaign_helpers import act, create, csv_bytes, people, recipients, show, wait_for
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer

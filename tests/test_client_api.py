@@ -24,7 +24,7 @@ from postroom_client import (
     sign,
     verify_signature,
 )
-from tasks.engine.webhooks import signature as server_signature
+from tasks.webhooks.client import signature as server_signature
 from tests.client_support import Front, serving
 from tests.conftest import API_TOKEN
 from tests.otp_support import latest_code

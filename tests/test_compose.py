@@ -24,7 +24,7 @@ import redis
 import yaml
 from celery import Celery
 
-from tasks.stores.relays import RelayBoard
+from tasks.delivery.relay_state import RelayBoard
 from tests.smtp_server import SMTPTestServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

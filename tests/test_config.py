@@ -133,7 +133,7 @@ def test_celery_with_a_bad_value_exits_with_one_line(command: str, tmp_path: Pat
 
 def test_gunicorn_with_a_bad_value_exits_with_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(BIN / "gunicorn"), "-c", "python:web.cli.gunicorn_conf",
+        [str(BIN / "gunicorn"), "-c", "python:web.gunicorn_conf",
          "--bind", f"127.0.0.1:{free_port()}", "web:create_app()"],
         cwd=tmp_path, env=bad_environ(MAIL_PORT="abc"), stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=60)

@@ -13,7 +13,11 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.delivery import (
+from tasks.delivery.engine.compose import Attachment, Composer, Draft
+from tasks.delivery.engine.errors import InvalidMessageError
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
+from tasks.delivery.ledger import DeliveryLedger, RecipientRecord
+from tasks.delivery.service import (
     BatchOptions,
     BatchReport,
     Envelope,
@@ -21,12 +25,8 @@ from tasks.delivery import (
     retry_countdown,
     run_batch,
 )
-from tasks.engine.compose import Attachment, Composer, Draft
-from tasks.engine.errors import InvalidMessageError
-from tasks.engine.session import BatchConnection, SMTPSettings
-from tasks.mail import deliver_each
-from tasks.stores.ledger import DeliveryLedger, RecipientRecord
-from tasks.stores.messages import MessageStore
+from tasks.messages.store import MessageStore
+from tasks.messages.tasks import deliver_each
 from tests.conftest import AUTH
 from tests.smtp_server import DROP, SMTPTestServer
 
@@ -155,7 +155,7 @@ def test_suppressed_batch_is_built_and_recorded_but_not_sent(redis_client: redis
 @pytest.mark.parametrize("config_overrides", [{"MAIL_DEBUG": True}])
 def test_mail_debug_shows_the_smtp_dialogue(client: FlaskClient, smtp_server: SMTPTestServer,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="tasks.engine.smtp_auth"):
+    with caplog.at_level(logging.INFO, logger="tasks.delivery.engine.smtp_auth"):
         client.post("/api/messages", json={"to": "a@example.com", "subject": "x", "body": "x"},
                     headers=AUTH)
     assert "ehlo" in caplog.text.lower()  # logged (credentials redacted), not printed

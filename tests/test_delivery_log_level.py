@@ -22,11 +22,11 @@ from web.config import ConfigError
 def test_the_outcome_lines_follow_the_configured_level(
         client: FlaskClient, smtp_server: SMTPTestServer, caplog: pytest.LogCaptureFixture,
         config_overrides: dict[str, Any]) -> None:
-    caplog.set_level(logging.INFO, logger="tasks.delivery_watch")
+    caplog.set_level(logging.INFO, logger="tasks.delivery.observers")
     client.post("/api/messages", headers=AUTH,
                 json={"to": ["ada@example.com"], "subject": "Hi", "body": "Hello"})
     assert len(smtp_server.received) == 1
-    lines = [r for r in caplog.records if r.name == "tasks.delivery_watch"
+    lines = [r for r in caplog.records if r.name == "tasks.delivery.observers"
              and "sent to example.com" in r.getMessage()]
     expected = 0 if config_overrides.get("DELIVERY_LOG_LEVEL") == "DEBUG" else 1
     assert len(lines) == expected, [r.getMessage() for r in caplog.records]
@@ -35,12 +35,12 @@ def test_the_outcome_lines_follow_the_configured_level(
 def test_each_run_gets_one_line_with_its_counts_and_seconds(
         client: FlaskClient, smtp_server: SMTPTestServer,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="tasks.watched")
+    caplog.set_level(logging.INFO, logger="tasks.delivery.runner")
     client.post("/api/messages", headers=AUTH,
                 json={"to": ["ada@example.com"], "cc": ["bob@example.com"], "subject": "Hi",
                       "body": "Hello"})
     assert len(smtp_server.received) == 1
-    [line] = [r.getMessage() for r in caplog.records if r.name == "tasks.watched"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tasks.delivery.runner"]
     assert re.fullmatch(r"message \w+: 2 sent, 0 deferred, 0 failed in \d+\.\d{3} s "
                         r"\(1 session\(s\) opened, 0 kept one\(s\) used\)", line), line
 
@@ -69,14 +69,14 @@ def test_an_outcome_line_is_a_whole_record_through_the_logger_filters(
         caplog: pytest.LogCaptureFixture) -> None:
     """The record is built without Logger.log's search of the stack, but it still passes the
     logger's filters and carries the fields a format or a JSON line reads."""
-    caplog.set_level(logging.INFO, logger="tasks.delivery_watch")
+    caplog.set_level(logging.INFO, logger="tasks.delivery.observers")
     seen: list[logging.LogRecord] = []
 
     def keep(record: logging.LogRecord) -> bool:
         seen.append(record)
         return True
 
-    logger = logging.getLogger("tasks.delivery_watch")
+    logger = logging.getLogger("tasks.delivery.observers")
     logger.addFilter(keep)
     try:
         client.post("/api/messages", headers=AUTH,
@@ -86,6 +86,6 @@ def test_an_outcome_line_is_a_whole_record_through_the_logger_filters(
     assert len(smtp_server.received) == 1
     [line] = [r for r in seen if "sent to example.com" in r.getMessage()]
     assert line.levelno == logging.INFO and line.funcName == "log_outcomes"
-    assert line.pathname.endswith("delivery_watch.py") and line.lineno > 0
+    assert line.pathname.endswith("observers.py") and line.lineno > 0
     assert line.delivery["status"] == "sent" and line.delivery["domain"] == "example.com"  # type: ignore[attr-defined]
     assert "ada@" not in line.getMessage()

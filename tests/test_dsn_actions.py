@@ -13,11 +13,11 @@ import redis
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.engine.reports import read_report
-from tasks.engine.verp import BounceRef, verp_address
-from tasks.stores.campaigns import CampaignStore
-from tasks.stores.messages import MessageStore
-from tasks.stores.suppression import SuppressionList
+from tasks.bounces.reports import read_report
+from tasks.bounces.store import SuppressionList
+from tasks.campaigns.store import CampaignStore
+from tasks.delivery.engine.verp import BounceRef, verp_address
+from tasks.messages.store import MessageStore
 from tests.campaign_helpers import create, csv_bytes, people
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
@@ -79,7 +79,7 @@ def test_delayed_is_not_permanent_and_the_envelope_id_is_read() -> None:
                              envelope_id="m0123+2Eabc"))
     [reported] = report.recipients
     assert (reported.action, reported.permanent) == ("delayed", False)
-    assert report.envelope_id == "m0123.abc"  # xtext-decoded (RFC 3461 §4)
+    assert report.envelope_id == "m0123.abc"  # xtext-decoded (RFC 3461 .4)
     assert read_report(dsn(recipient="ada@example.com")).envelope_id is None
 
 

@@ -9,8 +9,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from tasks.engine.compose import Attachment, Composer, Draft
-from tasks.engine.errors import InvalidMessageError
+from tasks.delivery.engine.compose import Attachment, Composer, Draft
+from tasks.delivery.engine.errors import InvalidMessageError
 
 SENDER = "Postroom <noreply@postroom.test>"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.engine.outcome import DeliveryOutcome
+from tasks.delivery.engine.outcome import DeliveryOutcome
 
 
 @pytest.mark.parametrize(("code", "status"), [

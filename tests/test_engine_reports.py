@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.engine.reports import (
+from tasks.bounces.reports import (
     MAX_DIAGNOSTIC,
     MAX_RECIPIENTS,
     MalformedReport,

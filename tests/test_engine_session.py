@@ -17,9 +17,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from flask import Flask
 from flask_mail import Message
 
-from tasks.engine.compose import Composer, Draft
-from tasks.engine.errors import PermanentDeliveryError, TemporaryDeliveryError
-from tasks.engine.session import BatchConnection, SMTPSettings
+from tasks.delivery.engine.compose import Composer, Draft
+from tasks.delivery.engine.errors import PermanentDeliveryError, TemporaryDeliveryError
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
 from tests.smtp_server import DROP, SMTPTestServer, free_port
 
 SENDER = "noreply@postroom.test"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tasks.engine.transaction import (
+from tasks.delivery.engine.transaction import (
     SessionClosing,
     Transacted,
     Upcoming,

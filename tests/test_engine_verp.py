@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tasks.engine.verp import (
+from tasks.delivery.engine.verp import (
     BounceRef,
     envid_for,
     envid_in,

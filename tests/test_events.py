@@ -14,9 +14,10 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tasks.delivery import Dispatched
-from tasks.engine.outcome import DeliveryOutcome
-from tasks.events import (
+from tasks.delivery.engine.outcome import DeliveryOutcome
+from tasks.delivery.ledger import RecipientRecord
+from tasks.delivery.service import Dispatched
+from tasks.webhooks.events import (
     FLUSH_EVERY,
     DeliveryEvents,
     bounced_event,
@@ -26,8 +27,7 @@ from tasks.events import (
     message_event,
     unsubscribed_event,
 )
-from tasks.stores.ledger import RecipientRecord
-from tasks.stores.webhooks import EVENT_TYPES, OUTBOX, Event, EventOutbox, WebhookEndpoints
+from tasks.webhooks.store import EVENT_TYPES, OUTBOX, Event, EventOutbox, WebhookEndpoints
 from tests.smtp_server import free_port
 
 CAMPAIGN = "0123456789abcdef0123456789abcdef"
@@ -208,10 +208,10 @@ def test_a_redis_error_on_write_loses_the_events_with_a_warning(
 
     events = DeliveryEvents(redis_client, "message", "msg-1", emit, max_attempts=5)
     events(batch(("ada@example.com", SENT), ("bob@example.com", FAILED)))
-    with caplog.at_level(logging.WARNING, logger="tasks.events"):
+    with caplog.at_level(logging.WARNING, logger="tasks.webhooks.events"):
         events.close()  # does not raise: the delivery itself is done
     assert events.buffer == []
-    [line] = [r.getMessage() for r in caplog.records if r.name == "tasks.events"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tasks.webhooks.events"]
     assert line.startswith("2 event(s) of message msg-1 not recorded")
     away.close()
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.stores.campaigns import CampaignStore
+from tasks.campaigns.store import CampaignStore
 from tests.redis_server import EmbeddedRedis
 from tests.smtp_server import SMTPTestServer
 from tests.worker_processes import WorkerProcesses

@@ -11,16 +11,16 @@ import pytest
 import redis
 from flask import Flask
 
-from tasks.campaigns import send_campaign_batch
-from tasks.delivery import BatchOptions, Dispatched, Envelope, run_batch
-from tasks.engine.compose import Composer, Draft
-from tasks.engine.session import BatchConnection, SMTPSettings
-from tasks.reconcile import Reconciler, take_turn
-from tasks.stores.campaigns import CampaignStore, batch_token
-from tasks.stores.leases import ClaimLease, LeaseBusy, process_id, renew, run_id
-from tasks.stores.ledger import LEASE_PREFIX, DeliveryLedger, Outcome, RecipientRecord
-from tasks.stores.metrics import LEASES_KEY as TAKEOVERS_KEY
-from tasks.waiting import read_waiting
+from tasks.campaigns.store import CampaignStore, batch_token
+from tasks.campaigns.tasks import send_campaign_batch
+from tasks.delivery.counters import LEASES_KEY as TAKEOVERS_KEY
+from tasks.delivery.engine.compose import Composer, Draft
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
+from tasks.delivery.leases import ClaimLease, LeaseBusy, process_id, renew, run_id
+from tasks.delivery.ledger import LEASE_PREFIX, DeliveryLedger, Outcome, RecipientRecord
+from tasks.delivery.reconciler import Reconciler, take_turn
+from tasks.delivery.service import BatchOptions, Dispatched, Envelope, run_batch
+from tasks.workers.waiting import read_waiting
 from tests.lease_support import lease
 from tests.smtp_server import SMTPTestServer
 from tests.test_reconcile import new_campaign
@@ -76,7 +76,7 @@ def test_a_live_lease_is_never_taken_and_a_run_out_one_is_counted_as_taken_over(
 
     gone = ClaimLease(redis_client, "b2", ttl=0.2).__enter__()
     gone._held.lost = True  # type: ignore[union-attr]  # its renewals stop, as in a dead host
-    from tasks.stores import leases
+    from tasks.delivery import leases
     leases._keeper.remove(gone.run)
     time.sleep(0.35)
     with ClaimLease(redis_client, "b2", ttl=30) as rerun:
@@ -204,7 +204,7 @@ def test_a_lease_left_by_an_ended_process_of_this_kernel_is_taken_at_once(
     import subprocess
     import sys
     ended = subprocess.run([sys.executable, "-c",
-                            "from tasks.stores.leases import run_id; print(run_id())"],
+                            "from tasks.delivery.leases import run_id; print(run_id())"],
                            capture_output=True, text=True, check=True).stdout.strip()
     redis_client.set(LEASE_PREFIX + "local", ended, px=60_000)
     with ClaimLease(redis_client, "local", ttl=30) as lease_now:

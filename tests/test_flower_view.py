@@ -55,7 +55,7 @@ def test_a_message_task_result_counts_outcomes_without_an_address(
 def test_a_campaign_batch_result_counts_outcomes_without_an_address(
         worker_app: Flask, celery_worker: Celery, redis_client: redis.Redis,
         smtp_server: SMTPTestServer) -> None:
-    from tasks.stores.campaigns import CampaignStore
+    from tasks.campaigns.store import CampaignStore
     from tests.campaign_helpers import wait_for
     from tests.test_reconcile import new_campaign
 
@@ -64,7 +64,7 @@ def test_a_campaign_batch_result_counts_outcomes_without_an_address(
     store = CampaignStore(redis_client)
     campaign_id = new_campaign(redis_client, 5)
     with worker_app.app_context():
-        from tasks.campaigns import start_campaign
+        from tasks.campaigns.tasks import start_campaign
         start_campaign.delay(campaign_id)
     wait_for(lambda: store.status(campaign_id) == "completed", timeout=20)
     batches = [meta for meta, _ in wait_for(lambda: [

@@ -14,7 +14,7 @@ import re
 import pytest
 from flask.testing import FlaskClient
 
-from tasks.stores.mailbox import mailbox_digest
+from tasks.shared.mailbox import mailbox_digest
 from tests.conftest import AUTH
 from tests.otp_support import request_code
 from tests.smtp_server import SMTPTestServer

@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from tasks.stores.leases import ClaimLease, LeaseBusy
-from tasks.stores.ledger import DeliveryLedger, Outcome, RecipientRecord
+from tasks.delivery.leases import ClaimLease, LeaseBusy
+from tasks.delivery.ledger import DeliveryLedger, Outcome, RecipientRecord
 from tests.lease_support import lease
 
 
@@ -159,7 +159,7 @@ def test_a_stream_meeting_a_restarted_redis_stops_and_loads_its_scripts_again(
         redis_client: redis.Redis) -> None:
     from redis.exceptions import NoScriptError
 
-    from tasks.stores.ledger_stream import LedgerStream
+    from tasks.delivery.ledger_stream import LedgerStream
 
     ledger = make_ledger(redis_client, 2)
     run = lease(redis_client)

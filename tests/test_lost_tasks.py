@@ -13,12 +13,12 @@ import redis
 from celery import Celery
 from flask import Flask
 
-from tasks.lost_tasks import REPORTED_BY, sweep, task_id_of
-from tasks.reconcile import Reconciler
-from tasks.stores.heartbeats import Heartbeats
-from tasks.stores.ledger import LEASE_PREFIX
-from tasks.stores.messages import MessageStore
-from tasks.stores.running import RUNNING_KEY
+from tasks.delivery.ledger import LEASE_PREFIX
+from tasks.delivery.reconciler import Reconciler
+from tasks.messages.store import MessageStore
+from tasks.workers.heartbeats import Heartbeats
+from tasks.workers.lost_tasks import REPORTED_BY, sweep, task_id_of
+from tasks.workers.running import RUNNING_KEY
 from tests.conftest import AUTH
 from tests.lease_support import lease
 from tests.smtp_server import SMTPTestServer

@@ -1,4 +1,4 @@
-"""A message's status is derived from its recipients by one rule (tasks.stores.messages)."""
+"""A message's status is derived from its recipients by one rule (tasks.messages.store)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.stores.ledger import STATUSES
-from tasks.stores.messages import MessageStore, message_status
+from tasks.delivery.ledger import STATUSES
+from tasks.messages.store import MessageStore, message_status
 from tests.conftest import AUTH
 
 

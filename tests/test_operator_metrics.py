@@ -148,12 +148,12 @@ def test_one_log_line_per_outcome_names_the_domain_not_the_address(
         client: FlaskClient, smtp_server: SMTPTestServer,
         caplog: pytest.LogCaptureFixture) -> None:
     refuse_and_defer(smtp_server)
-    caplog.set_level(logging.INFO, logger="tasks.delivery_watch")
+    caplog.set_level(logging.INFO, logger="tasks.delivery.observers")
     response = client.post("/api/messages", headers=AUTH, json={
         "to": ["Ada.Lovelace@Example.com", "gone@refused.example"], "subject": "Hi",
         "body": "Hello"})
     message_id = response.get_json()["id"]
-    lines = [r for r in caplog.records if r.name == "tasks.delivery_watch"]
+    lines = [r for r in caplog.records if r.name == "tasks.delivery.observers"]
     assert len(lines) == 2, [r.getMessage() for r in lines]
     by_domain = {delivery_of(r)["domain"]: delivery_of(r) for r in lines}
     sent, failed = by_domain["example.com"], by_domain["refused.example"]
@@ -185,7 +185,7 @@ def test_log_format_json_gives_json_lines(redis_client: redis.Redis, redis_url: 
     outcomes = [e for e in entries if "delivery" in e]
     assert len(outcomes) == 1, entries
     [line] = outcomes
-    assert line["level"] == "INFO" and line["logger"] == "tasks.delivery_watch"
+    assert line["level"] == "INFO" and line["logger"] == "tasks.delivery.observers"
     assert line["delivery"]["domain"] == "example.com"
     assert line["delivery"]["status"] == "suppressed"
     assert "ada@" not in json.dumps(line)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tasks.stores.otp import OTPStore
+from tasks.codes.store import OTPStore
 from tests.conftest import AUTH
 from tests.otp_support import (
     Clock,

@@ -14,8 +14,8 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from tasks.stores.mailbox import canonical_mailbox
-from tasks.stores.otp import OTPPolicy, OTPStore
+from tasks.codes.store import OTPPolicy, OTPStore
+from tasks.shared.mailbox import canonical_mailbox
 from tests.conftest import API_TOKEN, AUTH
 from tests.otp_support import csrf_token, latest_code, request_code, submit_code
 from tests.smtp_server import SMTPTestServer

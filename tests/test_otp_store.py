@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import redis
 
-from tasks.stores.otp import OTPPolicy, OTPStore, normalise_code
+from tasks.codes.store import OTPPolicy, OTPStore, normalise_code
 from tests.otp_support import Clock
 
 POLICY = OTPPolicy(secret_key=b"store-test-key", length=6, ttl=600, max_attempts=5,

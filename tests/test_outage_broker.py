@@ -18,7 +18,7 @@ import redis
 from flask import Flask
 from werkzeug.test import TestResponse
 
-from tasks.stores.heartbeats import Heartbeats
+from tasks.workers.heartbeats import Heartbeats
 from tests.conftest import AUTH, app_config
 from tests.outage_support import closed_port, stoppable_redis
 from tests.smtp_server import SMTPTestServer

@@ -21,7 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tasks.stores.suppression import unsubscribe_token
+from tasks.bounces.store import unsubscribe_token
 from tests.campaign_helpers import csv_bytes, people
 from tests.conftest import AUTH, app_config
 from tests.outage_support import stoppable_redis

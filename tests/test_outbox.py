@@ -13,10 +13,10 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cli.embedded import CaptureServer
 from tests.conftest import app_config
 from tests.smtp_server import SMTPTestServer
 from web import create_app
-from web.cli.embedded import CaptureServer
 
 OPERATOR = ("operator", "correct horse battery")
 

@@ -12,8 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cli.embedded import CaptureServer
 from tests.test_outbox import OPERATOR, csrf_token, sign_in
-from web.cli.embedded import CaptureServer
 from web.outbox_view import readable_size, relative_time, remote_images
 
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from tasks.stores.otp import OTPStore
+from tasks.codes.store import OTPStore
 from tests.conftest import API_TOKEN, app_config
 from tests.smtp_server import SMTPTestServer, free_port
 from web import create_app
@@ -43,7 +43,7 @@ def test_the_public_page_with_the_relay_down_shows_no_host_port_or_exception(
                                          "csrf_token": csrf_token(client, "/verify")})
     assert asked.status_code == 303
     request_id = asked.location.split("request=")[1]
-    # what the worker records when the relay refuses the connection (tasks.engine.session)
+    # what the worker records when the relay refuses the connection (tasks.delivery.engine.session)
     error = (f"connection to 127.0.0.1:{closed} failed: "
              "ConnectionRefusedError(111, 'Connection refused')")
     with app.app_context():

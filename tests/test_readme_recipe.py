@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.dev import dev
 from tests.test_dev_e2e import DevRun, clean_environ, launch  # noqa: F401  (launch: a fixture)
-from web.cli.dev import dev
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Running the whole flow in tests (eager mode)"

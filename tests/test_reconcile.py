@@ -12,14 +12,14 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.campaigns import start_due_campaigns
-from tasks.reconcile import Reconciler
-from tasks.stores.campaigns import CampaignStore
-from tasks.stores.ledger import LEASE_PREFIX, Outcome
-from tasks.stores.messages import MessageStore
-from tasks.stores.otp import OTPStore
-from tasks.stores.suppression import SuppressionList
-from tasks.stores.watch import WATCH_AFTER, Watchlist
+from tasks.bounces.store import SuppressionList
+from tasks.campaigns.store import CampaignStore
+from tasks.campaigns.tasks import start_due_campaigns
+from tasks.codes.store import OTPStore
+from tasks.delivery.ledger import LEASE_PREFIX, Outcome
+from tasks.delivery.reconciler import Reconciler
+from tasks.delivery.watch_list import WATCH_AFTER, Watchlist
+from tasks.messages.store import MessageStore
 from tests.conftest import AUTH
 from tests.lease_support import lease
 from tests.smtp_server import SMTPTestServer

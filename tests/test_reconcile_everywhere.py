@@ -10,7 +10,7 @@ import pytest
 import redis
 from flask import Flask
 
-from tasks.stores.campaigns import CampaignStore
+from tasks.campaigns.store import CampaignStore
 from tests.campaign_helpers import wait_for
 from tests.smtp_server import SMTPTestServer
 from tests.test_reconcile import new_campaign

@@ -23,13 +23,13 @@ import pytest
 import redis
 from flask import Flask
 
-from tasks.stores import connection
-from tasks.stores.connection import SentinelGroup, Timeouts
+from cli.dev import Plan, make_plan
+from tasks.shared import connection
+from tasks.shared.connection import SentinelGroup, Timeouts
 from tests.conftest import app_config
 from tests.redis_server import EmbeddedRedis
 from tests.smtp_server import SMTPTestServer
 from web import create_app
-from web.cli.dev import Plan, make_plan
 from web.config import ConfigError, from_environ
 
 NOTICED_WITHIN = 15.0  # seconds: the promise for a Redis that vanished without a reset

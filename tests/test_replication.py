@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tasks.stores import replication
-from tasks.stores.replication import replica_count, replicated
+from tasks.shared import replication
+from tasks.shared.replication import replica_count, replicated
 from tests.redis_server import EmbeddedRedis
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tasks.stores.heartbeats import Heartbeats
+from tasks.workers.heartbeats import Heartbeats
 from tests.smtp_server import SMTPTestServer
 from tests.worker_processes import WorkerProcesses
 

@@ -19,12 +19,12 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from flask import Flask
 
-from tasks.engine.compose import Composer, Draft
-from tasks.engine.pool import SessionPool
-from tasks.engine.session import BatchConnection, SMTPSettings
-from tasks.runtime import SESSION_POOL
-from tasks.stores.messages import MessageStore
-from tasks.stores.throttle import SessionSlots
+from tasks.delivery.engine.compose import Composer, Draft
+from tasks.delivery.engine.pool import SessionPool
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
+from tasks.delivery.runtime import SESSION_POOL
+from tasks.delivery.throttle import SessionSlots
+from tasks.messages.store import MessageStore
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
 

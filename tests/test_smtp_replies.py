@@ -1,4 +1,4 @@
-"""The engine's reply table (tasks.engine.outcome.meaning), a test per row against a real
+"""The engine's reply table (tasks.delivery.engine.outcome.meaning), a test per row against a real
 aiosmtpd server, and what the envelope carries: SMTPUTF8 per recipient, DSN requests."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tasks.engine.compose import Composer, Draft
-from tasks.engine.outcome import DeliveryOutcome, is_throttle, meaning
-from tasks.engine.session import BatchConnection, SMTPSettings
-from tasks.engine.verp import BounceRef, envid_for, read_envid, verp_address, xtext
+from tasks.delivery.engine.compose import Composer, Draft
+from tasks.delivery.engine.outcome import DeliveryOutcome, is_throttle, meaning
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
+from tasks.delivery.engine.verp import BounceRef, envid_for, read_envid, verp_address, xtext
 from tests.outage_support import DeadRelay
 from tests.smtp_server import SMTPTestServer
 
@@ -276,7 +276,7 @@ def test_xtext_encodes_plus_equals_and_controls() -> None:
                                    "tab\there", "zoë", "".join(map(chr, range(256)))])
 def test_xtext_leaves_plain_values_as_they_are_and_encodes_the_rest_per_byte(
         value: str) -> None:
-    from tasks.engine.verp import _XTEXT_SAFE
+    from tasks.delivery.engine.verp import _XTEXT_SAFE
     assert xtext(value) == "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}"
                                    for b in value.encode())
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from email_validator import EmailNotValidError
 
-from tasks.stores.mailbox import checked_address
+from tasks.shared.mailbox import checked_address
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
 from web.config import ConfigError, from_environ

@@ -24,11 +24,11 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cli import cli
+from cli.submission import SubmissionListener, tls_context
 from tests.conftest import API_TOKEN, AUTH, app_config
 from tests.smtp_server import SMTPTestServer, free_port
 from web import create_app
-from web.cli import cli
-from web.cli.submission import SubmissionListener, tls_context
 from web.config import ConfigError, check, from_environ
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 8  # binary, not text

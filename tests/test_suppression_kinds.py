@@ -11,7 +11,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from tasks.stores.suppression import SuppressionList
+from tasks.bounces.store import SuppressionList
 from tests.campaign_helpers import create, csv_bytes, recipients
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer

@@ -11,9 +11,9 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.campaigns import start_due_campaigns
-from tasks.stores.campaigns import CampaignStore
-from tasks.stores.suppression import SuppressionList
+from tasks.bounces.store import SuppressionList
+from tasks.campaigns.store import CampaignStore
+from tasks.campaigns.tasks import start_due_campaigns
 from tests.campaign_helpers import create, csv_bytes, people
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer

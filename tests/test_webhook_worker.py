@@ -12,7 +12,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from flask import Flask
 
-from tasks.stores.campaigns import CampaignStore
+from tasks.campaigns.store import CampaignStore
 from tests.campaign_helpers import create, csv_bytes, people, show
 from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer, free_port

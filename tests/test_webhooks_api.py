@@ -6,7 +6,7 @@ import re
 
 from flask.testing import FlaskClient
 
-from tasks.stores.webhooks import EVENT_TYPES
+from tasks.webhooks.store import EVENT_TYPES
 from tests.conftest import AUTH
 
 HOOK = "https://hooks.example.com/postroom"

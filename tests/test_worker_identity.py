@@ -20,8 +20,8 @@ from flask.testing import FlaskClient
 from kombu import Queue
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks import runtime
-from tasks.stores.heartbeats import Heartbeats, WorkerCard, worker_identity
+from tasks.delivery import runtime
+from tasks.workers.heartbeats import Heartbeats, WorkerCard, worker_identity
 from tests.conftest import AUTH, app_config
 from tests.smtp_server import SMTPTestServer
 from tests.test_campaign_pages import csrf_token, sign_in

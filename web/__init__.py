@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from tasks.stores import connection
+from tasks.shared import connection
 from web import config as settings
 from web import logs, page_headers, request_bounds, testing_mode
 from web.celery import celery_init_app

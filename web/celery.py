@@ -9,8 +9,8 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from flask import Flask
 
-from tasks.stores import connection
-from web import heartbeat, kept_sessions, reconciler_step
+from tasks.shared import connection
+from tasks.workers import heartbeat, kept_sessions, reconciler_step
 from web.testing_mode import EagerGuard
 
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from tasks.engine.relays import Relay
+from tasks.delivery.engine.relays import Relay
 from web import token_scopes
 
 TRUE_WORDS = frozenset({"true", "1", "yes"})
@@ -184,7 +184,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "ALLOW_SPECIAL_USE_DOMAINS": (lambda name, raw: special_use_list(name, raw), ()),
     "REDIS_URL": (_text, "redis://127.0.0.1:6379/0"),
     "CELERY_BROKER_URL": (_optional_text, None),
-    # every Redis client (tasks.stores.connection): a silent Redis is noticed in seconds
+    # every Redis client (tasks.shared.connection): a silent Redis is noticed in seconds
     "REDIS_SOCKET_TIMEOUT": (_positive_number, 5.0),
     "REDIS_CONNECT_TIMEOUT": (_positive_number, 3.0),
     "REDIS_KEEPALIVE_IDLE": (_whole_number(1), 4),
@@ -298,7 +298,7 @@ def normalise(config: MutableMapping[str, Any]) -> None:
 
 def special_use_list(name: str, raw: str | Iterable[str]) -> tuple[str, ...]:
     """``local,internal``: the special-use names recipients may be under."""
-    from tasks.stores.mailbox import SPECIAL_USE_DOMAINS
+    from tasks.shared.mailbox import SPECIAL_USE_DOMAINS
 
     items = raw.split(",") if isinstance(raw, str) else list(raw)
     names = tuple(dict.fromkeys(str(item).strip().strip(".").lower() for item in items
@@ -375,7 +375,7 @@ def check(config: Mapping[str, Any]) -> None:
 
 def check_redis_urls(config: Mapping[str, Any]) -> None:
     """A ``sentinel://`` REDIS_URL or CELERY_BROKER_URL must name Sentinels and a master."""
-    from tasks.stores.connection import SentinelGroup, is_sentinel
+    from tasks.shared.connection import SentinelGroup, is_sentinel
 
     for name in ("REDIS_URL", "CELERY_BROKER_URL"):
         url = str(config.get(name) or "")

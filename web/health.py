@@ -1,8 +1,8 @@
 """``GET /healthz``: Redis, the broker, the workers, beat and the relays; and the probes.
 
 ``/healthz`` opens no SMTP connection: relay states are what the workers last saw
-(:mod:`tasks.stores.relays`); workers and beat are alive when their heartbeats
-in Redis are recent (:mod:`web.heartbeat`), and the workers are healthy only when
+(:mod:`tasks.delivery.relay_state`); workers and beat are alive when their heartbeats
+in Redis are recent (:mod:`tasks.workers.heartbeat`), and the workers are healthy only when
 every queue tasks are routed to has a live consumer. Any part down is a 503.
 Anyone gets ``{"status": "ok"|"unhealthy"}``; the details (``"down"`` naming each
 part, workers, hosts, relays, errors) need ``METRICS_TOKEN`` or the operator's
@@ -24,10 +24,10 @@ import redis
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from tasks.engine.session import SMTPSettings
-from tasks.stores.heartbeats import Heartbeats, consumers
-from tasks.stores.pacing import send_rates
-from tasks.stores.relays import RelayBoard, RelayStatus
+from tasks.delivery.engine.session import SMTPSettings
+from tasks.delivery.pacing import send_rates
+from tasks.delivery.relay_state import RelayBoard, RelayStatus
+from tasks.workers.heartbeats import Heartbeats, consumers
 from web.operator_access import may_see_details
 
 bp = Blueprint("health", __name__)

@@ -5,7 +5,7 @@ per-process series (``process_*``, ``python_*``) is served. Scrape one target (t
 Service / load-balancer address); the rules and dashboard in ``deploy/`` take
 ``max without (instance, pod)`` first, so scraping every replica counts nothing twice.
 
-Counters are kept in Redis by the workers (:mod:`tasks.stores.metrics`), so any
+Counters are kept in Redis by the workers (:mod:`tasks.delivery.counters`), so any
 web process answers with every worker's and host's figures. Each request builds
 a fresh registry. With ``METRICS_TOKEN`` set, only a request that sends it as
 ``Authorization: Bearer <token>`` is answered (Prometheus:
@@ -32,13 +32,13 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from tasks.stores.campaigns import CampaignStore
-from tasks.stores.heartbeats import Heartbeats, consumers, sessions_for
-from tasks.stores.metrics import DeliveryMetrics
-from tasks.stores.pacing import send_rates
-from tasks.stores.throttle import sessions_open
+from tasks.campaigns.store import CampaignStore
+from tasks.delivery.counters import DeliveryMetrics
+from tasks.delivery.pacing import send_rates
+from tasks.delivery.throttle import sessions_open
+from tasks.workers.heartbeat import PUBLISHED_AT
+from tasks.workers.heartbeats import Heartbeats, consumers, sessions_for
 from web.health import WORKER_SEEN_WITHIN, relay_names, relay_statuses, routed_queues
-from web.heartbeat import PUBLISHED_AT
 from web.operator_access import metrics_token_sent, open_to_anyone
 
 bp = Blueprint("metrics", __name__)

@@ -12,9 +12,9 @@ import logging
 from flask import Blueprint, abort, current_app, render_template
 from flask.typing import ResponseReturnValue
 
-from tasks.events import unsubscribed_event
-from tasks.stores.suppression import SuppressionList, Unsubscribe, read_unsubscribe_token
-from tasks.webhooks import emit
+from tasks.bounces.store import SuppressionList, Unsubscribe, read_unsubscribe_token
+from tasks.webhooks.events import unsubscribed_event
+from tasks.webhooks.tasks import emit
 from web.extensions import csrf
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tasks.stores.throttle import SessionSlots
+from tasks.delivery.throttle import SessionSlots
 from tests.conftest import AUTH
 from tests.multihost.cluster import Cluster
 from tests.multihost.hosts import WorkerHost

@@ -15,7 +15,7 @@ from celery.contrib.testing.worker import start_worker
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks.stores.ledger import UNSETTLED
+from tasks.delivery.ledger import UNSETTLED
 from tests.campaign_helpers import recipients
 from tests.conftest import AUTH, app_config
 from tests.postfix.harness import Postfix, missing, wait_for

@@ -13,12 +13,13 @@ import pytest
 import redis
 from flask import Flask
 
-from tasks.bounces import BounceDesk, Matched, bounce_desk
-from tasks.engine.reports import read_report
-from tasks.engine.verp import BounceRef, verp_address
-from tasks.stores.campaigns import CampaignStore
-from tasks.stores.messages import MessageStore
-from tasks.stores.suppression import SuppressionList
+from cli.bounces import BounceListener
+from tasks.bounces.reports import read_report
+from tasks.bounces.service import BounceDesk, Matched, bounce_desk
+from tasks.bounces.store import SuppressionList
+from tasks.campaigns.store import CampaignStore
+from tasks.delivery.engine.verp import BounceRef, verp_address
+from tasks.messages.store import MessageStore
 from tests.campaign_helpers import create, csv_bytes, people
 from tests.postfix.conftest import (
     RETURN_PATH,
@@ -34,7 +35,6 @@ from tests.postfix.conftest import (
 )
 from tests.postfix.harness import free_port, wait_for
 from tests.smtp_server import SMTPTestServer
-from web.cli.bounces import BounceListener
 
 BOUNCE_DOMAIN = RETURN_PATH.split("@")[1]
 

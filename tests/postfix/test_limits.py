@@ -34,7 +34,7 @@ LIMITED = {"smtpd_client_event_limit_exceptions": ""}
 def test_too_many_recipients_go_in_the_next_transaction(
         start_postfix: StartPostfix, postroom_worker: StartApp, sink: SMTPTestServer) -> None:
     relay = start_postfix(settings={"smtpd_recipient_limit": "3"})
-    # two attempts: a 452 for too many recipients must not use one (RFC 5321 §4.5.3.1.10)
+    # two attempts: a 452 for too many recipients must not use one (RFC 5321 .4.5.3.1.10)
     client = postroom_worker(relay, DELIVERY_MAX_ATTEMPTS=2).test_client()
     to = [f"r{i}@example.com" for i in range(10)]
     message = send(client, to)

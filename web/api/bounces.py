@@ -7,8 +7,8 @@ from flask import current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
-from tasks.bounces import bounce_desk
-from tasks.engine.reports import MalformedReport
+from tasks.bounces.reports import MalformedReport
+from tasks.bounces.service import bounce_desk
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe

@@ -10,10 +10,13 @@ from typing import Any
 from flask import current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
-from tasks.stores.attachments import ATTACHMENT_TTL, AttachmentStore
-from tasks.stores.campaigns import Campaign, CampaignStore
-from tasks.stores.identifiers import is_record_id
-from tasks.stores.ledger import STATUSES
+from tasks.campaigns import control as levers
+from tasks.campaigns import creation, drafts
+from tasks.campaigns.recipients import CSVRecipients, JSONRecipients, RecipientSource
+from tasks.campaigns.store import Campaign, CampaignStore
+from tasks.delivery.ledger import STATUSES
+from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentStore
+from tasks.shared.identifiers import is_record_id
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
@@ -31,9 +34,6 @@ from web.api.schemas_campaigns import (
     CampaignTestIn,
     CampaignTestOut,
 )
-from web.campaigns import control as levers
-from web.campaigns import creation, drafts
-from web.campaigns.recipients import CSVRecipients, JSONRecipients, RecipientSource
 
 PAGE_LIMIT = 500
 MAX_NUMBER = 2**53  # cursors are indices and timestamps; Redis scores are doubles

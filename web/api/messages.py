@@ -13,11 +13,11 @@ from typing import Any
 from flask import current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
-from tasks.mail import deliver_message
-from tasks.stores.attachments import AttachmentStore
-from tasks.stores.identifiers import is_record_id
-from tasks.stores.ledger import STATUSES
-from tasks.stores.messages import IdempotencyConflict, MessageStore, message_status
+from tasks.delivery.ledger import STATUSES
+from tasks.messages.store import IdempotencyConflict, MessageStore, message_status
+from tasks.messages.tasks import deliver_message
+from tasks.shared.attachments import AttachmentStore
+from tasks.shared.identifiers import is_record_id
 from web.api import bp
 from web.api.errors import APIError, require_sender
 from web.api.openapi import describe

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import current_app, jsonify, url_for
 from flask.typing import ResponseReturnValue
 
-from tasks.otp import send_code
-from tasks.stores.otp import OTPStore
+from tasks.codes.store import OTPStore
+from tasks.codes.tasks import send_code
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe

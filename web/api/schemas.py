@@ -18,9 +18,9 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.engine.compose import HEADER_CONTROLS, format_address
-from tasks.stores.attachments import content_type_for
-from tasks.stores.mailbox import checked_address
+from tasks.delivery.engine.compose import HEADER_CONTROLS, format_address
+from tasks.shared.attachments import content_type_for
+from tasks.shared.mailbox import checked_address
 from web.addresses import special_use_allowed
 from web.api.errors import APIError
 
@@ -191,7 +191,7 @@ class MessageOut(BaseModel):
     """``GET /api/messages/<id>``."""
 
     id: str
-    status: str = Field(description="from the recipients (tasks.stores.messages.message_status): "
+    status: str = Field(description="from the recipients (tasks.messages.store.message_status): "
                         "queued or sending while any is queued or sending, then deferred while "
                         "any is deferred, then sent, failed or partial")
     created_at: float

@@ -7,8 +7,8 @@ from typing import Any
 from email_validator import EmailNotValidError
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from tasks.stores.mailbox import checked_address
-from tasks.stores.otp import normalise_code
+from tasks.codes.store import normalise_code
+from tasks.shared.mailbox import checked_address
 from web.addresses import special_use_allowed
 
 

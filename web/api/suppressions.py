@@ -10,8 +10,8 @@ from flask import current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.stores.mailbox import checked_address
-from tasks.stores.suppression import Suppression, SuppressionList
+from tasks.bounces.store import Suppression, SuppressionList
+from tasks.shared.mailbox import checked_address
 from web.addresses import special_use_allowed
 from web.api import bp
 from web.api.errors import APIError

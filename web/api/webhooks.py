@@ -1,5 +1,5 @@
 """Webhook endpoints: ``POST/GET /api/webhooks``, ``DELETE /api/webhooks/<id>`` and
-``GET /api/webhooks/<id>/deliveries``. Events and their signature: :mod:`tasks.webhooks`."""
+``GET /api/webhooks/<id>/deliveries``. Events and their signature: :mod:`tasks.webhooks.tasks`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from flask import current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.engine.webhooks import UnsafeURL, check_url
-from tasks.stores.identifiers import is_record_id
-from tasks.stores.webhooks import EVENT_TYPES, WebhookEndpoints
+from tasks.shared.identifiers import is_record_id
+from tasks.webhooks.client import UnsafeURL, check_url
+from tasks.webhooks.store import EVENT_TYPES, WebhookEndpoints
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe

@@ -7,9 +7,9 @@ import logging
 from flask import abort, flash, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
-from tasks.stores.identifiers import is_record_id
+from tasks.campaigns.drafts import send_test, test_addresses
+from tasks.shared.identifiers import is_record_id
 from web.api.errors import APIError
-from web.campaigns.drafts import send_test, test_addresses
 from web.campaigns.pages import _store, admin_required, bp
 
 log = logging.getLogger(__name__)

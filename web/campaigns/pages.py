@@ -29,15 +29,15 @@ from flask.typing import ResponseReturnValue
 from flask_limiter.errors import RateLimitExceeded
 from pydantic import ValidationError
 
-from tasks.stores.campaigns import CampaignStore
-from tasks.stores.identifiers import is_record_id
+from tasks.campaigns.control import ACTIONS
+from tasks.campaigns.creation import create_campaign
+from tasks.campaigns.drafts import rendered_first, test_recipient
+from tasks.campaigns.recipients import CSVRecipients
+from tasks.campaigns.store import CampaignStore
+from tasks.shared.identifiers import is_record_id
 from web.api.campaigns import base_url, campaign_out, spec_from, uploaded_attachments
 from web.api.errors import APIError, fields_of
 from web.api.schemas_campaigns import CampaignFields, CampaignOut
-from web.campaigns.control import ACTIONS
-from web.campaigns.creation import create_campaign
-from web.campaigns.drafts import rendered_first, test_recipient
-from web.campaigns.recipients import CSVRecipients
 from web.campaigns.signin import per_ip, per_user_name, sessions
 from web.campaigns.timing import (
     campaign_rate,

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from flask import Response, abort, render_template, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
-from tasks.engine.errors import InvalidMessageError
-from tasks.engine.templating import CampaignTemplates, TemplateProblem
-from tasks.stores.campaigns import Campaign, CampaignStore
-from tasks.stores.identifiers import is_record_id
-from tasks.stores.ledger import STATUSES, DeliveryLedger, RecipientRecord
+from tasks.campaigns.store import Campaign, CampaignStore
+from tasks.delivery.engine.errors import InvalidMessageError
+from tasks.delivery.engine.templating import CampaignTemplates, TemplateProblem
+from tasks.delivery.ledger import STATUSES, DeliveryLedger, RecipientRecord
+from tasks.shared.identifiers import is_record_id
 from web.campaigns.pages import _store, admin_required, bp
 
 log = logging.getLogger(__name__)

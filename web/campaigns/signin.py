@@ -16,8 +16,8 @@ import secrets
 from flask import current_app, request
 from redis import Redis
 
-from tasks.stores import key
-from tasks.stores.identifiers import is_record_id
+from tasks.shared.identifiers import is_record_id
+from tasks.shared.keys import key
 from web.clients import client_network
 from web.extensions import limiter
 

@@ -7,8 +7,8 @@ from email_validator import EmailNotValidError
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from tasks.stores.mailbox import checked_address
-from tasks.stores.suppression import SuppressionList
+from tasks.bounces.store import SuppressionList
+from tasks.shared.mailbox import checked_address
 from web.addresses import special_use_allowed
 from web.campaigns.pages import admin_required, bp
 

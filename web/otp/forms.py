@@ -10,8 +10,8 @@ from flask_wtf import FlaskForm
 from wtforms import HiddenField, StringField
 from wtforms.validators import DataRequired, Length, ValidationError
 
-from tasks.stores.mailbox import checked_address
-from tasks.stores.otp import normalise_code
+from tasks.codes.store import normalise_code
+from tasks.shared.mailbox import checked_address
 from web.addresses import special_use_allowed
 
 

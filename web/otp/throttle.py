@@ -1,7 +1,7 @@
 """Throttles for one-time codes, counted in Redis and shared by every web process.
 
 - code requests per mailbox (``OTP_RATE_LIMIT_PER_ADDRESS``), keyed on the address
-  normalised as :func:`tasks.stores.mailbox.canonical_mailbox` does, one budget
+  normalised as :func:`tasks.shared.mailbox.canonical_mailbox` does, one budget
   across the ``/verify`` form and ``POST /api/otp``;
 - code requests per client network (``OTP_RATE_LIMIT_PER_IP``; IPv6 per /64) on
   the form, and per bearer token (``OTP_RATE_LIMIT_PER_TOKEN``) on the API, whose
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from flask import current_app, request
 
-from tasks.stores.mailbox import mailbox_digest
+from tasks.shared.mailbox import mailbox_digest
 from web.clients import client_network, token_key
 from web.extensions import limiter
 

@@ -12,8 +12,8 @@ from flask import current_app, jsonify, redirect, render_template, request, url_
 from flask.typing import ResponseReturnValue
 from flask_limiter.errors import RateLimitExceeded
 
-from tasks.otp import send_code
-from tasks.stores.otp import OTPStore
+from tasks.codes.store import OTPStore
+from tasks.codes.tasks import send_code
 from web.otp import bp, status
 from web.otp.forms import AddressForm, CodeForm
 from web.otp.throttle import email_problem, per_address, per_ip, verify_per_ip

@@ -1,0 +1,1 @@
+"""Bounces, complaints and the suppression list they feed."""

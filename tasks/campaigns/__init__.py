@@ -1,0 +1,1 @@
+"""Campaigns: created from a CSV or JSON list, controlled, sent batch by batch."""

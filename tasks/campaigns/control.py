@@ -1,0 +1,90 @@
+"""Start, pause, resume, cancel and retry-failed: the operator's levers, for the API and pages.
+
+Each is one atomic status change (see :class:`~tasks.campaigns.store.CampaignStore`);
+a change the current status forbids is a 409, an unknown campaign a 404.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from tasks.campaigns.drafts import keep_attachments
+from tasks.campaigns.store import CampaignStore, TransitionRefused
+from tasks.campaigns.tasks import cancel_unsent, dispatch_batches, start_campaign
+from web.api.errors import APIError
+
+
+@contextmanager
+def _transition(campaign_id: str, verb: str) -> Iterator[None]:
+    try:
+        yield
+    except KeyError:
+        raise APIError(404, "not_found", f"no campaign with id {campaign_id!r}") from None
+    except TransitionRefused as refused:
+        raise APIError(409, "conflict",
+                       f"cannot {verb} a campaign that is {refused.current}") from None
+
+
+def start(store: CampaignStore, campaign_id: str) -> None:
+    """A draft starts now, or is scheduled if its ``send_at`` is still ahead."""
+    with _transition(campaign_id, "start"):
+        store.require(campaign_id, ("draft",))
+        campaign = store.get(campaign_id)
+        if campaign is None:
+            raise KeyError(campaign_id)
+        keep_attachments(store, campaign, until=campaign.send_at)
+        if campaign.send_at is not None and campaign.send_at > time.time():
+            store.schedule(campaign_id, campaign.send_at)
+            return
+        store.queue_draft(campaign_id)
+    start_campaign.delay(campaign_id)
+
+
+def pause(store: CampaignStore, campaign_id: str) -> None:
+    """No new batch starts; ``pausing`` until the batches sending stop (each after the
+    message it is sending), then ``paused``."""
+    with _transition(campaign_id, "pause"):
+        store.transition(campaign_id, ("queued", "running"), "pausing")
+    store.settle_pause(campaign_id)  # nothing was sending: paused at once
+
+
+def resume(store: CampaignStore, campaign_id: str) -> None:
+    """Carry on from where it stopped (deferred recipients are tried again now)."""
+    with _transition(campaign_id, "resume"):
+        store.require(campaign_id, ("paused", "pausing"))
+        store.move_recipients(campaign_id, "deferred", "queued")
+        store.restart_from_top(campaign_id)
+        store.transition(campaign_id, ("paused", "pausing"), "running", stamp="started_at")
+    dispatch_batches.delay(campaign_id)
+
+
+def cancel(store: CampaignStore, campaign_id: str) -> None:
+    """Stop for good; every recipient not yet sent becomes ``cancelled``."""
+    with _transition(campaign_id, "cancel"):
+        store.transition(campaign_id, ("draft", "scheduled", "queued", "running", "pausing",
+                                       "paused"), "cancelled", stamp="finished_at")
+    cancel_unsent.delay(campaign_id)
+
+
+def retry_failed(store: CampaignStore, campaign_id: str) -> None:
+    """Queue the failed recipients again (and only them)."""
+    with _transition(campaign_id, "retry"):
+        store.require(campaign_id, ("completed", "running", "paused"))
+        if store.ledger(campaign_id).counts()["failed"] == 0:
+            raise APIError(409, "conflict", "the campaign has no failed recipients to retry")
+        store.move_recipients(campaign_id, "failed", "queued")
+        store.restart_from_top(campaign_id)
+        try:  # a campaign that had finished runs again
+            store.transition(campaign_id, ("completed",), "running")
+        except TransitionRefused:
+            pass
+    if store.status(campaign_id) == "running":
+        dispatch_batches.delay(campaign_id)
+
+
+ACTIONS: dict[str, Callable[[CampaignStore, str], None]] = {
+    "start": start, "pause": pause, "resume": resume, "cancel": cancel,
+    "retry-failed": retry_failed,
+}

@@ -1,0 +1,1 @@
+"""One-time verification codes: requested, mailed, verified."""

@@ -1,0 +1,101 @@
+"""The task that mails a one-time code: ``postroom.otp.send`` on the ``otp`` queue.
+
+Its only argument is the request id. The code does not exist until this task
+is about to send: :meth:`OTPStore.issue` draws it, keeps its HMAC, and the code
+goes into the message and nowhere else. A retry after a temporary failure
+draws a fresh code, so the newest mail always holds the working one.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import uuid
+from dataclasses import replace
+
+from celery import Task, shared_task
+
+from tasks.bounces.policy import SuppressedNotes, suppression_check
+from tasks.codes.store import OTPStore
+from tasks.delivery import runtime
+from tasks.delivery.engine.compose import Draft
+from tasks.delivery.engine.errors import InvalidMessageError
+from tasks.delivery.ledger import RecipientRecord
+from tasks.delivery.runner import run_watched, settle_watched
+from tasks.delivery.service import BatchOptions, Envelope
+from tasks.delivery.watch_list import Watchlist
+
+log = logging.getLogger(__name__)
+
+SUBJECT = "Your verification code"
+
+
+def lifetime_text(seconds: int) -> str:
+    """``600`` -> ``"10 minutes"``; ``90`` -> ``"90 seconds"``."""
+    if seconds % 60 == 0:
+        minutes = seconds // 60
+        return "1 minute" if minutes == 1 else f"{minutes} minutes"
+    return f"{seconds} seconds"
+
+
+def code_draft(sender: str, to: str, code: str, ttl: int) -> Draft:
+    """The verification mail: a text and an HTML part, both with the code and its lifetime."""
+    lifetime = lifetime_text(ttl)
+    text = (f"Your verification code is:\n\n    {code}\n\n"
+            f"It expires in {lifetime} and works once.\n"
+            "If you did not ask for this code, you can ignore this email.\n")
+    markup = (
+        "<!doctype html><html><body style=\"font-family: sans-serif\">"
+        "<p>Your verification code is:</p>"
+        f"<p style=\"font-size: 2em; letter-spacing: .2em; font-weight: bold\">"
+        f"{html.escape(code)}</p>"
+        f"<p>It expires in {html.escape(lifetime)} and works once.</p>"
+        "<p>If you did not ask for this code, you can ignore this email.</p>"
+        "</body></html>")
+    return Draft(sender=sender, to=[to], subject=SUBJECT, text=text, html=markup,
+                 headers={"Auto-Submitted": "auto-generated"})
+
+
+@shared_task(name="postroom.otp.send", bind=True, max_retries=None, ignore_result=True)
+def send_code(self: Task, request_id: str) -> None:
+    """Mail a fresh code for OTP request *request_id*, unless it is closed or gone."""
+    redis = runtime.redis_client()
+    store = OTPStore.from_config(redis, runtime.app_config())
+    request = store.get(request_id)
+    if request is None:
+        Watchlist(redis).done("otp", request_id)
+        log.warning("otp request %s no longer exists; nothing to send", request_id)
+        return
+    ledger = store.ledger(request_id)
+    # MAIL_DEBUG makes smtplib print every line it sends to stderr, the code among
+    # them; a secret never goes to an output stream, so one-time codes go quietly.
+    settings = replace(runtime.smtp_settings(), debug=False)
+    policy = replace(runtime.retry_policy(), max_age=float(store.policy.ttl))  # no use later
+
+    def draft_to(claimed: list[RecipientRecord]) -> Draft:
+        code = store.issue(request_id)
+        if code is None:
+            raise InvalidMessageError("the request was replaced, used or has expired")
+        return code_draft(settings.default_sender or "", claimed[0].email, code,
+                          store.policy.ttl)
+
+    suppressed = suppression_check(redis, "otp")  # an unsubscribe does not stop codes
+    observe = runtime.observer("otp", request_id, SuppressedNotes(ledger, suppressed),
+                               policy=policy, created_at=request.created_at)
+    options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
+                           policy=policy, created_at=request.created_at,
+                           lease=runtime.claim_lease(), suppressed=suppressed, observe=observe)
+    report = run_watched(self, ledger, [Envelope([0], draft_to)], runtime.composer(settings),
+                         settings, options, f"otp request {request_id}", observe)
+    if report.counts:
+        [record] = ledger.get([0])
+        status = record.status if record.status in {"sent", "deferred"} else "failed"
+        error = record.error
+        if record.status == "suppressed" and suppressed.why(record.email):
+            # the address bounced or complained: no mail, but the request reads as sent,
+            # as for any other address, so it tells nobody which addresses those are
+            status, error = "sent", None
+        elif record.status == "suppressed":  # built and handed to email_dispatched, as sent
+            status, error = "sent", "sending is suppressed (MAIL_SUPPRESS_SEND)"
+        store.record_delivery(request_id, status, record.smtp_code, error)
+    settle_watched(self, "otp", request_id, ledger, report)

@@ -1,0 +1,1 @@
+"""Delivery: the engine, the ledger, claim leases, relays and the reconciler."""

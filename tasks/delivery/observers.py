@@ -1,0 +1,108 @@
+"""What follows each message's fate beyond the ledger: a log line per recipient, the
+deployment-wide counters behind ``/metrics``, and whatever else the task watches.
+
+A :class:`DeliveryWatch` is the ``BatchOptions(observe=...)`` of one task run
+(built by :func:`tasks.delivery.runtime.observer`). The log line names the recipient's
+domain, never the address, and no error text (a relay's reply may quote the
+address); the counters are added up in memory and written to Redis about once a
+second and when the run ends (:meth:`DeliveryWatch.close`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from redis.exceptions import RedisError
+
+from tasks.delivery.counters import DeliveryMetrics, MetricsTally
+from tasks.delivery.service import Dispatched
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 1.0  # seconds between writes of the counters during a batch
+
+Observer = Callable[[Dispatched], None]
+
+
+@runtime_checkable
+class Buffered(Protocol):
+    """A watcher that keeps what it saw and writes it when :meth:`close` is called."""
+
+    def close(self) -> None: ...
+
+
+def domain_of(address: str) -> str:
+    """``example.com`` for ``Ada@Example.com``: all a log line may say of a recipient."""
+    return address.rpartition("@")[2].lower() or "-"
+
+
+def log_outcomes(kind: str, delivery_id: str, dispatched: Dispatched,
+                 level: int = logging.INFO) -> None:
+    """One line per recipient: delivery, Message-ID, status, domain, SMTP code, duration
+    (at *level*: ``DELIVERY_LOG_LEVEL``)."""
+    if not log.isEnabledFor(level):
+        return
+    message_id = dispatched.message.message_id if dispatched.message is not None else "-"
+    for record, outcome in zip(dispatched.recipients, dispatched.outcomes, strict=True):
+        domain = domain_of(record.email)
+        # the record is made here and handed to the handlers as Logger.log would, less
+        # its search of the call stack for the caller (no format Postroom uses shows it)
+        line = log.makeRecord(
+            log.name, level, __file__, _LINE, "%s %s %s: %s to %s, smtp %s, %.3f s",
+            (kind, delivery_id, message_id, outcome.status, domain, outcome.smtp_code or "-",
+             dispatched.seconds), None, "log_outcomes",
+            {"delivery": {"kind": kind, "id": delivery_id, "message_id": message_id,
+                          "status": outcome.status, "domain": domain,
+                          "smtp_code": outcome.smtp_code,
+                          "seconds": round(dispatched.seconds, 6)}})
+        log.handle(line)
+
+
+_LINE = log_outcomes.__code__.co_firstlineno  # where the record says it was logged
+
+
+class DeliveryWatch:
+    """Logs and counts each message's fate, then hands it to *watchers* in order."""
+
+    def __init__(self, kind: str, delivery_id: str, metrics: DeliveryMetrics,
+                 watchers: Sequence[Observer] = (), *, log_level: int = logging.INFO) -> None:
+        self.kind = kind
+        self.log_level = log_level
+        self.delivery_id = delivery_id
+        self.metrics = metrics
+        self.watchers = list(watchers)
+        self.tally = MetricsTally()
+        self.written = time.monotonic()
+
+    def __call__(self, dispatched: Dispatched) -> None:
+        log_outcomes(self.kind, self.delivery_id, dispatched, self.log_level)
+        for outcome in dispatched.outcomes:
+            self.tally.outcome(self.kind, outcome.status, outcome.smtp_code)
+        if dispatched.message is not None and any(
+                outcome.status != "suppressed" for outcome in dispatched.outcomes):
+            self.tally.sent_in(self.kind, dispatched.seconds)  # it went to the relay
+        if time.monotonic() - self.written >= FLUSH_EVERY:
+            self.flush()
+        for watch in self.watchers:
+            watch(dispatched)
+
+    def flush(self) -> None:
+        """Write what was counted so far (a Redis outage loses only these figures)."""
+        tally, self.tally, self.written = self.tally, MetricsTally(), time.monotonic()
+        try:
+            self.metrics.write(tally)
+        except RedisError as err:
+            log.warning("delivery counters of %s %s not written: %s", self.kind,
+                        self.delivery_id, err)
+
+    def close(self, *, sessions_opened: int = 0) -> None:
+        """The run is over: count its SMTP sessions and write everything left, the
+        watchers' own buffers included."""
+        self.tally.sessions += sessions_opened
+        self.flush()
+        for watch in self.watchers:
+            if isinstance(watch, Buffered):
+                watch.close()

@@ -1,0 +1,124 @@
+"""Mail parked while every relay is down, and the one probe per interval that wakes it.
+
+A relay on which no session could be opened opens its breaker in Redis
+(:mod:`tasks.delivery.relay_state`), seen by every worker on every host. While every
+relay's breaker is open, a delivery task parks (:func:`park`): one Redis round
+trip, and for the first to park the probe task scheduled for the next probe.
+No connection is opened, no deferral recorded, no attempt used and no retry
+republished; the recipients keep their status.
+
+``postroom.relay_probe`` runs when the next probe is due:
+
+1. parked work past its deadline (``DELIVERY_MAX_AGE``) is published again, so
+   its run records the failure the deadline calls for;
+2. it takes the probe turn (the relay's cooldown key, one worker per interval)
+   and opens a session the usual way (connect, greeting, STARTTLS, AUTH), then
+   ends it;
+3. when the session opened, the breaker is closed and every parked task is
+   published again at once; else the next probe is scheduled.
+
+Should the probe task be lost with its worker, the wake key runs out and the
+next task to park, or the reconciler, schedules another.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from celery import Task, current_app, shared_task
+
+from tasks.delivery import runtime
+from tasks.delivery.engine.errors import SessionError
+from tasks.delivery.engine.session import BatchConnection
+from tasks.delivery.engine.settings import SMTPSettings
+from tasks.delivery.parked import ParkedTask, ParkedWork
+from tasks.delivery.relay_state import RelayBoard
+
+log = logging.getLogger(__name__)
+
+WAKE_SLACK = 5.0  # seconds a scheduled probe may run late before another is scheduled
+MIN_WAIT = 0.05  # seconds at least between two probe tasks (one may run a moment early)
+
+
+def park(task: Task, settings: SMTPSettings, deadline: float | None,
+         watched: tuple[str, float] | None = None) -> float | None:
+    """Park *task*'s current run when every relay is down; the time its next probe is
+    due, or ``None`` when the run should go ahead (a relay may be tried, the deadline
+    has passed, or the task runs eagerly, with no broker to wake it). *watched*: the
+    delivery's watch-list entry (``kind:id``, when to look), set when it parks."""
+    board = settings.relay_state
+    if task.request.is_eager or not isinstance(board, RelayBoard):
+        return None
+    until = board.parked_until([str(relay) for relay in settings.relays])
+    now = time.time()
+    if until is None or (deadline is not None and now >= deadline):
+        return None
+    wake_at = max(until, now)
+    parked = ParkedWork(board.redis)
+    if parked.park(task.name, list(task.request.args or ()), deadline, wake_at=wake_at,
+                   wake_for=_wake_for(board, wake_at - now), watched=watched):
+        probe_relays.apply_async(countdown=wake_at - now)
+    return wake_at
+
+
+@shared_task(name="postroom.relay_probe", ignore_result=True)
+def probe_relays() -> None:
+    """Probe the relays once if a probe is due; release parked work when one is back."""
+    redis = runtime.redis_client()
+    parked = ParkedWork(redis)
+    parked.woken()
+    settings = runtime.smtp_settings()
+    board = settings.relay_state
+    assert isinstance(board, RelayBoard)
+    names = [str(relay) for relay in settings.relays]
+    now = time.time()
+    overdue = _publish(parked.release(due_by=now))
+    if overdue:
+        log.warning("%d parked delivery task(s) reached their deadline with every relay "
+                    "down; running them to record it", overdue)
+    until = board.parked_until(names)
+    if until is not None and until <= time.time():
+        _probe(settings)
+        until = board.parked_until(names)
+    if until is None:
+        released = _publish(parked.release())
+        if released:
+            log.info("relay back: %d parked delivery task(s) published again", released)
+        return
+    wait = max(MIN_WAIT, until - time.time())
+    if parked.schedule(until, _wake_for(board, wait)):
+        probe_relays.apply_async(countdown=wait)
+
+
+def schedule_lost_probe() -> bool:
+    """The reconciler's rule: parked work and no probe on its way get a probe now."""
+    parked = ParkedWork(runtime.redis_client())
+    if parked.schedule(time.time(), WAKE_SLACK):
+        probe_relays.delay()
+        return True
+    return False
+
+
+def _probe(settings: SMTPSettings) -> None:
+    """One session, opened as a batch would (taking the probe turn) and ended at once."""
+    connection = BatchConnection(settings, gate=runtime.session_gate())
+    try:
+        with connection:
+            connection.open_session()
+    except SessionError as err:
+        log.info("relay probe: still down: %s", err)
+
+
+def _publish(chunks: Iterable[list[ParkedTask]]) -> int:
+    count = 0
+    for chunk in chunks:
+        for name, args in chunk:
+            current_app.send_task(name, args=args)
+        count += len(chunk)
+    return count
+
+
+def _wake_for(board: RelayBoard, wait: float) -> float:
+    return wait + 2 * (board.probe or board.breaker) + WAKE_SLACK

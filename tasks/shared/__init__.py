@@ -1,0 +1,1 @@
+"""What every behaviour shares: Redis keys and connections, ids, mailboxes, attachments."""
