@@ -28,15 +28,16 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_limiter.errors import RateLimitExceeded
 from pydantic import ValidationError
+from werkzeug.exceptions import NotFound as PageNotFound
 
 from tasks.campaigns.control import ACTIONS
-from tasks.campaigns.creation import create_campaign
 from tasks.campaigns.drafts import rendered_first, test_recipient
 from tasks.campaigns.recipients import CSVRecipients
 from tasks.campaigns.store import CampaignStore
+from tasks.shared.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
 from tasks.shared.identifiers import is_record_id
-from web.api.campaigns import base_url, campaign_out, spec_from, uploaded_attachments
-from web.api.errors import APIError, fields_of
+from web.api.campaigns import campaign_out, create_campaign, spec_from, uploaded_attachments
+from web.api.errors import fields_of
 from web.api.schemas_campaigns import CampaignFields, CampaignOut
 from web.campaigns.signin import per_ip, per_user_name, sessions
 from web.campaigns.timing import (
@@ -54,7 +55,16 @@ bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
 SESSION_KEY = "postroom_admin"
 FINAL = ("completed", "cancelled")
 FAILED_SHOWN = 20
+# what a page tells the operator in a flash or beside the form (a campaign not found is
+# the 404 page instead: see not_found)
+REFUSED: tuple[type[DomainError], ...] = (Conflict, Invalid, TooLarge)
 register_filters(bp)
+
+
+@bp.errorhandler(NotFound)
+def not_found(err: NotFound) -> ResponseReturnValue:
+    """A campaign a service did not find is the 404 page, as an unknown id is."""
+    return PageNotFound()
 
 
 def _store() -> CampaignStore:
@@ -138,13 +148,13 @@ def new() -> ResponseReturnValue:
     try:
         fields = CampaignFields.model_validate(form)
         if upload is None or not upload.filename:
-            raise APIError(422, "invalid", "choose a CSV file", {"file": "missing"})
+            raise Invalid.of("file", "missing", "choose a CSV file")
         campaign_id, status, report = create_campaign(
-            _store(), spec_from(fields, upload.filename, uploaded_attachments()),
-            CSVRecipients(upload.stream), base_url=base_url())
+            spec_from(fields, upload.filename, uploaded_attachments()),
+            CSVRecipients(upload.stream))
     except ValidationError as err:
         return _form_again(form, "The campaign is not valid.", fields_of(err))
-    except APIError as err:
+    except REFUSED as err:
         return _form_again(form, err.message, err.fields or {})
     flash(f"Campaign {status}: {report.accepted} recipient(s), {report.rejected} row(s) "
           f"rejected, {report.duplicates} duplicate(s), {report.suppressed} suppressed.")
@@ -178,7 +188,7 @@ def show(campaign_id: str) -> ResponseReturnValue:
         campaign = store.get(campaign_id)
         try:
             draft = rendered_first(store, campaign) if campaign is not None else None
-        except APIError as err:
+        except REFUSED as err:
             draft = (err.message, None, None)
     return render_template("campaigns/show.html", campaign=shown, failed=failed,
                            more_failed=more_failed is not None, final=FINAL,
@@ -209,9 +219,7 @@ def control(campaign_id: str, action: str) -> ResponseReturnValue:
         abort(404)
     try:
         act(_store(), campaign_id)
-    except APIError as err:
-        if err.status == 404:
-            abort(404)
+    except REFUSED as err:
         flash(err.message, "error")
     else:
         flash(f"Campaign {action.replace('-', ' ')}: done.")
