@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from tasks.campaigns.drafts import send_test, test_addresses
 from tasks.shared.identifiers import is_record_id
-from web.campaigns.pages import REFUSED, _store, admin_required, bp
+from web.campaigns.blueprint import REFUSED, _store, admin_required, bp
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from functools import wraps
-from typing import Any
 
 from flask import (
-    Blueprint,
     abort,
     current_app,
     flash,
@@ -28,57 +25,24 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_limiter.errors import RateLimitExceeded
 from pydantic import ValidationError
-from werkzeug.exceptions import NotFound as PageNotFound
 
 from tasks.campaigns.control import ACTIONS
 from tasks.campaigns.drafts import rendered_first, test_recipient
 from tasks.campaigns.recipients import CSVRecipients
 from tasks.campaigns.store import CampaignStore
-from tasks.shared.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
+from tasks.shared.errors import Invalid
 from tasks.shared.identifiers import is_record_id
 from web.api.campaigns import campaign_out, create_campaign, spec_from, uploaded_attachments
 from web.api.errors import fields_of
 from web.api.schemas_campaigns import CampaignFields, CampaignOut
+from web.campaigns.blueprint import REFUSED, SESSION_KEY, _store, admin_required, bp
 from web.campaigns.signin import per_ip, per_user_name, sessions
-from web.campaigns.timing import (
-    campaign_rate,
-    chart_bars,
-    chart_scale,
-    duration_text,
-    elapsed,
-    register_filters,
-)
+from web.campaigns.timing import campaign_rate, chart_bars, chart_scale, duration_text, elapsed
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
-SESSION_KEY = "postroom_admin"
 FINAL = ("completed", "cancelled")
 FAILED_SHOWN = 20
-# what a page tells the operator in a flash or beside the form (a campaign not found is
-# the 404 page instead: see not_found)
-REFUSED: tuple[type[DomainError], ...] = (Conflict, Invalid, TooLarge)
-register_filters(bp)
-
-
-@bp.errorhandler(NotFound)
-def not_found(err: NotFound) -> ResponseReturnValue:
-    """A campaign a service did not find is the 404 page, as an unknown id is."""
-    return PageNotFound()
-
-
-def _store() -> CampaignStore:
-    return CampaignStore(current_app.extensions["redis"])
-
-
-def admin_required(view: Any) -> Any:
-    @wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if not sessions().is_open(session.get(SESSION_KEY)):
-            return redirect(url_for("campaigns.login", next=request.path))
-        return view(*args, **kwargs)
-
-    return wrapped
 
 
 def _credentials_match(username: str, password: str) -> bool:
@@ -225,9 +189,3 @@ def control(campaign_id: str, action: str) -> ResponseReturnValue:
         flash(f"Campaign {action.replace('-', ' ')}: done.")
     return redirect(url_for(".show", campaign_id=campaign_id), code=303)
 
-
-from web.campaigns import (  # noqa: E402,F401  (their routes on this blueprint)
-    draft_pages,
-    recipient_pages,
-    suppressions,
-)
