@@ -11,7 +11,7 @@ Postroom by pointing ``MAIL_SERVER``/``MAIL_PORT`` here and ``MAIL_PASSWORD`` at
 - ``SIZE`` from ``MAX_MESSAGE_BYTES`` (552 past it), and the bounce listener's bounds on
   connections and time (:mod:`cli.smtp_listener`, ``SUBMISSION_*``).
 - Each message goes through what ``POST /api/messages`` does
-  (:func:`web.api.messages.submit_message`: validation, suppression, retries, webhooks,
+  (:func:`tasks.messages.service.submit_message`: validation, suppression, retries, webhooks,
   idempotency), read from its MIME form (:mod:`tasks.messages.submitted`) and sent to its
   envelope recipients. ``250 2.0.0 Ok: queued as <id>`` names the message for
   ``GET /api/messages/<id>``; a message the API would refuse gets a 5xx with the reason,
@@ -41,10 +41,11 @@ from cli.smtp_listener import (
     serve_until_signalled,
 )
 from tasks.delivery.throttle import FailedLogins
+from tasks.messages.service import scoped_idempotency_key, submit_message
 from tasks.messages.submitted import read_submitted
 from tasks.shared.attachments import content_type_for
-from web.api.errors import APIError, fields_of
-from web.api.messages import scoped_idempotency_key, submit_message
+from tasks.shared.errors import DomainError, Invalid, TooLarge
+from web.api.errors import fields_of
 from web.api.schemas import MAX_RECIPIENTS, MessageIn, file_name_checked, mailbox
 from web.clients import network_of
 from web.config import relaxed
@@ -175,14 +176,13 @@ class SubmissionHandler:
                     _attachable(name, declared)
                 key = (None if mail.idempotency_key is None
                        else scoped_idempotency_key(token_digest, mail.idempotency_key))
-                submitted = submit_message(message, mail.uploads,
-                                           recipients=_envelope(rcpt_tos),
-                                           idempotency_key=key)
+                submitted = submit_message(message.stored_fields(), _envelope(rcpt_tos),
+                                           mail.uploads, idempotency_key=key)
             except ValidationError as err:
                 return refusal("550 5.6.0", "the message is not valid",
                                _named(fields_of(err), mail.fields["bcc"]))
-            except APIError as err:
-                code = "552 5.3.4" if err.status == 413 else "550 5.6.0"
+            except DomainError as err:
+                code = "552 5.3.4" if isinstance(err, TooLarge) else "550 5.6.0"
                 return refusal(code, err.message, err.fields)
             except UNREACHABLE as err:
                 log.warning("submission listener: cannot store or queue a message now: %s",
@@ -205,8 +205,8 @@ def _attachable(name: str, declared: str | None) -> None:
     try:
         content_type_for(name, declared)
     except ValueError as err:
-        raise APIError(422, "invalid", "an attachment is not valid",
-                       {"attachments": f"{name[:80]!r}: {err}"}) from None
+        raise Invalid.of("attachments", f"{name[:80]!r}: {err}",
+                         "an attachment is not valid") from None
 
 
 def _envelope(rcpt_tos: list[str]) -> list[str]:
@@ -216,8 +216,8 @@ def _envelope(rcpt_tos: list[str]) -> list[str]:
         try:
             found.setdefault(parseaddr(mailbox(address))[1], None)
         except ValueError as err:
-            raise APIError(422, "invalid", "a recipient is not valid",
-                           {"RCPT TO": f"{address[:100]}: {err}"}) from None
+            raise Invalid.of("RCPT TO", f"{address[:100]}: {err}",
+                             "a recipient is not valid") from None
     return list(found)
 
 

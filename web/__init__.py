@@ -80,11 +80,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from web import otp
 
     app.register_blueprint(otp.bp)
-    from web import unsubscribe
-    from web.campaigns import pages as campaign_pages
+    from web import campaigns, unsubscribe
 
     app.register_blueprint(unsubscribe.bp)
-    app.register_blueprint(campaign_pages.bp)
+    app.register_blueprint(campaigns.bp)
     if outbox.offered(app.config):
         app.register_blueprint(outbox.bp)
     return app

@@ -32,7 +32,7 @@ def open_to_anyone() -> bool:
 
 def operator_signed_in() -> bool:
     """The request's session cookie holds an open operator session."""
-    from web.campaigns.pages import SESSION_KEY  # the pages import much: imported late
+    from web.campaigns.blueprint import SESSION_KEY  # the pages import much: imported late
     from web.campaigns.signin import sessions
 
     try:

@@ -37,7 +37,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 
-from web.campaigns.pages import admin_required
+from web.campaigns.blueprint import admin_required
 from web.captured_mail import CapturedMailbox, attachment_parts, text_and_html
 from web.outbox_view import register_filters, remote_images
 

@@ -34,7 +34,7 @@ UPLOAD_ENDPOINTS = frozenset({"api.create", "campaigns.new"})  # campaign CSV up
 
 
 def _operator_signed_in() -> bool:
-    from web.campaigns.pages import SESSION_KEY
+    from web.campaigns.blueprint import SESSION_KEY
     from web.campaigns.signin import sessions
 
     held = session.get(SESSION_KEY)

@@ -1,7 +1,8 @@
 """Start, pause, resume, cancel and retry-failed: the operator's levers, for the API and pages.
 
 Each is one atomic status change (see :class:`~tasks.campaigns.store.CampaignStore`);
-a change the current status forbids is a 409, an unknown campaign a 404.
+a change the current status forbids is a :class:`Conflict`, an unknown campaign
+:class:`NotFound`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from tasks.campaigns.drafts import keep_attachments
 from tasks.campaigns.store import CampaignStore, TransitionRefused
 from tasks.campaigns.tasks import cancel_unsent, dispatch_batches, start_campaign
-from web.api.errors import APIError
+from tasks.shared.errors import Conflict, NotFound
 
 
 @contextmanager
@@ -21,10 +22,9 @@ def _transition(campaign_id: str, verb: str) -> Iterator[None]:
     try:
         yield
     except KeyError:
-        raise APIError(404, "not_found", f"no campaign with id {campaign_id!r}") from None
+        raise NotFound(f"no campaign with id {campaign_id!r}") from None
     except TransitionRefused as refused:
-        raise APIError(409, "conflict",
-                       f"cannot {verb} a campaign that is {refused.current}") from None
+        raise Conflict(f"cannot {verb} a campaign that is {refused.current}") from None
 
 
 def start(store: CampaignStore, campaign_id: str) -> None:
@@ -73,7 +73,7 @@ def retry_failed(store: CampaignStore, campaign_id: str) -> None:
     with _transition(campaign_id, "retry"):
         store.require(campaign_id, ("completed", "running", "paused"))
         if store.ledger(campaign_id).counts()["failed"] == 0:
-            raise APIError(409, "conflict", "the campaign has no failed recipients to retry")
+            raise Conflict("the campaign has no failed recipients to retry")
         store.move_recipients(campaign_id, "failed", "queued")
         store.restart_from_top(campaign_id)
         try:  # a campaign that had finished runs again

@@ -1,7 +1,7 @@
 """Creating a campaign: check the templates, import the recipients page by page, queue it.
 
 Shared by ``POST /api/campaigns`` and the operator's upload form. Anything wrong
-with the request is an :class:`~web.api.errors.APIError` (4xx) raised before the
+with the request is an :class:`~tasks.shared.errors.Invalid` raised before the
 campaign becomes visible; a failed import leaves nothing behind (or, if Redis went
 away mid-import, only keys that expire and are never listed); a campaign whose
 start task cannot be queued is withdrawn before the error (a 503) reaches the client.
@@ -10,17 +10,21 @@ start task cannot be queued is withdrawn before the error (a 503) reaches the cl
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis import RedisError
+from redis import Redis, RedisError
 
 from tasks.campaigns.recipients import RecipientSource, Row, check_row
 from tasks.campaigns.store import CampaignStore
 from tasks.campaigns.tasks import start_campaign
 from tasks.delivery.engine.templating import BUILTIN_VARIABLES, CampaignTemplates, TemplateProblem
+from tasks.messages.service import Upload, check_attachment_size, require_sender
+from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentStore
+from tasks.shared.errors import Invalid
 from tasks.shared.replication import replicated
-from web.api.errors import APIError, require_sender
 
 log = logging.getLogger(__name__)
 
@@ -64,36 +68,52 @@ class ImportReport:
                 "rejected_rows": self.rejections}
 
 
+def stored_attachments(redis: Redis, files: Sequence[Upload], *, send_at: float | None,
+                       limit: int) -> tuple[dict[str, Any], ...]:
+    """Each file's bytes stored, as :class:`CampaignSpec` refers to them; :class:`TooLarge`
+    names one over *limit* (``MAX_ATTACHMENT_BYTES``) before any is stored."""
+    for name, _, data in files:
+        check_attachment_size(name, len(data), limit)
+    # the bytes must outlive the wait for send_at; each batch keeps them alive after that
+    ttl = ATTACHMENT_TTL + int(max(0.0, (send_at or 0.0) - time.time()))
+    store = AttachmentStore(redis, ttl=ttl)
+    return tuple(store.put(data, name, declared).as_fields() for name, declared, data in files)
+
+
 def compile_templates(spec: CampaignSpec) -> CampaignTemplates:
-    """The campaign's templates, or a 422 naming the template that cannot be used."""
+    """The campaign's templates, or :class:`Invalid` naming the template that cannot be used."""
     try:
         return CampaignTemplates(spec.subject, spec.body, spec.html)
     except TemplateProblem as problem:
-        raise APIError(422, "invalid_template", f"the {problem.field} template cannot be used",
-                       {problem.field: problem.reason}) from None
+        raise Invalid.of(problem.field, problem.reason,
+                         f"the {problem.field} template cannot be used",
+                         code="invalid_template") from None
 
 
 def create_campaign(store: CampaignStore, spec: CampaignSpec, source: RecipientSource, *,
-                    base_url: str) -> tuple[str, str, ImportReport]:
+                    base_url: str, default_sender: str | None,
+                    special_use: Collection[str] = ()) -> tuple[str, str, ImportReport]:
     """Store the campaign and its recipients; queue or schedule it.
 
-    Returns ``(id, status, report)``. Raises :class:`APIError` (and stores
-    nothing) when the templates, the file or every row is unusable.
+    *base_url* is where unsubscribe links point (``PUBLIC_URL``), *default_sender*
+    ``MAIL_DEFAULT_SENDER``, *special_use* ``ALLOW_SPECIAL_USE_DOMAINS``. Returns
+    ``(id, status, report)``. Raises :class:`Invalid` (and stores nothing) when
+    the templates, the file or every row is unusable.
     """
-    require_sender(spec.sender)
+    require_sender(spec.sender, default_sender)
     templates = compile_templates(spec)
     required = templates.variables
     if source.columns is not None:
         missing = sorted(required - source.columns)
         if missing:
-            raise APIError(422, "missing_column",
-                           f"the templates use {{{{ {missing[0]} }}}} but the file has no "
-                           f"{missing[0]!r} column", {"file": f"no column {missing[0]!r}"})
+            raise Invalid.of("file", f"no column {missing[0]!r}",
+                             f"the templates use {{{{ {missing[0]} }}}} but the file has no "
+                             f"{missing[0]!r} column", code="missing_column")
     campaign_id = store.begin(name=spec.name, subject=spec.subject, body=spec.body,
                               html=spec.html, sender=spec.sender, base_url=base_url,
                               attachments=spec.attachments)
     try:
-        report = _import(store, campaign_id, templates, source, required)
+        report = _import(store, campaign_id, templates, source, required, special_use)
     except BaseException:
         _discard(store, campaign_id)
         raise
@@ -104,9 +124,9 @@ def create_campaign(store: CampaignStore, spec: CampaignSpec, source: RecipientS
             f"no valid recipients: {report.rejected} row(s) rejected"
             + (f", the first {len(report.rejections)} listed" if report.rejected >
                len(report.rejections) else ""))
-        raise APIError(422, "no_recipients", what,
-                       {f"{report.location_name} {k}": v for k, v in shown.items()}
-                       or {"recipients": "at least one recipient is needed"})
+        raise Invalid(what, code="no_recipients",
+                      fields={f"{report.location_name} {k}": v for k, v in shown.items()}
+                      or {"recipients": "at least one recipient is needed"})
     status = store.open(campaign_id, total=report.accepted, send_at=spec.send_at,
                         report=report.public(), draft=spec.draft)
     replicated(store.redis)  # accepted: on a replica too before the API says so
@@ -141,13 +161,14 @@ def _withdraw(store: CampaignStore, campaign_id: str) -> None:
 
 
 def _import(store: CampaignStore, campaign_id: str, templates: CampaignTemplates,
-            source: RecipientSource, required: frozenset[str]) -> ImportReport:
+            source: RecipientSource, required: frozenset[str],
+            special_use: Collection[str]) -> ImportReport:
     report = ImportReport(location_name=source.location_name)
     page: list[tuple[str, dict[str, Any]]] = []
     number = 0
     checked = False
     for row in source:
-        address, reason = check_row(row, required)
+        address, reason = check_row(row, required, special_use)
         if address is None:
             report.reject(row, reason or "invalid")
             continue
@@ -157,9 +178,9 @@ def _import(store: CampaignStore, campaign_id: str, templates: CampaignTemplates
             try:
                 templates.check(sample)
             except TemplateProblem as problem:
-                raise APIError(422, "invalid_template",
-                               f"the {problem.field} template fails for the first recipient",
-                               {problem.field: problem.reason}) from None
+                raise Invalid.of(problem.field, problem.reason,
+                                 f"the {problem.field} template fails for the first recipient",
+                                 code="invalid_template") from None
             checked = True
         page.append((address, row.variables))
         if len(page) >= PAGE:

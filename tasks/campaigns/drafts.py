@@ -22,9 +22,9 @@ from tasks.delivery.engine.templating import CampaignTemplates, TemplateProblem
 from tasks.messages.store import MessageStore
 from tasks.messages.tasks import deliver_message
 from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentRef
+from tasks.shared.errors import Conflict, Invalid, NotFound
 from tasks.shared.keys import key
 from tasks.shared.mailbox import checked_address
-from web.api.errors import APIError
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +34,23 @@ TESTABLE = ("draft",)
 
 
 def test_addresses(values: Any) -> list[str]:
-    """The addresses a test goes to, each checked; a 422 names the first one refused."""
+    """The addresses a test goes to, each checked; :class:`Invalid` names the first one
+    refused."""
     if not isinstance(values, list) or not values:
-        raise APIError(422, "invalid", "give the test's addresses as a non-empty list",
-                       {"to": "a list of 1 to 10 addresses"})
+        raise Invalid.of("to", "a list of 1 to 10 addresses",
+                         "give the test's addresses as a non-empty list")
     if len(values) > MAX_TEST_ADDRESSES:
-        raise APIError(422, "invalid", f"at most {MAX_TEST_ADDRESSES} test addresses",
-                       {"to": f"at most {MAX_TEST_ADDRESSES}"})
+        raise Invalid.of("to", f"at most {MAX_TEST_ADDRESSES}",
+                         f"at most {MAX_TEST_ADDRESSES} test addresses")
     found: list[str] = []
     for n, value in enumerate(values):
         if not isinstance(value, str):
-            raise APIError(422, "invalid", "each address must be a string",
-                           {f"to.{n}": "not a string"})
+            raise Invalid.of(f"to.{n}", "not a string", "each address must be a string")
         try:
             address = checked_address(value).normalized
         except (EmailNotValidError, UnicodeError, ValueError) as err:
-            raise APIError(422, "invalid", f"{value[:80]!r} is not an email address",
-                           {f"to.{n}": str(err)[:200]}) from None
+            raise Invalid.of(f"to.{n}", str(err)[:200],
+                             f"{value[:80]!r} is not an email address") from None
         if address not in found:
             found.append(address)
     return found
@@ -61,27 +61,28 @@ def rendered_first(store: CampaignStore, campaign: Campaign) -> tuple[str, str |
     """Subject, text and HTML as the first recipient gets them (stand-in unsubscribe link)."""
     records, _ = store.ledger(campaign.id).page(limit=1)
     if not records:
-        raise APIError(409, "conflict", "the campaign has no recipients to render")
+        raise Conflict("the campaign has no recipients to render")
     first = records[0]
     context = {**first.vars, "email": first.email,
                "unsubscribe_url": f"{campaign.base_url.rstrip('/')}/unsubscribe/preview"}
     try:
         return CampaignTemplates(campaign.subject, campaign.body, campaign.html).render(context)
     except (TemplateProblem, InvalidMessageError) as err:
-        raise APIError(422, "invalid_template", "the campaign cannot be rendered for its "
-                       "first recipient", {"template": str(err)[:200]}) from None
+        raise Invalid.of("template", str(err)[:200],
+                         "the campaign cannot be rendered for its first recipient",
+                         code="invalid_template") from None
 
 
 def keep_attachments(store: CampaignStore, campaign: Campaign, *, until: float | None) -> None:
     """A draft's attachments are kept :data:`ATTACHMENT_TTL` past now (or past *until*, its
-    send time); a 409 names one that has already expired, before anything is sent."""
+    send time); :class:`Conflict` names one that has already expired, before anything is
+    sent."""
     ttl = ATTACHMENT_TTL + int(max(0.0, (until or 0.0) - time.time()))
     for fields in campaign.attachments:
         ref = AttachmentRef.from_fields(fields)
         if not store.redis.expire(key("attachment", ref.sha256), ttl):
-            raise APIError(409, "attachment_expired",
-                           f"attachment {ref.filename!r} is no longer stored; create the "
-                           "campaign again with it")
+            raise Conflict(f"attachment {ref.filename!r} is no longer stored; create the "
+                           "campaign again with it", code="attachment_expired")
 
 
 def test_recipient() -> str:
@@ -93,13 +94,13 @@ def test_recipient() -> str:
 
 
 def send_test(store: CampaignStore, campaign_id: str, to: list[str]) -> str:
-    """Queue the test message to *to*; return its message id. 409 unless a draft."""
+    """Queue the test message to *to*; return its message id. :class:`Conflict` unless a
+    draft."""
     campaign = store.get(campaign_id)
     if campaign is None:
-        raise APIError(404, "not_found", f"no campaign with id {campaign_id!r}")
+        raise NotFound(f"no campaign with id {campaign_id!r}")
     if campaign.status not in TESTABLE:
-        raise APIError(409, "conflict",
-                       f"only a draft can be sent as a test; this campaign is {campaign.status}")
+        raise Conflict(f"only a draft can be sent as a test; this campaign is {campaign.status}")
     subject, text, html = rendered_first(store, campaign)
     keep_attachments(store, campaign, until=campaign.send_at)
     fields: dict[str, Any] = {"to": to, "subject": TEST_PREFIX + subject,

@@ -10,15 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
 
+from tasks.shared.errors import Invalid
 from tasks.shared.mailbox import checked_address
-from web.addresses import special_use_allowed
-from web.api.errors import APIError
 
 EMAIL_COLUMN = "email"
 MAX_VARIABLE_CHARS = 10_000
@@ -59,14 +58,14 @@ class CSVRecipients(RecipientSource):
         self.reader = csv.reader(self.text)
         header = self._read(lambda: next(self.reader, None))
         if header is None or not any(name.strip() for name in header):
-            raise APIError(422, "empty_file", "the CSV file is empty: it needs a header "
-                           "row with an 'email' column", {"file": "empty"})
+            raise Invalid("the CSV file is empty: it needs a header row with an 'email' column",
+                          code="empty_file", fields={"file": "empty"})
         self.header = [name.strip() for name in header]
         lowered = [name.lower() for name in self.header]
         if EMAIL_COLUMN not in lowered:
             shown = ", ".join(repr(name) for name in self.header[:20])
-            raise APIError(422, "no_email_column", "the CSV file has no 'email' column",
-                           {"file": f"no 'email' column in the header row ({shown})"})
+            raise Invalid("the CSV file has no 'email' column", code="no_email_column",
+                          fields={"file": f"no 'email' column in the header row ({shown})"})
         self.email_at = lowered.index(EMAIL_COLUMN)
         self.columns = frozenset(name for name in self.header if name)
 
@@ -75,13 +74,13 @@ class CSVRecipients(RecipientSource):
             return step()
         except UnicodeDecodeError:
             line = self.reader.line_num + 1  # decoding runs ahead in blocks: "from here on"
-            raise APIError(422, "not_utf8", f"the CSV file is not UTF-8 (from line {line} on)",
-                           {"file": f"not valid UTF-8 from line {line} on; save it as UTF-8"}
-                           ) from None
+            raise Invalid(f"the CSV file is not UTF-8 (from line {line} on)", code="not_utf8",
+                          fields={"file": f"not valid UTF-8 from line {line} on; save it as UTF-8"}
+                          ) from None
         except csv.Error as err:
             line = self.reader.line_num
-            raise APIError(422, "bad_csv", f"the CSV file cannot be read at line {line}: {err}",
-                           {"file": f"line {line}: {err}"}) from None
+            raise Invalid(f"the CSV file cannot be read at line {line}: {err}", code="bad_csv",
+                          fields={"file": f"line {line}: {err}"}) from None
 
     def __iter__(self) -> Iterator[Row]:
         width = len(self.header)
@@ -122,18 +121,20 @@ class JSONRecipients(RecipientSource):
             yield Row(position, item.get(EMAIL_COLUMN), variables, problem)
 
 
-def normalised_address(value: str) -> str:
-    """The address as email_validator normalises it; :class:`EmailNotValidError` if invalid."""
+def normalised_address(value: str, special_use: Collection[str] = ()) -> str:
+    """The address as email_validator normalises it; :class:`EmailNotValidError` if invalid.
+    Special-use domains in *special_use* (``ALLOW_SPECIAL_USE_DOMAINS``) are accepted."""
     plain = _PLAIN_ADDRESS.fullmatch(value)
     if plain is not None and len(value) <= 254 and len(plain["local"]) <= 64:
         domain = plain["domain"].lower()
         if "--" not in domain and not any(domain == name or domain.endswith("." + name)
                                           for name in SPECIAL_USE_DOMAIN_NAMES):
             return f"{plain['local']}@{domain}"
-    return str(checked_address(value, strip=False, special_use=special_use_allowed()).normalized)
+    return str(checked_address(value, strip=False, special_use=special_use).normalized)
 
 
-def check_row(row: Row, required: frozenset[str]) -> tuple[str | None, str | None]:
+def check_row(row: Row, required: frozenset[str],
+              special_use: Collection[str] = ()) -> tuple[str | None, str | None]:
     """``(normalised address, None)`` for a good row, ``(None, reason)`` for a bad one."""
     if row.problem:
         return None, row.problem
@@ -142,7 +143,7 @@ def check_row(row: Row, required: frozenset[str]) -> tuple[str | None, str | Non
     if not isinstance(row.email, str):
         return None, "email must be a string"
     try:
-        address = normalised_address(row.email)
+        address = normalised_address(row.email, special_use)
     except EmailNotValidError as err:
         return None, f"invalid email {row.email[:100]!r}: {err}"
     missing = sorted(name for name in required if name not in row.variables)

@@ -262,13 +262,16 @@ class SessionSlots:
                             "be exceeded until they close", len(gone))
 
 
+RATE_LIMIT_PREFIX = key("ratelimit")  # every rate limit's counters: the web's and these
+
+
 class FailedLogins:
     """Failed logins per client, within *limits* (``5/minute;30/hour``), counted in Redis
     under the web throttles' prefix, so every process sees the same counts."""
 
     def __init__(self, redis: Redis, limits: str, *, scope: str) -> None:
         storage = RedisStorage("redis://", connection_pool=redis.connection_pool,
-                               key_prefix=key("ratelimit"))
+                               key_prefix=RATE_LIMIT_PREFIX)
         self.limiter = FixedWindowRateLimiter(storage)
         self.items = parse_many(limits)
         self.scope = scope

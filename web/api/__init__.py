@@ -6,9 +6,11 @@ from flask import Blueprint, current_app, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from tasks.shared.errors import DomainError
 from web.api.errors import (
     APIError,
     handle_api_error,
+    handle_domain_error,
     handle_http_error,
     handle_routing_error,
     handle_validation_error,
@@ -38,6 +40,7 @@ def require_token() -> None:
 
 
 bp.register_error_handler(APIError, handle_api_error)
+bp.register_error_handler(DomainError, handle_domain_error)  # what a service refused
 bp.register_error_handler(ValidationError, handle_validation_error)
 bp.register_error_handler(HTTPException, handle_http_error)
 # an unknown /api path or a wrong method matches no route, so no blueprint handler sees it

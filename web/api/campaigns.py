@@ -15,8 +15,9 @@ from tasks.campaigns import creation, drafts
 from tasks.campaigns.recipients import CSVRecipients, JSONRecipients, RecipientSource
 from tasks.campaigns.store import Campaign, CampaignStore
 from tasks.delivery.ledger import STATUSES
-from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentStore
+from tasks.shared.errors import Invalid
 from tasks.shared.identifiers import is_record_id
+from web.addresses import special_use_allowed
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
@@ -54,16 +55,8 @@ def spec_from(fields: CampaignFields, default_name: str,
     """The campaign as validated; attachment bytes (JSON's or *uploads*) are stored now."""
     send_at = fields.send_at if isinstance(fields.send_at, float) else None
     files = [(a.filename, a.content_type, a.data()) for a in fields.attachments] + list(uploads)
-    limit = int(current_app.config["MAX_ATTACHMENT_BYTES"])
-    for name, _, data in files:
-        if len(data) > limit:
-            raise APIError(413, "attachment_too_large",
-                           f"attachment {name!r} is over {limit} bytes (MAX_ATTACHMENT_BYTES)",
-                           {"attachments": f"{name}: more than {limit} bytes"})
-    # the bytes must outlive the wait for send_at; each batch keeps them alive after that
-    ttl = ATTACHMENT_TTL + int(max(0.0, (send_at or 0.0) - time.time()))
-    store = AttachmentStore(current_app.extensions["redis"], ttl=ttl)
-    refs = tuple(store.put(data, name, declared).as_fields() for name, declared, data in files)
+    refs = creation.stored_attachments(current_app.extensions["redis"], files, send_at=send_at,
+                                       limit=int(current_app.config["MAX_ATTACHMENT_BYTES"]))
     return creation.CampaignSpec(name=fields.name or default_name, subject=fields.subject,
                                  body=fields.body, html=fields.html, sender=fields.sender,
                                  send_at=send_at, attachments=refs, draft=fields.draft)
@@ -79,9 +72,18 @@ def uploaded_attachments() -> list[Upload]:
             name = file_name_checked(storage.filename or "attachment")
             found.append((name, storage.mimetype or None, data))
     if len(found) > MAX_ATTACHMENTS:
-        raise APIError(422, "invalid", f"at most {MAX_ATTACHMENTS} attachments",
-                       {"attachments": f"at most {MAX_ATTACHMENTS}"})
+        raise Invalid.of("attachments", f"at most {MAX_ATTACHMENTS}",
+                         f"at most {MAX_ATTACHMENTS} attachments")
     return found
+
+
+def create_campaign(spec: creation.CampaignSpec,
+                    source: RecipientSource) -> tuple[str, str, creation.ImportReport]:
+    """:func:`tasks.campaigns.creation.create_campaign` with this deployment's settings."""
+    return creation.create_campaign(
+        _store(), spec, source, base_url=base_url(),
+        default_sender=current_app.config.get("MAIL_DEFAULT_SENDER"),
+        special_use=special_use_allowed())
 
 
 def _read_request() -> tuple[creation.CampaignSpec, RecipientSource]:
@@ -104,8 +106,7 @@ def _read_request() -> tuple[creation.CampaignSpec, RecipientSource]:
 def create() -> ResponseReturnValue:
     """Store a campaign and queue (or schedule) it; 202 with how the recipients were read."""
     spec, source = _read_request()
-    campaign_id, status, report = creation.create_campaign(_store(), spec, source,
-                                                           base_url=base_url())
+    campaign_id, status, report = create_campaign(spec, source)
     accepted = CampaignAccepted(id=campaign_id, status=status, total=report.accepted,
                                 **{k: v for k, v in report.public().items() if k != "accepted"})
     response = jsonify(accepted.model_dump(exclude_none=True))

@@ -1,12 +1,19 @@
-"""JSON errors for ``/api``: ``{"error": {"code", "message", "fields"?}}``."""
+"""JSON errors for ``/api``: ``{"error": {"code", "message", "fields"?}}``.
+
+:class:`APIError` is what the HTTP layer itself refuses (a token, a query
+parameter); what a service refuses is a :class:`~tasks.shared.errors.DomainError`,
+answered here with the status its kind stands for (:data:`DOMAIN_STATUS`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
+
+from tasks.shared.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
 
 
 class APIError(Exception):
@@ -21,13 +28,16 @@ class APIError(Exception):
         self.fields = fields
 
 
-NO_SENDER = "give a sender, or set MAIL_DEFAULT_SENDER"
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422}
 
 
-def require_sender(sender: str | None) -> None:
-    """A 422 naming ``sender`` when a message would have no ``From`` at all."""
-    if not sender and not current_app.config.get("MAIL_DEFAULT_SENDER"):
-        raise APIError(422, "invalid", "the message has no sender", {"sender": NO_SENDER})
+def domain_status(err: DomainError) -> int:
+    """The HTTP status a domain error stands for (422 for a kind not listed)."""
+    for kind in type(err).__mro__:
+        if kind in DOMAIN_STATUS:
+            return DOMAIN_STATUS[kind]
+    return 422
 
 
 def error_response(status: int, code: str, message: str,
@@ -53,6 +63,10 @@ def handle_api_error(err: APIError) -> tuple[Response, int]:
     if status == 401:  # RFC 6750: the scheme the client must use
         response.headers["WWW-Authenticate"] = 'Bearer realm="postroom"'
     return response, status
+
+
+def handle_domain_error(err: DomainError) -> tuple[Response, int]:
+    return error_response(domain_status(err), err.code, err.message, err.fields)
 
 
 def handle_validation_error(err: ValidationError) -> tuple[Response, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import getaddresses
 from typing import Any
@@ -14,12 +13,17 @@ from flask import current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from tasks.delivery.ledger import STATUSES
-from tasks.messages.store import IdempotencyConflict, MessageStore, message_status
-from tasks.messages.tasks import deliver_message
-from tasks.shared.attachments import AttachmentStore
+from tasks.messages.service import (
+    Upload,
+    check_attachment_size,
+    message_store,
+    scoped_idempotency_key,
+    submit_message,
+)
+from tasks.messages.store import message_status
 from tasks.shared.identifiers import is_record_id
 from web.api import bp
-from web.api.errors import APIError, require_sender
+from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
 from web.api.schemas import (
@@ -35,13 +39,6 @@ from web.api.schemas import (
 ADDRESS_FIELDS = frozenset({"to", "cc", "bcc", "reply_to"})
 # all the address text a form may send: every recipient on a header line of its own
 MAX_ADDRESS_TEXT = MAX_RECIPIENTS * (MAX_HEADER_LINE + 2)
-Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
-
-
-def _store() -> MessageStore:
-    config = current_app.config  # kept for RETENTION_DAYS, plus the time it may take to send
-    ttl = int((float(config["RETENTION_DAYS"]) * 86400) + float(config["DELIVERY_MAX_AGE"]))
-    return MessageStore(current_app.extensions["redis"], ttl=ttl)
 
 
 @bp.post("/messages")
@@ -60,69 +57,13 @@ def create_message() -> ResponseReturnValue:
     else:
         message = parse(MessageIn, json_body())
         uploads = [(a.filename, a.content_type, a.data()) for a in message.attachments]
-    submitted = submit_message(message, uploads, idempotency_key=_idempotency_key())
+    submitted = submit_message(message.stored_fields(), message.recipients(), uploads,
+                               idempotency_key=_idempotency_key())
     response = jsonify(Accepted(id=submitted.id, status=submitted.status).model_dump())
     response.headers["Location"] = url_for("api.show_message", message_id=submitted.id)
     if not submitted.created:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    """A message accepted (or, for a replayed Idempotency-Key, the one it stands for)."""
-
-    id: str
-    status: str
-    created: bool
-
-
-def submit_message(message: MessageIn, uploads: list[Upload], *,
-                   recipients: list[str] | None = None,
-                   idempotency_key: str | None = None) -> Submitted:
-    """Store *message* with its attachments and queue its delivery: what every way in
-    (``POST /api/messages``, the SMTP submission listener) does with a valid message.
-
-    *recipients* (the SMTP envelope's) replace ``to``, ``cc`` and ``bcc`` as the
-    addresses it is sent to; *idempotency_key* is already scoped to the caller
-    (:func:`scoped_idempotency_key`). Raises :class:`APIError` for what the client
-    must change (no sender, an attachment too large, a key reused for another
-    message).
-    """
-    limit = int(current_app.config["MAX_ATTACHMENT_BYTES"])
-    require_sender(message.sender)
-    for name, _, data in uploads:
-        _check_size(name, len(data), limit)
-    attachments = AttachmentStore(current_app.extensions["redis"])
-    refs = [attachments.put(data, name, declared) for name, declared, data in uploads]
-    fields = message.model_dump(exclude_none=True, exclude={"attachments"})
-    if refs:
-        fields["attachments"] = [ref.as_fields() for ref in refs]
-    envelope = message.recipients() if recipients is None else recipients
-    store = _store()
-    if idempotency_key is None:
-        admission = store.accept(fields, envelope)
-    else:
-        try:
-            admission = store.create_once(idempotency_key, fields, envelope)
-        except IdempotencyConflict:
-            raise APIError(409, "idempotency_conflict",
-                           "this Idempotency-Key was used for a different request; "
-                           "send a new key for a new message") from None
-    stored = admission.message
-    if not admission.queued:  # new, or a replay of a request whose task was never queued
-        with store.enqueueing(admission):
-            deliver_message.delay(stored.id)
-    status = ("queued" if admission.created
-              else message_status(store.ledger(stored.id).counts()))
-    return Submitted(stored.id, status, admission.created)
-
-
-def _check_size(name: str, size: int, limit: int) -> None:
-    if size > limit:
-        raise APIError(413, "attachment_too_large",
-                       f"attachment {name!r} is over {limit} bytes (MAX_ATTACHMENT_BYTES)",
-                       {"attachments": f"{name}: more than {limit} bytes"})
 
 
 def _idempotency_key() -> str | None:
@@ -132,15 +73,6 @@ def _idempotency_key() -> str | None:
         return None
     token = request.headers.get("Authorization", "").partition(" ")[2].strip()
     return scoped_idempotency_key(hashlib.sha256(token.encode()).hexdigest(), key)
-
-
-def scoped_idempotency_key(token_digest: str, key: str) -> str:
-    """*key* as the store keeps it, scoped to the caller's token (its SHA-256, in hex);
-    a 422 when it is not 1 to 255 printable ASCII characters."""
-    if not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
-        raise APIError(422, "invalid", "the Idempotency-Key header is not valid",
-                       {"Idempotency-Key": "1 to 255 printable ASCII characters"})
-    return f"{token_digest}:{key}"
 
 
 def _multipart(limit: int) -> tuple[dict[str, Any], list[Upload]]:
@@ -164,7 +96,7 @@ def _multipart(limit: int) -> tuple[dict[str, Any], list[Upload]]:
         if not storage.filename and not data:
             continue  # an empty file input
         name = storage.filename or field_name
-        _check_size(name, len(data), limit)
+        check_attachment_size(name, len(data), limit)
         file_name_checked(name)
         uploads.append((name, storage.mimetype or None, data))
     return body, uploads
@@ -204,7 +136,7 @@ describe("post", "/api/messages", "Queue a message (JSON with base64 attachments
 
 @bp.get("/messages/<message_id>")
 def show_message(message_id: str) -> ResponseReturnValue:
-    store = _store()
+    store = message_store()
     message = store.get(message_id) if is_record_id(message_id) else None
     if message is None:
         raise APIError(404, "not_found", f"no message with id {message_id[:64]!r}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import current_app, jsonify, url_for
 from flask.typing import ResponseReturnValue
 
+from tasks.codes.service import request_code, verify_code
 from tasks.codes.store import OTPStore
-from tasks.codes.tasks import send_code
 from web.api import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
@@ -14,8 +14,6 @@ from web.api.requests import json_body, parse
 from web.api.schemas import Accepted
 from web.api.schemas_otp import OTPCodeIn, OTPRequestIn, OTPStatusOut, OTPVerifiedOut
 from web.otp.throttle import per_address, per_token, verify_per_token
-
-GENERIC_FAILURE = "the code is wrong, used or expired; request a new code if in doubt"
 
 
 def _store() -> OTPStore:
@@ -32,8 +30,7 @@ def create_otp() -> ResponseReturnValue:
     backend, and one abusive end user must not block all of its users.
     """
     body = parse(OTPRequestIn, json_body())
-    otp_request = _store().create(body.email)
-    send_code.delay(otp_request.id)
+    otp_request = request_code(_store(), body.email)
     response = jsonify(Accepted(id=otp_request.id, status="queued").model_dump())
     response.headers["Location"] = url_for("api.show_otp", request_id=otp_request.id)
     return response, 202
@@ -64,10 +61,7 @@ describe("get", "/api/otp/{request_id}", "An OTP request's delivery and verifica
 def verify_otp(request_id: str) -> ResponseReturnValue:
     store = _store()
     body = OTPCodeIn.model_validate(json_body(), context={"length": store.policy.length})
-    if store.get(request_id) is None:
-        raise APIError(404, "not_found", f"no OTP request with id {request_id[:64]!r}")
-    if store.verify(request_id, body.code) != "verified":
-        raise APIError(422, "invalid_code", GENERIC_FAILURE)
+    verify_code(store, request_id, body.code)
     return jsonify(OTPVerifiedOut(verified=True).model_dump())
 
 

@@ -20,9 +20,9 @@ from pydantic import (
 
 from tasks.delivery.engine.compose import HEADER_CONTROLS, format_address
 from tasks.shared.attachments import content_type_for
+from tasks.shared.errors import Invalid
 from tasks.shared.mailbox import checked_address
 from web.addresses import special_use_allowed
-from web.api.errors import APIError
 
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII, no colon
 RESERVED_HEADERS = frozenset({
@@ -45,12 +45,13 @@ def header_safe(value: str) -> str:
 
 
 def file_name_checked(name: str) -> str:
-    """An uploaded file's name, or a 422 naming ``attachments`` when no header may carry it."""
+    """An uploaded file's name, or :class:`Invalid` naming ``attachments`` when no header
+    may carry it."""
     try:
         return header_safe(name)
     except ValueError as err:
-        raise APIError(422, "invalid", "an attachment's file name is not valid",
-                       {"attachments": f"{name[:80]!r}: {err}"}) from None
+        raise Invalid.of("attachments", f"{name[:80]!r}: {err}",
+                         "an attachment's file name is not valid") from None
 
 
 def mailbox(value: Any) -> str:
@@ -170,6 +171,10 @@ class MessageIn(BaseModel):
         for value in (*self.to, *self.cc, *self.bcc):
             seen.setdefault(parseaddr(value)[1], None)
         return list(seen)
+
+    def stored_fields(self) -> dict[str, Any]:
+        """The message as it is stored (its attachments apart: their bytes are stored first)."""
+        return self.model_dump(exclude_none=True, exclude={"attachments"})
 
 
 class Accepted(BaseModel):

@@ -9,8 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from tasks.campaigns.drafts import send_test, test_addresses
 from tasks.shared.identifiers import is_record_id
-from web.api.errors import APIError
-from web.campaigns.pages import _store, admin_required, bp
+from web.campaigns.blueprint import REFUSED, _store, admin_required, bp
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +24,7 @@ def test_send(campaign_id: str) -> ResponseReturnValue:
     try:
         to = test_addresses(given)
         send_test(_store(), campaign_id, to)
-    except APIError as err:
-        if err.status == 404:
-            abort(404)
+    except REFUSED as err:  # an unknown campaign is the 404 page
         detail = "; ".join(f"{k}: {v}" for k, v in (err.fields or {}).items())
         flash(f"Test not sent: {err.message}" + (f" ({detail})" if detail else ""), "error")
     else:

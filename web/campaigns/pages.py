@@ -10,11 +10,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from functools import wraps
-from typing import Any
 
 from flask import (
-    Blueprint,
     abort,
     current_app,
     flash,
@@ -30,45 +27,22 @@ from flask_limiter.errors import RateLimitExceeded
 from pydantic import ValidationError
 
 from tasks.campaigns.control import ACTIONS
-from tasks.campaigns.creation import create_campaign
 from tasks.campaigns.drafts import rendered_first, test_recipient
 from tasks.campaigns.recipients import CSVRecipients
 from tasks.campaigns.store import CampaignStore
+from tasks.shared.errors import Invalid
 from tasks.shared.identifiers import is_record_id
-from web.api.campaigns import base_url, campaign_out, spec_from, uploaded_attachments
-from web.api.errors import APIError, fields_of
+from web.api.campaigns import campaign_out, create_campaign, spec_from, uploaded_attachments
+from web.api.errors import fields_of
 from web.api.schemas_campaigns import CampaignFields, CampaignOut
+from web.campaigns.blueprint import REFUSED, SESSION_KEY, _store, admin_required, bp
 from web.campaigns.signin import per_ip, per_user_name, sessions
-from web.campaigns.timing import (
-    campaign_rate,
-    chart_bars,
-    chart_scale,
-    duration_text,
-    elapsed,
-    register_filters,
-)
+from web.campaigns.timing import campaign_rate, chart_bars, chart_scale, duration_text, elapsed
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("campaigns", __name__, url_prefix="/campaigns")
-SESSION_KEY = "postroom_admin"
 FINAL = ("completed", "cancelled")
 FAILED_SHOWN = 20
-register_filters(bp)
-
-
-def _store() -> CampaignStore:
-    return CampaignStore(current_app.extensions["redis"])
-
-
-def admin_required(view: Any) -> Any:
-    @wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if not sessions().is_open(session.get(SESSION_KEY)):
-            return redirect(url_for("campaigns.login", next=request.path))
-        return view(*args, **kwargs)
-
-    return wrapped
 
 
 def _credentials_match(username: str, password: str) -> bool:
@@ -138,13 +112,13 @@ def new() -> ResponseReturnValue:
     try:
         fields = CampaignFields.model_validate(form)
         if upload is None or not upload.filename:
-            raise APIError(422, "invalid", "choose a CSV file", {"file": "missing"})
+            raise Invalid.of("file", "missing", "choose a CSV file")
         campaign_id, status, report = create_campaign(
-            _store(), spec_from(fields, upload.filename, uploaded_attachments()),
-            CSVRecipients(upload.stream), base_url=base_url())
+            spec_from(fields, upload.filename, uploaded_attachments()),
+            CSVRecipients(upload.stream))
     except ValidationError as err:
         return _form_again(form, "The campaign is not valid.", fields_of(err))
-    except APIError as err:
+    except REFUSED as err:
         return _form_again(form, err.message, err.fields or {})
     flash(f"Campaign {status}: {report.accepted} recipient(s), {report.rejected} row(s) "
           f"rejected, {report.duplicates} duplicate(s), {report.suppressed} suppressed.")
@@ -178,7 +152,7 @@ def show(campaign_id: str) -> ResponseReturnValue:
         campaign = store.get(campaign_id)
         try:
             draft = rendered_first(store, campaign) if campaign is not None else None
-        except APIError as err:
+        except REFUSED as err:
             draft = (err.message, None, None)
     return render_template("campaigns/show.html", campaign=shown, failed=failed,
                            more_failed=more_failed is not None, final=FINAL,
@@ -209,17 +183,9 @@ def control(campaign_id: str, action: str) -> ResponseReturnValue:
         abort(404)
     try:
         act(_store(), campaign_id)
-    except APIError as err:
-        if err.status == 404:
-            abort(404)
+    except REFUSED as err:
         flash(err.message, "error")
     else:
         flash(f"Campaign {action.replace('-', ' ')}: done.")
     return redirect(url_for(".show", campaign_id=campaign_id), code=303)
 
-
-from web.campaigns import (  # noqa: E402,F401  (their routes on this blueprint)
-    draft_pages,
-    recipient_pages,
-    suppressions,
-)

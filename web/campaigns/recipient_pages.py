@@ -19,7 +19,7 @@ from tasks.delivery.engine.errors import InvalidMessageError
 from tasks.delivery.engine.templating import CampaignTemplates, TemplateProblem
 from tasks.delivery.ledger import STATUSES, DeliveryLedger, RecipientRecord
 from tasks.shared.identifiers import is_record_id
-from web.campaigns.pages import _store, admin_required, bp
+from web.campaigns.blueprint import _store, admin_required, bp
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from tasks.bounces.store import SuppressionList
 from tasks.shared.mailbox import checked_address
 from web.addresses import special_use_allowed
-from web.campaigns.pages import admin_required, bp
+from web.campaigns.blueprint import admin_required, bp
 
 PAGE = 100
 

@@ -12,8 +12,8 @@ from flask import current_app, jsonify, redirect, render_template, request, url_
 from flask.typing import ResponseReturnValue
 from flask_limiter.errors import RateLimitExceeded
 
+from tasks.codes.service import request_code
 from tasks.codes.store import OTPStore
-from tasks.codes.tasks import send_code
 from web.otp import bp, status
 from web.otp.forms import AddressForm, CodeForm
 from web.otp.throttle import email_problem, per_address, per_ip, verify_per_ip
@@ -42,8 +42,7 @@ def verify() -> ResponseReturnValue:
         form.email.errors = [f"Email address {problem}."]
         return render_template("otp/verify.html", form=form), 422
     if form.validate_on_submit():
-        otp_request = otp_store().create(form.email.data)
-        send_code.delay(otp_request.id)
+        otp_request = request_code(otp_store(), form.email.data)
         return redirect(url_for("otp.validate", request=otp_request.id), code=303)
     return render_template("otp/verify.html", form=form), 422 if form.errors else 200
 

@@ -1,0 +1,31 @@
+"""Asking for a one-time code and checking one: what ``POST /api/otp`` (and its verify)
+and the ``/verify`` page do, whichever way the address came in.
+
+The rules of a code (its budget, expiry, one use, guesses) are the store's
+(:class:`~tasks.codes.store.OTPStore`); the mail is the task's
+(:func:`~tasks.codes.tasks.send_code`).
+"""
+
+from __future__ import annotations
+
+from tasks.codes.store import OTPRequest, OTPStore
+from tasks.codes.tasks import send_code
+from tasks.shared.errors import Invalid, NotFound
+
+GENERIC_FAILURE = "the code is wrong, used or expired; request a new code if in doubt"
+
+
+def request_code(store: OTPStore, email: str) -> OTPRequest:
+    """Store a code request for *email* and queue the mail that carries its code."""
+    otp_request = store.create(email)
+    send_code.delay(otp_request.id)
+    return otp_request
+
+
+def verify_code(store: OTPStore, request_id: str, code: str) -> None:
+    """Accept *code* for the request once; :class:`NotFound` for an unknown request,
+    :class:`Invalid` (the same answer whatever the reason) for a code that does not work."""
+    if store.get(request_id) is None:
+        raise NotFound(f"no OTP request with id {request_id[:64]!r}")
+    if store.verify(request_id, code) != "verified":
+        raise Invalid(GENERIC_FAILURE, code="invalid_code")
