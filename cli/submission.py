@@ -12,7 +12,7 @@ Postroom by pointing ``MAIL_SERVER``/``MAIL_PORT`` here and ``MAIL_PASSWORD`` at
   connections and time (:mod:`cli.smtp_listener`, ``SUBMISSION_*``).
 - Each message goes through what ``POST /api/messages`` does
   (:func:`tasks.messages.service.submit_message`: validation, suppression, retries, webhooks,
-  idempotency), read from its MIME form (:mod:`tasks.messages.submitted`) and sent to its
+  idempotency), read from its MIME form (:mod:`cli.submitted_mail`) and sent to its
   envelope recipients. ``250 2.0.0 Ok: queued as <id>`` names the message for
   ``GET /api/messages/<id>``; a message the API would refuse gets a 5xx with the reason,
   and nothing of it is kept. Work is done on a small thread pool, never on the event loop.
@@ -40,9 +40,9 @@ from cli.smtp_listener import (
     ListenerLimits,
     serve_until_signalled,
 )
+from cli.submitted_mail import read_submitted
 from tasks.delivery.throttle import FailedLogins
 from tasks.messages.service import scoped_idempotency_key, submit_message
-from tasks.messages.submitted import read_submitted
 from tasks.shared.attachments import content_type_for
 from tasks.shared.errors import DomainError, Invalid, TooLarge
 from web.api.errors import fields_of
