@@ -16,8 +16,7 @@ from typing import IO, Any
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
 
-from tasks.shared.mailbox import checked_address
-from web.addresses import special_use_allowed
+from tasks.shared.mailbox import checked_address, special_use_allowed
 from web.api.errors import APIError
 
 EMAIL_COLUMN = "email"
