@@ -41,11 +41,12 @@ from cli.smtp_listener import (
     serve_until_signalled,
 )
 from tasks.delivery.throttle import FailedLogins
+from tasks.messages.fields import mailbox
 from tasks.messages.submitted import read_submitted
 from tasks.shared.attachments import content_type_for
 from web.api.errors import APIError, fields_of
 from web.api.messages import scoped_idempotency_key, submit_message
-from web.api.schemas import MAX_RECIPIENTS, MessageIn, file_name_checked, mailbox
+from web.api.schemas import MAX_RECIPIENTS, MessageIn, file_name_checked
 from web.clients import network_of
 from web.config import relaxed
 from web.outages import UNREACHABLE

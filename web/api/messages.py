@@ -14,6 +14,7 @@ from flask import current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from tasks.delivery.ledger import STATUSES
+from tasks.messages.fields import MAX_HEADER_LINE
 from tasks.messages.store import IdempotencyConflict, MessageStore, message_status
 from tasks.messages.tasks import deliver_message
 from tasks.shared.attachments import AttachmentStore
@@ -23,7 +24,6 @@ from web.api.errors import APIError, require_sender
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
 from web.api.schemas import (
-    MAX_HEADER_LINE,
     MAX_RECIPIENTS,
     Accepted,
     MessageIn,
