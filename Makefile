@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run show campaign test lint typecheck pytest bench clean compose-tool browser-tool spam-tool \
+.PHONY: run show campaign test lint typecheck layers pytest bench clean compose-tool browser-tool spam-tool \
 	sentinel-tool netns-tool postfix-tool prometheus-tool
 
 run: $(STAMP)
@@ -20,13 +20,18 @@ campaign: $(STAMP)
 	POSTROOM_TOKEN="$${POSTROOM_TOKEN:-$$(cat var/api_token 2>/dev/null)}" \
 	  $(BIN)/postroom campaign $(ARGS)
 
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) lint typecheck layers pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The import-linter contracts in pyproject.toml: cli/worker -> web -> tasks, the engine
+# free of Flask, no feature reaching into another's store.
+layers: $(STAMP)
+	$(BIN)/lint-imports
 
 pytest: $(STAMP) compose-tool browser-tool spam-tool sentinel-tool netns-tool postfix-tool \
 	prometheus-tool

@@ -38,7 +38,7 @@ class Peer:
     def sent(self) -> int:
         from bench.peer_app import SENT_KEY
 
-        raw: bytes | None = redis.Redis.from_url(self.broker_url).get(SENT_KEY)  # type: ignore[assignment]
+        raw: bytes | None = redis.Redis.from_url(self.broker_url).get(SENT_KEY)
         return int(raw or 0)
 
     def log_tail(self, chars: int = 3000) -> str:

@@ -274,7 +274,7 @@ def scenario_sessions(workdir: Path, args: argparse.Namespace, summary: Summary)
 
 
 def used_memory(client: redis.Redis) -> int:
-    info: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+    info: dict[str, Any] = client.info("memory")
     return int(info["used_memory"])
 
 

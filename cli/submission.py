@@ -42,11 +42,12 @@ from cli.smtp_listener import (
 )
 from cli.submitted_mail import read_submitted
 from tasks.delivery.throttle import FailedLogins
+from tasks.messages.fields import mailbox
 from tasks.messages.service import scoped_idempotency_key, submit_message
 from tasks.shared.attachments import content_type_for
 from tasks.shared.errors import DomainError, Invalid, TooLarge
 from web.api.errors import fields_of
-from web.api.schemas import MAX_RECIPIENTS, MessageIn, file_name_checked, mailbox
+from web.api.schemas import MAX_RECIPIENTS, MessageIn, file_name_checked
 from web.clients import network_of
 from web.config import relaxed
 from web.outages import UNREACHABLE

@@ -22,7 +22,7 @@ from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
-from web.api.schemas import RESERVED_HEADERS, mailbox
+from tasks.messages.fields import RESERVED_HEADERS, mailbox
 
 Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
 IDEMPOTENCY_HEADER = "idempotency-key"

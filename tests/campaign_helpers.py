@@ -25,7 +25,8 @@ def people(n: int, *, domain: str = "example.com") -> list[dict[str, str]]:
 
 
 def upload(client: FlaskClient, data: bytes, **fields: Any) -> Any:
-    form = {"subject": "Hello {{ name }}", "body": "Dear {{ name }}, your code is {{ code }}."}
+    form: dict[str, Any] = {"subject": "Hello {{ name }}",
+                            "body": "Dear {{ name }}, your code is {{ code }}."}
     form.update(fields)
     form["file"] = (io.BytesIO(data), "recipients.csv")
     return client.post("/api/campaigns", data=form, headers=AUTH,

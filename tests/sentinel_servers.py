@@ -102,7 +102,7 @@ class SentinelServers:
         for port in self.sentinel_ports:  # each knows the replica and the two others
             client = self._sentinel_client(port, 1.0)
             try:
-                _wait(lambda c=client: (  # type: ignore[misc]
+                _wait(lambda c=client: (
                     c.sentinel_master(MASTER)["num-other-sentinels"] == 2
                     and len(c.sentinel_slaves(MASTER)) == 1), START_TIMEOUT,
                       f"Sentinel on {port} did not find its peers and the replica")

@@ -17,15 +17,25 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 DROP = "<drop the connection>"
+
+
+class ReceivedMessage(EmailMessage):
+    """A message as received: a test asks it only for bodies it expects to be there."""
+
+    def get_body(self, preferencelist: Sequence[str] = ("related", "html", "plain")
+                 ) -> MIMEPart:
+        body = super().get_body(preferencelist)
+        assert body is not None, f"no {'/'.join(preferencelist)} body"
+        return body
 
 
 @dataclass
@@ -39,9 +49,9 @@ class Received:
     received_at: float = field(default_factory=time.monotonic)
 
     @property
-    def message(self) -> EmailMessage:
-        parsed = email.message_from_bytes(self.data, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
+    def message(self) -> ReceivedMessage:
+        parsed = email.message_from_bytes(self.data, ReceivedMessage, policy=email.policy.default)
+        assert isinstance(parsed, ReceivedMessage)
         return parsed
 
 
@@ -125,7 +135,7 @@ class RecordingHandler:
             await asyncio.sleep(self.data_delay)
         reply = self.data_reply(envelope)
         if reply == DROP:
-            assert server.transport is not None
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
             return "421 dropped"
         if reply is not None:

@@ -116,7 +116,8 @@ def test_a_forged_complaint_naming_nobody_changes_nothing(
                          rcpt=victim.sender)[0] == 250
     [record] = CampaignStore(redis_client).ledger(campaign["id"]).get([2])
     assert record.status == "bounced"
-    assert SuppressionList(redis_client).get(rows[2]["email"]).reason == "complained"
+    suppressed = SuppressionList(redis_client).get(rows[2]["email"])
+    assert suppressed is not None and suppressed.reason == "complained"
 
 
 def test_a_co_recipients_dsn_matched_only_by_message_id_changes_nothing_over_smtp(
@@ -166,6 +167,7 @@ def test_trickling_connections_are_cut_off_and_add_little_memory(listener: Liste
         assert relay.ehlo()[0] == 250 and relay.esmtp_features["size"] == str(1024 * 1024)
         assert relay.mail("", options=["SIZE=2000000"])[0] == 552  # announced too big
     flood, trickle = _open_data(listener.port), _open_data(listener.port)
+    assert flood.sock is not None and trickle.sock is not None
     try:
         started = time.monotonic()
         line = b"abc\r\n" * 20_000  # 100 KB of 3-byte lines a send
@@ -255,7 +257,7 @@ def test_another_clients_banner_within_a_second_during_a_5_mb_report(
     answers: list[int] = []
     sender = threading.Thread(target=lambda: answers.append(listener.send(raw)[0]))
     sender.start()
-    waits = []
+    waits: list[float] = []
     while sender.is_alive() and len(waits) < 100:
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as sock:
@@ -341,4 +343,5 @@ def test_a_messages_own_token_bounces_its_only_recipient_over_smtp(
     assert listener.send(bounce, rcpt=copy.sender)[0] == 250
     shown = client.get(f"/api/messages/{accepted['id']}", headers=AUTH).get_json()
     assert [r["status"] for r in shown["recipients"]] == ["bounced"]
-    assert SuppressionList(redis_client).get("ada@example.com").reason == "bounced"
+    suppressed = SuppressionList(redis_client).get("ada@example.com")
+    assert suppressed is not None and suppressed.reason == "bounced"

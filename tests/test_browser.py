@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, FilePayload, Page, expect
 
 from cli.embedded import CaptureServer
 from tasks.bounces.store import SuppressionList
@@ -171,8 +171,8 @@ def test_operator_uploads_a_campaign_and_watches_it_complete(
     page.get_by_role("link", name="New campaign").click()
     page.wait_for_url(re.compile(r"/campaigns/new$"))
     page.get_by_label("Name", exact=True).fill("Spring news")
-    page.locator("#file").set_input_files(files=[{
-        "name": "spring.csv", "mimeType": "text/csv", "buffer": csv_bytes(people(30))}])
+    page.locator("#file").set_input_files(files=[FilePayload(
+        name="spring.csv", mimeType="text/csv", buffer=csv_bytes(people(30)))])
     page.get_by_label("Subject", exact=True).fill("Hello {{ name }}")
     page.get_by_label("Text body").fill("Dear {{ name }}, your code is {{ code }}.")
     screenshot(page, "campaign-new")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, FilePayload, Page, expect
 
 from tasks.campaigns.tasks import start_due_campaigns
 from tests.browser_support import chromium, screenshot
@@ -63,8 +63,8 @@ def test_draft_test_start_pause_resume(browser: Browser, live_server: str, width
         sign_in(page)
         page.goto("/campaigns/new")
         page.get_by_label("Name", exact=True).fill(f"Reviewed {width}")
-        page.locator("#file").set_input_files(files=[{
-            "name": "list.csv", "mimeType": "text/csv", "buffer": csv_bytes(people(40))}])
+        page.locator("#file").set_input_files(files=[FilePayload(
+            name="list.csv", mimeType="text/csv", buffer=csv_bytes(people(40)))])
         page.get_by_label("Subject", exact=True).fill("Hello {{ name }}")
         page.get_by_label("Text body").fill("Dear {{ name }}, your code is {{ code }}.")
         page.get_by_role("button", name="Save as draft").click()

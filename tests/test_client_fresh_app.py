@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def app_dir(tmp_path: Path) -> Path:
     return target
 
 
-def run_app(python: Path, app_dir: Path, dev: DevRun, mode: str, subject: str) -> dict[str, object]:
+def run_app(python: Path, app_dir: Path, dev: DevRun, mode: str, subject: str) -> dict[str, Any]:
     environ = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""),
                "POSTROOM_URL": f"http://127.0.0.1:{dev.port}", "POSTROOM_TOKEN": dev.token}
     result = subprocess.run([str(python), "run.py", mode, subject], cwd=app_dir, env=environ,
@@ -114,7 +115,7 @@ def test_a_fresh_app_switched_from_flask_mail_sends_through_postroom(
         {"subject": "Welcome while testing", "attachments": ["pixel.bin", "notes.txt"]}]
     assert "postroom" not in suppressed["distributions"]
     assert {"postroom-client", "flask-mail", "httpx"} <= set(
-        suppressed["distributions"])  # type: ignore[arg-type]
+        suppressed["distributions"])
 
     sent = run_app(client_venv, app_dir, dev, "send", "Welcome for real")
     accepted = sent["accepted"]
@@ -155,8 +156,8 @@ def test_a_connect_block_sends_each_message_on_one_kept_connection(
         client_venv: Path, app_dir: Path, dev: DevRun) -> None:
     """Under gunicorn (gthread, keep-alive) the three API calls share one TCP connection."""
     shown = run_app(client_venv, app_dir, dev, "bulk", "Bulk")
-    assert len(set(shown["ids"])) == 3  # type: ignore[arg-type]
-    assert len(shown["ports"]) == 3 and len(set(shown["ports"])) == 1  # type: ignore[arg-type]
+    assert len(set(shown["ids"])) == 3
+    assert len(shown["ports"]) == 3 and len(set(shown["ports"])) == 1
     for n in range(3):
         deadline = time.monotonic() + 60
         while not outbox_with(dev, f"Bulk {n}") and time.monotonic() < deadline:

@@ -108,8 +108,8 @@ def check_result(document: dict[str, Any], kind: type[Any], schema: dict[str, An
     for name in fields_of(kind):
         items = properties[name].get("items")
         inner = typing.get_args(hints[name])
-        if items is not None and "$ref" in items and inner and dataclasses.is_dataclass(
-                inner[0]):
+        if items is not None and "$ref" in items and inner and isinstance(
+                inner[0], type) and dataclasses.is_dataclass(inner[0]):
             check_result(document, inner[0], resolve(document, items), f"{where}.{name}")
         elif items is not None and "$ref" in items:
             pytest.fail(f"{where}.{name}: a list of objects read as {hints[name]}")

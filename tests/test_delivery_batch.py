@@ -48,7 +48,7 @@ def personal(claimed: list[RecipientRecord]) -> Draft:
 
 def run(ledger: DeliveryLedger, n: int, smtp: SMTPTestServer, *, composer: Composer | None = None,
         draft: Any = personal, max_attempts: int = 3, **settings: Any) -> BatchReport:
-    options = {"server": "127.0.0.1", "port": smtp.port, "timeout": 5.0} | settings
+    options = {"server": "127.0.0.1", "port": smtp.port, "timeout": 5.0, **settings}
     with BatchConnection(SMTPSettings(**options)) as connection:
         return run_batch(ledger, [Envelope([i], draft) for i in range(n)], connection,
                          composer or Composer(),

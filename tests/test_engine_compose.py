@@ -6,6 +6,7 @@ import email
 import email.policy
 import socket
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,8 @@ def text_of(part: EmailMessage) -> str:
     return content.replace("\r\n", "\n")
 
 
-def compose(**fields: object) -> EmailMessage:
-    draft = Draft(**{"sender": SENDER, "to": ["ada@example.com"], "subject": "Hi"} | fields)
+def compose(**fields: Any) -> EmailMessage:
+    draft = Draft(**{"sender": SENDER, "to": ["ada@example.com"], "subject": "Hi", **fields})
     return parse(Composer(message_id_domain="mail.postroom.test").compose(draft).data)
 
 
@@ -166,9 +167,9 @@ def test_each_attachment_is_encoded_once_per_batch() -> None:
     {"sender": ""},
     {"to": ["not an address"]},
 ])
-def test_broken_drafts_are_refused(fields: dict[str, object]) -> None:
-    draft = Draft(**{"sender": SENDER, "to": ["a@example.com"], "subject": "x", "text": "x"}
-                  | fields)
+def test_broken_drafts_are_refused(fields: dict[str, Any]) -> None:
+    draft = Draft(**{"sender": SENDER, "to": ["a@example.com"], "subject": "x", "text": "x",
+                     **fields})
     with pytest.raises(InvalidMessageError):
         Composer().compose(draft)
 

@@ -26,7 +26,7 @@ SENDER = "noreply@postroom.test"
 
 
 def settings_for(server: SMTPTestServer, **options: Any) -> SMTPSettings:
-    return SMTPSettings(**{"server": "127.0.0.1", "port": server.port, "timeout": 5.0} | options)
+    return SMTPSettings(**{"server": "127.0.0.1", "port": server.port, "timeout": 5.0, **options})
 
 
 def message(n: int) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 import redis
@@ -14,8 +16,8 @@ from tests.smtp_server import SMTPTestServer
 BODY = {"to": ["ada@example.com"], "subject": "Receipt", "body": "Thank you"}
 
 
-def post(client: FlaskClient, body: dict[str, object], key: str,
-         token: str = API_TOKEN) -> tuple[int, dict[str, object], dict[str, str]]:
+def post(client: FlaskClient, body: Mapping[str, object], key: str,
+         token: str = API_TOKEN) -> tuple[int, dict[str, Any], dict[str, str]]:
     response = client.post("/api/messages", json=body, headers={
         "Authorization": f"Bearer {token}", "Idempotency-Key": key})
     return response.status_code, response.get_json(), dict(response.headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -13,11 +14,12 @@ from tests.conftest import AUTH
 from tests.smtp_server import SMTPTestServer
 
 
-def post_message(client: FlaskClient, **fields: object) -> dict[str, object]:
+def post_message(client: FlaskClient, **fields: object) -> dict[str, Any]:
     body = {"to": ["ada@example.com"], "subject": "Hello", "body": "Hi Ada"} | fields
     response = client.post("/api/messages", json=body, headers=AUTH)
     assert response.status_code == 202, response.get_json()
-    return response.get_json()
+    accepted: dict[str, Any] = response.get_json()
+    return accepted
 
 
 def test_message_is_sent_and_status_is_recorded(client: FlaskClient,

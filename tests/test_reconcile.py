@@ -62,7 +62,8 @@ def test_a_code_whose_task_never_ran_is_mailed(app: Flask, redis_client: redis.R
     [received] = smtp_server.received
     assert received.message["Subject"] == "Your verification code"
     with app.app_context():
-        assert OTPStore.from_config(redis_client, app.config).get(request.id).status == "sent"
+        stored = OTPStore.from_config(redis_client, app.config).get(request.id)
+        assert stored is not None and stored.status == "sent"
 
 
 def test_a_queued_campaign_whose_start_was_lost_is_started(

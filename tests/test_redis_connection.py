@@ -40,7 +40,7 @@ def socket_of(client: redis.Redis) -> socket.socket:
     conn = pool.get_connection()
     try:
         conn.connect()
-        sock = conn._sock
+        sock: socket.socket | None = conn._sock
         assert sock is not None
         return sock
     finally:

@@ -28,7 +28,7 @@ TOO_MUCH = "450 4.7.1 Error: too much mail from 127.0.0.1"
 
 
 def settings_for(server: SMTPTestServer, **options: Any) -> SMTPSettings:
-    return SMTPSettings(**{"server": "127.0.0.1", "port": server.port, "timeout": 5.0} | options)
+    return SMTPSettings(**{"server": "127.0.0.1", "port": server.port, "timeout": 5.0, **options})
 
 
 def message(n: int) -> bytes:
@@ -140,7 +140,12 @@ def test_commands_go_ahead_when_the_slot_is_free(redis_client: redis.Redis,
     pacer = RelayPacer(redis_client, 1000.0)
     taken: list[bool] = []
     reserve_now = pacer.reserve_now
-    pacer.reserve_now = lambda r: taken.append(reserve_now(r)) or taken[-1]  # type: ignore[method-assign]
+
+    def reserve_and_record(relay: str) -> bool:
+        taken.append(reserve_now(relay))
+        return taken[-1]
+
+    pacer.reserve_now = reserve_and_record  # type: ignore[method-assign]
     with BatchConnection(settings_for(smtp_server, pacer=pacer)) as connection:
         first = connection.send_data(SENDER, ["r0@example.com"], message(0),
                                      upcoming=Upcoming(SENDER, ("r1@example.com",),

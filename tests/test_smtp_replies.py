@@ -21,7 +21,7 @@ SENDER = "noreply@postroom.test"
 
 
 def settings_for(server: SMTPTestServer | DeadRelay, **options: Any) -> SMTPSettings:
-    return SMTPSettings(**{"server": "127.0.0.1", "port": server.port, "timeout": 5.0} | options)
+    return SMTPSettings(**{"server": "127.0.0.1", "port": server.port, "timeout": 5.0, **options})
 
 
 def message(n: int, to: list[str] | None = None) -> bytes:
@@ -93,7 +93,7 @@ def _limit_recipients(server: SMTPTestServer, limit: int) -> None:
             count["n"] += 1
             return "452 4.5.3 Error: too many recipients" if count["n"] > limit else None
 
-    server.handler.mail_reply = mail  # type: ignore[assignment,return-value]
+    server.handler.mail_reply = mail
     server.handler.rcpt_reply = rcpt
 
 

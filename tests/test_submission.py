@@ -197,7 +197,8 @@ def test_a_wrong_password_is_535_and_repeated_failures_are_cut_off(
             with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
                 relay.auth(mechanism, answer)
             assert failed.value.smtp_code == 535
-            assert failed.value.smtp_error.startswith(b"5.7.8")
+            error = failed.value.smtp_error
+            assert isinstance(error, bytes) and error.startswith(b"5.7.8")
         with pytest.raises(smtplib.SMTPAuthenticationError) as failed:  # the third: 421
             relay.auth("PLAIN", relay.auth_plain)
         assert failed.value.smtp_code == 421

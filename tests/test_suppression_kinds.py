@@ -62,7 +62,8 @@ def test_a_bounce_or_complaint_stops_messages_campaigns_and_codes_until_lifted(
         shape: str, reason: str) -> None:
     send_message(client, ADA)
     report_back(client, shape, smtp_server)
-    assert SuppressionList(redis_client).get(ADA).reason == reason
+    suppressed = SuppressionList(redis_client).get(ADA)
+    assert suppressed is not None and suppressed.reason == reason
     smtp_server.reset()
 
     later = send_message(client, ADA, "bob@example.net")

@@ -114,7 +114,9 @@ def test_codes_are_announced_without_the_code(client: FlaskClient, receiver: Rec
     register(client, receiver, events=["otp.sent", "otp.failed"])
     sent = client.post("/api/otp", headers=AUTH, json={"email": "ada@example.com"}).get_json()
     [received] = smtp_server.to("ada@example.com")
-    code = re.search(r"\b\d{6}\b", received.message.get_body(("plain",)).get_content()).group()
+    found = re.search(r"\b\d{6}\b", received.message.get_body(("plain",)).get_content())
+    assert found is not None
+    code = found.group()
     smtp_server.handler.rcpt_reply = lambda address: "550 5.1.1 no such user"
     failed = client.post("/api/otp", headers=AUTH, json={"email": "bob@example.net"}).get_json()
     by_type = {e["type"]: e for e in receiver.events()}

@@ -203,7 +203,7 @@ class BounceDesk:
             if index is None or self.campaigns.get(item_id) is None:
                 return None
             ledger = self.campaigns.ledger(item_id)
-            [record] = ledger.get([index]) or [None]
+            record = next(iter(ledger.get([index])), None)
             if record is None or normalise(record.email) != wanted:
                 return None
             return ledger, record.index, record.email, None, item_id

@@ -218,7 +218,8 @@ class SuppressionList:
         raws = self.redis.hmget(self.details_key, addresses)
         entries = []
         for address, raw in zip(addresses, raws, strict=True):
-            details = json.loads(raw) if raw else {"reason": "unsubscribed", "at": None}
+            details: dict[str, Any] = (json.loads(raw) if raw
+                                       else {"reason": "unsubscribed", "at": None})
             entries.append(Suppression(address, details["reason"], details.get("at"),
                                        details.get("campaign_id")))
         return entries

@@ -319,7 +319,7 @@ class CampaignStore:
             raise KeyError(campaign_id)
         if outcome == "refused":
             raise TransitionRefused(current)
-        return current
+        return str(current)
 
     def schedule(self, campaign_id: str, send_at: float) -> None:
         """``draft -> scheduled`` for *send_at* (raises as :meth:`transition`)."""

@@ -230,7 +230,7 @@ class Reconciler:
             self.watch.expect(kind, item_id, now + self.grace)
             return
         self.watch.expect(kind, item_id, now + 2 * self.grace)  # before: the task may clear it
-        if kind != "campaign":  # a dead worker's task ends FAILED in Flower, not STARTED
+        if kind != "campaign" and ledger is not None:  # a dead worker's task: FAILED, not STARTED
             report_lost(current_app, ledger.orphaned_claims(limit=100))
         task.delay(item_id)
         found.add(kind)

@@ -219,10 +219,10 @@ def redis_client(url: str, timeouts: Timeouts, *, sentinel_password: str | None 
     if not is_sentinel(url):
         return Redis.from_url(url, **options)
     group = SentinelGroup.parse(url)
-    sentinel = Sentinel(list(group.sentinels),  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(group.sentinels),
                         sentinel_kwargs=sentinel_kwargs(timeouts, sentinel_password),
                         **options)
-    client: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: Redis = sentinel.master_for(
         group.master, db=group.db, username=group.username, password=group.password)
     return client
 

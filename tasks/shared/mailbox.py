@@ -34,6 +34,7 @@ from email_validator import (
     ValidatedEmail,
     validate_email,
 )
+from flask import current_app, has_app_context
 
 MAX_ADDRESS_CHARS = 254  # RFC 5321's 256-octet path less its angle brackets (RFC 3696 errata)
 TOO_LONG = f"The email address is too long (more than {MAX_ADDRESS_CHARS} characters)."
@@ -42,6 +43,14 @@ PRIVATE_USE_DOMAINS = ("internal", "lan", "home.arpa", "intranet", "corp", "priv
 SPECIAL_USE_DOMAINS = tuple(dict.fromkeys([*SPECIAL_USE_DOMAIN_NAMES, *PRIVATE_USE_DOMAINS]))
 PRIVATE_USE = ("The part after the @-sign is a special-use or private-use name that this "
                "deployment does not send to (ALLOW_SPECIAL_USE_DOMAINS).")
+
+
+def special_use_allowed() -> tuple[str, ...]:
+    """The special-use names this deployment sends to (``ALLOW_SPECIAL_USE_DOMAINS``):
+    ``("local", "internal")`` when allowed; empty (refused) by default."""
+    if not has_app_context():
+        return ()
+    return tuple(current_app.config.get("ALLOW_SPECIAL_USE_DOMAINS") or ())
 
 
 def checked_address(value: str, *, strip: bool = True,

@@ -64,7 +64,7 @@ def replicated(client: Redis, *, timeout_ms: int = WAIT_TIMEOUT_MS) -> bool:
             return True
         pipe = client.pipeline(transaction=False)
         pipe.incr(FENCE)
-        pipe.execute_command("WAIT", 1, timeout_ms)  # type: ignore[no-untyped-call]
+        pipe.execute_command("WAIT", 1, timeout_ms)
         _, acknowledged = pipe.execute()
     except RedisError as err:
         log.warning("could not wait for a Redis replica: %s", err)

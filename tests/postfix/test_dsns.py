@@ -33,8 +33,8 @@ from tests.postfix.conftest import (
     statuses,
     wait_forwarded,
 )
-from tests.postfix.harness import free_port, wait_for
-from tests.smtp_server import SMTPTestServer
+from tests.postfix.harness import wait_for
+from tests.smtp_server import SMTPTestServer, free_port
 
 BOUNCE_DOMAIN = RETURN_PATH.split("@")[1]
 
@@ -44,9 +44,10 @@ class RecordingDesk(BounceDesk):
 
     reports: list[bytes]
 
-    def take(self, raw: bytes, envelope_to: Sequence[str] = ()) -> list[Matched]:
+    def take(self, raw: bytes, envelope_to: Sequence[str] = (), *,
+             authenticated: bool = False) -> list[Matched]:
         self.reports.append(raw)
-        return super().take(raw, envelope_to)
+        return super().take(raw, envelope_to, authenticated=authenticated)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from flask import current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from tasks.delivery.ledger import STATUSES
+from tasks.messages.fields import MAX_HEADER_LINE
 from tasks.messages.service import (
     Upload,
     check_attachment_size,
@@ -27,7 +28,6 @@ from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse
 from web.api.schemas import (
-    MAX_HEADER_LINE,
     MAX_RECIPIENTS,
     Accepted,
     MessageIn,

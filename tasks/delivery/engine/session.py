@@ -28,7 +28,7 @@ from tasks.delivery.engine.errors import (
 from tasks.delivery.engine.outcome import CREDENTIALS_REFUSED, DeliveryOutcome
 from tasks.delivery.engine.pool import KeptSession, SessionPool, SlotHolder
 from tasks.delivery.engine.relays import Relay, no_relay, session_failure
-from tasks.delivery.engine.settings import SMTPSettings
+from tasks.delivery.engine.settings import SMTPSettings as SMTPSettings
 from tasks.delivery.engine.smtp_auth import authenticate, log_conversation
 from tasks.delivery.engine.transaction import SessionClosing, Upcoming, commands_ahead, transaction
 
