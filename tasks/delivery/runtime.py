@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flask import current_app
@@ -144,11 +144,11 @@ def watch_after() -> float:
     return 2 * float(current_app.config["RECONCILE_INTERVAL"])
 
 
-def observer(kind: str, delivery_id: str, extra: Observer | None = None, *,
+def observer(kind: str, delivery_id: str, extra: Sequence[Observer] = (), *,
              policy: RetryPolicy | None = None, created_at: float | None = None
              ) -> DeliveryWatch:
     """What ``BatchOptions(observe=...)`` calls with each message's fate: a log line per
-    recipient and the shared counters, then *extra* (the task's own), then the webhook
+    recipient and the shared counters, then *extra* (the task's own, in order), then the webhook
     events, then Flask-Mail's ``email_dispatched`` signal. Call its ``close()`` when the
     batch is over.
 
@@ -163,9 +163,7 @@ def observer(kind: str, delivery_id: str, extra: Observer | None = None, *,
     events = DeliveryEvents(redis_client(), kind, delivery_id, emit,
                             max_attempts=policy.max_attempts,
                             deadline=policy.deadline(created_at))
-    watchers: list[Observer] = [events, DispatchSignal(app)]
-    if extra is not None:
-        watchers.insert(0, extra)
+    watchers: list[Observer] = [*extra, events, DispatchSignal(app)]
     level = logging.getLevelName(str(current_app.config.get("DELIVERY_LOG_LEVEL") or "INFO"))
     return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()), watchers,
                          log_level=level if isinstance(level, int) else logging.INFO)
