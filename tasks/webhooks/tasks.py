@@ -24,7 +24,7 @@ from kombu.exceptions import OperationalError
 from redis import Redis
 from redis.exceptions import RedisError
 
-from tasks.delivery import runtime
+from tasks.shared import context
 from tasks.shared.backoff import backoff as shared_backoff
 from tasks.shared.backoff import within_visibility
 from tasks.webhooks.client import post
@@ -63,7 +63,7 @@ def emit(redis: Redis, events: Iterable[Event]) -> None:
 @shared_task(name="postroom.webhooks.dispatch", ignore_result=True)
 def dispatch_events() -> None:
     """Fan the waiting events out: one delivery task per endpoint that takes each."""
-    redis = runtime.redis_client()
+    redis = context.redis_client()
     outbox = EventOutbox(redis)
     outbox.dispatching()
     endpoints = WebhookEndpoints(redis).all()
@@ -81,7 +81,7 @@ def dispatch_events() -> None:
              ignore_result=True)
 def deliver_event(self: Task, endpoint_id: str, event_id: str) -> None:
     """POST event *event_id* to endpoint *endpoint_id*; retry until it is taken or too old."""
-    redis = runtime.redis_client()
+    redis = context.redis_client()
     endpoints = WebhookEndpoints(redis)
     try:
         endpoint = endpoints.get(endpoint_id)
@@ -96,7 +96,7 @@ def deliver_event(self: Task, endpoint_id: str, event_id: str) -> None:
                  "the event expired", event_id, endpoint_id)
         return
     attempt = self.request.retries + 1
-    config = runtime.app_config()
+    config = context.app_config()
     answer = post(endpoint.url, event.body(), event_type=event.type, secret=endpoint.secret,
                   allow_private=bool(config["WEBHOOK_ALLOW_PRIVATE"]),
                   timeout=float(config["WEBHOOK_TIMEOUT"]))
