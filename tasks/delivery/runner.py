@@ -78,8 +78,8 @@ class Delivery:
 
     *kind* is ``otp``, ``message`` or ``campaign``; *delivery_id* the request's,
     message's or campaign's id; *created_at* the delivery's, for the policy's
-    deadline. *watchers* are the task's own observers, called before the webhook
-    events; *token* defaults to the task's (the same for every run of one task).
+    deadline. *watchers* are the task's own observers, called before Flask-Mail's
+    signal; *token* defaults to the task's (the same for every run of one task).
     """
 
     def __init__(self, task: Task, kind: MailKind, delivery_id: str, ledger: DeliveryLedger, *,
@@ -97,8 +97,7 @@ class Delivery:
         # bounced, complained, manual, unsubscribed: each kind of mail has its own rule
         self.suppressed: SuppressionCheck = suppression_check(ledger.redis, kind)
         notes = SuppressedNotes(ledger, self.suppressed)
-        self.watch = runtime.observer(kind, delivery_id, [*watchers, notes],
-                                      policy=self.policy, created_at=created_at)
+        self.watch = runtime.observer(kind, delivery_id, [*watchers, notes])
         if bulk:
             pool = None if self.settings.max_emails else runtime.session_pool()
             self.connection = BatchConnection(self.settings,
@@ -110,7 +109,8 @@ class Delivery:
         self.options = BatchOptions(
             token=token or f"{task.name}:{task.request.id or uuid.uuid4().hex}",
             policy=self.policy, created_at=created_at, lease=runtime.claim_lease(),
-            suppressed=self.suppressed, observe=self.watch)
+            suppressed=self.suppressed, observe=self.watch,
+            recorded=self.watch.recorded)
 
     def run(self, envelopes: Iterable[Envelope], composer: Composer, what: str, *,
             should_stop: Callable[[], bool] | None = None,

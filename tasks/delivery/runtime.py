@@ -137,24 +137,19 @@ def watch_after() -> float:
     return 2 * float(current_app.config["RECONCILE_INTERVAL"])
 
 
-def observer(kind: str, delivery_id: str, extra: Sequence[Observer] = (), *,
-             policy: RetryPolicy | None = None, created_at: float | None = None
-             ) -> DeliveryWatch:
+def observer(kind: str, delivery_id: str, extra: Sequence[Observer] = ()) -> DeliveryWatch:
     """What ``BatchOptions(observe=...)`` calls with each message's fate: a log line per
-    recipient and the shared counters, then *extra* (the task's own, in order), then the webhook
-    events, then Flask-Mail's ``email_dispatched`` signal. Call its ``close()`` when the
-    batch is over.
+    recipient and the shared counters, then *extra* (the task's own, in order), then
+    Flask-Mail's ``email_dispatched`` signal; its ``recorded`` (``BatchOptions(recorded=...)``)
+    turns each fate into webhook events with the status the ledger set. Call its
+    ``close()`` when the batch is over.
 
     *kind* is ``otp``, ``message`` or ``campaign``; *delivery_id* the request's,
-    message's or campaign's id; *policy* and *created_at* the batch's, so a deferral
-    the ledger turns into a failure is announced as one.
+    message's or campaign's id.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    policy = policy or retry_policy()
-    events = DeliveryEvents(redis_client(), kind, delivery_id, emit,
-                            max_attempts=policy.max_attempts,
-                            deadline=policy.deadline(created_at))
-    watchers: list[Observer] = [*extra, events, DispatchSignal(app)]
+    events = DeliveryEvents(redis_client(), kind, delivery_id, emit)
     level = logging.getLevelName(str(current_app.config.get("DELIVERY_LOG_LEVEL") or "INFO"))
-    return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()), watchers,
+    return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()),
+                         [*extra, DispatchSignal(app)], recorders=[events],
                          log_level=level if isinstance(level, int) else logging.INFO)

@@ -140,6 +140,10 @@ class BatchOptions:
     # sent ahead of the next one, so the session ends between transactions and can be kept
     last_call: Callable[[], bool] | None = None
     observe: Callable[[Dispatched], None] | None = None  # each message's fate, as it is known
+    # each message's fate once the ledger has recorded it, with the status the ledger set
+    # per recipient (a deferral past the attempts or the deadline is failed there) or
+    # ``lost:<n>``/``fenced:<n>`` when this run's outcome was not recorded
+    recorded: Callable[[Dispatched, list[str]], None] | None = None
 
 
 def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
@@ -259,14 +263,15 @@ class _Run:
         retry = min((row.retry_at for row in rows if row.status == "deferred"), default=None)
         if retry is not None:
             self.report.next_retry = min(self.report.next_retry or retry, retry)
+        dispatched = Dispatched(built.draft if built else None,
+                                built.message if built else None, claimed, outcomes, seconds)
         self.stream.finish(self.token, self.run, rows, max_attempts=policy.max_attempts,
-                           deadline=self.deadline, then=self._settled)
+                           deadline=self.deadline,
+                           then=lambda statuses: self._settled(statuses, dispatched))
         if self.options.observe is not None:
-            self.options.observe(Dispatched(built.draft if built else None,
-                                            built.message if built else None, claimed,
-                                            outcomes, seconds))
+            self.options.observe(dispatched)
 
-    def _settled(self, statuses: list[str]) -> None:
+    def _settled(self, statuses: list[str], dispatched: Dispatched) -> None:
         for status in statuses:
             if status.startswith("fenced:"):
                 self.lease.fenced()
@@ -280,6 +285,8 @@ class _Run:
                             "was recorded", status[5:], self.stream.ledger.delivery_id)
             else:
                 self.report.add(status)
+        if self.options.recorded is not None:
+            self.options.recorded(dispatched, statuses)
 
     def _give_back(self) -> None:
         if not self.held:
