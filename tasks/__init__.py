@@ -14,6 +14,6 @@ Importing this package registers every task with the current Celery app.
 
 from tasks.campaigns import tasks as campaign_tasks  # noqa: F401  (registers the tasks)
 from tasks.codes import tasks as code_tasks  # noqa: F401  (registers the tasks)
-from tasks.delivery import reconciler as reconciler  # noqa: F401  (registers the tasks)
+from tasks.delivery import tasks as delivery_tasks  # noqa: F401  (registers the tasks)
 from tasks.messages import tasks as message_tasks  # noqa: F401  (registers the tasks)
 from tasks.webhooks import tasks as webhook_tasks  # noqa: F401  (registers the tasks)

@@ -116,6 +116,20 @@ def test_deferred_past_the_attempt_limit_is_failed(redis_client: redis.Redis,
     assert record.error == "retries exhausted after 3 attempts: 4.7.1 greylisted"
 
 
+def test_what_is_recorded_is_told_with_the_status_the_ledger_set(
+        redis_client: redis.Redis, smtp_server: SMTPTestServer) -> None:
+    smtp_server.handler.rcpt_reply = lambda address: "451 4.7.1 greylisted"
+    ledger = ledger_of(redis_client, 1)
+    told: list[tuple[str, list[str]]] = []
+    options = BatchOptions(token="t1", policy=RetryPolicy(max_attempts=1),
+                           recorded=lambda fate, statuses: told.append(
+                               (fate.outcomes[0].status, statuses)))
+    settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, timeout=5.0)
+    with BatchConnection(settings) as connection:
+        run_batch(ledger, [Envelope([0], personal)], connection, Composer(), options)
+    assert told == [("deferred", ["failed"])]  # the relay deferred it; its last attempt
+
+
 def test_each_attachment_is_encoded_once_for_the_whole_batch(redis_client: redis.Redis,
                                                              smtp_server: SMTPTestServer) -> None:
     report_pdf = Attachment("report.pdf", "application/pdf", b"%PDF" + bytes(200_000))

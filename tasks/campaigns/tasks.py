@@ -27,24 +27,16 @@ from collections.abc import Callable
 from celery import Task, shared_task
 from redis.exceptions import RedisError
 
-from tasks.bounces.policy import SuppressedNotes, SuppressionCheck
 from tasks.bounces.store import SuppressionList, UnsubscribeTokens
 from tasks.campaigns.store import Campaign, CampaignStore, TransitionRefused, batch_token
 from tasks.delivery import runtime
 from tasks.delivery.engine.compose import Attachment, Composer, Draft, addr_spec
 from tasks.delivery.engine.errors import InvalidMessageError
-from tasks.delivery.engine.session import BatchConnection
 from tasks.delivery.engine.templating import CampaignTemplates
 from tasks.delivery.engine.verp import BounceRef, verp_address
 from tasks.delivery.ledger import RecipientRecord
-from tasks.delivery.service import (
-    BatchOptions,
-    BatchReport,
-    Dispatched,
-    Envelope,
-    retry_countdown,
-    run_batch,
-)
+from tasks.delivery.runner import Delivery, retry_after_redis_error
+from tasks.delivery.service import BatchReport, Dispatched, Envelope, retry_countdown
 from tasks.delivery.watch_list import Watchlist
 from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentRef, AttachmentStore
 from tasks.shared.keys import key
@@ -298,12 +290,10 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int,
         store.settle_pause(campaign_id)
         return None
     try:
-        report, sliced = _send_batch(store, campaign, first, last, slot)
+        report, sliced = _send_batch(self, store, campaign, first, last, slot)
     except RedisError as err:  # Redis went away mid-batch: what was claimed comes back
-        log.warning("campaign %s batch %d-%d stopped by a Redis error; retrying: %s",
-                    campaign_id, first, last, err)
-        raise self.retry(countdown=runtime.retry_policy().countdown(self.request.retries + 1),
-                         exc=err) from err
+        raise retry_after_redis_error(self, f"campaign {campaign_id} batch {first}-{last}",
+                                      err, runtime.retry_policy(), log) from err
     if report.fenced or report.lease_busy:
         return report.summary()  # another run of this batch is in charge of it and its slot
     if sliced and not self.request.is_eager and store.status(campaign_id) == "running":
@@ -324,7 +314,7 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int,
     return report.summary()
 
 
-def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
+def _send_batch(task: Task, store: CampaignStore, campaign: Campaign, first: int, last: int,
                 slot: str) -> tuple[BatchReport, bool]:
     """One run of the batch; its report, and whether it stopped because its slice was over."""
     settings = runtime.smtp_settings()
@@ -335,49 +325,26 @@ def _send_batch(store: CampaignStore, campaign: Campaign, first: int, last: int,
                               attachments=load_attachments(campaign))
     indices = store.batch_indices(campaign.id, first, last, limit=last - first + 1)
     counter = _SentCounter(store, campaign.id)
-    suppressions = SuppressionList(store.redis)
-    unknown_users = _UnknownUsers(suppressions, campaign.id)
-
-    suppressed = SuppressionCheck(suppressions, "campaign")  # every reason stops a campaign
-    notes = SuppressedNotes(store.ledger(campaign.id), suppressed)
-
-    def counted(sent: Dispatched) -> None:
-        counter(sent)
-        unknown_users(sent)
-        notes(sent)
-
-    policy = runtime.retry_policy()
-    created_at = campaign.started_at or campaign.created_at
-    observe = runtime.observer("campaign", campaign.id, extra=counted, policy=policy,
-                               created_at=created_at)
-    # Without MAIL_MAX_EMAILS a batch starts on a session an earlier batch (or the run
-    # before this one's time slice ended) left open in this process, and leaves its own
-    # there; with it, every batch is whole sessions of its own (exactly ceil(n/N)).
-    pool = None if settings.max_emails else runtime.session_pool()
-    connection = BatchConnection(settings, gate=runtime.session_gate(bulk=True), pool=pool,
-                                 lane="bulk")
+    unknown_users = _UnknownUsers(SuppressionList(store.redis), campaign.id)
+    # every reason stops a campaign; without MAIL_MAX_EMAILS a batch starts on a session
+    # an earlier batch (or the run before this one's time slice ended) left open in this
+    # process, and leaves its own there; with it, every batch is whole sessions of its
+    # own (exactly ceil(n/N))
+    delivery = Delivery(task, "campaign", campaign.id, store.ledger(campaign.id),
+                        created_at=campaign.started_at or campaign.created_at,
+                        settings=settings, token=batch_token(campaign.id, slot),
+                        watchers=[counter, unknown_users], bulk=True)
+    connection = delivery.connection
     check = _StatusCheck(store, campaign.id, slice_seconds=float(
         runtime.app_config()["CAMPAIGN_BATCH_SECONDS"]),
         between_sessions=connection.between_sessions,
         ends_after_next=connection.ends_after_next)
-    options = BatchOptions(token=batch_token(campaign.id, slot), policy=policy,
-                           created_at=created_at,
-                           lease=runtime.claim_lease(),
-                           suppressed=suppressed, should_stop=check, last_call=check.last_call,
-                           observe=observe)
-    started = time.monotonic()
-    try:
-        with connection:
-            report = run_batch(store.ledger(campaign.id),
-                               (Envelope([index], mailing.draft_for) for index in indices),
-                               connection, composer, options)
-    finally:
-        observe.close(sessions_opened=connection.sessions_opened)
+    report = delivery.run((Envelope([index], mailing.draft_for) for index in indices),
+                          composer, f"campaign {campaign.id} batch {first}-{last}",
+                          should_stop=check, last_call=check.last_call,
+                          note=lambda: "; its time slice is over" if check.sliced else "",
+                          logger=log, retry_on_redis_error=False)
     counter.flush()
-    log.info("campaign %s batch %d-%d: %s in %.3f s (%d session(s) opened, %d kept one(s) "
-             "used)%s", campaign.id, first, last, report.described(),
-             time.monotonic() - started, connection.sessions_opened, connection.sessions_reused,
-             "; its time slice is over" if check.sliced else "")
     return report, check.sliced
 
 

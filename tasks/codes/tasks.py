@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import html
 import logging
-import uuid
 from dataclasses import replace
 
 from celery import Task, shared_task
 
-from tasks.bounces.policy import SuppressedNotes, suppression_check
 from tasks.codes.store import OTPStore
 from tasks.delivery import runtime
 from tasks.delivery.engine.compose import Draft
 from tasks.delivery.engine.errors import InvalidMessageError
 from tasks.delivery.ledger import RecipientRecord
-from tasks.delivery.runner import run_watched, settle_watched
-from tasks.delivery.service import BatchOptions, Envelope
+from tasks.delivery.runner import Delivery
+from tasks.delivery.service import Envelope
 from tasks.delivery.watch_list import Watchlist
 
 log = logging.getLogger(__name__)
@@ -79,14 +77,12 @@ def send_code(self: Task, request_id: str) -> None:
         return code_draft(settings.default_sender or "", claimed[0].email, code,
                           store.policy.ttl)
 
-    suppressed = suppression_check(redis, "otp")  # an unsubscribe does not stop codes
-    observe = runtime.observer("otp", request_id, SuppressedNotes(ledger, suppressed),
-                               policy=policy, created_at=request.created_at)
-    options = BatchOptions(token=f"{self.name}:{self.request.id or uuid.uuid4().hex}",
-                           policy=policy, created_at=request.created_at,
-                           lease=runtime.claim_lease(), suppressed=suppressed, observe=observe)
-    report = run_watched(self, ledger, [Envelope([0], draft_to)], runtime.composer(settings),
-                         settings, options, f"otp request {request_id}", observe)
+    # an unsubscribe does not stop codes
+    delivery = Delivery(self, "otp", request_id, ledger, created_at=request.created_at,
+                        settings=settings, policy=policy)
+    report = delivery.run([Envelope([0], draft_to)], runtime.composer(settings),
+                          f"otp request {request_id}")
+    suppressed = delivery.suppressed
     if report.counts:
         [record] = ledger.get([0])
         status = record.status if record.status in {"sent", "deferred"} else "failed"
@@ -98,4 +94,4 @@ def send_code(self: Task, request_id: str) -> None:
         elif record.status == "suppressed":  # built and handed to email_dispatched, as sent
             status, error = "sent", "sending is suppressed (MAIL_SUPPRESS_SEND)"
         store.record_delivery(request_id, status, record.smtp_code, error)
-    settle_watched(self, "otp", request_id, ledger, report)
+    delivery.settle(report)

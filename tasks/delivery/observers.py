@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY = 1.0  # seconds between writes of the counters during a batch
 
 Observer = Callable[[Dispatched], None]
+# a message's fate once the ledger recorded it, with the status it set per recipient
+Recorder = Callable[[Dispatched, list[str]], None]
 
 
 @runtime_checkable
@@ -65,15 +67,19 @@ _LINE = log_outcomes.__code__.co_firstlineno  # where the record says it was log
 
 
 class DeliveryWatch:
-    """Logs and counts each message's fate, then hands it to *watchers* in order."""
+    """Logs and counts each message's fate, then hands it to *watchers* in order; once the
+    ledger has recorded it, hands it with the statuses set to *recorders*
+    (:meth:`recorded`, the batch's ``BatchOptions(recorded=...)``)."""
 
     def __init__(self, kind: str, delivery_id: str, metrics: DeliveryMetrics,
-                 watchers: Sequence[Observer] = (), *, log_level: int = logging.INFO) -> None:
+                 watchers: Sequence[Observer] = (), *, recorders: Sequence[Recorder] = (),
+                 log_level: int = logging.INFO) -> None:
         self.kind = kind
         self.log_level = log_level
         self.delivery_id = delivery_id
         self.metrics = metrics
         self.watchers = list(watchers)
+        self.recorders = list(recorders)
         self.tally = MetricsTally()
         self.written = time.monotonic()
 
@@ -89,6 +95,10 @@ class DeliveryWatch:
         for watch in self.watchers:
             watch(dispatched)
 
+    def recorded(self, dispatched: Dispatched, statuses: list[str]) -> None:
+        for record in self.recorders:
+            record(dispatched, statuses)
+
     def flush(self) -> None:
         """Write what was counted so far (a Redis outage loses only these figures)."""
         tally, self.tally, self.written = self.tally, MetricsTally(), time.monotonic()
@@ -103,6 +113,6 @@ class DeliveryWatch:
         watchers' own buffers included."""
         self.tally.sessions += sessions_opened
         self.flush()
-        for watch in self.watchers:
+        for watch in [*self.watchers, *self.recorders]:
             if isinstance(watch, Buffered):
                 watch.close()

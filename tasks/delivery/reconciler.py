@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import current_app, shared_task
+from celery import current_app
 from redis import Redis, RedisError
 
 from tasks.campaigns.store import CampaignStore
@@ -112,12 +112,6 @@ def _broker_view() -> Waiting | None:
     except (RedisError, OSError) as err:
         log.warning("the broker's queues could not be read: %s", err)
         return None
-
-
-@shared_task(name="postroom.reconcile", ignore_result=True)
-def reconcile() -> None:
-    """One pass over running campaigns and the watch list (beat's way in)."""
-    reconcile_once()
 
 
 class ReconcilerLoop:

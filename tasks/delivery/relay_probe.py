@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from celery import Task, current_app, shared_task
+from celery import Task, current_app
 
 from tasks.delivery import runtime
 from tasks.delivery.engine.errors import SessionError
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 WAKE_SLACK = 5.0  # seconds a scheduled probe may run late before another is scheduled
 MIN_WAIT = 0.05  # seconds at least between two probe tasks (one may run a moment early)
+PROBE_TASK = "postroom.relay_probe"  # declared in tasks.delivery.tasks
 
 
 def park(task: Task, settings: SMTPSettings, deadline: float | None,
@@ -59,13 +60,13 @@ def park(task: Task, settings: SMTPSettings, deadline: float | None,
     parked = ParkedWork(board.redis)
     if parked.park(task.name, list(task.request.args or ()), deadline, wake_at=wake_at,
                    wake_for=_wake_for(board, wake_at - now), watched=watched):
-        probe_relays.apply_async(countdown=wake_at - now)
+        probe_task().apply_async(countdown=wake_at - now)
     return wake_at
 
 
-@shared_task(name="postroom.relay_probe", ignore_result=True)
 def probe_relays() -> None:
-    """Probe the relays once if a probe is due; release parked work when one is back."""
+    """Probe the relays once if a probe is due; release parked work when one is back
+    (the body of ``postroom.relay_probe``, :mod:`tasks.delivery.tasks`)."""
     redis = runtime.redis_client()
     parked = ParkedWork(redis)
     parked.woken()
@@ -89,14 +90,14 @@ def probe_relays() -> None:
         return
     wait = max(MIN_WAIT, until - time.time())
     if parked.schedule(until, _wake_for(board, wait)):
-        probe_relays.apply_async(countdown=wait)
+        probe_task().apply_async(countdown=wait)
 
 
 def schedule_lost_probe() -> bool:
     """The reconciler's rule: parked work and no probe on its way get a probe now."""
     parked = ParkedWork(runtime.redis_client())
     if parked.schedule(time.time(), WAKE_SLACK):
-        probe_relays.delay()
+        probe_task().delay()
         return True
     return False
 
@@ -109,6 +110,12 @@ def _probe(settings: SMTPSettings) -> None:
             connection.open_session()
     except SessionError as err:
         log.info("relay probe: still down: %s", err)
+
+
+def probe_task() -> Task:
+    """``postroom.relay_probe``, as the current Celery app knows it."""
+    task: Task = current_app.tasks[PROBE_TASK]
+    return task
 
 
 def _publish(chunks: Iterable[list[ParkedTask]]) -> int:

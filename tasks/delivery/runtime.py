@@ -1,18 +1,18 @@
-"""What a task needs from the Flask app it runs in: Redis, SMTP settings, policy.
+"""What a delivery task needs from the Flask app it runs in: SMTP settings, policy,
+sessions, observers (and Redis and the settings, from :mod:`tasks.shared.context`).
 
-Tasks run inside ``app.app_context()`` (see ``web.celery``); this module is the
-one place they read the app, so the engine and the stores never do.
+Tasks run inside ``app.app_context()`` (see ``web.celery``); this module and
+:mod:`tasks.shared.context` are where they read the app, so the engine and the
+stores never do.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
 
 from flask import current_app
-from redis import Redis
 
 from tasks.delivery.counters import DeliveryMetrics
 from tasks.delivery.email_dispatched import DispatchSignal
@@ -24,22 +24,15 @@ from tasks.delivery.pacing import RelayPacer
 from tasks.delivery.relay_state import RelayBoard
 from tasks.delivery.service import RetryPolicy
 from tasks.delivery.throttle import SessionSlots
+from tasks.shared.context import app_config as app_config
+from tasks.shared.context import redis_client as redis_client
 from tasks.webhooks.events import DeliveryEvents
+from tasks.webhooks.tasks import emit
 from tasks.workers.heartbeats import BULK_QUEUE, advertised_sessions
 
 DEFAULT_BULK_SESSIONS = 32  # campaign batches in flight when no bulk worker has reported
 SESSION_POOL = "postroom.session_pool"  # the app's extension holding it
 _POOL_LOCK = threading.Lock()
-
-
-def redis_client() -> Redis:
-    client: Redis = current_app.extensions["redis"]
-    return client
-
-
-def app_config() -> Mapping[str, Any]:
-    """The app's configuration, for stores that build themselves from it (read only)."""
-    return current_app.config
 
 
 def smtp_settings() -> SMTPSettings:
@@ -144,28 +137,19 @@ def watch_after() -> float:
     return 2 * float(current_app.config["RECONCILE_INTERVAL"])
 
 
-def observer(kind: str, delivery_id: str, extra: Observer | None = None, *,
-             policy: RetryPolicy | None = None, created_at: float | None = None
-             ) -> DeliveryWatch:
+def observer(kind: str, delivery_id: str, extra: Sequence[Observer] = ()) -> DeliveryWatch:
     """What ``BatchOptions(observe=...)`` calls with each message's fate: a log line per
-    recipient and the shared counters, then *extra* (the task's own), then the webhook
-    events, then Flask-Mail's ``email_dispatched`` signal. Call its ``close()`` when the
-    batch is over.
+    recipient and the shared counters, then *extra* (the task's own, in order), then
+    Flask-Mail's ``email_dispatched`` signal; its ``recorded`` (``BatchOptions(recorded=...)``)
+    turns each fate into webhook events with the status the ledger set. Call its
+    ``close()`` when the batch is over.
 
     *kind* is ``otp``, ``message`` or ``campaign``; *delivery_id* the request's,
-    message's or campaign's id; *policy* and *created_at* the batch's, so a deferral
-    the ledger turns into a failure is announced as one.
+    message's or campaign's id.
     """
-    from tasks.webhooks.tasks import emit  # the tasks module needs this one: imported late
-
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    policy = policy or retry_policy()
-    events = DeliveryEvents(redis_client(), kind, delivery_id, emit,
-                            max_attempts=policy.max_attempts,
-                            deadline=policy.deadline(created_at))
-    watchers: list[Observer] = [events, DispatchSignal(app)]
-    if extra is not None:
-        watchers.insert(0, extra)
+    events = DeliveryEvents(redis_client(), kind, delivery_id, emit)
     level = logging.getLevelName(str(current_app.config.get("DELIVERY_LOG_LEVEL") or "INFO"))
-    return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()), watchers,
+    return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()),
+                         [*extra, DispatchSignal(app)], recorders=[events],
                          log_level=level if isinstance(level, int) else logging.INFO)

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
-import celery
 from redis.exceptions import RedisError
 
 from tasks.delivery.engine.compose import ComposedMessage, Composer, Draft
@@ -42,6 +41,7 @@ from tasks.delivery.engine.transaction import Upcoming
 from tasks.delivery.leases import ClaimLease, LeaseBusy
 from tasks.delivery.ledger import DeliveryLedger, Outcome, RecipientRecord
 from tasks.delivery.ledger_stream import LedgerStream
+from tasks.shared.backoff import backoff, within_visibility
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ class RetryPolicy:
     max_age: float | None = None  # seconds from a delivery's creation to its deadline
 
     def countdown(self, attempt: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.cap, self.base * 2 ** max(attempt - 1, 0))
-        return (rng or random).uniform(ceiling / 2, ceiling)
+        return backoff(attempt, base=self.base, cap=self.cap, rng=rng)
 
     def deadline(self, created_at: float | None) -> float | None:
         if self.max_age is None or created_at is None:
@@ -141,6 +140,10 @@ class BatchOptions:
     # sent ahead of the next one, so the session ends between transactions and can be kept
     last_call: Callable[[], bool] | None = None
     observe: Callable[[Dispatched], None] | None = None  # each message's fate, as it is known
+    # each message's fate once the ledger has recorded it, with the status the ledger set
+    # per recipient (a deferral past the attempts or the deadline is failed there) or
+    # ``lost:<n>``/``fenced:<n>`` when this run's outcome was not recorded
+    recorded: Callable[[Dispatched, list[str]], None] | None = None
 
 
 def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
@@ -260,14 +263,15 @@ class _Run:
         retry = min((row.retry_at for row in rows if row.status == "deferred"), default=None)
         if retry is not None:
             self.report.next_retry = min(self.report.next_retry or retry, retry)
+        dispatched = Dispatched(built.draft if built else None,
+                                built.message if built else None, claimed, outcomes, seconds)
         self.stream.finish(self.token, self.run, rows, max_attempts=policy.max_attempts,
-                           deadline=self.deadline, then=self._settled)
+                           deadline=self.deadline,
+                           then=lambda statuses: self._settled(statuses, dispatched))
         if self.options.observe is not None:
-            self.options.observe(Dispatched(built.draft if built else None,
-                                            built.message if built else None, claimed,
-                                            outcomes, seconds))
+            self.options.observe(dispatched)
 
-    def _settled(self, statuses: list[str]) -> None:
+    def _settled(self, statuses: list[str], dispatched: Dispatched) -> None:
         for status in statuses:
             if status.startswith("fenced:"):
                 self.lease.fenced()
@@ -281,6 +285,8 @@ class _Run:
                             "was recorded", status[5:], self.stream.ledger.delivery_id)
             else:
                 self.report.add(status)
+        if self.options.recorded is not None:
+            self.options.recorded(dispatched, statuses)
 
     def _give_back(self) -> None:
         if not self.held:
@@ -324,13 +330,6 @@ def _build(envelope: Envelope, claimed: list[RecipientRecord], composer: Compose
                       * len(claimed))
 
 
-def visibility_timeout() -> float | None:
-    """The broker's visibility timeout (Redis), from the current Celery app's settings."""
-    options = celery.current_app.conf.broker_transport_options or {}
-    value = options.get("visibility_timeout")
-    return float(value) if value else None
-
-
 def retry_countdown(report: BatchReport, *, now: float | None = None,
                     ceiling: float | None = None) -> float | None:
     """Seconds until this batch should run again, or ``None`` when nothing is left.
@@ -343,7 +342,4 @@ def retry_countdown(report: BatchReport, *, now: float | None = None,
              for when in (report.next_retry, report.busy_until) if when is not None]
     if not waits:
         return None
-    if ceiling is None:
-        timeout = visibility_timeout()
-        ceiling = timeout / 2 if timeout else None
-    return min(min(waits), ceiling) if ceiling else min(waits)
+    return within_visibility(min(waits), ceiling)

@@ -12,20 +12,18 @@ so a copy sent twice, were it ever, can be recognised by the receiver.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Task, shared_task
 
-from tasks.bounces.policy import SuppressedNotes, suppression_check
 from tasks.delivery import runtime
 from tasks.delivery.engine.compose import Attachment, Composer, Draft
 from tasks.delivery.engine.errors import InvalidMessageError
 from tasks.delivery.engine.verp import BounceRef, verp_address
 from tasks.delivery.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
-from tasks.delivery.runner import run_watched, settle_watched
-from tasks.delivery.service import BatchOptions, Envelope
+from tasks.delivery.runner import Delivery
+from tasks.delivery.service import Envelope
 from tasks.messages.store import MessageStore, StoredMessage
 from tasks.shared.attachments import AttachmentRef, AttachmentStore
 
@@ -62,16 +60,10 @@ def _attachments(message: StoredMessage) -> list[Attachment] | InvalidMessageErr
 
 def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
              envelopes: list[Envelope], composer: Composer, what: str) -> dict[str, int]:
-    policy = runtime.retry_policy()
-    suppressed = suppression_check(ledger.redis, "message")  # bounced, complained, manual
-    observe = runtime.observer("message", message.id, SuppressedNotes(ledger, suppressed),
-                               policy=policy, created_at=message.created_at)
-    options = BatchOptions(token=f"{task.name}:{task.request.id or uuid.uuid4().hex}",
-                           policy=policy, created_at=message.created_at,
-                           lease=runtime.claim_lease(), suppressed=suppressed, observe=observe)
-    report = run_watched(task, ledger, envelopes, composer, runtime.smtp_settings(), options,
-                         what, observe)
-    settle_watched(task, "message", message.id, ledger, report)
+    # bounced, complained, manual: the suppression list for messages
+    delivery = Delivery(task, "message", message.id, ledger, created_at=message.created_at)
+    report = delivery.run(envelopes, composer, what)
+    delivery.settle(report)
     return report.summary()
 
 

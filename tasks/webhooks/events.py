@@ -1,9 +1,10 @@
 """The events a client app hears about, built where they happen.
 
-:class:`DeliveryEvents` is a delivery watcher (see :mod:`tasks.delivery.observers`): it
-turns each recipient's outcome into ``message.sent|deferred|failed`` or
-``otp.sent|failed`` and buffers them; the buffer goes to Redis in one pipeline at
-most every :data:`FLUSH_EVERY` seconds and when the batch ends. Whether any endpoint
+:class:`DeliveryEvents` is a delivery recorder (see :mod:`tasks.delivery.observers`): it
+turns each recipient's outcome, with the status the ledger set, into
+``message.sent|deferred|failed`` or ``otp.sent|failed`` and buffers them; the buffer
+goes to Redis in one pipeline at most every :data:`FLUSH_EVERY` seconds and when the
+batch ends. Whether any endpoint
 is registered is asked once per batch, so delivery pays nothing without webhooks.
 The other builders serve bounces, unsubscribes and campaign transitions.
 """
@@ -55,14 +56,11 @@ def unsubscribed_event(email: str, campaign_id: str | None) -> Event:
 class DeliveryEvents:
     """A watcher that records each recipient's outcome as an event (see the module)."""
 
-    def __init__(self, redis: Redis, kind: str, delivery_id: str, emit: Emit, *,
-                 max_attempts: int, deadline: float | None = None) -> None:
+    def __init__(self, redis: Redis, kind: str, delivery_id: str, emit: Emit) -> None:
         self.redis = redis
         self.kind = kind
         self.delivery_id = delivery_id
         self.emit = emit
-        self.max_attempts = max_attempts
-        self.deadline = deadline
         self.buffer: list[Event] = []
         self.written = time.monotonic()
         try:
@@ -70,23 +68,20 @@ class DeliveryEvents:
         except RedisError:  # the batch itself will find Redis gone; no events to add
             self.enabled = False
 
-    def __call__(self, dispatched: Dispatched) -> None:
+    def __call__(self, dispatched: Dispatched, statuses: list[str]) -> None:
+        """*statuses*: what the ledger set per recipient (``finish.lua``: a deferral past
+        the attempts or the deadline is failed there); where it recorded nothing of this
+        run (``lost:<n>``, ``fenced:<n>``), the outcome as it was."""
         if not self.enabled:
             return
-        for record, outcome in zip(dispatched.recipients, dispatched.outcomes, strict=True):
-            status, error = outcome.status, outcome.error
-            if status == "deferred" and self._exhausted(record, outcome.reached):
-                status = "failed"  # the ledger fails it now, by the same rule
-            event = self._event(record, status, outcome.smtp_code, error)
+        for record, outcome, recorded in zip(dispatched.recipients, dispatched.outcomes,
+                                             statuses, strict=True):
+            status = outcome.status if ":" in recorded else recorded
+            event = self._event(record, status, outcome.smtp_code, outcome.error)
             if event is not None:
                 self.buffer.append(event)
         if self.buffer and time.monotonic() - self.written >= FLUSH_EVERY:
             self.flush()
-
-    def _exhausted(self, record: RecipientRecord, reached: bool) -> bool:
-        attempts = record.attempts + (1 if reached else 0)
-        return attempts >= self.max_attempts or (
-            self.deadline is not None and time.time() >= self.deadline)
 
     def _event(self, record: RecipientRecord, status: str, smtp_code: int | None,
                error: str | None) -> Event | None:

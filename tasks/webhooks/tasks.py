@@ -24,8 +24,9 @@ from kombu.exceptions import OperationalError
 from redis import Redis
 from redis.exceptions import RedisError
 
-from tasks.delivery import runtime
-from tasks.delivery.service import visibility_timeout
+from tasks.shared import context
+from tasks.shared.backoff import backoff as shared_backoff
+from tasks.shared.backoff import within_visibility
 from tasks.webhooks.client import post
 from tasks.webhooks.store import RETRY_FOR, Attempt, Event, EventOutbox, WebhookEndpoints
 
@@ -40,8 +41,7 @@ EAGER_ATTEMPTS = 3
 
 def backoff(attempt: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed attempt number *attempt* (1 for the first)."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(attempt - 1, 0))
-    return (rng or random).uniform(ceiling / 2, ceiling)
+    return shared_backoff(attempt, base=BACKOFF_BASE, cap=BACKOFF_CAP, rng=rng)
 
 
 def emit(redis: Redis, events: Iterable[Event]) -> None:
@@ -63,7 +63,7 @@ def emit(redis: Redis, events: Iterable[Event]) -> None:
 @shared_task(name="postroom.webhooks.dispatch", ignore_result=True)
 def dispatch_events() -> None:
     """Fan the waiting events out: one delivery task per endpoint that takes each."""
-    redis = runtime.redis_client()
+    redis = context.redis_client()
     outbox = EventOutbox(redis)
     outbox.dispatching()
     endpoints = WebhookEndpoints(redis).all()
@@ -81,7 +81,7 @@ def dispatch_events() -> None:
              ignore_result=True)
 def deliver_event(self: Task, endpoint_id: str, event_id: str) -> None:
     """POST event *event_id* to endpoint *endpoint_id*; retry until it is taken or too old."""
-    redis = runtime.redis_client()
+    redis = context.redis_client()
     endpoints = WebhookEndpoints(redis)
     try:
         endpoint = endpoints.get(endpoint_id)
@@ -96,7 +96,7 @@ def deliver_event(self: Task, endpoint_id: str, event_id: str) -> None:
                  "the event expired", event_id, endpoint_id)
         return
     attempt = self.request.retries + 1
-    config = runtime.app_config()
+    config = context.app_config()
     answer = post(endpoint.url, event.body(), event_type=event.type, secret=endpoint.secret,
                   allow_private=bool(config["WEBHOOK_ALLOW_PRIVATE"]),
                   timeout=float(config["WEBHOOK_TIMEOUT"]))
@@ -116,10 +116,7 @@ def deliver_event(self: Task, endpoint_id: str, event_id: str) -> None:
                     event.type, event.id, endpoint_id, attempt,
                     answer.error or answer.status_code)
         return
-    countdown = min(backoff(attempt), left)
-    timeout = visibility_timeout()
-    if timeout:
-        countdown = min(countdown, timeout / 2)  # a longer ETA on Redis would be redelivered
+    countdown = within_visibility(min(backoff(attempt), left))
     log.info("event %s %s to webhook %s: attempt %d got %s; retrying in %.0f s", event.type,
              event.id, endpoint_id, attempt, answer.error or answer.status_code, countdown)
     raise self.retry(countdown=countdown)
