@@ -18,8 +18,8 @@ from werkzeug.serving import make_server
 
 from cli.embedded import CaptureServer
 from tasks.delivery.runtime import SESSION_POOL
-from tests.redis_server import EmbeddedRedis
-from tests.smtp_server import SMTPTestServer, free_port
+from tests.support.redis_server import EmbeddedRedis
+from tests.support.smtp_server import SMTPTestServer, free_port
 from web import create_app
 
 API_TOKEN = "test-token-7f3a"
