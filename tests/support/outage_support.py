@@ -7,8 +7,7 @@ import socket
 import threading
 from pathlib import Path
 
-from tests.support.redis_server import EmbeddedRedis
-from tests.support.smtp_server import free_port
+from web.testing import EmbeddedRedis, free_port
 
 
 def stoppable_redis(workdir: Path) -> EmbeddedRedis:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.smtp_server import free_port
+from web.testing import free_port
 
 MASTER = "postroom"
 DOWN_AFTER_MS = 1000  # a primary silent this long is subjectively down

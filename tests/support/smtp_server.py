@@ -14,7 +14,6 @@ import asyncio
 import email
 import email.policy
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from web.testing import free_port
 
 DROP = "<drop the connection>"
 
@@ -43,12 +44,6 @@ class Received:
         parsed = email.message_from_bytes(self.data, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         return parsed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RecordingHandler:

@@ -147,7 +147,7 @@ def test_verp_return_paths_and_the_inbound_listener(app: Any, client: FlaskClien
 
     from cli.bounces import BounceListener
     from tasks.bounces.service import bounce_desk
-    from tests.support.smtp_server import free_port
+    from web.testing import free_port
 
     rows = people(2)
     campaign = create(client, csv_bytes(rows))

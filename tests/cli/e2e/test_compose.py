@@ -26,7 +26,8 @@ from celery import Celery
 
 from tasks.delivery.relay_state import RelayBoard
 from tests.support.paths import ROOT
-from tests.support.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
+from web.testing import free_port
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SECRETS = {"SECRET_KEY": "compose-secret", "API_TOKENS": "compose-token",

@@ -27,8 +27,9 @@ import pytest
 import redis
 from flask import Flask
 
-from tests.support.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
 from web.config import SETTINGS
+from web.testing import free_port
 
 pytestmark = pytest.mark.e2e
 

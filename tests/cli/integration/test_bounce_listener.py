@@ -29,7 +29,8 @@ from tasks.messages.store import MessageStore
 from tests.conftest import AUTH
 from tests.support.campaign_helpers import create, csv_bytes, people
 from tests.support.paths import FIXTURES
-from tests.support.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
+from web.testing import free_port
 
 FIXTURES = FIXTURES / "bounces"
 RETURN_PATH = "bounces@bounces.example.org"

@@ -27,9 +27,10 @@ from flask.testing import FlaskClient
 from cli import cli
 from cli.submission import SubmissionListener, tls_context
 from tests.conftest import API_TOKEN, AUTH, app_config
-from tests.support.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
 from web import create_app
 from web.config import ConfigError, check, from_environ
+from web.testing import free_port
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 8  # binary, not text
 SHOP = "Shop <orders@shop.example.com>"

@@ -28,8 +28,9 @@ from tasks.webhooks.client import signature as server_signature
 from tests.conftest import API_TOKEN
 from tests.support.client_support import Front, serving
 from tests.support.otp_support import latest_code
-from tests.support.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
 from tests.support.webhook_receiver import receiving
+from web.testing import free_port
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
 

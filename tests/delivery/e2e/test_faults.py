@@ -21,9 +21,9 @@ import pytest
 import redis
 
 from tasks.campaigns.store import CampaignStore
-from tests.support.redis_server import EmbeddedRedis
 from tests.support.smtp_server import SMTPTestServer
 from tests.support.worker_processes import WorkerProcesses
+from web.testing import EmbeddedRedis
 
 pytestmark = pytest.mark.worker
 

@@ -20,7 +20,8 @@ from flask_mail import Message
 from tasks.delivery.engine.compose import Composer, Draft
 from tasks.delivery.engine.errors import PermanentDeliveryError, TemporaryDeliveryError
 from tasks.delivery.engine.session import BatchConnection, SMTPSettings
-from tests.support.smtp_server import DROP, SMTPTestServer, free_port
+from tests.support.smtp_server import DROP, SMTPTestServer
+from web.testing import free_port
 
 SENDER = "noreply@postroom.test"
 

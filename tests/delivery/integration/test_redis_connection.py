@@ -27,10 +27,10 @@ from cli.dev import Plan, make_plan
 from tasks.shared import connection
 from tasks.shared.connection import SentinelGroup, Timeouts
 from tests.conftest import app_config
-from tests.support.redis_server import EmbeddedRedis
 from tests.support.smtp_server import SMTPTestServer
 from web import create_app
 from web.config import ConfigError, from_environ
+from web.testing import EmbeddedRedis
 
 NOTICED_WITHIN = 15.0  # seconds: the promise for a Redis that vanished without a reset
 

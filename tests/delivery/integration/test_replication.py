@@ -17,7 +17,7 @@ import redis
 
 from tasks.shared import replication
 from tasks.shared.replication import replica_count, replicated
-from tests.support.redis_server import EmbeddedRedis
+from web.testing import EmbeddedRedis
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ import yaml
 
 from tests.conftest import AUTH
 from tests.support.paths import ROOT
-from tests.support.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
+from web.testing import free_port
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "postroom.json"
 PROMETHEUS = shutil.which("prometheus")

@@ -10,10 +10,10 @@ import pytest
 from flask import Flask
 from flask_mail import Mail
 
-from tests.support.smtp_server import free_port
 from web import config as settings
 from web import create_app
 from web.config import ConfigError
+from web.testing import free_port
 
 BIN = Path(sys.executable).parent
 FLASK_MAIL_KEYS = {

@@ -11,9 +11,10 @@ from flask.testing import FlaskClient
 
 from tasks.codes.store import OTPStore
 from tests.conftest import API_TOKEN, app_config
-from tests.support.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
 from web import create_app
 from web.config import ConfigError
+from web.testing import free_port
 
 READER, SENDER, ADMIN = "reader-token-1", "sender-token-2", "admin-token-3"
 

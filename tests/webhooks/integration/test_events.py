@@ -28,7 +28,7 @@ from tasks.webhooks.events import (
     unsubscribed_event,
 )
 from tasks.webhooks.store import EVENT_TYPES, OUTBOX, Event, EventOutbox, WebhookEndpoints
-from tests.support.smtp_server import free_port
+from web.testing import free_port
 
 CAMPAIGN = "0123456789abcdef0123456789abcdef"
 

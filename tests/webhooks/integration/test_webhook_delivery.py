@@ -19,9 +19,10 @@ from tasks.webhooks.store import DISPATCH_PENDING, Event, EventOutbox, WebhookEn
 from tasks.webhooks.tasks import BACKOFF_CAP, backoff, emit
 from tests.conftest import AUTH, app_config
 from tests.support.campaign_helpers import create, csv_bytes, people, show
-from tests.support.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
 from tests.support.webhook_receiver import Receiver, receiving
 from web import create_app
+from web.testing import free_port
 
 MESSAGE = {"to": ["ada@example.com"], "subject": "Hi", "body": "Hello"}
 

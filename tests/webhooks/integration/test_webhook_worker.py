@@ -15,8 +15,9 @@ from flask import Flask
 from tasks.campaigns.store import CampaignStore
 from tests.conftest import AUTH
 from tests.support.campaign_helpers import create, csv_bytes, people, show
-from tests.support.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
 from tests.support.webhook_receiver import receiving
+from web.testing import free_port
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from tests.support.smtp_server import free_port
+from web.testing import free_port
 
 MASTER_CF = Path("/etc/postfix/master.cf")
 HOSTNAME = "relay.postroom.test"
