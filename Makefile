@@ -37,7 +37,7 @@ pytest: $(STAMP) compose-tool browser-tool spam-tool sentinel-tool netns-tool po
 	prometheus-tool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# tests/test_compose.py validates docker-compose.yml with Debian's docker-compose.
+# tests/cli/e2e/test_compose.py validates docker-compose.yml with Debian's docker-compose.
 compose-tool:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -46,10 +46,10 @@ compose-tool:
 	      apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
 	  else \
 	    echo "docker-compose is missing and cannot be installed here (needs root and apt-get);" \
-	      "tests/test_compose.py will fail until it is installed"; \
+	      "tests/cli/e2e/test_compose.py will fail until it is installed"; \
 	  fi; }
 
-# tests/test_browser.py drives Debian's chromium headless through Playwright.
+# tests/web/e2e/test_browser.py drives Debian's chromium headless through Playwright.
 browser-tool:
 	@command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -58,10 +58,10 @@ browser-tool:
 	      apt-get install -y -qq chromium >/dev/null; \
 	  else \
 	    echo "chromium is missing and cannot be installed here (needs root and apt-get);" \
-	      "tests/test_browser.py will fail until it is installed (or CHROMIUM names one)"; \
+	      "tests/web/e2e/test_browser.py will fail until it is installed (or CHROMIUM names one)"; \
 	  fi; }
 
-# tests/test_deliverability.py scores each kind of message with Debian's spamassassin.
+# tests/delivery/e2e/test_deliverability.py scores each kind of message with Debian's spamassassin.
 spam-tool:
 	@command -v spamassassin >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -70,10 +70,10 @@ spam-tool:
 	      apt-get install -y -qq --no-install-recommends spamassassin >/dev/null; \
 	  else \
 	    echo "spamassassin is missing and cannot be installed here (needs root and apt-get);" \
-	      "tests/test_deliverability.py will fail until it is installed"; \
+	      "tests/delivery/e2e/test_deliverability.py will fail until it is installed"; \
 	  fi; }
 
-# tests/test_sentinel_failover.py runs a primary, a replica and three Sentinels from
+# tests/delivery/e2e/test_sentinel_failover.py runs a primary, a replica and three Sentinels from
 # Debian's redis-server and redis-sentinel.
 sentinel-tool:
 	@{ command -v redis-server && command -v redis-sentinel; } >/dev/null 2>&1 || { \
@@ -83,10 +83,10 @@ sentinel-tool:
 	      apt-get install -y -qq --no-install-recommends redis-server redis-sentinel >/dev/null; \
 	  else \
 	    echo "redis-server/redis-sentinel are missing and cannot be installed here (needs root" \
-	      "and apt-get); tests/test_sentinel_failover.py will skip until they are installed"; \
+	      "and apt-get); tests/delivery/e2e/test_sentinel_failover.py will skip until they are installed"; \
 	  fi; }
 
-# tests/multihost/ makes worker hosts as network namespaces (iproute2) and cuts them off
+# tests/delivery/e2e/multihost/ makes worker hosts as network namespaces (iproute2) and cuts them off
 # from Redis with iptables; it runs as root and skips otherwise.
 netns-tool:
 	@{ command -v ip >/dev/null 2>&1 && command -v iptables >/dev/null 2>&1; } || { \
@@ -96,10 +96,10 @@ netns-tool:
 	      apt-get install -y -qq --no-install-recommends iproute2 iptables >/dev/null; \
 	  else \
 	    echo "ip or iptables is missing and cannot be installed here (needs root and apt-get);" \
-	      "tests/multihost/ will skip"; \
+	      "tests/delivery/e2e/multihost/ will skip"; \
 	  fi; }
 
-# tests/postfix/ starts a private Postfix (Cyrus SASL from sasl2-bin); debconf is told
+# tests/delivery/e2e/postfix/ starts a private Postfix (Cyrus SASL from sasl2-bin); debconf is told
 # "No configuration" so the system's own Postfix is left unconfigured and stopped.
 postfix-tool:
 	@{ command -v postfix && command -v saslpasswd2 && command -v openssl; } >/dev/null 2>&1 || { \
@@ -111,7 +111,7 @@ postfix-tool:
 	      libsasl2-modules >/dev/null; \
 	  else \
 	    echo "postfix is missing and cannot be installed here (needs root and apt-get);" \
-	      "tests/postfix/ will be skipped until it is installed"; \
+	      "tests/delivery/e2e/postfix/ will be skipped until it is installed"; \
 	  fi; }
 
 # Benchmarks (bench/README.md): the whole stack as `make run` starts it, then the delivery
@@ -132,7 +132,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-# tests/test_alert_rules.py runs promtool; tests/test_dashboard_queries.py a real Prometheus.
+# tests/web/e2e/test_alert_rules.py runs promtool; tests/web/e2e/test_dashboard_queries.py a real Prometheus.
 prometheus-tool:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -141,5 +141,5 @@ prometheus-tool:
 	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else \
 	    echo "prometheus/promtool is missing and cannot be installed here (needs root and" \
-	      "apt-get); tests/test_alert_rules.py and tests/test_dashboard_queries.py skip"; \
+	      "apt-get); tests/web/e2e/test_alert_rules.py and tests/web/e2e/test_dashboard_queries.py skip"; \
 	  fi; }

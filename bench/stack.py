@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.processes import descendants, session_id
-from bench.servers import free_port
+from web.testing import free_port
 
 POSTROOM = Path(sys.executable).with_name("postroom")
 READY_LINE = "Postroom is running."

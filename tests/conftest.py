@@ -18,9 +18,9 @@ from werkzeug.serving import make_server
 
 from cli.embedded import CaptureServer
 from tasks.delivery.runtime import SESSION_POOL
-from tests.redis_server import EmbeddedRedis
-from tests.smtp_server import SMTPTestServer, free_port
+from tests.support.smtp_server import SMTPTestServer
 from web import create_app
+from web.testing import EmbeddedRedis, free_port
 
 API_TOKEN = "test-token-7f3a"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
