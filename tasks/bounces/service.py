@@ -39,14 +39,14 @@ from tasks.bounces.reports import (
     read_report,
 )
 from tasks.bounces.store import SuppressionList, normalise
-from tasks.campaigns.store import CampaignStore
+from tasks.campaigns import CampaignStore
 from tasks.delivery.counters import DeliveryMetrics, MetricsTally
 from tasks.delivery.engine.verp import BounceRef, read_verp
 from tasks.delivery.ledger import DeliveryLedger
-from tasks.messages.store import MessageStore
+from tasks.messages import MessageStore
 from tasks.shared.keys import key
+from tasks.webhooks import Event
 from tasks.webhooks.events import bounced_event
-from tasks.webhooks.store import Event
 from tasks.webhooks.tasks import emit
 
 log = logging.getLogger(__name__)

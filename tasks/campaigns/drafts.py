@@ -19,7 +19,7 @@ from flask import current_app
 from tasks.campaigns.store import Campaign, CampaignStore
 from tasks.delivery.engine.errors import InvalidMessageError
 from tasks.delivery.engine.templating import CampaignTemplates, TemplateProblem
-from tasks.messages.store import MessageStore
+from tasks.messages import MessageStore
 from tasks.messages.tasks import deliver_message
 from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentRef
 from tasks.shared.errors import Conflict, Invalid, NotFound

@@ -28,7 +28,7 @@ from typing import Any
 
 from redis import Redis
 
-from tasks.bounces.store import SuppressionList, listed_error, normalise
+from tasks.bounces import SuppressionList, listed_error, normalise
 from tasks.delivery.ledger import LEASE_PREFIX, UNSETTLED, DeliveryLedger, RecipientRecord, text
 from tasks.delivery.watch_list import WATCH_AFTER, WATCH_KEY
 from tasks.shared.keys import key

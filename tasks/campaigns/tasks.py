@@ -27,7 +27,7 @@ from collections.abc import Callable
 from celery import Task, shared_task
 from redis.exceptions import RedisError
 
-from tasks.bounces.store import SuppressionList, UnsubscribeTokens
+from tasks.bounces import SuppressionList, UnsubscribeTokens
 from tasks.campaigns.store import Campaign, CampaignStore, TransitionRefused, batch_token
 from tasks.delivery import runtime
 from tasks.delivery.engine.compose import Attachment, Composer, Draft, addr_spec
