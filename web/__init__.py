@@ -69,7 +69,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     celery_init_app(app)
 
     import tasks  # noqa: F401  (registers the tasks with the Celery app)
-    from web import api, health, home, metrics, outages, outbox
+    from web import (
+        api,
+        health,
+        home,
+        metrics,
+        outages,
+        outbox,
+        outbox_api,  # noqa: F401  (its routes on the outbox blueprint)
+    )
 
     outages.init_app(app)
 

@@ -195,5 +195,3 @@ def attachment(name: str, index: int) -> ResponseReturnValue:
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
 
-
-from web import outbox_api  # noqa: E402,F401  (its routes on this blueprint)

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from tasks.bounces.reports import MalformedReport
 from tasks.bounces.service import bounce_desk
-from web.api import bp
+from web.api.blueprint import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 

@@ -18,7 +18,7 @@ from tasks.delivery.ledger import STATUSES
 from tasks.shared.errors import Invalid
 from tasks.shared.identifiers import is_record_id
 from web.addresses import special_use_allowed
-from web.api import bp
+from web.api.blueprint import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse

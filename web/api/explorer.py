@@ -17,7 +17,7 @@ from pathlib import Path
 from flask import abort, make_response, render_template, send_from_directory
 from flask.typing import ResponseReturnValue
 
-from web.api import bp
+from web.api.blueprint import bp
 
 ASSETS = Path(str(files("flask_swagger_ui") / "dist"))
 SERVED = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png",

@@ -23,7 +23,7 @@ from tasks.messages.service import (
 )
 from tasks.messages.store import message_status
 from tasks.shared.identifiers import is_record_id
-from web.api import bp
+from web.api.blueprint import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse

@@ -12,7 +12,7 @@ from flask import jsonify
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
-from web.api import bp
+from web.api.blueprint import bp
 from web.api.schemas import ErrorOut
 from web.token_scopes import needed_scope
 

@@ -7,7 +7,7 @@ from flask.typing import ResponseReturnValue
 
 from tasks.codes.service import request_code, verify_code
 from tasks.codes.store import OTPStore
-from web.api import bp
+from web.api.blueprint import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.bounces.store import Suppression, SuppressionList
 from tasks.shared.mailbox import checked_address
 from web.addresses import special_use_allowed
-from web.api import bp
+from web.api.blueprint import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse

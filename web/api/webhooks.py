@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tasks.shared.identifiers import is_record_id
 from tasks.webhooks.client import UnsafeURL, check_url
 from tasks.webhooks.store import EVENT_TYPES, WebhookEndpoints
-from web.api import bp
+from web.api.blueprint import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
 from web.api.requests import json_body, parse

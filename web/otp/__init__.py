@@ -2,8 +2,5 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
-
-bp = Blueprint("otp", __name__)
-
-from web.otp import views  # noqa: E402,F401  (routes)
+from web.otp import views  # noqa: F401  (routes)
+from web.otp.blueprint import bp as bp

@@ -14,7 +14,8 @@ from flask_limiter.errors import RateLimitExceeded
 
 from tasks.codes.service import request_code
 from tasks.codes.store import OTPStore
-from web.otp import bp, status
+from web.otp import status
+from web.otp.blueprint import bp
 from web.otp.forms import AddressForm, CodeForm
 from web.otp.throttle import email_problem, per_address, per_ip, verify_per_ip
 

@@ -27,7 +27,7 @@ from tests.support.campaign_helpers import csv_bytes, people
 from tests.support.outage_support import stoppable_redis
 from tests.support.smtp_server import SMTPTestServer
 from web import create_app
-from web.api import PUBLIC_ENDPOINTS
+from web.api.blueprint import PUBLIC_ENDPOINTS
 from web.testing import EmbeddedRedis
 
 ADMIN = {"ADMIN_USERNAME": "operator", "ADMIN_PASSWORD": "correct horse battery"}
