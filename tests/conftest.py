@@ -63,7 +63,9 @@ def capture_server(tmp_path: Path) -> Iterator[CaptureServer]:
 
 @pytest.fixture
 def smtp_server(smtp_session_server: SMTPTestServer) -> Iterator[SMTPTestServer]:
-    """The SMTP server, emptied and behaving normally at the start of each test."""
+    """The SMTP server, emptied, with no session left open and behaving normally at the
+    start of each test."""
+    smtp_session_server.close_leftover_sessions()
     smtp_session_server.reset()
     yield smtp_session_server
     smtp_session_server.reset()

@@ -243,6 +243,16 @@ class SMTPTestServer:
             self.controller.loop.call_soon_threadsafe(transport.close)
         return len(transports)
 
+    def close_leftover_sessions(self, timeout: float = 5.0) -> None:
+        """Close the sessions an earlier test's pool kept open, and wait until they are
+        gone, so the session counts a test reads are its own."""
+        self.drop_connections()
+        deadline = time.monotonic() + timeout
+        while self.open_sessions and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self.handler.lock:
+            self.handler.peak_sessions = self.handler.open_sessions
+
     @property
     def open_sessions(self) -> int:
         """Connections open now."""

@@ -98,7 +98,7 @@ def test_testing_with_celery_never_told_to_be_eager_warns_once_with_the_fix(
     text = str(warned.message)
     assert "postroom.deliver_message" in text
     assert '"CELERY": {"task_always_eager": True, "task_eager_propagates": True}' in text
-    assert Path(warned.filename) == ROOT / "web" / "api" / "messages.py"  # where it was sent
+    assert Path(warned.filename) == ROOT / "tasks" / "messages" / "service.py"  # where it was sent
     assert redis_client.llen("postroom:celery:t:mail") == 3  # in the broker, not run
     assert smtp_server.received == []
 
