@@ -38,7 +38,7 @@ from bench.servers import redis_server, smtp_sink
 from tasks.delivery.engine.compose import Attachment, Composer, Draft
 from tasks.delivery.engine.session import BatchConnection, SMTPSettings
 from tasks.delivery.ledger import DeliveryLedger, RecipientRecord
-from tasks.delivery.service import BatchOptions, Envelope, RetryPolicy, run_batch
+from tasks.delivery.service import BatchOptions, Outgoing, RetryPolicy, run_batch
 
 
 def stored_ledger(redis_url: str, first: int, stop: int) -> str:
@@ -68,7 +68,7 @@ def engine_batch(redis_url: str, port: int, delivery_id: str, first: int, stop: 
 
     settings = SMTPSettings(server="127.0.0.1", port=port, timeout=30)
     with BatchConnection(settings) as connection:
-        report = run_batch(ledger, (Envelope([i], personal) for i in range(first, stop)),
+        report = run_batch(ledger, (Outgoing([i], personal) for i in range(first, stop)),
                            connection, composer,
                            BatchOptions(token=uuid.uuid4().hex, policy=RetryPolicy(max_attempts=3)))
     elapsed = time.perf_counter() - started

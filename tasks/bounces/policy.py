@@ -21,7 +21,7 @@ from redis.exceptions import WatchError
 
 from tasks.bounces.store import SuppressionList, listed_error, normalise
 from tasks.delivery.ledger import DeliveryLedger
-from tasks.delivery.service import Dispatched
+from tasks.delivery.service import MessageFate
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class SuppressedNotes:
         self.ledger = ledger
         self.check = check
 
-    def __call__(self, sent: Dispatched) -> None:
+    def __call__(self, sent: MessageFate) -> None:
         if sent.message is not None:
             return
         for record, outcome in zip(sent.recipients, sent.outcomes, strict=True):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from tasks.campaigns.drafts import keep_attachments
 from tasks.campaigns.store import CampaignStore, TransitionRefused
-from tasks.campaigns.tasks import cancel_unsent, dispatch_batches, start_campaign
+from tasks.campaigns.tasks import cancel_unsent, queue_batches, start_campaign
 from tasks.shared.errors import Conflict, NotFound
 
 
@@ -57,7 +57,7 @@ def resume(store: CampaignStore, campaign_id: str) -> None:
         store.move_recipients(campaign_id, "deferred", "queued")
         store.restart_from_top(campaign_id)
         store.transition(campaign_id, ("paused", "pausing"), "running", stamp="started_at")
-    dispatch_batches.delay(campaign_id)
+    queue_batches.delay(campaign_id)
 
 
 def cancel(store: CampaignStore, campaign_id: str) -> None:
@@ -81,7 +81,7 @@ def retry_failed(store: CampaignStore, campaign_id: str) -> None:
         except TransitionRefused:
             pass
     if store.status(campaign_id) == "running":
-        dispatch_batches.delay(campaign_id)
+        queue_batches.delay(campaign_id)
 
 
 ACTIONS: dict[str, Callable[[CampaignStore, str], None]] = {

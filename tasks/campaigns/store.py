@@ -400,10 +400,10 @@ class CampaignStore:
     def rescue_batch(self, campaign_id: str, first: int, last: int) -> str:
         """A batch of its own for recipients *first*..*last* (found stuck); its slot."""
         slot = uuid.uuid4().hex[:12]
-        self.mark_dispatched(campaign_id, slot, first, last)
+        self.mark_queued(campaign_id, slot, first, last)
         return slot
 
-    def mark_dispatched(self, campaign_id: str, slot: str, first: int, last: int) -> None:
+    def mark_queued(self, campaign_id: str, slot: str, first: int, last: int) -> None:
         """The batch in *slot* was (re)published now."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(self._key(campaign_id, "inflight"), {slot: time.time()})

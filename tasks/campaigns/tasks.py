@@ -36,7 +36,7 @@ from tasks.delivery.engine.templating import CampaignTemplates
 from tasks.delivery.engine.verp import BounceRef, verp_address
 from tasks.delivery.ledger import RecipientRecord
 from tasks.delivery.runner import Delivery, retry_after_redis_error
-from tasks.delivery.service import BatchReport, Dispatched, Envelope, retry_countdown
+from tasks.delivery.service import BatchReport, MessageFate, Outgoing, retry_countdown
 from tasks.delivery.watch_list import Watchlist
 from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentRef, AttachmentStore
 from tasks.shared.keys import key
@@ -142,7 +142,7 @@ def start_campaign(campaign_id: str) -> None:
         return
     log.info("campaign %s started", campaign_id)
     announce(_store(), campaign_id, "campaign.started")
-    dispatch_batches(campaign_id)
+    queue_batches(campaign_id)
 
 
 MIN_BATCH = 10  # recipients: fewer per batch cost more in tasks than they gain in spread
@@ -182,7 +182,7 @@ def batch_plan(store: CampaignStore, campaign_id: str) -> tuple[int, int]:
 
 
 @shared_task(name="postroom.campaign.dispatch", ignore_result=True)
-def dispatch_batches(campaign_id: str) -> None:
+def queue_batches(campaign_id: str) -> None:
     """Enqueue batches while the campaign runs and a slot is free; complete it when done."""
     store = _store()
     if store.settle_pause(campaign_id):  # backstop: the last batch out normally does it
@@ -250,7 +250,7 @@ class _SentCounter:
         self.pending = 0
         self.second = int(time.time())
 
-    def __call__(self, sent: Dispatched) -> None:
+    def __call__(self, sent: MessageFate) -> None:
         self.pending += len(sent.recipients) if sent.message is not None else 0
         if int(time.time()) != self.second:
             self.flush()
@@ -268,7 +268,7 @@ class _UnknownUsers:
         self.suppressions = suppressions
         self.campaign_id = campaign_id
 
-    def __call__(self, sent: Dispatched) -> None:
+    def __call__(self, sent: MessageFate) -> None:
         for record, outcome in zip(sent.recipients, sent.outcomes, strict=True):
             if (outcome.status == "failed" and outcome.smtp_code == 550
                     and (outcome.error or "").startswith("5.1.1")):
@@ -297,7 +297,7 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int,
     if report.fenced or report.lease_busy:
         return report.summary()  # another run of this batch is in charge of it and its slot
     if sliced and not self.request.is_eager and store.status(campaign_id) == "running":
-        store.mark_dispatched(campaign_id, slot, first, last)
+        store.mark_queued(campaign_id, slot, first, last)
         send_campaign_batch.delay(campaign_id, first, last, slot)  # the rest, after the queue
         return report.summary()
     store.release_batch(campaign_id, slot)
@@ -307,7 +307,7 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int,
     if status == "cancelled":
         _cancel_unsent(store, campaign_id)
     if not self.request.is_eager:  # eagerly, the dispatcher's own loop goes on
-        dispatch_batches(campaign_id)
+        queue_batches(campaign_id)
     countdown = retry_countdown(report)
     if countdown is not None and status == "running":
         raise self.retry(countdown=countdown)  # deferred recipients; the slot is free meanwhile
@@ -339,7 +339,7 @@ def _send_batch(task: Task, store: CampaignStore, campaign: Campaign, first: int
         runtime.app_config()["CAMPAIGN_BATCH_SECONDS"]),
         between_sessions=connection.between_sessions,
         ends_after_next=connection.ends_after_next)
-    report = delivery.run((Envelope([index], mailing.draft_for) for index in indices),
+    report = delivery.run((Outgoing([index], mailing.draft_for) for index in indices),
                           composer, f"campaign {campaign.id} batch {first}-{last}",
                           should_stop=check, last_call=check.last_call,
                           note=lambda: "; its time slice is over" if check.sliced else "",
@@ -359,7 +359,7 @@ def start_due_campaigns() -> None:
             continue
         log.info("scheduled campaign %s is due; starting", campaign_id)
         announce(store, campaign_id, "campaign.started")
-        dispatch_batches.delay(campaign_id)
+        queue_batches.delay(campaign_id)
 
 
 @shared_task(name="postroom.campaign.cancel_unsent", ignore_result=True)

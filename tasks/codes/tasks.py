@@ -20,7 +20,7 @@ from tasks.delivery.engine.compose import Draft
 from tasks.delivery.engine.errors import InvalidMessageError
 from tasks.delivery.ledger import RecipientRecord
 from tasks.delivery.runner import Delivery
-from tasks.delivery.service import Envelope
+from tasks.delivery.service import Outgoing
 from tasks.delivery.watch_list import Watchlist
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def send_code(self: Task, request_id: str) -> None:
     # an unsubscribe does not stop codes
     delivery = Delivery(self, "otp", request_id, ledger, created_at=request.created_at,
                         settings=settings, policy=policy)
-    report = delivery.run([Envelope([0], draft_to)], runtime.composer(settings),
+    report = delivery.run([Outgoing([0], draft_to)], runtime.composer(settings),
                           f"otp request {request_id}")
     suppressed = delivery.suppressed
     if report.counts:

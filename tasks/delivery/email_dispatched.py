@@ -21,7 +21,7 @@ from flask_mail import Message, email_dispatched
 
 from tasks.delivery.engine.compose import ComposedMessage, Draft
 from tasks.delivery.engine.plaintext import text_from_html
-from tasks.delivery.service import Dispatched
+from tasks.delivery.service import MessageFate
 
 DISPATCHED = frozenset({"sent", "suppressed"})  # the outcomes Flask-Mail signals
 
@@ -58,7 +58,7 @@ class DispatchSignal:
     def __init__(self, app: Flask) -> None:
         self.app = app
 
-    def __call__(self, dispatched: Dispatched) -> None:
+    def __call__(self, dispatched: MessageFate) -> None:
         if dispatched.draft is None or not email_dispatched.receivers:
             return
         if not any(outcome.status in DISPATCHED for outcome in dispatched.outcomes):

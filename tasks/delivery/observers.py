@@ -18,15 +18,15 @@ from typing import Protocol, runtime_checkable
 from redis.exceptions import RedisError
 
 from tasks.delivery.counters import DeliveryMetrics, MetricsTally
-from tasks.delivery.service import Dispatched
+from tasks.delivery.service import MessageFate
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1.0  # seconds between writes of the counters during a batch
 
-Observer = Callable[[Dispatched], None]
+Observer = Callable[[MessageFate], None]
 # a message's fate once the ledger recorded it, with the status it set per recipient
-Recorder = Callable[[Dispatched, list[str]], None]
+Recorder = Callable[[MessageFate, list[str]], None]
 
 
 @runtime_checkable
@@ -41,7 +41,7 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower() or "-"
 
 
-def log_outcomes(kind: str, delivery_id: str, dispatched: Dispatched,
+def log_outcomes(kind: str, delivery_id: str, dispatched: MessageFate,
                  level: int = logging.INFO) -> None:
     """One line per recipient: delivery, Message-ID, status, domain, SMTP code, duration
     (at *level*: ``DELIVERY_LOG_LEVEL``)."""
@@ -83,7 +83,7 @@ class DeliveryWatch:
         self.tally = MetricsTally()
         self.written = time.monotonic()
 
-    def __call__(self, dispatched: Dispatched) -> None:
+    def __call__(self, dispatched: MessageFate) -> None:
         log_outcomes(self.kind, self.delivery_id, dispatched, self.log_level)
         for outcome in dispatched.outcomes:
             self.tally.outcome(self.kind, outcome.status, outcome.smtp_code)
@@ -95,7 +95,7 @@ class DeliveryWatch:
         for watch in self.watchers:
             watch(dispatched)
 
-    def recorded(self, dispatched: Dispatched, statuses: list[str]) -> None:
+    def recorded(self, dispatched: MessageFate, statuses: list[str]) -> None:
         for record in self.recorders:
             record(dispatched, statuses)
 

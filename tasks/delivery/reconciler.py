@@ -37,7 +37,7 @@ from celery import current_app
 from redis import Redis, RedisError
 
 from tasks.campaigns.store import CampaignStore
-from tasks.campaigns.tasks import batch_size, dispatch_batches, send_campaign_batch, start_campaign
+from tasks.campaigns.tasks import batch_size, queue_batches, send_campaign_batch, start_campaign
 from tasks.codes.store import OTPStore
 from tasks.codes.tasks import send_code
 from tasks.delivery import runtime
@@ -50,7 +50,7 @@ from tasks.messages.store import MessageStore
 from tasks.messages.tasks import deliver_message
 from tasks.shared.keys import key
 from tasks.webhooks.store import DISPATCH_PENDING, EventOutbox
-from tasks.webhooks.tasks import dispatch_events
+from tasks.webhooks.tasks import fan_out_events
 from tasks.workers.lost_tasks import report_lost, sweep
 from tasks.workers.waiting import Waiting, read_waiting
 
@@ -162,7 +162,7 @@ class Reconciler:
         for kind, item_id in self.watch.overdue(now):
             self._watched(kind, item_id, now, found)
         if EventOutbox(self.redis).waiting() and not self.redis.exists(DISPATCH_PENDING):
-            dispatch_events.delay()  # events whose dispatcher was lost
+            fan_out_events.delay()  # events whose dispatcher was lost
             found.add("events")
         if schedule_lost_probe():
             found.add("relay_probe")
@@ -177,7 +177,7 @@ class Reconciler:
                                                       dispatched_before=now - self.grace):
             if self.waiting.has_batch(send_campaign_batch.name, campaign_id, slot):
                 continue  # only waiting its turn in the queue
-            store.mark_dispatched(campaign_id, slot, first, last)
+            store.mark_queued(campaign_id, slot, first, last)
             send_campaign_batch.delay(campaign_id, first, last, slot)
             covered.append((first, last))
             found.batches += 1
@@ -198,7 +198,7 @@ class Reconciler:
             found.because("claim_lease_gone", len(orphaned))
         if overdue:
             found.because("retry_overdue", len(overdue))
-        dispatch_batches(campaign_id)
+        queue_batches(campaign_id)
 
     # -- the watch list -----------------------------------------------------------------------
 

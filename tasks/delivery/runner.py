@@ -56,7 +56,7 @@ from tasks.delivery.relay_probe import park
 from tasks.delivery.service import (
     BatchOptions,
     BatchReport,
-    Envelope,
+    Outgoing,
     RetryPolicy,
     retry_countdown,
     run_batch,
@@ -112,7 +112,7 @@ class Delivery:
             suppressed=self.suppressed, observe=self.watch,
             recorded=self.watch.recorded)
 
-    def run(self, envelopes: Iterable[Envelope], composer: Composer, what: str, *,
+    def run(self, outgoing: Iterable[Outgoing], composer: Composer, what: str, *,
             should_stop: Callable[[], bool] | None = None,
             last_call: Callable[[], bool] | None = None,
             note: Callable[[], str] = lambda: "", logger: logging.Logger = log,
@@ -131,9 +131,9 @@ class Delivery:
         try:
             if self.bulk:
                 with connection:
-                    report = run_batch(self.ledger, envelopes, connection, composer, options)
+                    report = run_batch(self.ledger, outgoing, connection, composer, options)
             else:
-                report, at_once = self._run_single(list(envelopes), composer, options)
+                report, at_once = self._run_single(list(outgoing), composer, options)
                 if at_once:  # parked before it claimed anything: no line
                     return report
         except RedisError as err:
@@ -147,17 +147,17 @@ class Delivery:
                     connection.sessions_opened, connection.sessions_reused, note())
         return report
 
-    def _run_single(self, envelopes: Sequence[Envelope], composer: Composer,
+    def _run_single(self, outgoing: Sequence[Outgoing], composer: Composer,
                     options: BatchOptions) -> tuple[BatchReport, bool]:
         """The run of a single message or code, and whether it parked at once."""
         settings, task, connection = self.settings, self.task, self.connection
         deadline = options.policy.deadline(options.created_at)
         look_again = _look_again(options)
         watched = (f"{self.kind}:{self.delivery_id}", look_again)
-        if envelopes and park(task, settings, deadline, watched) is not None:
+        if outgoing and park(task, settings, deadline, watched) is not None:
             return BatchReport(parked=look_again), True
         with connection:
-            report = run_batch(self.ledger, envelopes, connection, composer, options)
+            report = run_batch(self.ledger, outgoing, connection, composer, options)
         if report.deferred and not (connection.sessions_opened or connection.sessions_reused) \
                 and park(task, settings, deadline, watched) is not None:
             report.parked = look_again

@@ -1,15 +1,15 @@
 """The delivery service: claim recipients, build, send, record — for one batch.
 
-Tasks call :func:`run_batch` with a ledger, the envelopes to send and an open
+Tasks call :func:`run_batch` with a ledger, the outgoing messages to send and an open
 :class:`~tasks.delivery.engine.session.BatchConnection`. One loop serves every kind of
 batch, with or without shared limits:
 
 1. take the batch's claim lease (:class:`~tasks.delivery.leases.ClaimLease`), so
    its claims stay good exactly as long as this run is alive, and carry the
    run's fencing token in every ledger script;
-2. claim the recipients of the next few envelopes in one Redis call, and drop
+2. claim the recipients of the next few outgoing messages in one Redis call, and drop
    those on the suppression list;
-3. for each envelope: build the message (one ahead of the one being sent, so
+3. for each outgoing message: build the message (one ahead of the one being sent, so
    the session can send its commands with the previous message's content),
    make sure the lease is still this run's, wait for the rate limit, send it on
    the batch's connection, and write its outcomes to Redis without waiting for
@@ -45,11 +45,11 @@ from tasks.shared.backoff import backoff, within_visibility
 
 log = logging.getLogger(__name__)
 
-CLAIM_AHEAD = 32  # envelopes claimed in one Redis call
+CLAIM_AHEAD = 32  # outgoing messages claimed in one Redis call
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
+class Outgoing:
     """One message to send: the ledger recipients it goes to, and how to draft it."""
 
     indices: list[int]
@@ -114,7 +114,7 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class Dispatched:
+class MessageFate:
     """One message's fate: what was built (``None`` when it was not: it could not be, or
     its recipients are on the suppression list), to whom, what each recipient's outcome
     was and how long the SMTP exchange took."""
@@ -139,17 +139,17 @@ class BatchOptions:
     # whether the message about to go is the run's last (its time slice is over): nothing is
     # sent ahead of the next one, so the session ends between transactions and can be kept
     last_call: Callable[[], bool] | None = None
-    observe: Callable[[Dispatched], None] | None = None  # each message's fate, as it is known
+    observe: Callable[[MessageFate], None] | None = None  # each message's fate, as it is known
     # each message's fate once the ledger has recorded it, with the status the ledger set
     # per recipient (a deferral past the attempts or the deadline is failed there) or
     # ``lost:<n>``/``fenced:<n>`` when this run's outcome was not recorded
-    recorded: Callable[[Dispatched, list[str]], None] | None = None
+    recorded: Callable[[MessageFate, list[str]], None] | None = None
 
 
-def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
+def run_batch(ledger: DeliveryLedger, outgoing: Iterable[Outgoing],
               connection: BatchConnection, composer: Composer,
               options: BatchOptions) -> BatchReport:
-    """Send every envelope whose recipients can be claimed; record every outcome."""
+    """Send every outgoing message whose recipients can be claimed; record every outcome."""
     report = BatchReport()
     try:
         lease = ClaimLease(ledger.redis, options.token, options.lease).__enter__()
@@ -159,7 +159,7 @@ def run_batch(ledger: DeliveryLedger, envelopes: Iterable[Envelope],
         return report
     try:
         with LedgerStream(ledger) as stream:
-            _Run(stream, connection, composer, options, report, lease).deliver(envelopes)
+            _Run(stream, connection, composer, options, report, lease).deliver(outgoing)
     finally:
         lease.__exit__(None, None, None)
     return report
@@ -180,19 +180,19 @@ class _Run:
         self.deadline = options.policy.deadline(options.created_at)
         self.held: dict[int, RecipientRecord] = {}  # claimed, not yet sent
 
-    def deliver(self, envelopes: Iterable[Envelope]) -> None:
+    def deliver(self, outgoing: Iterable[Outgoing]) -> None:
         """Build each message one step ahead of sending it, so the session can send the
         next message's commands with this one's content."""
         built: _Built | None = None
         try:
-            for chunk in _chunks(iter(envelopes), CLAIM_AHEAD):
+            for chunk in _chunks(iter(outgoing), CLAIM_AHEAD):
                 if not self._claim(chunk):
                     return
-                for envelope in chunk:
-                    claimed = [self.held[i] for i in envelope.indices if i in self.held]
+                for item in chunk:
+                    claimed = [self.held[i] for i in item.indices if i in self.held]
                     if not claimed:
                         continue
-                    following = _build(envelope, claimed, self.composer)
+                    following = _build(item, claimed, self.composer)
                     if built is not None and not self._send(built, following):
                         return
                     built = following
@@ -226,7 +226,7 @@ class _Run:
                      time.perf_counter() - started)
         return not last
 
-    def _claim(self, chunk: list[Envelope]) -> bool:
+    def _claim(self, chunk: list[Outgoing]) -> bool:
         """Claim the chunk's recipients; ``False`` when this run no longer holds the lease."""
         claim = self.stream.claim([i for e in chunk for i in e.indices], self.token, self.run)
         if claim.fenced:
@@ -263,7 +263,7 @@ class _Run:
         retry = min((row.retry_at for row in rows if row.status == "deferred"), default=None)
         if retry is not None:
             self.report.next_retry = min(self.report.next_retry or retry, retry)
-        dispatched = Dispatched(built.draft if built else None,
+        dispatched = MessageFate(built.draft if built else None,
                                 built.message if built else None, claimed, outcomes, seconds)
         self.stream.finish(self.token, self.run, rows, max_attempts=policy.max_attempts,
                            deadline=self.deadline,
@@ -271,7 +271,7 @@ class _Run:
         if self.options.observe is not None:
             self.options.observe(dispatched)
 
-    def _settled(self, statuses: list[str], dispatched: Dispatched) -> None:
+    def _settled(self, statuses: list[str], dispatched: MessageFate) -> None:
         for status in statuses:
             if status.startswith("fenced:"):
                 self.lease.fenced()
@@ -302,14 +302,14 @@ class _Run:
                         len(indices), self.stream.ledger.delivery_id, err)
 
 
-def _chunks(envelopes: Iterator[Envelope], size: int) -> Iterator[list[Envelope]]:
-    while chunk := list(islice(envelopes, size)):
+def _chunks(outgoing: Iterator[Outgoing], size: int) -> Iterator[list[Outgoing]]:
+    while chunk := list(islice(outgoing, size)):
         yield chunk
 
 
 @dataclass(slots=True)
 class _Built:
-    """A claimed envelope, built: its message, or the reason it cannot be built."""
+    """A claimed outgoing message, built: its message, or the reason it cannot be built."""
 
     claimed: list[RecipientRecord]
     emails: list[str]
@@ -318,11 +318,11 @@ class _Built:
     failure: list[DeliveryOutcome]
 
 
-def _build(envelope: Envelope, claimed: list[RecipientRecord], composer: Composer) -> _Built:
+def _build(item: Outgoing, claimed: list[RecipientRecord], composer: Composer) -> _Built:
     emails = [record.email for record in claimed]
     draft: Draft | None = None
     try:
-        draft = envelope.draft_for(claimed)
+        draft = item.draft_for(claimed)
         return _Built(claimed, emails, draft, composer.compose(draft), [])
     except InvalidMessageError as err:
         log.warning("message for %d recipient(s) cannot be built: %s", len(claimed), err)

@@ -23,7 +23,7 @@ from tasks.delivery.engine.errors import InvalidMessageError
 from tasks.delivery.engine.verp import BounceRef, verp_address
 from tasks.delivery.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
 from tasks.delivery.runner import Delivery
-from tasks.delivery.service import Envelope
+from tasks.delivery.service import Outgoing
 from tasks.messages.store import MessageStore, StoredMessage
 from tasks.shared.attachments import AttachmentRef, AttachmentStore
 
@@ -59,10 +59,10 @@ def _attachments(message: StoredMessage) -> list[Attachment] | InvalidMessageErr
 
 
 def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
-             envelopes: list[Envelope], composer: Composer, what: str) -> dict[str, int]:
+             outgoing: list[Outgoing], composer: Composer, what: str) -> dict[str, int]:
     # bounced, complained, manual: the suppression list for messages
     delivery = Delivery(task, "message", message.id, ledger, created_at=message.created_at)
-    report = delivery.run(envelopes, composer, what)
+    report = delivery.run(outgoing, composer, what)
     delivery.settle(report)
     return report.summary()
 
@@ -126,7 +126,7 @@ def deliver_message(self: Task, message_id: str) -> dict[str, int] | None:
     ledger = batch.ledger
     recipients = _unsettled(ledger, range(sum(ledger.counts().values())))
     return _deliver(self, batch.message, ledger,
-                    [Envelope(recipients, draft_to)] if recipients else [], batch.composer,
+                    [Outgoing(recipients, draft_to)] if recipients else [], batch.composer,
                     f"message {message_id}")
 
 
@@ -149,7 +149,7 @@ def deliver_each(self: Task, message_id: str, first: int, stop: int) -> dict[str
 
     indices = _unsettled(batch.ledger, range(first, stop))
     return _deliver(self, batch.message, batch.ledger,
-                    [Envelope([i], copy_for) for i in indices], composer,
+                    [Outgoing([i], copy_for) for i in indices], composer,
                     f"message {message_id} copies {first}-{stop - 1}")
 
 

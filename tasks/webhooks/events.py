@@ -20,7 +20,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from tasks.delivery.ledger import RecipientRecord
-from tasks.delivery.service import Dispatched
+from tasks.delivery.service import MessageFate
 from tasks.webhooks.store import Event, WebhookEndpoints
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class DeliveryEvents:
         except RedisError:  # the batch itself will find Redis gone; no events to add
             self.enabled = False
 
-    def __call__(self, dispatched: Dispatched, statuses: list[str]) -> None:
+    def __call__(self, dispatched: MessageFate, statuses: list[str]) -> None:
         """*statuses*: what the ledger set per recipient (``finish.lua``: a deferral past
         the attempts or the deadline is failed there); where it recorded nothing of this
         run (``lost:<n>``, ``fenced:<n>``), the outcome as it was."""

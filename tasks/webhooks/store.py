@@ -186,7 +186,7 @@ class EventOutbox:
         raw = self.redis.lpop(OUTBOX, limit) or []
         return [Event.load(item) for item in raw]
 
-    def dispatching(self) -> None:
+    def fanning_out(self) -> None:
         """A dispatcher started: events appended from now on need another one."""
         self.redis.delete(DISPATCH_PENDING)
 

@@ -53,19 +53,19 @@ def emit(redis: Redis, events: Iterable[Event]) -> None:
     if not outbox.append(events):
         return  # a dispatcher is queued and will take these too
     try:
-        dispatch_events.delay()
+        fan_out_events.delay()
     except OperationalError as err:  # the broker is away: the reconciler dispatches them
-        outbox.dispatching()
+        outbox.fanning_out()
         log.warning("%d event(s) wait in the outbox; no dispatcher could be queued: %s",
                     len(events), err)
 
 
 @shared_task(name="postroom.webhooks.dispatch", ignore_result=True)
-def dispatch_events() -> None:
+def fan_out_events() -> None:
     """Fan the waiting events out: one delivery task per endpoint that takes each."""
     redis = context.redis_client()
     outbox = EventOutbox(redis)
-    outbox.dispatching()
+    outbox.fanning_out()
     endpoints = WebhookEndpoints(redis).all()
     while events := outbox.take():
         for event in events:

@@ -20,7 +20,7 @@ from tasks.delivery.ledger import DeliveryLedger, RecipientRecord
 from tasks.delivery.service import (
     BatchOptions,
     BatchReport,
-    Envelope,
+    Outgoing,
     RetryPolicy,
     retry_countdown,
     run_batch,
@@ -50,7 +50,7 @@ def run(ledger: DeliveryLedger, n: int, smtp: SMTPTestServer, *, composer: Compo
         draft: Any = personal, max_attempts: int = 3, **settings: Any) -> BatchReport:
     options = {"server": "127.0.0.1", "port": smtp.port, "timeout": 5.0, **settings}
     with BatchConnection(SMTPSettings(**options)) as connection:
-        return run_batch(ledger, [Envelope([i], draft) for i in range(n)], connection,
+        return run_batch(ledger, [Outgoing([i], draft) for i in range(n)], connection,
                          composer or Composer(),
                          BatchOptions(token="t1", policy=RetryPolicy(max_attempts=max_attempts)))
 
@@ -126,7 +126,7 @@ def test_what_is_recorded_is_told_with_the_status_the_ledger_set(
                                (fate.outcomes[0].status, statuses)))
     settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, timeout=5.0)
     with BatchConnection(settings) as connection:
-        run_batch(ledger, [Envelope([0], personal)], connection, Composer(), options)
+        run_batch(ledger, [Outgoing([0], personal)], connection, Composer(), options)
     assert told == [("deferred", ["failed"])]  # the relay deferred it; its last attempt
 
 
@@ -266,7 +266,7 @@ def test_a_relay_slower_than_the_lease_never_lets_a_second_run_claim(
     def run_as(token: str) -> None:
         settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, timeout=5.0)
         with BatchConnection(settings) as connection:
-            reports[token] = run_batch(ledger, [Envelope([i], personal) for i in range(3)],
+            reports[token] = run_batch(ledger, [Outgoing([i], personal) for i in range(3)],
                                        connection, Composer(), BatchOptions(token=token,
                                                                             lease=0.3))
 
@@ -312,7 +312,7 @@ def test_a_batch_stopped_after_sending_ahead_sends_nothing_more(
 
     settings = SMTPSettings(server="127.0.0.1", port=smtp_server.port, timeout=5.0)
     with BatchConnection(settings) as connection:
-        report = run_batch(ledger, [Envelope([i], personal) for i in range(6)], connection,
+        report = run_batch(ledger, [Outgoing([i], personal) for i in range(6)], connection,
                            Composer(), BatchOptions(token="t", should_stop=lambda: next(checks)))
     time.sleep(0.2)
     assert report.counts == {"sent": 2}

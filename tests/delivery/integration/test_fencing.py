@@ -19,7 +19,7 @@ from tasks.delivery.engine.session import BatchConnection, SMTPSettings
 from tasks.delivery.leases import ClaimLease, LeaseBusy, process_id, renew, run_id
 from tasks.delivery.ledger import LEASE_PREFIX, DeliveryLedger, Outcome, RecipientRecord
 from tasks.delivery.reconciler import Reconciler, take_turn
-from tasks.delivery.service import BatchOptions, Dispatched, Envelope, run_batch
+from tasks.delivery.service import BatchOptions, MessageFate, Outgoing, run_batch
 from tasks.workers.waiting import read_waiting
 from tests.delivery.integration.test_reconcile import new_campaign
 from tests.support.lease_support import lease
@@ -114,13 +114,13 @@ def test_a_run_taken_over_mid_batch_stops_before_its_next_message(
     drafts = _Drafts()
     taken_after = 3
 
-    def observe(sent: Dispatched) -> None:
+    def observe(sent: MessageFate) -> None:
         if len(smtp_server.received) == taken_after:  # another host took the lease over
             redis_client.set(LEASE_PREFIX + "takeover", "other-host:p:r", px=30_000)
 
     options = BatchOptions(token="takeover", lease=30, observe=observe)
     with BatchConnection(_settings(smtp_server)) as connection:
-        report = run_batch(ledger, [Envelope([i], drafts.draft_for) for i in range(20)],
+        report = run_batch(ledger, [Outgoing([i], drafts.draft_for) for i in range(20)],
                            connection, drafts.composer, options)
 
     assert report.fenced

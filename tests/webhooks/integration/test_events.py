@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 from tasks.delivery.engine.outcome import DeliveryOutcome
 from tasks.delivery.ledger import RecipientRecord
-from tasks.delivery.service import Dispatched
+from tasks.delivery.service import MessageFate
 from tasks.webhooks.events import (
     FLUSH_EVERY,
     DeliveryEvents,
@@ -60,15 +60,15 @@ def endpoint(redis_client: Redis) -> None:
     WebhookEndpoints(redis_client).create("https://hooks.example.com/postroom", EVENT_TYPES)
 
 
-def as_recorded(dispatched: Dispatched) -> tuple[Dispatched, list[str]]:
+def as_recorded(dispatched: MessageFate) -> tuple[MessageFate, list[str]]:
     """*dispatched* with the statuses a ledger that changed none of them returns."""
     return dispatched, [outcome.status for outcome in dispatched.outcomes]
 
 
-def batch(*fates: tuple[str, DeliveryOutcome], attempts: int = 0) -> Dispatched:
+def batch(*fates: tuple[str, DeliveryOutcome], attempts: int = 0) -> MessageFate:
     records = [RecipientRecord(index=n, email=email, attempts=attempts)
                for n, (email, _) in enumerate(fates)]
-    return Dispatched(None, None, records, [outcome for _, outcome in fates])
+    return MessageFate(None, None, records, [outcome for _, outcome in fates])
 
 
 SENT = DeliveryOutcome("sent", 250)
@@ -101,7 +101,7 @@ def test_each_outcome_of_a_message_becomes_its_event(redis_client: Redis) -> Non
 @pytest.mark.usefixtures("endpoint")
 def test_a_campaign_recipient_is_named_by_its_message(redis_client: Redis) -> None:
     events = DeliveryEvents(redis_client, "campaign", CAMPAIGN, Emitted())
-    events(*as_recorded(Dispatched(None, None, [RecipientRecord(index=7,
+    events(*as_recorded(MessageFate(None, None, [RecipientRecord(index=7,
                                                                 email="ada@example.com")],
                                    [SENT])))
     events.close()
