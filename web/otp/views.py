@@ -12,8 +12,9 @@ from flask import current_app, jsonify, redirect, render_template, request, url_
 from flask.typing import ResponseReturnValue
 from flask_limiter.errors import RateLimitExceeded
 
-from tasks.codes.service import request_code
+from tasks.codes.service import request_code, verify_code
 from tasks.codes.store import OTPStore
+from tasks.shared.errors import Invalid, NotFound
 from web.otp import status
 from web.otp.blueprint import bp
 from web.otp.forms import AddressForm, CodeForm
@@ -65,9 +66,11 @@ def validate() -> ResponseReturnValue:
     otp_request = store.get(request_id) if request_id else None
     failure = None
     if form.validate_on_submit():
-        if store.verify(request_id, form.code.data) == "verified":
+        try:
+            verify_code(store, request_id, form.code.data)
             return render_template("otp/verified.html")
-        failure = GENERIC_FAILURE
+        except (NotFound, Invalid):
+            failure = GENERIC_FAILURE  # the same answer whatever the reason
         form.code.data = ""
         otp_request = store.get(request_id)
     shown = status.describe(otp_request.public(store.now())) if otp_request else None
