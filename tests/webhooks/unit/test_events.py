@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from tasks.delivery.engine.outcome import DeliveryOutcome, OutcomeStatus
 from tasks.delivery.ledger import RecipientRecord
-from tasks.delivery.service import Dispatched
+from tasks.delivery.service import MessageFate
 from tasks.webhooks.events import (
     MESSAGE_EVENTS,
     OTP_EVENTS,
@@ -74,7 +74,7 @@ def announced(kind: str, delivery_id: str, fates: list[tuple[str, OutcomeStatus,
     recorder = DeliveryEvents(Registered(), kind, delivery_id, emitted)
     records = [RecipientRecord(index=first_index + n, email=email)
                for n, (email, _, _) in enumerate(fates)]
-    recorder(Dispatched(None, None, records, [OUTCOMES[status] for _, status, _ in fates]),
+    recorder(MessageFate(None, None, records, [OUTCOMES[status] for _, status, _ in fates]),
              [recorded for _, _, recorded in fates])
     recorder.close()
     return emitted.events
@@ -174,7 +174,7 @@ def test_a_bounce_names_the_message_it_was_given_before_the_campaigns() -> None:
 
 def test_statuses_must_match_the_recipients_one_for_one() -> None:
     recorder = DeliveryEvents(Registered(), "message", "m1", Emitted())
-    dispatched = Dispatched(None, None, [RecipientRecord(index=0, email="ada@example.com")],
+    dispatched = MessageFate(None, None, [RecipientRecord(index=0, email="ada@example.com")],
                             [OUTCOMES["sent"]])
     with pytest.raises(ValueError):
         recorder(dispatched, [])
@@ -183,7 +183,7 @@ def test_statuses_must_match_the_recipients_one_for_one() -> None:
 def test_the_endpoints_question_is_asked_once_and_a_no_builds_nothing() -> None:
     redis, emitted = Registered(False), Emitted()
     recorder = DeliveryEvents(redis, "message", "m1", emitted)
-    dispatched = Dispatched(None, None, [RecipientRecord(index=0, email="ada@example.com")],
+    dispatched = MessageFate(None, None, [RecipientRecord(index=0, email="ada@example.com")],
                             [OUTCOMES["sent"]])
     recorder(dispatched, ["sent"])
     recorder(dispatched, ["sent"])
@@ -203,7 +203,7 @@ def test_events_go_in_one_write_when_the_batch_ends() -> None:
     recorder = DeliveryEvents(Registered(), "message", "m1", emitted)
     recorder.written = time.monotonic()  # as if just written: nothing is due yet
     records = [RecipientRecord(index=n, email=f"r{n}@example.com") for n in range(3)]
-    recorder(Dispatched(None, None, records, [OUTCOMES["sent"]] * 3), ["sent"] * 3)
+    recorder(MessageFate(None, None, records, [OUTCOMES["sent"]] * 3), ["sent"] * 3)
     assert emitted.writes == []  # within FLUSH_EVERY of the last write
     recorder.close()
     recorder.close()
@@ -215,7 +215,7 @@ def test_a_redis_error_on_write_drops_the_events_with_a_warning(
     recorder = DeliveryEvents(Registered(), "campaign", CAMPAIGN,
                               Emitted(RedisConnectionError("gone")))
     records = [RecipientRecord(index=n, email=f"r{n}@example.com") for n in range(2)]
-    recorder(Dispatched(None, None, records, [OUTCOMES["sent"]] * 2), ["sent"] * 2)
+    recorder(MessageFate(None, None, records, [OUTCOMES["sent"]] * 2), ["sent"] * 2)
     with caplog.at_level(logging.WARNING, logger="tasks.webhooks.events"):
         recorder.close()
     assert recorder.buffer == []
@@ -225,7 +225,7 @@ def test_a_redis_error_on_write_drops_the_events_with_a_warning(
 
 def test_an_error_that_is_not_redis_s_is_not_swallowed() -> None:
     recorder = DeliveryEvents(Registered(), "message", "m1", Emitted(TypeError("a bug")))
-    recorder(Dispatched(None, None, [RecipientRecord(index=0, email="ada@example.com")],
+    recorder(MessageFate(None, None, [RecipientRecord(index=0, email="ada@example.com")],
                         [OUTCOMES["sent"]]), ["sent"])
     with pytest.raises(TypeError, match="a bug"):
         recorder.close()
