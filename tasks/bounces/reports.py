@@ -87,6 +87,9 @@ def _read(raw: bytes) -> Report:
     parts = [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
     for part in parts:
         content_type = part.get_content_type()
+        full = len(report.recipients) >= MAX_RECIPIENTS  # the cap is the report's, not a part's
+        if full and content_type in {"message/delivery-status", "message/feedback-report"}:
+            continue
         if content_type == "message/delivery-status":
             report.recipients += _delivery_status(part)
             report.envelope_id = report.envelope_id or _envelope_id(part)
@@ -105,6 +108,7 @@ def _read(raw: bytes) -> Report:
                     address for _, address in email.utils.getaddresses(
                         [str(v) for v in original.get_all("To", [])]) if address
                 ][:MAX_RECIPIENTS]
+    report.recipients = report.recipients[:MAX_RECIPIENTS]
     report.return_paths = report.return_paths[:MAX_RECIPIENTS]
     if report.kind == "feedback-report" and not any(
             r.email for r in report.recipients) and report.original_recipients:

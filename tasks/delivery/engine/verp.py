@@ -52,7 +52,7 @@ def read_verp(address: str, return_path: str, secret: str) -> BounceRef | None:
     base_local, _, base_domain = return_path.rpartition("@")
     if domain.lower() != base_domain.lower():
         return None
-    prefix, plus, token = local.partition("+")
+    prefix, plus, token = local.rpartition("+")  # the token has no "+"; the return path may
     if not plus or prefix.lower() != base_local.lower():
         return None
     found = _TOKEN.match(token.lower())
@@ -70,8 +70,9 @@ def is_return_path_address(address: str, return_path: str) -> bool:
     """Whether *address* is the return path or one of its ``+token`` forms."""
     local, _, domain = address.strip().strip("<>").rpartition("@")
     base_local, _, base_domain = return_path.rpartition("@")
-    return (domain.lower() == base_domain.lower()
-            and local.lower().partition("+")[0] == base_local.lower())
+    local, base_local = local.lower(), base_local.lower()
+    return domain.lower() == base_domain.lower() and (
+        local == base_local or local.rpartition("+")[0] == base_local)
 
 
 # -- DSN envelope ids (RFC 3461 ENVID): the same signed token as the VERP return path
