@@ -126,6 +126,15 @@ CAMPAIGN_TRANSITIONS: dict[str, tuple[tuple[CampaignStatus, ...], CampaignStatus
 }
 CAMPAIGN_RETRYABLE = (CampaignStatus.COMPLETED, CampaignStatus.RUNNING, CampaignStatus.PAUSED)
 
+# what an operator may do to a campaign, by the statuses it is allowed from
+CAMPAIGN_ACTIONS: dict[str, tuple[CampaignStatus, ...]] = {
+    "start": CAMPAIGN_TRANSITIONS["queue"][0],
+    "pause": CAMPAIGN_TRANSITIONS["pause"][0],
+    "resume": CAMPAIGN_TRANSITIONS["resume"][0],
+    "cancel": CAMPAIGN_TRANSITIONS["cancel"][0],
+    "retry-failed": CAMPAIGN_RETRYABLE,
+}
+
 # the event each recipient status announces, by kind of mail
 MESSAGE_EVENTS = {Status.SENT: EventType.MESSAGE_SENT, Status.DEFERRED: EventType.MESSAGE_DEFERRED,
                   Status.FAILED: EventType.MESSAGE_FAILED}
@@ -156,4 +165,5 @@ def template_context() -> dict[str, Any]:
         "unsettled": sorted(UNSETTLED),
         "code_final": sorted(CODE_FINAL),
         "campaign_final": list(CAMPAIGN_FINAL),
+        "campaign_actions": {action: list(allowed) for action, allowed in CAMPAIGN_ACTIONS.items()},
     }}

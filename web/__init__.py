@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from tasks.shared import connection
+from tasks.vocabulary import template_context
 from web import config as settings
 from web import logs, page_headers, request_bounds, testing_mode
 from web.celery import celery_init_app
@@ -80,6 +81,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
 
     outages.init_app(app)
+    app.context_processor(template_context)  # the statuses' words, for templates and their JS
 
     app.register_blueprint(api.bp)
     app.register_blueprint(home.bp)

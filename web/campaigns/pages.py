@@ -172,7 +172,8 @@ def progress(campaign_id: str) -> ResponseReturnValue:
     span = elapsed(shown, now)
     return jsonify({**shown.model_dump(), "sending_rate": campaign_rate(shown, now),
                     "elapsed": span, "elapsed_text": duration_text(span),
-                    "chart": chart_bars(history), "scale": chart_scale(history)})
+                    "chart": chart_bars(history), "scale": chart_scale(history),
+                    "final": shown.status in FINAL})
 
 
 @bp.post("/<campaign_id>/<action>")

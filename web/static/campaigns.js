@@ -1,7 +1,6 @@
 // Live progress on the campaign pages: poll each campaign's progress URL and move its bar.
 (function () {
   "use strict";
-  var FINAL = ["completed", "cancelled"];
 
   function render(row, c) {
     var n = c.counts;
@@ -61,14 +60,13 @@
   }
 
   function watch(row) {
-    var initial = row.querySelector("[data-part=status]").textContent.trim();
-    if (FINAL.indexOf(initial) !== -1) { return; }
+    if (row.dataset.final === "true") { return; }
     var timer = setInterval(function () {
       fetch(row.dataset.progressUrl, {credentials: "same-origin"})
         .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
         .then(function (c) {
           render(row, c);
-          if (FINAL.indexOf(c.status) !== -1) { clearInterval(timer); }
+          if (c.final) { clearInterval(timer); }
         })
         .catch(function (status) {  // a blip: try again next second; gone or signed out: stop
           if (status === 404 || status === 401) { clearInterval(timer); }

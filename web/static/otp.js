@@ -8,7 +8,6 @@
   var statusEl = box.querySelector("[data-otp-status]");
   var labelEl = box.querySelector("[data-otp-label]");
   var reasonEl = box.querySelector("[data-otp-reason]");
-  var finals = ["sent", "failed", "verified", "expired", "locked"];
   var delay = 1000;
 
   function show(state) {
@@ -39,7 +38,7 @@
       });
   }
 
-  if (finals.indexOf(box.getAttribute("data-status")) === -1) {
+  if (box.getAttribute("data-final") !== "true") {
     window.setTimeout(poll, delay);
   }
 })();
