@@ -28,6 +28,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from tasks.shared.keys import key
+from tasks.vocabulary import lua_table
 
 
 class RecipientStatus(StrEnum):
@@ -50,7 +51,7 @@ FINISH_FIXED_ARGS = 6  # finish.lua's arguments before the per-recipient ones
 def _script(name: str) -> str:
     folder = resources.files("tasks.delivery") / "lua"
     common = (folder / "ledger_common.lua").read_text()
-    return common + "\n" + (folder / f"{name}.lua").read_text()
+    return lua_table() + common + "\n" + (folder / f"{name}.lua").read_text()
 
 
 SCRIPTS = {name: _script(name) for name in ("claim", "finish", "release", "move", "bounce")}

@@ -5,12 +5,12 @@ local raw = redis.call('HGET', KEYS[1], ARGV[2])
 if not raw then return false end
 local rec = cjson.decode(raw)
 local was = rec.s
-if was ~= 'sent' and was ~= 'deferred' and was ~= 'bounced' then return false end
-if was ~= 'bounced' then
+if was ~= STATUS.SENT and was ~= STATUS.DEFERRED and was ~= STATUS.BOUNCED then return false end
+if was ~= STATUS.BOUNCED then
   leave(was, ARGV[2])
-  enter('bounced', ARGV[2])
+  enter(STATUS.BOUNCED, ARGV[2])
 end
-rec.s = 'bounced'
+rec.s = STATUS.BOUNCED
 rec.u = tonumber(ARGV[1])
 rec.n = nil
 rec.c = nil

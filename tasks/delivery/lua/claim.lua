@@ -13,8 +13,8 @@ for i = 5, #ARGV do
   if raw then
     local rec = cjson.decode(raw)
     local s = rec.s
-    local take = s == 'queued' or s == 'deferred'
-    if s == 'sending' then
+    local take = s == STATUS.QUEUED or s == STATUS.DEFERRED
+    if s == STATUS.SENDING then
       if rec.t == token then
         take = true
       else
@@ -28,11 +28,11 @@ for i = 5, #ARGV do
       end
     end
     if take then
-      if s ~= 'sending' then
+      if s ~= STATUS.SENDING then
         leave(s, idx)
-        enter('sending', idx)
+        enter(STATUS.SENDING, idx)
       end
-      rec.s = 'sending'
+      rec.s = STATUS.SENDING
       rec.t = token
       rec.n = nil
       rec.u = now

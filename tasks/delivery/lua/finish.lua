@@ -16,20 +16,20 @@ for i = 7, #ARGV, 6 do
   local idx, status, code, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local raw = redis.call('HGET', KEYS[1], idx)
   local rec = raw and cjson.decode(raw)
-  if not rec or rec.s ~= 'sending' or rec.t ~= token then
+  if not rec or rec.s ~= STATUS.SENDING or rec.t ~= token then
     table.insert(final, 'lost:' .. idx)
   else
     if ARGV[i + 4] == '1' then rec.a = (rec.a or 0) + 1 end
     rec.r = nil
     rec.n = nil
     if err ~= '' then rec.r = err end
-    if status == 'deferred' then
+    if status == STATUS.DEFERRED then
       rec.d = (rec.d or 0) + 1
       if (rec.a or 0) >= max_attempts then
-        status = 'failed'
+        status = STATUS.FAILED
         rec.r = 'retries exhausted after ' .. rec.a .. ' attempts: ' .. err
       elseif deadline > 0 and now >= deadline then
-        status = 'failed'
+        status = STATUS.FAILED
         rec.r = 'not delivered before the delivery deadline (DELIVERY_MAX_AGE): ' .. err
       else
         rec.n = tonumber(ARGV[i + 5])
@@ -37,13 +37,13 @@ for i = 7, #ARGV, 6 do
     end
     rec.c = nil
     if code ~= '' then rec.c = tonumber(code) end
-    leave('sending', idx)
+    leave(STATUS.SENDING, idx)
     rec.s = status
     rec.t = nil
     rec.u = now
     redis.call('HSET', KEYS[1], idx, cjson.encode(rec))
     enter(status, idx)
-    if status == 'deferred' then schedule(idx, rec.n) end
+    if status == STATUS.DEFERRED then schedule(idx, rec.n) end
     table.insert(final, status)
   end
 end

@@ -22,7 +22,7 @@ end
 local function leave(status, idx)
   redis.call('ZREM', KEYS[3] .. status, idx)
   redis.call('HINCRBY', KEYS[2], status, -1)
-  if status == 'deferred' then redis.call('ZREM', KEYS[4], idx) end
+  if status == STATUS.DEFERRED then redis.call('ZREM', KEYS[4], idx) end
 end
 
 local function enter(status, idx)

@@ -9,7 +9,7 @@ for _, idx in ipairs(ids) do
   rec.u = now
   rec.t = nil
   rec.n = nil
-  if to == 'queued' then
+  if to == STATUS.QUEUED then
     rec.a = nil
     rec.d = nil
   end

@@ -10,14 +10,14 @@ for i = 5, #ARGV do
   local idx = ARGV[i]
   local raw = redis.call('HGET', KEYS[1], idx)
   local rec = raw and cjson.decode(raw)
-  if rec and rec.s == 'sending' and rec.t == token then
-    local status = 'queued'
-    if (rec.d or 0) > 0 then status = 'deferred' end
-    leave('sending', idx)
+  if rec and rec.s == STATUS.SENDING and rec.t == token then
+    local status = STATUS.QUEUED
+    if (rec.d or 0) > 0 then status = STATUS.DEFERRED end
+    leave(STATUS.SENDING, idx)
     rec.s = status
     rec.t = nil
     rec.u = now
-    if status == 'deferred' then
+    if status == STATUS.DEFERRED then
       rec.n = now
       schedule(idx, now)
     end
