@@ -13,7 +13,8 @@ from flask.typing import ResponseReturnValue
 from flask_limiter.errors import RateLimitExceeded
 
 from tasks.codes.service import request_code
-from tasks.codes.store import OTPStore
+from tasks.codes.store import OTPStore, Verdict
+from tasks.vocabulary import CodeStatus
 from web.otp import status
 from web.otp.blueprint import bp
 from web.otp.forms import AddressForm, CodeForm
@@ -65,13 +66,13 @@ def validate() -> ResponseReturnValue:
     otp_request = store.get(request_id) if request_id else None
     failure = None
     if form.validate_on_submit():
-        if store.verify(request_id, form.code.data) == "verified":
+        if store.verify(request_id, form.code.data) == Verdict.VERIFIED:
             return render_template("otp/verified.html")
         failure = GENERIC_FAILURE
         form.code.data = ""
         otp_request = store.get(request_id)
     shown = status.describe(otp_request.public(store.now())) if otp_request else None
-    if shown is not None and shown["status"] == "verified" and request.method == "GET":
+    if shown is not None and shown["status"] == CodeStatus.VERIFIED and request.method == "GET":
         return render_template("otp/verified.html")  # reopened after success
     code = 200
     if failure or form.errors:
