@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 
-from kombu import Queue
+from kombu import Queue as BrokerQueue
+
+from tasks.vocabulary import Queue
 
 _redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url
@@ -42,16 +44,16 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-task_queues = (Queue("otp"), Queue("mail"), Queue("bulk"), Queue("events"))
-task_default_queue = "mail"
+task_queues = tuple(BrokerQueue(queue) for queue in Queue)  # otp, mail, bulk, events
+task_default_queue = Queue.MAIL
 task_routes = {
-    "postroom.otp.*": {"queue": "otp"},
-    "postroom.deliver_message": {"queue": "mail"},
-    "postroom.deliver_each": {"queue": "bulk"},
-    "postroom.campaign.*": {"queue": "bulk"},
-    "postroom.reconcile": {"queue": "mail"},
-    "postroom.relay_probe": {"queue": "mail"},
-    "postroom.webhooks.*": {"queue": "events"},  # calls to client apps: never in the way
+    "postroom.otp.*": {"queue": Queue.OTP},
+    "postroom.deliver_message": {"queue": Queue.MAIL},
+    "postroom.deliver_each": {"queue": Queue.BULK},
+    "postroom.campaign.*": {"queue": Queue.BULK},
+    "postroom.reconcile": {"queue": Queue.MAIL},
+    "postroom.relay_probe": {"queue": Queue.MAIL},
+    "postroom.webhooks.*": {"queue": Queue.EVENTS},  # calls to client apps: never in the way
 }
 
 # Events for Flower. A "task-sent" event costs every enqueue another publish (a fifth of

@@ -18,8 +18,8 @@ from typing import Any
 
 EXTRA_FIELDS = ("delivery",)  # ``extra=`` attributes copied into the line
 
-# beat's routine scans: sent every few seconds, so their "sending", "received" and
-# "succeeded" lines are logged at DEBUG, not INFO
+# beat's routine scans: sent every few seconds, so their ``sending``, ``received`` and
+# ``succeeded`` lines are logged at DEBUG, not INFO
 ROUTINE_TASKS = ("postroom.campaign.start_due", "postroom.reconcile",
                  "postroom-campaigns-due", "postroom-reconcile")
 CELERY_TASK_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")

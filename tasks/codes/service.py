@@ -8,7 +8,7 @@ The rules of a code (its budget, expiry, one use, guesses) are the store's
 
 from __future__ import annotations
 
-from tasks.codes.store import OTPRequest, OTPStore
+from tasks.codes.store import OTPRequest, OTPStore, Verdict
 from tasks.codes.tasks import send_code
 from tasks.shared.errors import Invalid, NotFound
 
@@ -27,5 +27,5 @@ def verify_code(store: OTPStore, request_id: str, code: str) -> None:
     :class:`Invalid` (the same answer whatever the reason) for a code that does not work."""
     if store.get(request_id) is None:
         raise NotFound(f"no OTP request with id {request_id[:64]!r}")
-    if store.verify(request_id, code) != "verified":
+    if store.verify(request_id, code) != Verdict.VERIFIED:
         raise Invalid(GENERIC_FAILURE, code="invalid_code")

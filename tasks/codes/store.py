@@ -33,7 +33,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import WatchError
@@ -44,15 +45,28 @@ from tasks.delivery.watch_list import WATCH_AFTER, Watchlist
 from tasks.shared.identifiers import is_record_id
 from tasks.shared.keys import key
 from tasks.shared.mailbox import mailbox_digest
+from tasks.vocabulary import CODE_CLOSED, CODE_SENDABLE, DELIVERY_OUTCOMES, CodeStatus, Kind
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("queued", "sending", "sent", "deferred", "failed", "verified", "expired", "locked")
-CLOSED = frozenset({"verified", "expired", "locked"})  # no code works any more
-SENDABLE = frozenset({"queued", "sending", "deferred"})
-DELIVERY_STATUSES = frozenset({"sent", "deferred", "failed"})
+STATUSES = tuple(CodeStatus)
+CLOSED = CODE_CLOSED  # no code works any more
+SENDABLE = CODE_SENDABLE
+DELIVERY_STATUSES = DELIVERY_OUTCOMES  # what the delivery of its mail can make a request
+TYPEABLE = SENDABLE | {CodeStatus.SENT}  # a code that works until it expires
 
-Verdict = Literal["verified", "wrong", "locked", "expired", "closed", "unknown", "exhausted"]
+
+class Verdict(StrEnum):
+    """What became of a code submitted for a request."""
+
+    VERIFIED = CodeStatus.VERIFIED
+    WRONG = "wrong"
+    LOCKED = CodeStatus.LOCKED
+    EXPIRED = CodeStatus.EXPIRED
+    CLOSED = "closed"
+    UNKNOWN = "unknown"
+    EXHAUSTED = "exhausted"
+
 
 _WHITESPACE = re.compile(r"\s+")
 MAX_TYPED_CODE = 100  # characters, spaces included
@@ -143,8 +157,8 @@ class OTPRequest:
 
     def shown_status(self, now: float) -> str:
         """The status a reader sees: a code past its lifetime reads ``expired``."""
-        if self.status in SENDABLE | {"sent"} and now >= self.expires_at:
-            return "expired"
+        if self.status in TYPEABLE and now >= self.expires_at:
+            return CodeStatus.EXPIRED
         return self.status
 
     def public(self, now: float) -> dict[str, Any]:
@@ -196,14 +210,14 @@ class OTPStore:
     def create(self, email: str) -> OTPRequest:
         """A new request for *email*, queued; the address's previous request stops working."""
         now = self.now()
-        request = OTPRequest(id=uuid.uuid4().hex, email=email, status="queued", created_at=now,
-                             updated_at=now, expires_at=now + self.policy.ttl,
+        request = OTPRequest(id=uuid.uuid4().hex, email=email, status=CodeStatus.QUEUED,
+                             created_at=now, updated_at=now, expires_at=now + self.policy.ttl,
                              max_attempts=self.policy.max_attempts,
-                             history=[{"status": "queued", "at": now}])
+                             history=[{"status": CodeStatus.QUEUED, "at": now}])
         ledger = self.ledger(request.id)
         ledger.add([RecipientRecord(index=0, email=email)])
         ledger.expire(self.policy.record_ttl)
-        Watchlist(self.redis).expect("otp", request.id, now + WATCH_AFTER)
+        Watchlist(self.redis).expect(Kind.OTP, request.id, now + WATCH_AFTER)
         pointer = self.address_key(email)
         with self.redis.pipeline() as pipe:
             while True:
@@ -221,7 +235,7 @@ class OTPStore:
                              ex=self.policy.record_ttl)
                     pipe.set(pointer, request.id, ex=self.policy.record_ttl)
                     if previous is not None and previous.status not in CLOSED:
-                        previous.move("expired", now, error="replaced by a newer request")
+                        previous.move(CodeStatus.EXPIRED, now, error="replaced by a newer request")
                         pipe.set(self.record_key(previous.id), previous.dump(), keepttl=True)
                     pipe.execute()
                     return request
@@ -267,12 +281,12 @@ class OTPStore:
             if request.status not in SENDABLE:
                 return False
             if now >= request.created_at + self.policy.ttl:
-                request.move("expired", now, error="not delivered in time")
+                request.move(CodeStatus.EXPIRED, now, error="not delivered in time")
                 return True
             request.code_hash = digest
             request.issued_at = now
             request.expires_at = now + self.policy.ttl
-            request.move("sending", now)
+            request.move(CodeStatus.SENDING, now)
             issued = True
             return True
 
@@ -306,40 +320,41 @@ class OTPStore:
         found = self.get(request_id)
         if found is None:
             log.info("otp request %s: verification unknown", request_id[:40])
-            return "unknown"
+            return Verdict.UNKNOWN
         within_budget = self.guesses.spend(found.email)
         candidate = self.policy.digest(request_id, code)
-        verdict: Verdict = "unknown"
+        verdict: Verdict = Verdict.UNKNOWN
 
         def check(request: OTPRequest, now: float) -> bool:
             nonlocal verdict
             if request.status in CLOSED:
-                verdict = "closed"
+                verdict = Verdict.CLOSED
                 return False
             if now >= request.expires_at:
-                verdict = "expired"
-                request.move("expired", now, smtp_code=request.smtp_code, error=request.error)
+                verdict = Verdict.EXPIRED
+                request.move(CodeStatus.EXPIRED, now, smtp_code=request.smtp_code,
+                             error=request.error)
                 return True
             if not within_budget:
-                verdict = "exhausted"
-                request.move("locked", now, error="too many wrong codes")
+                verdict = Verdict.EXHAUSTED
+                request.move(CodeStatus.LOCKED, now, error="too many wrong codes")
                 return True
             stored = request.code_hash or ""
             if stored and hmac.compare_digest(candidate.encode(), stored.encode()):
-                verdict = "verified"
-                request.move("verified", now)
+                verdict = Verdict.VERIFIED
+                request.move(CodeStatus.VERIFIED, now)
                 return True
             request.attempts += 1
             if request.attempts >= request.max_attempts:
-                verdict = "locked"
-                request.move("locked", now, error="too many wrong codes")
+                verdict = Verdict.LOCKED
+                request.move(CodeStatus.LOCKED, now, error="too many wrong codes")
             else:
-                verdict = "wrong"
+                verdict = Verdict.WRONG
                 request.updated_at = now
             return True
 
         self._change(request_id, check)
-        if verdict not in {"wrong", "locked"}:
+        if verdict not in {Verdict.WRONG, Verdict.LOCKED}:
             self.guesses.give_back(found.email)  # no wrong code was compared
         log.info("otp request %s: verification %s", request_id, verdict)
         return verdict

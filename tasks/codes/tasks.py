@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from celery import Task, shared_task
@@ -22,10 +23,12 @@ from tasks.delivery.ledger import RecipientRecord
 from tasks.delivery.runner import Delivery
 from tasks.delivery.service import Outgoing
 from tasks.delivery.watch_list import Watchlist
+from tasks.vocabulary import CodeStatus, Kind, Status
 
 log = logging.getLogger(__name__)
 
 SUBJECT = "Your verification code"
+SUPPRESSED_SEND = "sending is suppressed (MAIL_SUPPRESS_SEND)"
 
 
 def lifetime_text(seconds: int) -> str:
@@ -54,6 +57,22 @@ def code_draft(sender: str, to: str, code: str, ttl: int) -> Draft:
                  headers={"Auto-Submitted": "auto-generated"})
 
 
+def code_delivery(record: RecipientRecord,
+                  barred: Callable[[str], str | None]) -> tuple[CodeStatus, str | None]:
+    """The request's status and error, from its recipient's ledger *record*.
+
+    A suppressed recipient reads as sent: if the address bounced or complained
+    (*barred* gives the reason) no mail went, but the request tells nobody which
+    addresses those are; otherwise (``MAIL_SUPPRESS_SEND``) the mail was built and
+    handed to ``email_dispatched``, as sent.
+    """
+    if record.status == Status.SUPPRESSED:
+        return CodeStatus.SENT, None if barred(record.email) else SUPPRESSED_SEND
+    if record.status in (Status.SENT, Status.DEFERRED):
+        return CodeStatus(record.status), record.error
+    return CodeStatus.FAILED, record.error
+
+
 @shared_task(name="postroom.otp.send", bind=True, max_retries=None, ignore_result=True)
 def send_code(self: Task, request_id: str) -> None:
     """Mail a fresh code for OTP request *request_id*, unless it is closed or gone."""
@@ -61,7 +80,7 @@ def send_code(self: Task, request_id: str) -> None:
     store = OTPStore.from_config(redis, runtime.app_config())
     request = store.get(request_id)
     if request is None:
-        Watchlist(redis).done("otp", request_id)
+        Watchlist(redis).done(Kind.OTP, request_id)
         log.warning("otp request %s no longer exists; nothing to send", request_id)
         return
     ledger = store.ledger(request_id)
@@ -82,16 +101,8 @@ def send_code(self: Task, request_id: str) -> None:
                         settings=settings, policy=policy)
     report = delivery.run([Outgoing([0], draft_to)], runtime.composer(settings),
                           f"otp request {request_id}")
-    suppressed = delivery.suppressed
     if report.counts:
         [record] = ledger.get([0])
-        status = record.status if record.status in {"sent", "deferred"} else "failed"
-        error = record.error
-        if record.status == "suppressed" and suppressed.why(record.email):
-            # the address bounced or complained: no mail, but the request reads as sent,
-            # as for any other address, so it tells nobody which addresses those are
-            status, error = "sent", None
-        elif record.status == "suppressed":  # built and handed to email_dispatched, as sent
-            status, error = "sent", "sending is suppressed (MAIL_SUPPRESS_SEND)"
+        status, error = code_delivery(record, delivery.suppressed.why)
         store.record_delivery(request_id, status, record.smtp_code, error)
     delivery.settle(report)

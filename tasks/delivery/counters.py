@@ -34,9 +34,10 @@ from redis.client import Pipeline
 
 from tasks.delivery.ledger import text
 from tasks.shared.keys import key
+from tasks.vocabulary import Kind, Status
 
-KINDS = ("otp", "message", "campaign")
-OUTCOMES = ("sent", "deferred", "failed", "suppressed", "bounced")
+KINDS = (Kind.OTP, Kind.MESSAGE, Kind.CAMPAIGN)
+OUTCOMES = (Status.SENT, Status.DEFERRED, Status.FAILED, Status.SUPPRESSED, Status.BOUNCED)
 REPLY_CLASSES = ("2xx", "4xx", "5xx")
 # upper bounds (seconds) of the send-latency histogram's buckets; +Inf is implied
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -119,7 +120,8 @@ class DeliveryMetrics:
 
     def outcomes(self) -> dict[tuple[str, str], int]:
         """``(kind, status) -> recipients``, every known pair present (0 if never seen)."""
-        found = {(kind, status): 0 for kind in KINDS for status in OUTCOMES}
+        found: dict[tuple[str, str], int] = {(kind, status): 0 for kind in KINDS
+                                               for status in OUTCOMES}
         for name, value in self.redis.hgetall(OUTCOMES_KEY).items():
             kind, _, status = text(name).partition(":")
             found[(kind, status)] = int(value)

@@ -22,8 +22,9 @@ from flask_mail import Message, email_dispatched
 from tasks.delivery.engine.compose import ComposedMessage, Draft
 from tasks.delivery.engine.plaintext import text_from_html
 from tasks.delivery.service import MessageFate
+from tasks.vocabulary import Status
 
-DISPATCHED = frozenset({"sent", "suppressed"})  # the outcomes Flask-Mail signals
+DISPATCHED = frozenset({Status.SENT, Status.SUPPRESSED})  # the outcomes Flask-Mail signals
 
 
 def flask_mail_message(draft: Draft, composed: ComposedMessage | None = None) -> Message:

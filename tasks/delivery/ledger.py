@@ -20,30 +20,18 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from importlib import resources
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 
+from tasks import vocabulary
 from tasks.shared.keys import key
-from tasks.vocabulary import lua_table
+from tasks.vocabulary import Status
 
-
-class RecipientStatus(StrEnum):
-    QUEUED = "queued"
-    SENDING = "sending"
-    SENT = "sent"
-    DEFERRED = "deferred"
-    FAILED = "failed"
-    SUPPRESSED = "suppressed"
-    CANCELLED = "cancelled"
-    BOUNCED = "bounced"
-
-
-STATUSES = tuple(status.value for status in RecipientStatus)
-UNSETTLED = frozenset({"queued", "sending", "deferred"})  # still to be decided
+STATUSES = tuple(Status)
+UNSETTLED = vocabulary.UNSETTLED  # still to be decided
 LEASE_PREFIX = key("lease") + ":"
 FINISH_FIXED_ARGS = 6  # finish.lua's arguments before the per-recipient ones
 
@@ -51,7 +39,7 @@ FINISH_FIXED_ARGS = 6  # finish.lua's arguments before the per-recipient ones
 def _script(name: str) -> str:
     folder = resources.files("tasks.delivery") / "lua"
     common = (folder / "ledger_common.lua").read_text()
-    return lua_table() + common + "\n" + (folder / f"{name}.lua").read_text()
+    return "\n".join((vocabulary.lua_table(), common, (folder / f"{name}.lua").read_text()))
 
 
 SCRIPTS = {name: _script(name) for name in ("claim", "finish", "release", "move", "bounce")}
@@ -80,7 +68,7 @@ class RecipientRecord:
 
     index: int
     email: str
-    status: str = "queued"
+    status: str = Status.QUEUED
     attempts: int = 0
     smtp_code: int | None = None
     error: str | None = None
@@ -242,7 +230,7 @@ class DeliveryLedger:
 
     def counts(self) -> dict[str, int]:
         raw = self.redis.hgetall(self.counts_key)
-        counts = dict.fromkeys(STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for name, value in raw.items():
             counts[text(name)] = int(value)
         return counts
@@ -271,7 +259,8 @@ class DeliveryLedger:
 
     def orphaned_claims(self, *, limit: int = 1000) -> dict[str, list[int]]:
         """The claims whose lease is gone: run token -> the recipients it left ``sending``."""
-        members = [int(m) for m in self.redis.zrange(self.index_prefix + "sending", 0, limit - 1)]
+        sending = self.index_prefix + Status.SENDING
+        members = [int(m) for m in self.redis.zrange(sending, 0, limit - 1)]
         if not members:
             return {}
         raws = self.redis.hmget(self.records_key, [str(i) for i in members])
@@ -332,6 +321,6 @@ def claim_result(reply: list[Any]) -> ClaimResult:
             busy_until = until if busy_until is None else max(busy_until, until)
             continue
         record = RecipientRecord.load(int(idx), value)
-        record.status = "sending"
+        record.status = Status.SENDING
         claimed.append(record)
     return ClaimResult(claimed, busy_until)

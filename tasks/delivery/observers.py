@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from tasks.delivery.counters import DeliveryMetrics, MetricsTally
 from tasks.delivery.service import MessageFate
+from tasks.vocabulary import Status
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class DeliveryWatch:
         for outcome in dispatched.outcomes:
             self.tally.outcome(self.kind, outcome.status, outcome.smtp_code)
         if dispatched.message is not None and any(
-                outcome.status != "suppressed" for outcome in dispatched.outcomes):
+                outcome.status != Status.SUPPRESSED for outcome in dispatched.outcomes):
             self.tally.sent_in(self.kind, dispatched.seconds)  # it went to the relay
         if time.monotonic() - self.written >= FLUSH_EVERY:
             self.flush()

@@ -43,12 +43,13 @@ from tasks.codes.tasks import send_code
 from tasks.delivery import runtime
 from tasks.delivery.counters import REQUEUES_KEY
 from tasks.delivery.leases import process_id
-from tasks.delivery.ledger import UNSETTLED, DeliveryLedger
+from tasks.delivery.ledger import DeliveryLedger
 from tasks.delivery.relay_probe import schedule_lost_probe
 from tasks.delivery.watch_list import Watchlist
 from tasks.messages.store import MessageStore
 from tasks.messages.tasks import deliver_message
 from tasks.shared.keys import key
+from tasks.vocabulary import UNSETTLED, CampaignStatus, Kind, Queue, Status
 from tasks.webhooks.store import DISPATCH_PENDING, EventOutbox
 from tasks.webhooks.tasks import fan_out_events
 from tasks.workers.lost_tasks import report_lost, sweep
@@ -57,7 +58,7 @@ from tasks.workers.waiting import Waiting, read_waiting
 log = logging.getLogger(__name__)
 
 TURN_KEY = key("reconcile", "turn")
-WAITING_QUEUES = ("bulk", "mail", "otp")
+WAITING_QUEUES = (Queue.BULK, Queue.MAIL, Queue.OTP)
 BLIND_GRACE = 10  # how many intervals work must look idle when the broker cannot be read
 
 
@@ -163,7 +164,7 @@ class Reconciler:
             self._watched(kind, item_id, now, found)
         if EventOutbox(self.redis).waiting() and not self.redis.exists(DISPATCH_PENDING):
             fan_out_events.delay()  # events whose dispatcher was lost
-            found.add("events")
+            found.add(Queue.EVENTS)
         if schedule_lost_probe():
             found.add("relay_probe")
         return found
@@ -204,8 +205,8 @@ class Reconciler:
 
     def _watched(self, kind: str, item_id: str, now: float, found: Reconciled) -> None:
         task: Any
-        if kind == "campaign":
-            if self.campaigns.status(item_id) != "queued":
+        if kind == Kind.CAMPAIGN:
+            if self.campaigns.status(item_id) != CampaignStatus.QUEUED:
                 self.watch.done(kind, item_id)
                 return
             task = start_campaign
@@ -219,21 +220,22 @@ class Reconciler:
                 later = ledger.next_retry()
                 self.watch.expect(kind, item_id, max(later or 0.0, now) + self.grace)
                 return
-            task = deliver_message if kind == "message" else send_code
+            task = deliver_message if kind == Kind.MESSAGE else send_code
         if self.waiting.has(task.name, item_id):  # only waiting its turn in the queue
             self.watch.expect(kind, item_id, now + self.grace)
             return
         self.watch.expect(kind, item_id, now + 2 * self.grace)  # before: the task may clear it
-        if kind != "campaign" and ledger is not None:  # a dead worker's task: FAILED, not STARTED
+        # a dead worker's task: FAILED, not STARTED
+        if kind != Kind.CAMPAIGN and ledger is not None:
             report_lost(current_app, ledger.orphaned_claims(limit=100))
         task.delay(item_id)
         found.add(kind)
 
     def _ledger(self, kind: str, item_id: str) -> DeliveryLedger | None:
-        if kind == "message":
+        if kind == Kind.MESSAGE:
             messages = MessageStore(self.redis)
             return messages.ledger(item_id) if messages.get(item_id) is not None else None
-        if kind == "otp":
+        if kind == Kind.OTP:
             otp = OTPStore.from_config(self.redis, runtime.app_config())
             return otp.ledger(item_id) if otp.get(item_id) is not None else None
         log.warning("unknown kind %r on the watch list: %s", kind, item_id)
@@ -243,8 +245,8 @@ class Reconciler:
     def _claimable(ledger: DeliveryLedger, now: float) -> bool:
         """Anything a task would send now: queued, deferred and due, or orphaned."""
         counts = ledger.counts()
-        return bool(counts["queued"] or ledger.due_for_retry(now, limit=1)
-                    or (counts["sending"] and ledger.orphaned(limit=100)))
+        return bool(counts[Status.QUEUED] or ledger.due_for_retry(now, limit=1)
+                    or (counts[Status.SENDING] and ledger.orphaned(limit=100)))
 
 
 def _within(index: int, spans: list[tuple[int, int]]) -> bool:

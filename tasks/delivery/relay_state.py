@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from redis import Redis, RedisError
@@ -47,6 +48,13 @@ STATE_TTL = 3600  # a relay's last outcome is forgotten an hour after its last s
 MAX_ERROR = 300  # characters of a failure kept with the state
 AUTH_REFUSED = "authentication refused"
 RELAY_DOWN = "relay down"
+
+
+class SessionOutcome(StrEnum):
+    """How a relay's last session went (the state's ``outcome``)."""
+
+    OPENED = "opened"
+    FAILED = "failed"
 
 _COOLING_DOWN = """
 -- KEYS: n cooldown keys, then the n state keys; ARGV: cooldowns on (0/1), breaker_ms, now,
@@ -84,7 +92,7 @@ class RelayStatus:
     """One relay as /healthz and /metrics show it."""
 
     relay: str
-    outcome: str | None  # "opened", "failed", or None before the first session
+    outcome: str | None  # a SessionOutcome, or None before the first session
     at: float | None
     error: str | None
     cooling_down_until: float | None
@@ -95,9 +103,9 @@ class RelayStatus:
         """``cooling_down``, ``down`` (last session failed), ``up``, or ``unknown``."""
         if self.cooling_down_until is not None:
             return "cooling_down"
-        if self.outcome == "failed":
+        if self.outcome == SessionOutcome.FAILED:
             return "down"
-        return "up" if self.outcome == "opened" else "unknown"
+        return "up" if self.outcome == SessionOutcome.OPENED else "unknown"
 
     def public(self) -> dict[str, Any]:
         return {"relay": self.relay, "state": self.state, "last_outcome": self.outcome,
@@ -155,14 +163,14 @@ class RelayBoard:
         return {relay for relay, flag in zip(names, skipped, strict=True) if int(flag)}
 
     def opened(self, relay: str) -> None:
-        self._record(relay, {"outcome": "opened", "at": time.time(), "error": "",
+        self._record(relay, {"outcome": SessionOutcome.OPENED, "at": time.time(), "error": "",
                              "breaker": ""}, close_breaker=True)
 
     def auth_refused(self, relay: str, reason: str) -> None:
         """Open the relay's breaker for :attr:`breaker` seconds (one probe after that)."""
         now = time.time()
-        self._record(relay, {"outcome": "failed", "at": now, "error": reason[:MAX_ERROR],
-                             "breaker": AUTH_REFUSED},
+        self._record(relay, {"outcome": SessionOutcome.FAILED, "at": now,
+                             "error": reason[:MAX_ERROR], "breaker": AUTH_REFUSED},
                      cool_until=now + self.breaker if self.breaker else None,
                      cool_for=self.breaker)
 
@@ -170,7 +178,8 @@ class RelayBoard:
         """No session could be opened on *relay*: skip it for the cooldown (with a relay
         to move to) or until the next probe, one probe per :attr:`probe` seconds after."""
         now = time.time()
-        fields: dict[str, Any] = {"outcome": "failed", "at": now, "error": reason[:MAX_ERROR]}
+        fields: dict[str, Any] = {"outcome": SessionOutcome.FAILED, "at": now,
+                                  "error": reason[:MAX_ERROR]}
         if self.probe:
             fields |= {"breaker": RELAY_DOWN, "probe_ms": max(1, round(self.probe * 1000))}
         skip = self.cooldown or self.probe

@@ -50,7 +50,7 @@ from tasks.delivery import runtime
 from tasks.delivery.engine.compose import Composer
 from tasks.delivery.engine.session import BatchConnection
 from tasks.delivery.engine.settings import SMTPSettings
-from tasks.delivery.ledger import UNSETTLED, DeliveryLedger
+from tasks.delivery.ledger import DeliveryLedger
 from tasks.delivery.observers import Observer
 from tasks.delivery.relay_probe import park
 from tasks.delivery.service import (
@@ -62,6 +62,7 @@ from tasks.delivery.service import (
     run_batch,
 )
 from tasks.delivery.watch_list import Watchlist
+from tasks.vocabulary import UNSETTLED, Queue
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Delivery:
             pool = None if self.settings.max_emails else runtime.session_pool()
             self.connection = BatchConnection(self.settings,
                                               gate=runtime.session_gate(bulk=True),
-                                              pool=pool, lane="bulk")
+                                              pool=pool, lane=Queue.BULK)
         else:
             self.connection = BatchConnection(self.settings, gate=runtime.session_gate(),
                                               pool=runtime.session_pool())

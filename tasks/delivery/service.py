@@ -42,10 +42,13 @@ from tasks.delivery.leases import ClaimLease, LeaseBusy
 from tasks.delivery.ledger import DeliveryLedger, Outcome, RecipientRecord
 from tasks.delivery.ledger_stream import LedgerStream
 from tasks.shared.backoff import backoff, within_visibility
+from tasks.vocabulary import DELIVERY_OUTCOMES, Status
 
 log = logging.getLogger(__name__)
 
 CLAIM_AHEAD = 32  # outgoing messages claimed in one Redis call
+# the outcomes a batch summary always shows, in its order
+SUMMED = (Status.SENT, Status.DEFERRED, Status.FAILED, Status.SUPPRESSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +80,12 @@ class BatchReport:
 
     @property
     def deferred(self) -> int:
-        return self.counts.get("deferred", 0)
+        return self.counts.get(Status.DEFERRED, 0)
 
     def summary(self) -> dict[str, int]:
         """What the run did, as a task result (Flower shows it): recipient counts by outcome,
         never an address."""
-        found = dict.fromkeys(("sent", "deferred", "failed", "suppressed"), 0)
+        found: dict[str, int] = dict.fromkeys(SUMMED, 0)
         found.update({status: int(n) for status, n in self.counts.items()})
         if self.lost:
             found["lost"] = self.lost
@@ -92,7 +95,7 @@ class BatchReport:
         """``48 sent, 1 deferred, 1 failed`` (and any other outcome it had): the batch's
         one log line."""
         return ", ".join(f"{n} {status}" for status, n in self.summary().items()
-                         if n or status in {"sent", "deferred", "failed"})
+                         if n or status in DELIVERY_OUTCOMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +242,7 @@ class _Run:
             flags = self.options.suppressed([r.email for r in claimed])
             barred = [r for r, flag in zip(claimed, flags, strict=True) if flag]
             if barred:
-                self._record(barred, [DeliveryOutcome("suppressed", None,
+                self._record(barred, [DeliveryOutcome(Status.SUPPRESSED, None,
                                                       "on the suppression list")] * len(barred))
                 claimed = [r for r, flag in zip(claimed, flags, strict=True) if not flag]
         self.held.update((r.index, r) for r in claimed)
@@ -256,11 +259,11 @@ class _Run:
         now = time.time()
         rows = [Outcome(r.index, o.status, o.smtp_code, o.error, counted=o.reached,
                         retry_at=now + policy.countdown(r.deferrals + 1)
-                        if o.status == "deferred" else 0.0)
+                        if o.status == Status.DEFERRED else 0.0)
                 for r, o in zip(claimed, outcomes, strict=True)]
         for r in claimed:
             self.held.pop(r.index, None)
-        retry = min((row.retry_at for row in rows if row.status == "deferred"), default=None)
+        retry = min((row.retry_at for row in rows if row.status == Status.DEFERRED), default=None)
         if retry is not None:
             self.report.next_retry = min(self.report.next_retry or retry, retry)
         dispatched = MessageFate(built.draft if built else None,
@@ -326,7 +329,7 @@ def _build(item: Outgoing, claimed: list[RecipientRecord], composer: Composer) -
         return _Built(claimed, emails, draft, composer.compose(draft), [])
     except InvalidMessageError as err:
         log.warning("message for %d recipient(s) cannot be built: %s", len(claimed), err)
-        return _Built(claimed, emails, draft, None, [DeliveryOutcome("failed", None, str(err))]
+        return _Built(claimed, emails, draft, None, [DeliveryOutcome(Status.FAILED, None, str(err))]
                       * len(claimed))
 
 

@@ -17,6 +17,7 @@ from tasks.messages.store import IdempotencyConflict, MessageStore, message_stat
 from tasks.messages.tasks import deliver_message
 from tasks.shared.attachments import AttachmentStore
 from tasks.shared.errors import Conflict, Invalid, TooLarge
+from tasks.vocabulary import Status
 
 NO_SENDER = "give a sender, or set MAIL_DEFAULT_SENDER"
 Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
@@ -89,6 +90,6 @@ def submit_message(fields: dict[str, Any], recipients: list[str], uploads: list[
     if not admission.queued:  # new, or a replay of a request whose task was never queued
         with store.enqueueing(admission):
             deliver_message.delay(stored.id)
-    status = ("queued" if admission.created
+    status = (Status.QUEUED if admission.created
               else message_status(store.ledger(stored.id).counts()))
     return Submitted(stored.id, status, admission.created)

@@ -14,10 +14,12 @@ from typing import Any
 
 from redis import Redis, RedisError
 
+from tasks import vocabulary
 from tasks.delivery.ledger import DeliveryLedger, RecipientRecord
 from tasks.delivery.watch_list import WATCH_AFTER, WATCH_KEY, Watchlist
 from tasks.shared.keys import key
 from tasks.shared.replication import replicated
+from tasks.vocabulary import Kind, Status
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ class StoredMessage:
     created_at: float
 
 
-PENDING_STATUSES = ("queued", "sending")  # a recipient not yet tried, or being tried now
+PENDING_STATUSES = vocabulary.PENDING  # a recipient not yet tried, or being tried now
+PARTIAL = "partial"  # a message some of whose recipients got it and some not
 
 
 def message_status(counts: dict[str, int]) -> str:
@@ -76,13 +79,14 @@ def message_status(counts: dict[str, int]) -> str:
     total = sum(counts.values())
     pending = sum(counts.get(status, 0) for status in PENDING_STATUSES)
     if total == 0 or pending:
-        return "queued" if pending == counts.get("queued", 0) == total else "sending"
-    if counts.get("deferred", 0):
-        return "deferred"
-    delivered = counts.get("sent", 0) + counts.get("suppressed", 0)
+        none_tried = pending == counts.get(Status.QUEUED, 0) == total
+        return Status.QUEUED if none_tried else Status.SENDING
+    if counts.get(Status.DEFERRED, 0):
+        return Status.DEFERRED
+    delivered = counts.get(Status.SENT, 0) + counts.get(Status.SUPPRESSED, 0)
     if delivered == total:
-        return "sent"
-    return "failed" if delivered == 0 else "partial"
+        return Status.SENT
+    return Status.FAILED if delivered == 0 else PARTIAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +189,7 @@ class MessageStore:
             names.append(admission.idempotency_name)
         try:
             self.redis.unlink(*names)
-            Watchlist(self.redis).done("message", admission.message.id)
+            Watchlist(self.redis).done(Kind.MESSAGE, admission.message.id)
         except RedisError as err:
             log.warning("message %s could not be withdrawn after its task was not queued "
                         "(a retry with its Idempotency-Key queues it): %s",
@@ -207,7 +211,7 @@ class MessageStore:
 
     def _forget(self, message_id: str) -> None:
         self.redis.unlink(*self.ledger(message_id).all_keys())
-        Watchlist(self.redis).done("message", message_id)
+        Watchlist(self.redis).done(Kind.MESSAGE, message_id)
 
     def get(self, message_id: str) -> StoredMessage | None:
         raw = self.redis.get(key("message", message_id))

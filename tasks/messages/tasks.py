@@ -21,11 +21,12 @@ from tasks.delivery import runtime
 from tasks.delivery.engine.compose import Attachment, Composer, Draft
 from tasks.delivery.engine.errors import InvalidMessageError
 from tasks.delivery.engine.verp import BounceRef, verp_address
-from tasks.delivery.ledger import UNSETTLED, DeliveryLedger, RecipientRecord
+from tasks.delivery.ledger import DeliveryLedger, RecipientRecord
 from tasks.delivery.runner import Delivery
 from tasks.delivery.service import Outgoing
 from tasks.messages.store import MessageStore, StoredMessage
 from tasks.shared.attachments import AttachmentRef, AttachmentStore
+from tasks.vocabulary import UNSETTLED, Kind
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class _Loaded:
         if not self.return_path:
             return None
         return verp_address(self.return_path, self.secret_key,
-                            BounceRef("message", self.message.id, index))
+                            BounceRef(Kind.MESSAGE, self.message.id, index))
 
 
 def _load(message_id: str) -> _Loaded | None:

@@ -26,6 +26,7 @@ from redis import Redis
 
 from tasks.delivery.ledger import text
 from tasks.shared.keys import key
+from tasks.vocabulary import Queue
 
 WORKERS_KEY = key("heartbeat", "workers")
 BEAT_KEY = key("heartbeat", "beat")
@@ -151,7 +152,7 @@ def sessions_for(workers: Iterable[WorkerCard], queue: str) -> int:
     return sum(w.sessions for w in workers if w.queues is not None and queue in w.queues)
 
 
-BULK_QUEUE = "bulk"  # where campaign batches go (celeryconfig.task_routes)
+BULK_QUEUE = Queue.BULK  # where campaign batches go (celeryconfig.task_routes)
 SESSIONS_SEEN_WITHIN = 30.0  # seconds: a worker that reported since then counts
 
 

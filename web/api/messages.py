@@ -12,7 +12,6 @@ from typing import Any
 from flask import current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
-from tasks.delivery.ledger import STATUSES
 from tasks.messages.fields import MAX_HEADER_LINE
 from tasks.messages.service import (
     Upload,
@@ -23,6 +22,7 @@ from tasks.messages.service import (
 )
 from tasks.messages.store import message_status
 from tasks.shared.identifiers import is_record_id
+from tasks.vocabulary import Status
 from web.api.blueprint import bp
 from web.api.errors import APIError
 from web.api.openapi import describe
@@ -143,7 +143,7 @@ def show_message(message_id: str) -> ResponseReturnValue:
     ledger = store.ledger(message_id)
     records, more = ledger.page(limit=10_000)
     # the status from the same read as the recipients, so the two never disagree
-    counts = dict.fromkeys(STATUSES, 0) | Counter(record.status for record in records)
+    counts: dict[str, int] = dict.fromkeys(Status, 0) | Counter(record.status for record in records)
     shown = MessageOut(
         id=message.id,
         status=message_status(ledger.counts() if more is not None else counts),

@@ -31,7 +31,7 @@ def create_otp() -> ResponseReturnValue:
     """
     body = parse(OTPRequestIn, json_body())
     otp_request = request_code(_store(), body.email)
-    response = jsonify(Accepted(id=otp_request.id, status="queued").model_dump())
+    response = jsonify(Accepted(id=otp_request.id, status=otp_request.status).model_dump())
     response.headers["Location"] = url_for("api.show_otp", request_id=otp_request.id)
     return response, 202
 

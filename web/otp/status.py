@@ -4,26 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-FINAL = frozenset({"sent", "failed", "verified", "expired", "locked"})
+from tasks.vocabulary import CODE_FINAL, CodeStatus
 
-_LABELS = {
-    "queued": "Queued: the email will go out in a moment.",
-    "sending": "Sending the email now.",
-    "sent": "Sent. Check your inbox for the code.",
-    "deferred": "We could not send the code yet; retrying.",
-    "failed": "Not delivered.",
-    "verified": "Verified. This address is confirmed.",
-    "expired": "Expired. Request a new code.",
-    "locked": "Locked after too many wrong codes. Request a new code.",
+FINAL = CODE_FINAL  # the page stops polling
+
+_LABELS: dict[str, str] = {
+    CodeStatus.QUEUED: "Queued: the email will go out in a moment.",
+    CodeStatus.SENDING: "Sending the email now.",
+    CodeStatus.SENT: "Sent. Check your inbox for the code.",
+    CodeStatus.DEFERRED: "We could not send the code yet; retrying.",
+    CodeStatus.FAILED: "Not delivered.",
+    CodeStatus.VERIFIED: "Verified. This address is confirmed.",
+    CodeStatus.EXPIRED: "Expired. Request a new code.",
+    CodeStatus.LOCKED: "Locked after too many wrong codes. Request a new code.",
 }
 
 
 MAX_REASON = 200  # characters of the recipient's server's answer shown
 
-_CLOSED_NOTICES = {
-    "locked": "This request is locked: too many wrong codes were entered. "
+_CLOSED_NOTICES: dict[str, str] = {
+    CodeStatus.LOCKED: "This request is locked: too many wrong codes were entered. "
               "Request a new code to try again.",
-    "expired": "This code has expired. Request a new code.",
+    CodeStatus.EXPIRED: "This code has expired. Request a new code.",
 }
 
 
@@ -41,7 +43,7 @@ def reason(public: dict[str, Any]) -> str | None:
     """
     error = public.get("error")
     code = public.get("smtp_code")
-    if not error or public["status"] != "failed" or not isinstance(code, int) \
+    if not error or public["status"] != CodeStatus.FAILED or not isinstance(code, int) \
             or not 500 <= code < 600:
         return None
     shown = error if error.startswith(str(code)) else f"{code} {error}"

@@ -15,6 +15,7 @@ from flask_limiter.errors import RateLimitExceeded
 from tasks.codes.service import request_code, verify_code
 from tasks.codes.store import OTPStore
 from tasks.shared.errors import Invalid, NotFound
+from tasks.vocabulary import CodeStatus
 from web.otp import status
 from web.otp.blueprint import bp
 from web.otp.forms import AddressForm, CodeForm
@@ -74,7 +75,7 @@ def validate() -> ResponseReturnValue:
         form.code.data = ""
         otp_request = store.get(request_id)
     shown = status.describe(otp_request.public(store.now())) if otp_request else None
-    if shown is not None and shown["status"] == "verified" and request.method == "GET":
+    if shown is not None and shown["status"] == CodeStatus.VERIFIED and request.method == "GET":
         return render_template("otp/verified.html")  # reopened after success
     code = 200
     if failure or form.errors:

@@ -35,10 +35,13 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-OutcomeStatus = Literal["sent", "deferred", "failed", "suppressed"]
+from tasks.vocabulary import Status
+
+OutcomeStatus = Status  # sent, deferred, failed or suppressed
 Stage = Literal["greeting", "auth", "mail", "rcpt", "data", "dot"]
-Action = Literal["sent", "deferred", "failed", "next_transaction", "end_session", "stop_relay",
-                 "credentials"]
+# a recipient's outcome (a status), or what the reply does to the session or the relay
+Action = Literal[Status.SENT, Status.DEFERRED, Status.FAILED, "next_transaction", "end_session",
+                 "stop_relay", "credentials"]
 
 THROTTLE_CODES = frozenset({421, 450, 451, 452, 454})
 CREDENTIALS_REFUSED = frozenset({534, 535, 454})
@@ -78,17 +81,17 @@ def meaning(stage: Stage, code: int, text: bytes | str) -> ReplyMeaning:
     if code == 421:
         return ReplyMeaning("end_session", throttle)
     if 200 <= code < 300 or stage == "data" and code == 354:
-        return ReplyMeaning("sent")
+        return ReplyMeaning(Status.SENT)
     if stage == "greeting":
         return ReplyMeaning("stop_relay", throttle)
     if stage == "auth":
         return ReplyMeaning("credentials" if code in CREDENTIALS_REFUSED else "stop_relay",
                             throttle)
     if stage == "mail":
-        return ReplyMeaning("failed" if 500 <= code < 600 else "stop_relay", throttle)
+        return ReplyMeaning(Status.FAILED if 500 <= code < 600 else "stop_relay", throttle)
     if stage == "rcpt" and code == 452 and _TOO_MANY_RECIPIENTS.search(_text(text)):
         return ReplyMeaning("next_transaction")
-    return ReplyMeaning("failed" if 500 <= code < 600 else "deferred", throttle)
+    return ReplyMeaning(Status.FAILED if 500 <= code < 600 else Status.DEFERRED, throttle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,23 +114,23 @@ class DeliveryOutcome:
         unexpected) deferred."""
         message = _text(text)
         if 200 <= code < 300:
-            return cls("sent", code)
+            return cls(Status.SENT, code)
         if 500 <= code < 600:
-            return cls("failed", code, message)
-        return cls("deferred", code, message)
+            return cls(Status.FAILED, code, message)
+        return cls(Status.DEFERRED, code, message)
 
     @classmethod
     def transport_failure(cls, reason: str) -> DeliveryOutcome:
         """A timeout or a dropped connection: nothing was confirmed, try again."""
-        return cls("deferred", None, reason)
+        return cls(Status.DEFERRED, None, reason)
 
     @classmethod
     def unreached(cls, reason: str, smtp_code: int | None = None) -> DeliveryOutcome:
         """No session could be opened (refused, timed out, greeting or TLS refused)."""
-        return cls("deferred", smtp_code, reason, reached=False)
+        return cls(Status.DEFERRED, smtp_code, reason, reached=False)
 
     @classmethod
     def untried(cls, code: int, text: bytes | str) -> DeliveryOutcome:
         """Deferred by a reply about the session or the relay, not about this recipient
         (421, a 4xx to ``MAIL FROM``): no attempt used."""
-        return cls("deferred", code, _text(text), reached=False)
+        return cls(Status.DEFERRED, code, _text(text), reached=False)

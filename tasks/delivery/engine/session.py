@@ -31,6 +31,7 @@ from tasks.delivery.engine.relays import Relay, no_relay, session_failure
 from tasks.delivery.engine.settings import SMTPSettings as SMTPSettings
 from tasks.delivery.engine.smtp_auth import authenticate, log_conversation
 from tasks.delivery.engine.transaction import SessionClosing, Upcoming, commands_ahead, transaction
+from tasks.vocabulary import Status
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ class BatchConnection(Connection):
         something else (or nothing) makes the session start afresh.
         """
         if self.settings.suppress:
-            return {rcpt: DeliveryOutcome("suppressed") for rcpt in recipients}
+            return {rcpt: DeliveryOutcome(Status.SUPPRESSED) for rcpt in recipients}
         envelope = (sender, tuple(recipients))
         if self._ahead is not None and self._ahead != envelope:
             self._drop()  # the commands sent ahead were for another message: start afresh
@@ -447,8 +448,8 @@ class BatchConnection(Connection):
         recipients = list(sanitize_addresses(message.send_to))
         outcomes = self.send_data(sender, recipients, message.as_bytes())
         for rcpt, outcome in outcomes.items():
-            if outcome.status == "deferred":
+            if outcome.status == Status.DEFERRED:
                 raise TemporaryDeliveryError(f"{rcpt}: {outcome.error}", outcome.smtp_code)
-            if outcome.status == "failed":
+            if outcome.status == Status.FAILED:
                 raise PermanentDeliveryError(f"{rcpt}: {outcome.error}", outcome.smtp_code)
 

@@ -27,6 +27,7 @@ from tasks.delivery.engine.envelope import (
     on_the_wire,
 )
 from tasks.delivery.engine.outcome import DeliveryOutcome, is_throttle, meaning
+from tasks.vocabulary import Status
 
 Ahead = bytes | Callable[[], bytes]  # the next message's commands, or what gives them
 _MAX_REPLY_LINE = 8192  # as smtplib
@@ -144,7 +145,7 @@ def _transaction(host: smtplib.SMTP, wire: Wire, recipients: list[str], data: by
         throttle = throttle or row.throttle
         if row.action == "end_session":
             raise _closing(recipients, {**outcomes}, reply)
-        if row.action == "sent":
+        if row.action == Status.SENT:
             accepted.append(recipient)
         elif row.action != "next_transaction":
             outcomes[recipient] = _outcome(reply)

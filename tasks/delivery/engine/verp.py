@@ -13,6 +13,8 @@ import hmac
 import re
 from dataclasses import dataclass
 
+from tasks.vocabulary import Kind
+
 _TOKEN = re.compile(r"^([cm])([0-9a-f]{32})(?:\.(\d{1,9}))?\.([0-9a-z]{10})$")
 
 
@@ -20,7 +22,7 @@ _TOKEN = re.compile(r"^([cm])([0-9a-f]{32})(?:\.(\d{1,9}))?\.([0-9a-z]{10})$")
 class BounceRef:
     """What a VERP token names."""
 
-    kind: str  # "campaign" or "message"
+    kind: str  # Kind.CAMPAIGN or Kind.MESSAGE
     item_id: str
     index: int | None
 
@@ -40,9 +42,7 @@ def _sign(secret: str, ref: str) -> str:
 def verp_address(return_path: str, secret: str, ref: BounceRef) -> str:
     """The envelope sender for *ref*: the return path's local part, ``+``, the token."""
     local, _, domain = return_path.rpartition("@")
-    body = ("c" if ref.kind == "campaign" else "m") + ref.item_id
-    if ref.index is not None:
-        body += f".{ref.index}"
+    body = _token_body(ref)
     return f"{local}+{body}.{_sign(secret, body)}@{domain}"
 
 
@@ -62,7 +62,7 @@ def read_verp(address: str, return_path: str, secret: str) -> BounceRef | None:
     body = token.lower().rsplit(".", 1)[0]
     if not hmac.compare_digest(signature, _sign(secret, body)):
         return None
-    return BounceRef("campaign" if kind == "c" else "message", item_id,
+    return BounceRef(Kind.CAMPAIGN if kind == "c" else Kind.MESSAGE, item_id,
                      int(index) if index is not None else None)
 
 
@@ -81,7 +81,7 @@ _XTEXT_SAFE = frozenset(range(33, 127)) - {ord("+"), ord("=")}
 
 
 def _token_body(ref: BounceRef) -> str:
-    body = ("c" if ref.kind == "campaign" else "m") + ref.item_id
+    body = ("c" if ref.kind == Kind.CAMPAIGN else "m") + ref.item_id
     return body if ref.index is None else f"{body}.{ref.index}"
 
 
@@ -101,7 +101,7 @@ def read_envid(envid: str, secret: str) -> BounceRef | None:
     kind, item_id, index, signature = found.groups()
     if not hmac.compare_digest(signature, _sign(secret, token.rsplit(".", 1)[0])):
         return None
-    return BounceRef("campaign" if kind == "c" else "message", item_id,
+    return BounceRef(Kind.CAMPAIGN if kind == "c" else Kind.MESSAGE, item_id,
                      int(index) if index is not None else None)
 
 

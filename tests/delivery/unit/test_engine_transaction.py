@@ -21,6 +21,7 @@ import pytest
 from tasks.delivery.engine.outcome import DeliveryOutcome
 from tasks.delivery.engine.transaction import SessionClosing, Transacted, transaction
 from tasks.delivery.engine.transaction import _dot_stuffed as dot_stuffed
+from tasks.vocabulary import Status
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -265,7 +266,7 @@ def test_a_throttling_refusal_to_data_says_so(pipelined: type[ScriptedSession]) 
     result = transaction(host, SENDER, ["ada@example.com"], DATA)
     assert result.throttle
     assert result.outcomes["ada@example.com"] == DeliveryOutcome(
-        "deferred", 451, "4.7.1 rate limit exceeded")
+        Status.DEFERRED, 451, "4.7.1 rate limit exceeded")
 
 
 # -- the content on the wire

@@ -17,6 +17,7 @@ from redis.retry import Retry
 from tasks.delivery.engine.outcome import DeliveryOutcome
 from tasks.delivery.ledger import RecipientRecord
 from tasks.delivery.service import MessageFate
+from tasks.vocabulary import Status
 from tasks.webhooks.events import (
     FLUSH_EVERY,
     DeliveryEvents,
@@ -71,9 +72,9 @@ def batch(*fates: tuple[str, DeliveryOutcome], attempts: int = 0) -> MessageFate
     return MessageFate(None, None, records, [outcome for _, outcome in fates])
 
 
-SENT = DeliveryOutcome("sent", 250)
-DEFERRED = DeliveryOutcome("deferred", 451, "4.3.0 try later")
-FAILED = DeliveryOutcome("failed", 550, "5.1.1 no such user")
+SENT = DeliveryOutcome(Status.SENT, 250)
+DEFERRED = DeliveryOutcome(Status.DEFERRED, 451, "4.3.0 try later")
+FAILED = DeliveryOutcome(Status.FAILED, 550, "5.1.1 no such user")
 
 
 @pytest.mark.usefixtures("endpoint")
@@ -82,7 +83,7 @@ def test_each_outcome_of_a_message_becomes_its_event(redis_client: Redis) -> Non
     events = DeliveryEvents(redis_client, "message", "msg-1", emit)
     events(*as_recorded(batch(
         ("ada@example.com", SENT), ("bob@example.com", DEFERRED), ("cy@example.com", FAILED),
-        ("dee@example.com", DeliveryOutcome("suppressed", None, "suppressed")))))
+        ("dee@example.com", DeliveryOutcome(Status.SUPPRESSED, None, "suppressed")))))
     events.close()
     written = outbox(redis_client)
     assert [e["type"] for e in written] == ["message.sent", "message.deferred",
@@ -116,7 +117,7 @@ def test_otp_events_never_carry_the_message_or_the_code(redis_client: Redis) -> 
     events = DeliveryEvents(redis_client, "otp", "req-1", Emitted())
     events(*as_recorded(batch(
         ("ada@example.com", SENT),
-        ("bob@example.com", DeliveryOutcome("suppressed", None, "suppressed")),
+        ("bob@example.com", DeliveryOutcome(Status.SUPPRESSED, None, "suppressed")),
         ("cy@example.com", FAILED),
         ("dee@example.com", DEFERRED))))  # a retry to come: no event
     events.close()
