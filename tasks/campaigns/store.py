@@ -29,9 +29,10 @@ from typing import Any
 from redis import Redis
 
 from tasks.bounces import SuppressionList, listed_error, normalise
-from tasks.delivery.ledger import LEASE_PREFIX, UNSETTLED, DeliveryLedger, RecipientRecord, text
+from tasks.delivery.ledger import LEASE_PREFIX, DeliveryLedger, RecipientRecord, text
 from tasks.delivery.watch_list import WATCH_AFTER, WATCH_KEY
 from tasks.shared.keys import key
+from tasks.vocabulary import UNSETTLED, CampaignStatus, Status, transition
 
 IMPORT_TTL = 24 * 3600  # a campaign whose import never finished disappears after a day
 RATE_WINDOW = 10  # seconds over which the current rate is averaged
@@ -221,7 +222,7 @@ class CampaignStore:
         counts.duplicates = len(recipients) - len(fresh)
         reasons = SuppressionList(self.redis).reasons([email for email, _ in fresh])
         records = [RecipientRecord(index=0, email=email, vars=variables,
-                                   status="suppressed" if why else "queued",
+                                   status=Status.SUPPRESSED if why else Status.QUEUED,
                                    error=listed_error(why) if why else None)
                    for (email, variables), why in zip(fresh, reasons, strict=True)]
         counts.suppressed = sum(1 for why in reasons if why)
@@ -231,10 +232,11 @@ class CampaignStore:
         return following, counts
 
     def open(self, campaign_id: str, *, total: int, send_at: float | None,
-             report: dict[str, Any], draft: bool = False) -> str:
+             report: dict[str, Any], draft: bool = False) -> CampaignStatus:
         """Finish the import: list the campaign as ``draft``, ``scheduled`` or ``queued``;
         return which. A draft keeps its *send_at* for when it is started."""
-        status = "draft" if draft else "scheduled" if send_at is not None else "queued"
+        status = (CampaignStatus.DRAFT if draft else CampaignStatus.SCHEDULED
+                  if send_at is not None else CampaignStatus.QUEUED)
         now = time.time()
         fields: dict[str, Any] = {"status": status, "total": total, "updated_at": now,
                                   "report": json.dumps(report)}
@@ -321,14 +323,20 @@ class CampaignStore:
             raise TransitionRefused(current)
         return str(current)
 
+    def apply(self, campaign_id: str, action: str, *, stamp: str = "") -> str:
+        """Make the change *action* names in :data:`~tasks.vocabulary.CAMPAIGN_TRANSITIONS`
+        (raises as :meth:`transition`); return the status it had."""
+        allowed, to = transition(action)
+        return self.transition(campaign_id, allowed, to, stamp=stamp)
+
     def schedule(self, campaign_id: str, send_at: float) -> None:
         """``draft -> scheduled`` for *send_at* (raises as :meth:`transition`)."""
-        self.transition(campaign_id, ("draft",), "scheduled")
+        self.apply(campaign_id, "schedule")
         self.redis.zadd(self.scheduled_key, {campaign_id: send_at})
 
     def queue_draft(self, campaign_id: str) -> None:
         """``draft -> queued`` (raises as :meth:`transition`), watched until it starts."""
-        self.transition(campaign_id, ("draft",), "queued")
+        self.apply(campaign_id, "queue")
         self.redis.zadd(WATCH_KEY, {f"campaign:{campaign_id}": time.time() + WATCH_AFTER})
 
     def settle_pause(self, campaign_id: str) -> bool:
@@ -383,7 +391,7 @@ class CampaignStore:
         reply = self.redis.eval(_RESERVE, 4, self._key(campaign_id),
                                 self._key(campaign_id, "inflight"),
                                 self._key(campaign_id, "batches"),
-                                self.ledger(campaign_id).index_prefix + "queued",
+                                self.ledger(campaign_id).index_prefix + Status.QUEUED,
                                 time.time(), ahead, size, slot)
         if not reply:
             return None
@@ -392,7 +400,7 @@ class CampaignStore:
     def unreserved(self, campaign_id: str) -> int:
         """Queued recipients no batch has been cut for yet: those after the cursor, or, when
         there are none, every queued one (the next batch goes back for those given back)."""
-        queued = self.ledger(campaign_id).index_prefix + "queued"
+        queued = self.ledger(campaign_id).index_prefix + Status.QUEUED
         cursor = self.redis.hget(self._key(campaign_id), "cursor") or b"0"
         after = int(self.redis.zcount(queued, int(cursor), "+inf"))
         return after or int(self.redis.zcard(queued))
@@ -446,7 +454,7 @@ class CampaignStore:
         """Recipients numbered *first*..*last* that are still to be sent."""
         ledger = self.ledger(campaign_id)
         found: set[int] = set()
-        for status in ("queued", "deferred", "sending"):
+        for status in (Status.QUEUED, Status.DEFERRED, Status.SENDING):
             members = self.redis.zrange(ledger.index_prefix + status, first, last,
                                         byscore=True, offset=0, num=limit)
             found.update(int(m) for m in members)
