@@ -36,6 +36,7 @@ from tasks.campaigns.store import CampaignStore
 from tasks.delivery.counters import DeliveryMetrics
 from tasks.delivery.pacing import send_rates
 from tasks.delivery.throttle import sessions_open
+from tasks.vocabulary import CampaignStatus, Queue
 from tasks.workers.heartbeat import PUBLISHED_AT
 from tasks.workers.heartbeats import Heartbeats, consumers, sessions_for
 from web.health import WORKER_SEEN_WITHIN, relay_names, relay_statuses, routed_queues
@@ -43,10 +44,9 @@ from web.operator_access import metrics_token_sent, open_to_anyone
 
 bp = Blueprint("metrics", __name__)
 
-QUEUES = ("otp", "mail", "bulk", "events")
+QUEUES = tuple(Queue)
 TASK_STATES = ("SUCCESS", "RETRY", "FAILURE")
-CAMPAIGN_STATUSES = ("draft", "scheduled", "queued", "running", "pausing", "paused", "completed",
-                     "cancelled")
+CAMPAIGN_STATUSES = tuple(CampaignStatus)
 
 
 def queue_depths(client: redis.Redis, prefix: str) -> dict[str, int]:
@@ -107,7 +107,8 @@ class DeploymentCollector(Collector):
         finished = CounterMetricFamily(
             "postroom_tasks_finished", "Tasks that finished a run, by queue and Celery state "
             "(SUCCESS, RETRY, FAILURE)", labels=["queue", "state"])
-        counted = {(queue, state): 0 for queue in QUEUES for state in TASK_STATES}
+        counted: dict[tuple[str, str], int] = {(queue, state): 0 for queue in QUEUES
+                                               for state in TASK_STATES}
         counted.update(metrics.tasks_finished())
         for (queue, state), n in sorted(counted.items()):
             finished.add_metric([queue, state], n)
