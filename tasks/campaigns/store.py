@@ -9,6 +9,9 @@ operator and a worker) can never make a forbidden transition:
     running -> completed           queued|running -> pausing -> paused -> running
     draft|scheduled|queued|running|pausing|paused -> cancelled
 
+Each change is named by its action in :data:`~tasks.vocabulary.CAMPAIGN_TRANSITIONS`
+(:meth:`CampaignStore.apply`).
+
 ``pausing`` lasts while a batch still holds its claim lease (is sending); the
 last batch out, or the dispatcher, makes it ``paused`` (:meth:`CampaignStore.settle_pause`).
 

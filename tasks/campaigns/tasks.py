@@ -356,8 +356,9 @@ def start_due_campaigns() -> None:
     store = _store()
     for campaign_id in store.due():
         try:
-            store.transition(campaign_id, (CampaignStatus.SCHEDULED,),  # "begin", when due
-                             CampaignStatus.RUNNING, stamp="started_at")
+            # "begin", from scheduled only: a due campaign is one that was scheduled
+            store.transition(campaign_id, (CampaignStatus.SCHEDULED,), CampaignStatus.RUNNING,
+                             stamp="started_at")
         except (TransitionRefused, KeyError):
             continue
         log.info("scheduled campaign %s is due; starting", campaign_id)
