@@ -44,7 +44,7 @@ from web.operator_access import metrics_token_sent, open_to_anyone
 
 bp = Blueprint("metrics", __name__)
 
-QUEUES = tuple(Queue)
+QUEUES: tuple[str, ...] = tuple(Queue)
 TASK_STATES = ("SUCCESS", "RETRY", "FAILURE")
 CAMPAIGN_STATUSES = tuple(CampaignStatus)
 
@@ -107,8 +107,7 @@ class DeploymentCollector(Collector):
         finished = CounterMetricFamily(
             "postroom_tasks_finished", "Tasks that finished a run, by queue and Celery state "
             "(SUCCESS, RETRY, FAILURE)", labels=["queue", "state"])
-        counted: dict[tuple[str, str], int] = {(queue, state): 0 for queue in QUEUES
-                                               for state in TASK_STATES}
+        counted = {(queue, state): 0 for queue in QUEUES for state in TASK_STATES}
         counted.update(metrics.tasks_finished())
         for (queue, state), n in sorted(counted.items()):
             finished.add_metric([queue, state], n)
