@@ -166,7 +166,7 @@ class BounceDesk:
             was = ledger.bounce(index, reported.smtp_code, reason)
             if was is None:
                 return None
-            if was != Status.BOUNCED:  # postroom_deliveries_total{outcome="bounced"}
+            if was != Status.BOUNCED:  # counted once, at its first bounce
                 tally.outcome(Kind.CAMPAIGN if campaign_id else Kind.MESSAGE, Status.BOUNCED, None)
             why = SuppressionReason.COMPLAINED if complaint else SuppressionReason.BOUNCED
             self.suppressions.add(address, why, campaign_id=campaign_id)
