@@ -17,7 +17,10 @@ from typing import Any
 
 import click
 
-FINAL = ("completed", "cancelled")
+from tasks.vocabulary import CAMPAIGN_FINAL, CampaignStatus, Status
+
+FINAL = CAMPAIGN_FINAL
+SETTLED = (Status.SENT, Status.FAILED, Status.SUPPRESSED, Status.CANCELLED)  # the bar's progress
 CHUNK = 64 * 1024
 
 
@@ -84,7 +87,7 @@ def _describe_error(err: urllib.error.HTTPError) -> str:
 
 def _settled(campaign: dict[str, Any]) -> int:
     counts = campaign["counts"]
-    return int(sum(counts.get(s, 0) for s in ("sent", "failed", "suppressed", "cancelled")))
+    return int(sum(counts.get(s, 0) for s in SETTLED))
 
 
 def _summary(campaign: dict[str, Any]) -> str:
@@ -160,11 +163,11 @@ def send(csv_file: Path, subject: str, body_file: Any, html_file: Any, name: str
                f"{accepted['suppressed']} suppressed, {accepted['rejected']} row(s) rejected")
     for row in accepted.get("rejected_rows", []):
         click.echo(f"  line {row.get('line', row.get('index'))}: {row['reason']}", err=True)
-    if accepted["status"] == "draft":
+    if accepted["status"] == CampaignStatus.DRAFT:
         click.echo(f"review it on its page (/campaigns/{accepted['id']}), then start it with "
                    f"POST /api/campaigns/{accepted['id']}/start")
         return
-    if accepted["status"] == "scheduled" or not wait:
+    if accepted["status"] == CampaignStatus.SCHEDULED or not wait:
         click.echo(f"follow it with: postroom campaign status {accepted['id']} --watch")
         return
     click.echo(_summary(follow(api, accepted["id"], interval)))

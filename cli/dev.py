@@ -35,6 +35,7 @@ from cli.embedded import CaptureServer, port_is_free, redis_answers, redis_comma
 from cli.running import RunningDev
 from cli.supervisor import Child, GaveUp, Supervisor, say
 from tasks.shared.connection import redacted
+from tasks.vocabulary import Queue
 from web import config as settings
 from web.config import ConfigError
 from web.token_scopes import token_of
@@ -42,8 +43,9 @@ from web.token_scopes import token_of
 READY_TIMEOUT = 60.0
 DEV_SENDER = "Postroom <postroom@localhost>"
 DEV_RETURN_PATH = "bounces@bounces.localhost"
-LANE_QUEUES = "otp,mail"  # codes and single messages: never behind bulk or webhook calls
-EVENTS_QUEUE = "events"  # webhook calls: a slow receiver holds only this worker's threads
+# codes and single messages: never behind bulk or webhook calls
+LANE_QUEUES = f"{Queue.OTP},{Queue.MAIL}"
+EVENTS_QUEUE = Queue.EVENTS  # webhook calls: a slow receiver holds only this worker's threads
 DEFAULT_BULK_THREADS = 16  # SMTP sessions per bulk process when MAIL_MAX_CONNECTIONS is unset
 
 
@@ -188,7 +190,7 @@ def commands(plan: Plan) -> dict[str, list[str]]:
               "--loglevel", "INFO"]
     processes, threads = bulk_shape(plan.env)
     bulk = {f"bulk-{n}" if processes > 1 else "bulk":
-            [*worker, "-Q", "bulk", "-P", "threads", "-c", str(threads), "-n", f"bulk{n}@%h"]
+            [*worker, "-Q", Queue.BULK, "-P", "threads", "-c", str(threads), "-n", f"bulk{n}@%h"]
             for n in range(1, processes + 1)}
     return {
         "web": [python, "-m", "gunicorn", "-c", "python:web.gunicorn_conf",

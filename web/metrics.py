@@ -36,7 +36,7 @@ from tasks.campaigns.store import CampaignStore
 from tasks.delivery.counters import DeliveryMetrics
 from tasks.delivery.pacing import send_rates
 from tasks.delivery.throttle import sessions_open
-from tasks.vocabulary import Queue
+from tasks.vocabulary import CampaignStatus, Queue
 from tasks.workers.heartbeat import PUBLISHED_AT
 from tasks.workers.heartbeats import Heartbeats, consumers, sessions_for
 from web.health import WORKER_SEEN_WITHIN, relay_names, relay_statuses, routed_queues
@@ -46,8 +46,7 @@ bp = Blueprint("metrics", __name__)
 
 QUEUES: tuple[str, ...] = tuple(Queue)
 TASK_STATES = ("SUCCESS", "RETRY", "FAILURE")
-CAMPAIGN_STATUSES = ("draft", "scheduled", "queued", "running", "pausing", "paused", "completed",
-                     "cancelled")
+CAMPAIGN_STATUSES = tuple(CampaignStatus)
 
 
 def queue_depths(client: redis.Redis, prefix: str) -> dict[str, int]:

@@ -13,6 +13,7 @@ from flask import Blueprint, abort, current_app, render_template
 from flask.typing import ResponseReturnValue
 
 from tasks.bounces.store import SuppressionList, Unsubscribe, read_unsubscribe_token
+from tasks.vocabulary import SuppressionReason
 from tasks.webhooks.events import unsubscribed_event
 from tasks.webhooks.tasks import emit
 from web.extensions import csrf
@@ -40,7 +41,7 @@ def confirm(token: str) -> ResponseReturnValue:
 def unsubscribe(token: str) -> ResponseReturnValue:
     found = _read(token)
     if SuppressionList(current_app.extensions["redis"]).add(
-            found.email, "unsubscribed", campaign_id=found.campaign_id):
+            found.email, SuppressionReason.UNSUBSCRIBED, campaign_id=found.campaign_id):
         log.info("an address unsubscribed (campaign %s)", found.campaign_id)
         emit(current_app.extensions["redis"],
              [unsubscribed_event(found.email, found.campaign_id)])

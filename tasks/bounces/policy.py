@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Literal
 
 from redis import Redis
 from redis.exceptions import WatchError
@@ -22,18 +21,20 @@ from redis.exceptions import WatchError
 from tasks.bounces.store import SuppressionList, listed_error, normalise
 from tasks.delivery.ledger import DeliveryLedger
 from tasks.delivery.service import MessageFate
+from tasks.vocabulary import Kind, Status, SuppressionReason
 
 log = logging.getLogger(__name__)
 
-MailKind = Literal["campaign", "message", "otp"]
-STOPS_EVERY_KIND = frozenset({"bounced", "complained", "manual"})
+MailKind = Kind
+STOPS_EVERY_KIND = frozenset({SuppressionReason.BOUNCED, SuppressionReason.COMPLAINED,
+                              SuppressionReason.MANUAL})
 
 
 def stops(reason: str | None, kind: MailKind) -> bool:
     """Whether an address suppressed for *reason* may not receive mail of *kind*."""
     if reason is None:
         return False
-    return kind == "campaign" or reason in STOPS_EVERY_KIND
+    return kind == Kind.CAMPAIGN or reason in STOPS_EVERY_KIND
 
 
 class SuppressionCheck:
@@ -71,9 +72,9 @@ class SuppressedNotes:
             return
         for record, outcome in zip(sent.recipients, sent.outcomes, strict=True):
             reason = self.check.why(record.email)
-            if outcome.status == "suppressed" and reason:  # barred by this check
+            if outcome.status == Status.SUPPRESSED and reason:  # barred by this check
                 note_error(self.ledger.redis, self.ledger.records_key, record.index,
-                           "suppressed", listed_error(reason))
+                           Status.SUPPRESSED, listed_error(reason))
                 log.info("recipient %d of %s not sent: suppressed (%s)", record.index,
                          self.ledger.delivery_id, reason)
 

@@ -45,6 +45,7 @@ from tasks.delivery.engine.verp import BounceRef, read_verp
 from tasks.delivery.ledger import DeliveryLedger
 from tasks.messages import MessageStore
 from tasks.shared.keys import key
+from tasks.vocabulary import Kind, Status, SuppressionReason
 from tasks.webhooks import Event
 from tasks.webhooks.events import bounced_event
 from tasks.webhooks.tasks import emit
@@ -165,14 +166,13 @@ class BounceDesk:
             was = ledger.bounce(index, reported.smtp_code, reason)
             if was is None:
                 return None
-            if was != "bounced":  # postroom_deliveries_total{outcome="bounced"}
-                tally.outcome("campaign" if campaign_id else "message", "bounced", None)
-            self.suppressions.add(address, "complained" if complaint else "bounced",
-                                  campaign_id=campaign_id)
+            if was != Status.BOUNCED:  # counted once, at its first bounce
+                tally.outcome(Kind.CAMPAIGN if campaign_id else Kind.MESSAGE, Status.BOUNCED, None)
+            why = SuppressionReason.COMPLAINED if complaint else SuppressionReason.BOUNCED
+            self.suppressions.add(address, why, campaign_id=campaign_id)
             bounced.append(bounced_event(message_id, campaign_id, index, address,
                                          reported.smtp_code, reason))
-            log.info("recipient %d of %s %s", index, ledger.delivery_id,
-                     "complained" if complaint else "bounced")
+            log.info("recipient %d of %s %s", index, ledger.delivery_id, why)
         elif reported.action == "delayed":
             self._keep("delays", json.dumps({"at": time.time(), "delivery":
                                              ledger.delivery_id, "recipient": index,
@@ -198,8 +198,8 @@ class BounceDesk:
                 return None
             item_id = found.group(1)
             index = int(found.group(2)) if found.group(2) is not None else None
-            kind = "campaign" if self.campaigns.get(item_id) is not None else "message"
-        if kind == "campaign":
+            kind = Kind.CAMPAIGN if self.campaigns.get(item_id) is not None else Kind.MESSAGE
+        if kind == Kind.CAMPAIGN:
             if index is None or self.campaigns.get(item_id) is None:
                 return None
             ledger = self.campaigns.ledger(item_id)

@@ -23,6 +23,7 @@ from itsdangerous.signer import HMACAlgorithm
 from redis import Redis
 
 from tasks.shared.keys import key
+from tasks.vocabulary import SuppressionReason
 
 SALT = "postroom.unsubscribe"
 
@@ -96,7 +97,7 @@ def read_unsubscribe_token(secret_key: str, token: str) -> Unsubscribe | None:
     return Unsubscribe(email, campaign_id)
 
 
-REASONS = ("unsubscribed", "bounced", "complained", "manual")
+REASONS = tuple(SuppressionReason)
 LISTED = "on the suppression list"  # the error a barred recipient is recorded with
 
 
@@ -136,7 +137,7 @@ class SuppressionList:
         self.key = key("suppression")
         self.details_key = key("suppression", "details")
 
-    def add(self, email: str, reason: str = "unsubscribed", *,
+    def add(self, email: str, reason: str = SuppressionReason.UNSUBSCRIBED, *,
             campaign_id: str | None = None) -> bool:
         """Suppress *email*; ``True`` if it was not suppressed before (its reason is kept
         from the first time)."""
@@ -192,7 +193,7 @@ class SuppressionList:
         listed = [address for address, flag in zip(addresses, flags, strict=True) if flag]
         if not listed:
             return [None] * len(addresses)
-        why = {address: (json.loads(raw)["reason"] if raw else "unsubscribed")
+        why = {address: (json.loads(raw)["reason"] if raw else SuppressionReason.UNSUBSCRIBED)
                for address, raw in zip(listed, self.redis.hmget(self.details_key, listed),
                                        strict=True)}
         return [why.get(address) for address in addresses]
@@ -219,7 +220,8 @@ class SuppressionList:
         entries = []
         for address, raw in zip(addresses, raws, strict=True):
             details: dict[str, Any] = (json.loads(raw) if raw
-                                       else {"reason": "unsubscribed", "at": None})
+                                       else {"reason": SuppressionReason.UNSUBSCRIBED,
+                                             "at": None})
             entries.append(Suppression(address, details["reason"], details.get("at"),
                                        details.get("campaign_id")))
         return entries

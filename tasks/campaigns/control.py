@@ -15,6 +15,7 @@ from tasks.campaigns.drafts import keep_attachments
 from tasks.campaigns.store import CampaignStore, TransitionRefused
 from tasks.campaigns.tasks import cancel_unsent, queue_batches, start_campaign
 from tasks.shared.errors import Conflict, NotFound
+from tasks.vocabulary import CAMPAIGN_RETRYABLE, CampaignStatus, Status, transition
 
 
 @contextmanager
@@ -30,7 +31,7 @@ def _transition(campaign_id: str, verb: str) -> Iterator[None]:
 def start(store: CampaignStore, campaign_id: str) -> None:
     """A draft starts now, or is scheduled if its ``send_at`` is still ahead."""
     with _transition(campaign_id, "start"):
-        store.require(campaign_id, ("draft",))
+        store.require(campaign_id, (CampaignStatus.DRAFT,))  # where "schedule" and "queue" start
         campaign = store.get(campaign_id)
         if campaign is None:
             raise KeyError(campaign_id)
@@ -46,41 +47,40 @@ def pause(store: CampaignStore, campaign_id: str) -> None:
     """No new batch starts; ``pausing`` until the batches sending stop (each after the
     message it is sending), then ``paused``."""
     with _transition(campaign_id, "pause"):
-        store.transition(campaign_id, ("queued", "running"), "pausing")
+        store.apply(campaign_id, "pause")
     store.settle_pause(campaign_id)  # nothing was sending: paused at once
 
 
 def resume(store: CampaignStore, campaign_id: str) -> None:
     """Carry on from where it stopped (deferred recipients are tried again now)."""
     with _transition(campaign_id, "resume"):
-        store.require(campaign_id, ("paused", "pausing"))
-        store.move_recipients(campaign_id, "deferred", "queued")
+        store.require(campaign_id, transition("resume")[0])
+        store.move_recipients(campaign_id, Status.DEFERRED, Status.QUEUED)
         store.restart_from_top(campaign_id)
-        store.transition(campaign_id, ("paused", "pausing"), "running", stamp="started_at")
+        store.apply(campaign_id, "resume", stamp="started_at")
     queue_batches.delay(campaign_id)
 
 
 def cancel(store: CampaignStore, campaign_id: str) -> None:
     """Stop for good; every recipient not yet sent becomes ``cancelled``."""
     with _transition(campaign_id, "cancel"):
-        store.transition(campaign_id, ("draft", "scheduled", "queued", "running", "pausing",
-                                       "paused"), "cancelled", stamp="finished_at")
+        store.apply(campaign_id, "cancel", stamp="finished_at")
     cancel_unsent.delay(campaign_id)
 
 
 def retry_failed(store: CampaignStore, campaign_id: str) -> None:
     """Queue the failed recipients again (and only them)."""
     with _transition(campaign_id, "retry"):
-        store.require(campaign_id, ("completed", "running", "paused"))
-        if store.ledger(campaign_id).counts()["failed"] == 0:
+        store.require(campaign_id, CAMPAIGN_RETRYABLE)
+        if store.ledger(campaign_id).counts()[Status.FAILED] == 0:
             raise Conflict("the campaign has no failed recipients to retry")
-        store.move_recipients(campaign_id, "failed", "queued")
+        store.move_recipients(campaign_id, Status.FAILED, Status.QUEUED)
         store.restart_from_top(campaign_id)
         try:  # a campaign that had finished runs again
-            store.transition(campaign_id, ("completed",), "running")
+            store.apply(campaign_id, "rerun")
         except TransitionRefused:
             pass
-    if store.status(campaign_id) == "running":
+    if store.status(campaign_id) == CampaignStatus.RUNNING:
         queue_batches.delay(campaign_id)
 
 

@@ -25,6 +25,7 @@ from tasks.messages.service import Upload, check_attachment_size, require_sender
 from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentStore
 from tasks.shared.errors import Invalid
 from tasks.shared.replication import replicated
+from tasks.vocabulary import CampaignStatus
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def create_campaign(store: CampaignStore, spec: CampaignSpec, source: RecipientS
     replicated(store.redis)  # accepted: on a replica too before the API says so
     log.info("campaign %s created: %d recipient(s), %d rejected, %s", campaign_id,
              report.accepted, report.rejected, status)
-    if status == "queued":
+    if status == CampaignStatus.QUEUED:
         try:
             start_campaign.delay(campaign_id)
         except Exception:  # not started, so not accepted: the client is told (503) and retries

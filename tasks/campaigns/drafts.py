@@ -25,12 +25,13 @@ from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentRef
 from tasks.shared.errors import Conflict, Invalid, NotFound
 from tasks.shared.keys import key
 from tasks.shared.mailbox import checked_address
+from tasks.vocabulary import CampaignStatus
 
 log = logging.getLogger(__name__)
 
 MAX_TEST_ADDRESSES = 10
 TEST_PREFIX = "[Test] "
-TESTABLE = ("draft",)
+TESTABLE = (CampaignStatus.DRAFT,)
 
 
 def test_addresses(values: Any) -> list[str]:

@@ -9,6 +9,9 @@ operator and a worker) can never make a forbidden transition:
     running -> completed           queued|running -> pausing -> paused -> running
     draft|scheduled|queued|running|pausing|paused -> cancelled
 
+Each change is named by its action in :data:`~tasks.vocabulary.CAMPAIGN_TRANSITIONS`
+(:meth:`CampaignStore.apply`).
+
 ``pausing`` lasts while a batch still holds its claim lease (is sending); the
 last batch out, or the dispatcher, makes it ``paused`` (:meth:`CampaignStore.settle_pause`).
 
@@ -29,9 +32,10 @@ from typing import Any
 from redis import Redis
 
 from tasks.bounces import SuppressionList, listed_error, normalise
-from tasks.delivery.ledger import LEASE_PREFIX, UNSETTLED, DeliveryLedger, RecipientRecord, text
+from tasks.delivery.ledger import LEASE_PREFIX, DeliveryLedger, RecipientRecord, text
 from tasks.delivery.watch_list import WATCH_AFTER, WATCH_KEY
 from tasks.shared.keys import key
+from tasks.vocabulary import UNSETTLED, CampaignStatus, Status, lua_table, transition
 
 IMPORT_TTL = 24 * 3600  # a campaign whose import never finished disappears after a day
 RATE_WINDOW = 10  # seconds over which the current rate is averaged
@@ -39,7 +43,7 @@ HISTORY_STEP = 10  # seconds per step of a campaign's history of sends
 HISTORY_TTL = 400 * 24 * 3600  # the history outlives the recipients' RETENTION_DAYS
 SETTLED = tuple(sorted(UNSETTLED))  # recipients still to be decided
 
-_TRANSITION = """
+_TRANSITION = lua_table() + """
 -- KEYS: campaign, scheduled, running; ARGV: id, to, now, stamp field or '', from...
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
@@ -48,46 +52,47 @@ for i = 5, #ARGV do
     redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3])
     if ARGV[4] == 'started_at' then redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
     elseif ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[4], ARGV[3]) end
-    if ARGV[2] == 'running' or ARGV[2] == 'pausing' then
+    if ARGV[2] == CAMPAIGN.RUNNING or ARGV[2] == CAMPAIGN.PAUSING then
       redis.call('SADD', KEYS[3], ARGV[1])
       redis.call('HDEL', KEYS[1], 'finished_at')
     else
       redis.call('SREM', KEYS[3], ARGV[1])
     end
-    if ARGV[2] ~= 'scheduled' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+    if ARGV[2] ~= CAMPAIGN.SCHEDULED then redis.call('ZREM', KEYS[2], ARGV[1]) end
     return {'ok', status}
   end
 end
 return {'refused', status}
 """
 
-_COMPLETE = """
+_COMPLETE = lua_table() + """
 -- KEYS: campaign, ledger counts, running; ARGV: id, now, unsettled statuses...
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= CAMPAIGN.RUNNING then return 0 end
 for i = 3, #ARGV do
   if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') > 0 then return 0 end
 end
-redis.call('HSET', KEYS[1], 'status', 'completed', 'updated_at', ARGV[2], 'finished_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', CAMPAIGN.COMPLETED, 'updated_at', ARGV[2],
+           'finished_at', ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 """
 
-_SETTLE_PAUSE = """
+_SETTLE_PAUSE = lua_table() + """
 -- KEYS: campaign, in-flight batches, running; ARGV: id, now, lease name prefix of its batches
-if redis.call('HGET', KEYS[1], 'status') ~= 'pausing' then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= CAMPAIGN.PAUSING then return 0 end
 for _, slot in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if redis.call('EXISTS', ARGV[3] .. slot) == 1 then return 0 end
 end
-redis.call('HSET', KEYS[1], 'status', 'paused', 'updated_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', CAMPAIGN.PAUSED, 'updated_at', ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 """
 
-_RESERVE = """
+_RESERVE = lua_table() + """
 -- KEYS: campaign, in-flight batches (slot -> reserved at), batch ranges (slot -> first:last),
 --       queued index
 -- ARGV: now, ahead, size, slot
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return {} end
+if redis.call('HGET', KEYS[1], 'status') ~= CAMPAIGN.RUNNING then return {} end
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return {} end
 local cursor = redis.call('HGET', KEYS[1], 'cursor') or '0'
 local ids = redis.call('ZRANGEBYSCORE', KEYS[4], cursor, '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
@@ -221,7 +226,7 @@ class CampaignStore:
         counts.duplicates = len(recipients) - len(fresh)
         reasons = SuppressionList(self.redis).reasons([email for email, _ in fresh])
         records = [RecipientRecord(index=0, email=email, vars=variables,
-                                   status="suppressed" if why else "queued",
+                                   status=Status.SUPPRESSED if why else Status.QUEUED,
                                    error=listed_error(why) if why else None)
                    for (email, variables), why in zip(fresh, reasons, strict=True)]
         counts.suppressed = sum(1 for why in reasons if why)
@@ -231,10 +236,11 @@ class CampaignStore:
         return following, counts
 
     def open(self, campaign_id: str, *, total: int, send_at: float | None,
-             report: dict[str, Any], draft: bool = False) -> str:
+             report: dict[str, Any], draft: bool = False) -> CampaignStatus:
         """Finish the import: list the campaign as ``draft``, ``scheduled`` or ``queued``;
         return which. A draft keeps its *send_at* for when it is started."""
-        status = "draft" if draft else "scheduled" if send_at is not None else "queued"
+        status = (CampaignStatus.DRAFT if draft else CampaignStatus.SCHEDULED
+                  if send_at is not None else CampaignStatus.QUEUED)
         now = time.time()
         fields: dict[str, Any] = {"status": status, "total": total, "updated_at": now,
                                   "report": json.dumps(report)}
@@ -321,14 +327,20 @@ class CampaignStore:
             raise TransitionRefused(current)
         return str(current)
 
+    def apply(self, campaign_id: str, action: str, *, stamp: str = "") -> str:
+        """Make the change *action* names in :data:`~tasks.vocabulary.CAMPAIGN_TRANSITIONS`
+        (raises as :meth:`transition`); return the status it had."""
+        allowed, to = transition(action)
+        return self.transition(campaign_id, allowed, to, stamp=stamp)
+
     def schedule(self, campaign_id: str, send_at: float) -> None:
         """``draft -> scheduled`` for *send_at* (raises as :meth:`transition`)."""
-        self.transition(campaign_id, ("draft",), "scheduled")
+        self.apply(campaign_id, "schedule")
         self.redis.zadd(self.scheduled_key, {campaign_id: send_at})
 
     def queue_draft(self, campaign_id: str) -> None:
         """``draft -> queued`` (raises as :meth:`transition`), watched until it starts."""
-        self.transition(campaign_id, ("draft",), "queued")
+        self.apply(campaign_id, "queue")
         self.redis.zadd(WATCH_KEY, {f"campaign:{campaign_id}": time.time() + WATCH_AFTER})
 
     def settle_pause(self, campaign_id: str) -> bool:
@@ -383,7 +395,7 @@ class CampaignStore:
         reply = self.redis.eval(_RESERVE, 4, self._key(campaign_id),
                                 self._key(campaign_id, "inflight"),
                                 self._key(campaign_id, "batches"),
-                                self.ledger(campaign_id).index_prefix + "queued",
+                                self.ledger(campaign_id).index_prefix + Status.QUEUED,
                                 time.time(), ahead, size, slot)
         if not reply:
             return None
@@ -392,7 +404,7 @@ class CampaignStore:
     def unreserved(self, campaign_id: str) -> int:
         """Queued recipients no batch has been cut for yet: those after the cursor, or, when
         there are none, every queued one (the next batch goes back for those given back)."""
-        queued = self.ledger(campaign_id).index_prefix + "queued"
+        queued = self.ledger(campaign_id).index_prefix + Status.QUEUED
         cursor = self.redis.hget(self._key(campaign_id), "cursor") or b"0"
         after = int(self.redis.zcount(queued, int(cursor), "+inf"))
         return after or int(self.redis.zcard(queued))
@@ -446,7 +458,7 @@ class CampaignStore:
         """Recipients numbered *first*..*last* that are still to be sent."""
         ledger = self.ledger(campaign_id)
         found: set[int] = set()
-        for status in ("queued", "deferred", "sending"):
+        for status in (Status.QUEUED, Status.DEFERRED, Status.SENDING):
             members = self.redis.zrange(ledger.index_prefix + status, first, last,
                                         byscore=True, offset=0, num=limit)
             found.update(int(m) for m in members)

@@ -40,6 +40,7 @@ from tasks.delivery.service import BatchReport, MessageFate, Outgoing, retry_cou
 from tasks.delivery.watch_list import Watchlist
 from tasks.shared.attachments import ATTACHMENT_TTL, AttachmentRef, AttachmentStore
 from tasks.shared.keys import key
+from tasks.vocabulary import CampaignStatus, EventType, Kind, Status, SuppressionReason
 from tasks.webhooks.events import campaign_event
 from tasks.webhooks.tasks import emit
 
@@ -94,7 +95,7 @@ class CampaignMailing:
         if not self.return_path:
             return None
         return verp_address(self.return_path, self.secret_key,
-                            BounceRef("campaign", self.campaign.id, index))
+                            BounceRef(Kind.CAMPAIGN, self.campaign.id, index))
 
 
 def load_attachments(campaign: Campaign) -> list[Attachment] | InvalidMessageError:
@@ -118,15 +119,15 @@ def _store() -> CampaignStore:
     return CampaignStore(runtime.redis_client())
 
 
-def announce(store: CampaignStore, campaign_id: str, event_type: str) -> None:
+def announce(store: CampaignStore, campaign_id: str, event_type: EventType) -> None:
     """``campaign.started|completed|cancelled`` with the campaign's counts, to webhooks."""
     emit(store.redis, [campaign_event(event_type, campaign_id,
                                       store.ledger(campaign_id).counts())])
 
 
 def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
-    cancelled = (store.move_recipients(campaign_id, "queued", "cancelled")
-                 + store.move_recipients(campaign_id, "deferred", "cancelled"))
+    cancelled = (store.move_recipients(campaign_id, Status.QUEUED, Status.CANCELLED)
+                 + store.move_recipients(campaign_id, Status.DEFERRED, Status.CANCELLED))
     store.keep_summary_only(campaign_id, runtime.retention_seconds())
     return cancelled
 
@@ -134,14 +135,14 @@ def _cancel_unsent(store: CampaignStore, campaign_id: str) -> int:
 @shared_task(name="postroom.campaign.start", ignore_result=True)
 def start_campaign(campaign_id: str) -> None:
     """``queued|scheduled -> running``, then hand out the first batches."""
-    Watchlist(runtime.redis_client()).done("campaign", campaign_id)
+    Watchlist(runtime.redis_client()).done(Kind.CAMPAIGN, campaign_id)
     try:
-        _store().transition(campaign_id, ("queued", "scheduled"), "running", stamp="started_at")
+        _store().apply(campaign_id, "begin", stamp="started_at")
     except (TransitionRefused, KeyError):
         log.info("campaign %s was not started: no longer queued", campaign_id)
         return
     log.info("campaign %s started", campaign_id)
-    announce(_store(), campaign_id, "campaign.started")
+    announce(_store(), campaign_id, EventType.CAMPAIGN_STARTED)
     queue_batches(campaign_id)
 
 
@@ -195,7 +196,7 @@ def queue_batches(campaign_id: str) -> None:
         enqueued += 1
     if store.complete_if_done(campaign_id, retention=runtime.retention_seconds()):
         log.info("campaign %s completed", campaign_id)
-        announce(store, campaign_id, "campaign.completed")
+        announce(store, campaign_id, EventType.CAMPAIGN_COMPLETED)
     elif enqueued:
         log.debug("campaign %s: %d batch(es) enqueued", campaign_id, enqueued)
 
@@ -228,7 +229,7 @@ class _StatusCheck:
         if now - self.checked < self.every:
             return False
         self.checked = now
-        return self.store.status(self.campaign_id) != "running"
+        return self.store.status(self.campaign_id) != CampaignStatus.RUNNING
 
     def last_call(self) -> bool:
         """Whether the message about to go is this run's last: the slice is over and the
@@ -270,9 +271,10 @@ class _UnknownUsers:
 
     def __call__(self, sent: MessageFate) -> None:
         for record, outcome in zip(sent.recipients, sent.outcomes, strict=True):
-            if (outcome.status == "failed" and outcome.smtp_code == 550
+            if (outcome.status == Status.FAILED and outcome.smtp_code == 550
                     and (outcome.error or "").startswith("5.1.1")):
-                self.suppressions.add(record.email, "bounced", campaign_id=self.campaign_id)
+                self.suppressions.add(record.email, SuppressionReason.BOUNCED,
+                                      campaign_id=self.campaign_id)
 
 
 @shared_task(name="postroom.campaign.send_batch", bind=True, max_retries=None,
@@ -283,8 +285,8 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int,
     the result (Flower shows it) is what this run did: counts by outcome, no addresses."""
     store = _store()
     campaign = store.get(campaign_id)
-    if campaign is None or campaign.status != "running":
-        if campaign is not None and campaign.status == "cancelled":
+    if campaign is None or campaign.status != CampaignStatus.RUNNING:
+        if campaign is not None and campaign.status == CampaignStatus.CANCELLED:
             _cancel_unsent(store, campaign_id)
         store.release_batch(campaign_id, slot)
         store.settle_pause(campaign_id)
@@ -296,7 +298,7 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int,
                                       err, runtime.retry_policy(), log) from err
     if report.fenced or report.lease_busy:
         return report.summary()  # another run of this batch is in charge of it and its slot
-    if sliced and not self.request.is_eager and store.status(campaign_id) == "running":
+    if sliced and not self.request.is_eager and store.status(campaign_id) == CampaignStatus.RUNNING:
         store.mark_queued(campaign_id, slot, first, last)
         send_campaign_batch.delay(campaign_id, first, last, slot)  # the rest, after the queue
         return report.summary()
@@ -304,12 +306,12 @@ def send_campaign_batch(self: Task, campaign_id: str, first: int, last: int,
     if store.settle_pause(campaign_id):  # the last batch out of a pausing campaign
         log.info("campaign %s paused", campaign_id)
     status = store.status(campaign_id)
-    if status == "cancelled":
+    if status == CampaignStatus.CANCELLED:
         _cancel_unsent(store, campaign_id)
     if not self.request.is_eager:  # eagerly, the dispatcher's own loop goes on
         queue_batches(campaign_id)
     countdown = retry_countdown(report)
-    if countdown is not None and status == "running":
+    if countdown is not None and status == CampaignStatus.RUNNING:
         raise self.retry(countdown=countdown)  # deferred recipients; the slot is free meanwhile
     return report.summary()
 
@@ -330,7 +332,7 @@ def _send_batch(task: Task, store: CampaignStore, campaign: Campaign, first: int
     # an earlier batch (or the run before this one's time slice ended) left open in this
     # process, and leaves its own there; with it, every batch is whole sessions of its
     # own (exactly ceil(n/N))
-    delivery = Delivery(task, "campaign", campaign.id, store.ledger(campaign.id),
+    delivery = Delivery(task, Kind.CAMPAIGN, campaign.id, store.ledger(campaign.id),
                         created_at=campaign.started_at or campaign.created_at,
                         settings=settings, token=batch_token(campaign.id, slot),
                         watchers=[counter, unknown_users], bulk=True)
@@ -354,11 +356,13 @@ def start_due_campaigns() -> None:
     store = _store()
     for campaign_id in store.due():
         try:
-            store.transition(campaign_id, ("scheduled",), "running", stamp="started_at")
+            # "begin", from scheduled only: a due campaign is one that was scheduled
+            store.transition(campaign_id, (CampaignStatus.SCHEDULED,), CampaignStatus.RUNNING,
+                             stamp="started_at")
         except (TransitionRefused, KeyError):
             continue
         log.info("scheduled campaign %s is due; starting", campaign_id)
-        announce(store, campaign_id, "campaign.started")
+        announce(store, campaign_id, EventType.CAMPAIGN_STARTED)
         queue_batches.delay(campaign_id)
 
 
@@ -366,7 +370,7 @@ def start_due_campaigns() -> None:
 def cancel_unsent(campaign_id: str) -> None:
     """Mark every recipient of a cancelled campaign that was not sent ``cancelled``."""
     store = _store()
-    if store.status(campaign_id) == "cancelled":
+    if store.status(campaign_id) == CampaignStatus.CANCELLED:
         log.info("campaign %s cancelled: %d recipient(s) will not be sent", campaign_id,
                  _cancel_unsent(store, campaign_id))
-        announce(store, campaign_id, "campaign.cancelled")
+        announce(store, campaign_id, EventType.CAMPAIGN_CANCELLED)

@@ -97,7 +97,7 @@ def send_code(self: Task, request_id: str) -> None:
                           store.policy.ttl)
 
     # an unsubscribe does not stop codes
-    delivery = Delivery(self, "otp", request_id, ledger, created_at=request.created_at,
+    delivery = Delivery(self, Kind.OTP, request_id, ledger, created_at=request.created_at,
                         settings=settings, policy=policy)
     report = delivery.run([Outgoing([0], draft_to)], runtime.composer(settings),
                           f"otp request {request_id}")

@@ -62,7 +62,7 @@ def _attachments(message: StoredMessage) -> list[Attachment] | InvalidMessageErr
 def _deliver(task: Task, message: StoredMessage, ledger: DeliveryLedger,
              outgoing: list[Outgoing], composer: Composer, what: str) -> dict[str, int]:
     # bounced, complained, manual: the suppression list for messages
-    delivery = Delivery(task, "message", message.id, ledger, created_at=message.created_at)
+    delivery = Delivery(task, Kind.MESSAGE, message.id, ledger, created_at=message.created_at)
     report = delivery.run(outgoing, composer, what)
     delivery.settle(report)
     return report.summary()

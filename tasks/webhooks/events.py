@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from redis import Redis
@@ -21,14 +21,12 @@ from redis.exceptions import RedisError
 
 from tasks.delivery.ledger import RecipientRecord
 from tasks.delivery.service import MessageFate
+from tasks.vocabulary import MESSAGE_EVENTS, OTP_EVENTS, EventType, Kind, Status
 from tasks.webhooks.store import Event, WebhookEndpoints
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 0.5  # seconds between writes of buffered events during a batch
-MESSAGE_EVENTS = {"sent": "message.sent", "deferred": "message.deferred",
-                  "failed": "message.failed"}
-OTP_EVENTS = {"sent": "otp.sent", "suppressed": "otp.sent", "failed": "otp.failed"}
 
 Emit = Callable[[Redis, list[Event]], None]
 
@@ -50,7 +48,7 @@ def campaign_event(event_type: str, campaign_id: str, counts: dict[str, int]) ->
 
 
 def unsubscribed_event(email: str, campaign_id: str | None) -> Event:
-    return Event("recipient.unsubscribed", {"email": email, "campaign_id": campaign_id})
+    return Event(EventType.RECIPIENT_UNSUBSCRIBED, {"email": email, "campaign_id": campaign_id})
 
 
 class DeliveryEvents:
@@ -85,18 +83,18 @@ class DeliveryEvents:
 
     def _event(self, record: RecipientRecord, status: str, smtp_code: int | None,
                error: str | None) -> Event | None:
-        if self.kind == "otp":
-            event_type = OTP_EVENTS.get(status)
+        if self.kind == Kind.OTP:
+            event_type = _announced(OTP_EVENTS, status)
             if event_type is None:
                 return None
-            shown = "sent" if status == "suppressed" else status
+            shown = Status.SENT if status == Status.SUPPRESSED else status
             # the relay's reply or the reason, never the message (the code is in it)
             return Event(event_type, {"request_id": self.delivery_id, "status": shown,
-                                      "error": error if status == "failed" else None})
-        event_type = MESSAGE_EVENTS.get(status)
+                                      "error": error if status == Status.FAILED else None})
+        event_type = _announced(MESSAGE_EVENTS, status)
         if event_type is None:
             return None
-        if self.kind == "campaign":
+        if self.kind == Kind.CAMPAIGN:
             return message_event(event_type, campaign_message_id(self.delivery_id,
                                                                  record.index),
                                  self.delivery_id, record.email, status, smtp_code, error)
@@ -117,11 +115,19 @@ class DeliveryEvents:
         self.flush()
 
 
+def _announced(events: Mapping[Status, EventType], status: str) -> EventType | None:
+    """The event a recipient now in *status* announces in *events*, if any."""
+    try:
+        return events.get(Status(status))
+    except ValueError:  # not a recipient status: nothing to announce
+        return None
+
+
 def bounced_event(message_id: str | None, campaign_id: str | None, index: int, email: str,
                   smtp_code: int | None, error: str | None) -> Event:
     """``message.bounced`` for a recipient a bounce or complaint came back for."""
     shown_id = message_id or campaign_message_id(campaign_id or "", index)
-    return message_event("message.bounced", shown_id, campaign_id, email, "bounced",
+    return message_event(EventType.MESSAGE_BOUNCED, shown_id, campaign_id, email, Status.BOUNCED,
                          smtp_code, error)
 
 

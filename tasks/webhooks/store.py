@@ -25,11 +25,9 @@ from typing import Any
 from redis import Redis
 
 from tasks.shared.keys import key
+from tasks.vocabulary import EventType
 
-EVENT_TYPES = ("message.sent", "message.deferred", "message.failed", "message.bounced",
-               "otp.sent", "otp.failed",
-               "campaign.started", "campaign.completed", "campaign.cancelled",
-               "recipient.unsubscribed")
+EVENT_TYPES = tuple(EventType)
 RETRY_FOR = 24 * 3600.0  # seconds an event is retried for
 EVENT_KEPT = int(RETRY_FOR) + 3600  # an event's body outlives its last retry
 LOG_LENGTH = 500  # attempts kept per endpoint

@@ -14,9 +14,9 @@ from tasks.campaigns import control as levers
 from tasks.campaigns import creation, drafts
 from tasks.campaigns.recipients import CSVRecipients, JSONRecipients, RecipientSource
 from tasks.campaigns.store import Campaign, CampaignStore
-from tasks.delivery.ledger import STATUSES
 from tasks.shared.errors import Invalid
 from tasks.shared.identifiers import is_record_id
+from tasks.vocabulary import Status
 from web.addresses import special_use_allowed
 from web.api.blueprint import bp
 from web.api.errors import APIError
@@ -195,9 +195,9 @@ def recipients(campaign_id: str) -> ResponseReturnValue:
     store = _store()
     _campaign(store, campaign_id)
     status = request.args.get("status") or None
-    if status is not None and status not in STATUSES:
+    if status is not None and status not in tuple(Status):
         raise APIError(422, "invalid", f"unknown status {status!r}",
-                       {"status": f"one of {', '.join(STATUSES)}"})
+                       {"status": f"one of {', '.join(Status)}"})
     cursor = _number("cursor", request.args.get("cursor"), int) or 0
     limit = min(_number("limit", request.args.get("limit"), int) or 100, PAGE_LIMIT)
     records, following = store.ledger(campaign_id).page(status=status, cursor=cursor,

@@ -24,6 +24,8 @@ MAX_CURSOR = 2 ** 53
 class SuppressionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # tasks.vocabulary.SuppressionReason's values, spelled out: the OpenAPI document shows
+    # them inline (an enum type would be a schema of its own) and errors name them as before
     reason: Literal["unsubscribed", "bounced", "complained", "manual"] = Field(
         "manual", description="why the address must not be mailed")
 

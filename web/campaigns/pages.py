@@ -32,6 +32,7 @@ from tasks.campaigns.recipients import CSVRecipients
 from tasks.campaigns.store import CampaignStore
 from tasks.shared.errors import Invalid
 from tasks.shared.identifiers import is_record_id
+from tasks.vocabulary import CAMPAIGN_FINAL, CampaignStatus, Status
 from web.api.campaigns import campaign_out, create_campaign, spec_from, uploaded_attachments
 from web.api.errors import fields_of
 from web.api.schemas_campaigns import CampaignFields, CampaignOut
@@ -41,7 +42,6 @@ from web.campaigns.timing import campaign_rate, chart_bars, chart_scale, duratio
 
 log = logging.getLogger(__name__)
 
-FINAL = ("completed", "cancelled")
 FAILED_SHOWN = 20
 
 
@@ -144,18 +144,18 @@ def _shown(store: CampaignStore, campaign_id: str) -> CampaignOut:
 def show(campaign_id: str) -> ResponseReturnValue:
     store = _store()
     shown = _shown(store, campaign_id)
-    failed, more_failed = store.ledger(campaign_id).page(status="failed", limit=FAILED_SHOWN)
+    failed, more_failed = store.ledger(campaign_id).page(status=Status.FAILED, limit=FAILED_SHOWN)
     now = time.time()
     history = store.send_history(campaign_id)
     draft = None
-    if shown.status == "draft":
+    if shown.status == CampaignStatus.DRAFT:
         campaign = store.get(campaign_id)
         try:
             draft = rendered_first(store, campaign) if campaign is not None else None
         except REFUSED as err:
             draft = (err.message, None, None)
     return render_template("campaigns/show.html", campaign=shown, failed=failed,
-                           more_failed=more_failed is not None, final=FINAL,
+                           more_failed=more_failed is not None, final=CAMPAIGN_FINAL,
                            rate=campaign_rate(shown, now), elapsed=elapsed(shown, now),
                            bars=chart_bars(history), scale=chart_scale(history),
                            draft=draft, test_to=test_recipient())
@@ -173,7 +173,7 @@ def progress(campaign_id: str) -> ResponseReturnValue:
     return jsonify({**shown.model_dump(), "sending_rate": campaign_rate(shown, now),
                     "elapsed": span, "elapsed_text": duration_text(span),
                     "chart": chart_bars(history), "scale": chart_scale(history),
-                    "final": shown.status in FINAL})
+                    "final": shown.status in CAMPAIGN_FINAL})
 
 
 @bp.post("/<campaign_id>/<action>")

@@ -17,8 +17,9 @@ from flask.typing import ResponseReturnValue
 from tasks.campaigns.store import Campaign, CampaignStore
 from tasks.delivery.engine.errors import InvalidMessageError
 from tasks.delivery.engine.templating import CampaignTemplates, TemplateProblem
-from tasks.delivery.ledger import STATUSES, DeliveryLedger, RecipientRecord
+from tasks.delivery.ledger import DeliveryLedger, RecipientRecord
 from tasks.shared.identifiers import is_record_id
+from tasks.vocabulary import Status
 from web.campaigns.blueprint import _store, admin_required, bp
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def _status_filter() -> str | None:
     status = request.args.get("status", "")
     if status == "":
         return None
-    if status not in STATUSES:
+    if status not in tuple(Status):
         abort(400, description="unknown status")
     return status
 
@@ -63,7 +64,7 @@ def recipients(campaign_id: str) -> ResponseReturnValue:
     records, next_cursor = ledger.page(status=status, cursor=cursor, limit=PAGE_SIZE)
     return render_template("campaigns/recipients.html", campaign=campaign, records=records,
                            status=status, cursor=cursor, next_cursor=next_cursor,
-                           counts=ledger.counts(), statuses=STATUSES)
+                           counts=ledger.counts(), statuses=tuple(Status))
 
 
 def _spreadsheet_safe(value: object) -> str:

@@ -9,6 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from tasks.bounces.store import SuppressionList
 from tasks.shared.mailbox import checked_address
+from tasks.vocabulary import SuppressionReason
 from web.addresses import special_use_allowed
 from web.campaigns.blueprint import admin_required, bp
 
@@ -45,6 +46,6 @@ def change_suppression() -> ResponseReturnValue:
         flash(f"{address} was taken off the list." if removed
               else f"{address} was not on the list.", "info")
     else:
-        _list().put(address, "manual")
+        _list().put(address, SuppressionReason.MANUAL)
         flash(f"{address} will not be mailed by any campaign.", "info")
     return redirect(url_for(".suppressions", q=query), code=303)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint
 
+from tasks.vocabulary import Status
 from web.api.schemas_campaigns import CampaignOut
 
 
@@ -58,7 +59,7 @@ def campaign_rate(campaign: CampaignOut, now: float) -> float | None:
     span = elapsed(campaign, now)
     if span is None:
         return None
-    return campaign.counts.get("sent", 0) / max(span, 1.0)
+    return campaign.counts.get(Status.SENT, 0) / max(span, 1.0)
 
 
 def register_filters(bp: Blueprint) -> None:

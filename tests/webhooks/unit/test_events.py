@@ -19,10 +19,8 @@ from redis.exceptions import RedisError
 from tasks.delivery.engine.outcome import DeliveryOutcome
 from tasks.delivery.ledger import RecipientRecord
 from tasks.delivery.service import MessageFate
-from tasks.vocabulary import Status
+from tasks.vocabulary import MESSAGE_EVENTS, OTP_EVENTS, Status
 from tasks.webhooks.events import (
-    MESSAGE_EVENTS,
-    OTP_EVENTS,
     DeliveryEvents,
     bounced_event,
 )
