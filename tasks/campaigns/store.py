@@ -433,7 +433,7 @@ class CampaignStore:
 
     def silent_batches(self, campaign_id: str, *,
                        dispatched_before: float) -> list[tuple[str, int, int]]:
-        """Batches dispatched before then whose run holds no lease: lost, or still waiting."""
+        """Batches queued before then whose run holds no lease: lost, or still waiting."""
         slots = [text(s) for s in self.redis.zrange(self._key(campaign_id, "inflight"),
                                                    "-inf", dispatched_before, byscore=True)]
         if not slots:

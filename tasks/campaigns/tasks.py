@@ -335,7 +335,7 @@ def _send_batch(task: Task, store: CampaignStore, campaign: Campaign, first: int
     delivery = Delivery(task, Kind.CAMPAIGN, campaign.id, store.ledger(campaign.id),
                         created_at=campaign.started_at or campaign.created_at,
                         settings=settings, token=batch_token(campaign.id, slot),
-                        watchers=[counter, unknown_users], bulk=True)
+                        observers=[counter, unknown_users], bulk=True)
     connection = delivery.connection
     check = _StatusCheck(store, campaign.id, slice_seconds=float(
         runtime.app_config()["CAMPAIGN_BATCH_SECONDS"]),

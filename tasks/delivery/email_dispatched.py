@@ -59,10 +59,10 @@ class DispatchSignal:
     def __init__(self, app: Flask) -> None:
         self.app = app
 
-    def __call__(self, dispatched: MessageFate) -> None:
-        if dispatched.draft is None or not email_dispatched.receivers:
+    def __call__(self, fate: MessageFate) -> None:
+        if fate.draft is None or not email_dispatched.receivers:
             return
-        if not any(outcome.status in DISPATCHED for outcome in dispatched.outcomes):
+        if not any(outcome.status in DISPATCHED for outcome in fate.outcomes):
             return
-        message = flask_mail_message(dispatched.draft, dispatched.message)
+        message = flask_mail_message(fate.draft, fate.message)
         email_dispatched.send(self.app, message=message)

@@ -1,11 +1,11 @@
 """What follows each message's fate beyond the ledger: a log line per recipient, the
 deployment-wide counters behind ``/metrics``, and whatever else the task watches.
 
-A :class:`DeliveryWatch` is the ``BatchOptions(observe=...)`` of one task run
+A :class:`DeliveryObservers` is the ``BatchOptions(observe=...)`` of one task run
 (built by :func:`tasks.delivery.runtime.observer`). The log line names the recipient's
 domain, never the address, and no error text (a relay's reply may quote the
 address); the counters are added up in memory and written to Redis about once a
-second and when the run ends (:meth:`DeliveryWatch.close`).
+second and when the run ends (:meth:`DeliveryObservers.close`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ Recorder = Callable[[MessageFate, list[str]], None]
 
 @runtime_checkable
 class Buffered(Protocol):
-    """A watcher that keeps what it saw and writes it when :meth:`close` is called."""
+    """An observer that keeps what it saw and writes it when :meth:`close` is called."""
 
     def close(self) -> None: ...
 
@@ -42,63 +42,63 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower() or "-"
 
 
-def log_outcomes(kind: str, delivery_id: str, dispatched: MessageFate,
+def log_outcomes(kind: str, delivery_id: str, fate: MessageFate,
                  level: int = logging.INFO) -> None:
     """One line per recipient: delivery, Message-ID, status, domain, SMTP code, duration
     (at *level*: ``DELIVERY_LOG_LEVEL``)."""
     if not log.isEnabledFor(level):
         return
-    message_id = dispatched.message.message_id if dispatched.message is not None else "-"
-    for record, outcome in zip(dispatched.recipients, dispatched.outcomes, strict=True):
+    message_id = fate.message.message_id if fate.message is not None else "-"
+    for record, outcome in zip(fate.recipients, fate.outcomes, strict=True):
         domain = domain_of(record.email)
         # the record is made here and handed to the handlers as Logger.log would, less
         # its search of the call stack for the caller (no format Postroom uses shows it)
         line = log.makeRecord(
             log.name, level, __file__, _LINE, "%s %s %s: %s to %s, smtp %s, %.3f s",
             (kind, delivery_id, message_id, outcome.status, domain, outcome.smtp_code or "-",
-             dispatched.seconds), None, "log_outcomes",
+             fate.seconds), None, "log_outcomes",
             {"delivery": {"kind": kind, "id": delivery_id, "message_id": message_id,
                           "status": outcome.status, "domain": domain,
                           "smtp_code": outcome.smtp_code,
-                          "seconds": round(dispatched.seconds, 6)}})
+                          "seconds": round(fate.seconds, 6)}})
         log.handle(line)
 
 
 _LINE = log_outcomes.__code__.co_firstlineno  # where the record says it was logged
 
 
-class DeliveryWatch:
-    """Logs and counts each message's fate, then hands it to *watchers* in order; once the
+class DeliveryObservers:
+    """Logs and counts each message's fate, then hands it to *observers* in order; once the
     ledger has recorded it, hands it with the statuses set to *recorders*
     (:meth:`recorded`, the batch's ``BatchOptions(recorded=...)``)."""
 
     def __init__(self, kind: str, delivery_id: str, metrics: DeliveryMetrics,
-                 watchers: Sequence[Observer] = (), *, recorders: Sequence[Recorder] = (),
+                 observers: Sequence[Observer] = (), *, recorders: Sequence[Recorder] = (),
                  log_level: int = logging.INFO) -> None:
         self.kind = kind
         self.log_level = log_level
         self.delivery_id = delivery_id
         self.metrics = metrics
-        self.watchers = list(watchers)
+        self.observers = list(observers)
         self.recorders = list(recorders)
         self.tally = MetricsTally()
         self.written = time.monotonic()
 
-    def __call__(self, dispatched: MessageFate) -> None:
-        log_outcomes(self.kind, self.delivery_id, dispatched, self.log_level)
-        for outcome in dispatched.outcomes:
+    def __call__(self, fate: MessageFate) -> None:
+        log_outcomes(self.kind, self.delivery_id, fate, self.log_level)
+        for outcome in fate.outcomes:
             self.tally.outcome(self.kind, outcome.status, outcome.smtp_code)
-        if dispatched.message is not None and any(
-                outcome.status != Status.SUPPRESSED for outcome in dispatched.outcomes):
-            self.tally.sent_in(self.kind, dispatched.seconds)  # it went to the relay
+        if fate.message is not None and any(
+                outcome.status != Status.SUPPRESSED for outcome in fate.outcomes):
+            self.tally.sent_in(self.kind, fate.seconds)  # it went to the relay
         if time.monotonic() - self.written >= FLUSH_EVERY:
             self.flush()
-        for watch in self.watchers:
-            watch(dispatched)
+        for observer in self.observers:
+            observer(fate)
 
-    def recorded(self, dispatched: MessageFate, statuses: list[str]) -> None:
+    def recorded(self, fate: MessageFate, statuses: list[str]) -> None:
         for record in self.recorders:
-            record(dispatched, statuses)
+            record(fate, statuses)
 
     def flush(self) -> None:
         """Write what was counted so far (a Redis outage loses only these figures)."""
@@ -111,9 +111,9 @@ class DeliveryWatch:
 
     def close(self, *, sessions_opened: int = 0) -> None:
         """The run is over: count its SMTP sessions and write everything left, the
-        watchers' own buffers included."""
+        observers' own buffers included."""
         self.tally.sessions += sessions_opened
         self.flush()
-        for watch in [*self.watchers, *self.recorders]:
-            if isinstance(watch, Buffered):
-                watch.close()
+        for observer in [*self.observers, *self.recorders]:
+            if isinstance(observer, Buffered):
+                observer.close()

@@ -8,7 +8,7 @@ interval and losing any one host, whichever it is, never stops recovery. A pass
 finds work that should be moving and is not, and enqueues it again:
 
 - campaign batches whose run holds no claim lease some time after they were
-  dispatched and whose task is not waiting in the broker (their worker
+  queued and whose task is not waiting in the broker (their worker
   vanished, or their task never reached one): a batch is judged lost by its
   lease alone, never by its place in the queue;
 - recipients left ``sending`` under a claim whose lease ran out;
@@ -153,14 +153,14 @@ class Reconciler:
         self.grace = grace * BLIND_GRACE if unknown else grace
         self.waiting = waiting or Waiting.of(())
         self.campaigns = CampaignStore(redis)
-        self.watch = Watchlist(redis)
+        self.watch_list = Watchlist(redis)
 
     def run(self, now: float | None = None) -> Reconciled:
         now = time.time() if now is None else now
         found = Reconciled()
         for campaign_id in self.campaigns.running():
             self._campaign(campaign_id, now, found)
-        for kind, item_id in self.watch.overdue(now):
+        for kind, item_id in self.watch_list.overdue(now):
             self._watched(kind, item_id, now, found)
         if EventOutbox(self.redis).waiting() and not self.redis.exists(DISPATCH_PENDING):
             fan_out_events.delay()  # events whose dispatcher was lost
@@ -207,24 +207,24 @@ class Reconciler:
         task: Any
         if kind == Kind.CAMPAIGN:
             if self.campaigns.status(item_id) != CampaignStatus.QUEUED:
-                self.watch.done(kind, item_id)
+                self.watch_list.done(kind, item_id)
                 return
             task = start_campaign
         else:
             ledger = self._ledger(kind, item_id)
             if ledger is None or not UNSETTLED.intersection(
                     status for status, n in ledger.counts().items() if n):
-                self.watch.done(kind, item_id)
+                self.watch_list.done(kind, item_id)
                 return
             if not self._claimable(ledger, now):
                 later = ledger.next_retry()
-                self.watch.expect(kind, item_id, max(later or 0.0, now) + self.grace)
+                self.watch_list.expect(kind, item_id, max(later or 0.0, now) + self.grace)
                 return
             task = deliver_message if kind == Kind.MESSAGE else send_code
         if self.waiting.has(task.name, item_id):  # only waiting its turn in the queue
-            self.watch.expect(kind, item_id, now + self.grace)
+            self.watch_list.expect(kind, item_id, now + self.grace)
             return
-        self.watch.expect(kind, item_id, now + 2 * self.grace)  # before: the task may clear it
+        self.watch_list.expect(kind, item_id, now + 2 * self.grace)  # before: the task may clear it
         # a dead worker's task: FAILED, not STARTED
         if kind != Kind.CAMPAIGN and ledger is not None:
             report_lost(current_app, ledger.orphaned_claims(limit=100))

@@ -9,7 +9,7 @@ same way for each:
 - its retry policy (``DELIVERY_*``) and its claim lease (``CLAIM_LEASE``);
 - the suppression list for its kind, and the note of why a recipient was barred;
 - its observers (:func:`tasks.delivery.runtime.observer`): a log line per recipient,
-  the counters, the task's own watchers, the webhook events, ``email_dispatched``;
+  the counters, the task's own observers, the webhook events, ``email_dispatched``;
 - its connection: a single message or a code runs on a connection of its own, on a
   session an earlier one left open in this process when one is kept
   (:func:`tasks.delivery.runtime.session_pool`); a campaign batch (*bulk*) leaves one
@@ -79,14 +79,14 @@ class Delivery:
 
     *kind* is ``otp``, ``message`` or ``campaign``; *delivery_id* the request's,
     message's or campaign's id; *created_at* the delivery's, for the policy's
-    deadline. *watchers* are the task's own observers, called before Flask-Mail's
+    deadline. *observers* are the task's own observers, called before Flask-Mail's
     signal; *token* defaults to the task's (the same for every run of one task).
     """
 
     def __init__(self, task: Task, kind: MailKind, delivery_id: str, ledger: DeliveryLedger, *,
                  created_at: float | None, settings: SMTPSettings | None = None,
                  policy: RetryPolicy | None = None, token: str | None = None,
-                 watchers: Sequence[Observer] = (), bulk: bool = False) -> None:
+                 observers: Sequence[Observer] = (), bulk: bool = False) -> None:
         self.task = task
         self.kind = kind
         self.delivery_id = delivery_id
@@ -98,7 +98,7 @@ class Delivery:
         # bounced, complained, manual, unsubscribed: each kind of mail has its own rule
         self.suppressed: SuppressionCheck = suppression_check(ledger.redis, kind)
         notes = SuppressedNotes(ledger, self.suppressed)
-        self.watch = runtime.observer(kind, delivery_id, [*watchers, notes])
+        self.observers = runtime.observer(kind, delivery_id, [*observers, notes])
         if bulk:
             pool = None if self.settings.max_emails else runtime.session_pool()
             self.connection = BatchConnection(self.settings,
@@ -110,8 +110,8 @@ class Delivery:
         self.options = BatchOptions(
             token=token or f"{task.name}:{task.request.id or uuid.uuid4().hex}",
             policy=self.policy, created_at=created_at, lease=runtime.claim_lease(),
-            suppressed=self.suppressed, observe=self.watch,
-            recorded=self.watch.recorded)
+            suppressed=self.suppressed, observe=self.observers,
+            recorded=self.observers.recorded)
 
     def run(self, outgoing: Iterable[Outgoing], composer: Composer, what: str, *,
             should_stop: Callable[[], bool] | None = None,
@@ -142,7 +142,7 @@ class Delivery:
                 raise
             raise retry_after_redis_error(self.task, what, err, self.policy, logger) from err
         finally:
-            self.watch.close(sessions_opened=connection.sessions_opened)
+            self.observers.close(sessions_opened=connection.sessions_opened)
         logger.info("%s: %s in %.3f s (%d session(s) opened, %d kept one(s) used)%s", what,
                     report.described(), time.monotonic() - started,
                     connection.sessions_opened, connection.sessions_reused, note())

@@ -19,7 +19,7 @@ from tasks.delivery.email_dispatched import DispatchSignal
 from tasks.delivery.engine.compose import Composer
 from tasks.delivery.engine.pool import SessionPool
 from tasks.delivery.engine.session import SessionGate, SMTPSettings
-from tasks.delivery.observers import DeliveryWatch, Observer
+from tasks.delivery.observers import DeliveryObservers, Observer
 from tasks.delivery.pacing import RelayPacer
 from tasks.delivery.relay_state import RelayBoard
 from tasks.delivery.service import RetryPolicy
@@ -137,7 +137,7 @@ def watch_after() -> float:
     return 2 * float(current_app.config["RECONCILE_INTERVAL"])
 
 
-def observer(kind: str, delivery_id: str, extra: Sequence[Observer] = ()) -> DeliveryWatch:
+def observer(kind: str, delivery_id: str, extra: Sequence[Observer] = ()) -> DeliveryObservers:
     """What ``BatchOptions(observe=...)`` calls with each message's fate: a log line per
     recipient and the shared counters, then *extra* (the task's own, in order), then
     Flask-Mail's ``email_dispatched`` signal; its ``recorded`` (``BatchOptions(recorded=...)``)
@@ -150,6 +150,6 @@ def observer(kind: str, delivery_id: str, extra: Sequence[Observer] = ()) -> Del
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     events = DeliveryEvents(redis_client(), kind, delivery_id, emit)
     level = logging.getLevelName(str(current_app.config.get("DELIVERY_LOG_LEVEL") or "INFO"))
-    return DeliveryWatch(kind, delivery_id, DeliveryMetrics(redis_client()),
+    return DeliveryObservers(kind, delivery_id, DeliveryMetrics(redis_client()),
                          [*extra, DispatchSignal(app)], recorders=[events],
                          log_level=level if isinstance(level, int) else logging.INFO)

@@ -266,15 +266,15 @@ class _Run:
         retry = min((row.retry_at for row in rows if row.status == Status.DEFERRED), default=None)
         if retry is not None:
             self.report.next_retry = min(self.report.next_retry or retry, retry)
-        dispatched = MessageFate(built.draft if built else None,
+        fate = MessageFate(built.draft if built else None,
                                 built.message if built else None, claimed, outcomes, seconds)
         self.stream.finish(self.token, self.run, rows, max_attempts=policy.max_attempts,
                            deadline=self.deadline,
-                           then=lambda statuses: self._settled(statuses, dispatched))
+                           then=lambda statuses: self._settled(statuses, fate))
         if self.options.observe is not None:
-            self.options.observe(dispatched)
+            self.options.observe(fate)
 
-    def _settled(self, statuses: list[str], dispatched: MessageFate) -> None:
+    def _settled(self, statuses: list[str], fate: MessageFate) -> None:
         for status in statuses:
             if status.startswith("fenced:"):
                 self.lease.fenced()
@@ -289,7 +289,7 @@ class _Run:
             else:
                 self.report.add(status)
         if self.options.recorded is not None:
-            self.options.recorded(dispatched, statuses)
+            self.options.recorded(fate, statuses)
 
     def _give_back(self) -> None:
         if not self.held:

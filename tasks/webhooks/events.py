@@ -52,7 +52,7 @@ def unsubscribed_event(email: str, campaign_id: str | None) -> Event:
 
 
 class DeliveryEvents:
-    """A watcher that records each recipient's outcome as an event (see the module)."""
+    """An observer that records each recipient's outcome as an event (see the module)."""
 
     def __init__(self, redis: Redis, kind: str, delivery_id: str, emit: Emit) -> None:
         self.redis = redis
@@ -66,13 +66,13 @@ class DeliveryEvents:
         except RedisError:  # the batch itself will find Redis gone; no events to add
             self.enabled = False
 
-    def __call__(self, dispatched: MessageFate, statuses: list[str]) -> None:
+    def __call__(self, fate: MessageFate, statuses: list[str]) -> None:
         """*statuses*: what the ledger set per recipient (``finish.lua``: a deferral past
         the attempts or the deadline is failed there); where it recorded nothing of this
         run (``lost:<n>``, ``fenced:<n>``), the outcome as it was."""
         if not self.enabled:
             return
-        for record, outcome, recorded in zip(dispatched.recipients, dispatched.outcomes,
+        for record, outcome, recorded in zip(fate.recipients, fate.outcomes,
                                              statuses, strict=True):
             status = outcome.status if ":" in recorded else recorded
             event = self._event(record, status, outcome.smtp_code, outcome.error)

@@ -61,9 +61,9 @@ def endpoint(redis_client: Redis) -> None:
     WebhookEndpoints(redis_client).create("https://hooks.example.com/postroom", EVENT_TYPES)
 
 
-def as_recorded(dispatched: MessageFate) -> tuple[MessageFate, list[str]]:
-    """*dispatched* with the statuses a ledger that changed none of them returns."""
-    return dispatched, [outcome.status for outcome in dispatched.outcomes]
+def as_recorded(fate: MessageFate) -> tuple[MessageFate, list[str]]:
+    """*fate* with the statuses a ledger that changed none of them returns."""
+    return fate, [outcome.status for outcome in fate.outcomes]
 
 
 def batch(*fates: tuple[str, DeliveryOutcome], attempts: int = 0) -> MessageFate:

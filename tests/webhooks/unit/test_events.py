@@ -173,19 +173,19 @@ def test_a_bounce_names_the_message_it_was_given_before_the_campaigns() -> None:
 
 def test_statuses_must_match_the_recipients_one_for_one() -> None:
     recorder = DeliveryEvents(Registered(), "message", "m1", Emitted())
-    dispatched = MessageFate(None, None, [RecipientRecord(index=0, email="ada@example.com")],
+    fate = MessageFate(None, None, [RecipientRecord(index=0, email="ada@example.com")],
                             [OUTCOMES["sent"]])
     with pytest.raises(ValueError):
-        recorder(dispatched, [])
+        recorder(fate, [])
 
 
 def test_the_endpoints_question_is_asked_once_and_a_no_builds_nothing() -> None:
     redis, emitted = Registered(False), Emitted()
     recorder = DeliveryEvents(redis, "message", "m1", emitted)
-    dispatched = MessageFate(None, None, [RecipientRecord(index=0, email="ada@example.com")],
+    fate = MessageFate(None, None, [RecipientRecord(index=0, email="ada@example.com")],
                             [OUTCOMES["sent"]])
-    recorder(dispatched, ["sent"])
-    recorder(dispatched, ["sent"])
+    recorder(fate, ["sent"])
+    recorder(fate, ["sent"])
     recorder.close()
     assert redis.asked == [(ENDPOINTS,)]
     assert (recorder.enabled, recorder.buffer, emitted.writes) == (False, [], [])
