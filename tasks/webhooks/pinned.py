@@ -38,7 +38,7 @@ class Deadline:
         self.ends_at = time.monotonic() + seconds
         self.expired = False
         self._lock = threading.Lock()
-        self._watched: list[socket.socket] = []
+        self._guarded: list[socket.socket] = []
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
         self._token: Token[Deadline | None] | None = None
@@ -47,23 +47,23 @@ class Deadline:
         """Seconds until the deadline (never below a millisecond, for socket timeouts)."""
         return max(0.001, self.ends_at - time.monotonic())
 
-    def watch(self, sock: socket.socket) -> None:
+    def guard(self, sock: socket.socket) -> None:
         """Shut *sock* down at the deadline. A duplicate of its descriptor is kept (the
         TLS layer takes the original over) and closed when the block ends, so the
         descriptor shut down is always this connection's."""
-        watched = sock.dup()
+        guarded = sock.dup()
         with self._lock:
             if not self.expired:
-                self._watched.append(watched)
+                self._guarded.append(guarded)
                 return
-        _shut(watched)
-        watched.close()
+        _shut(guarded)
+        guarded.close()
 
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
-            watched = list(self._watched)
-        for sock in watched:
+            guarded = list(self._guarded)
+        for sock in guarded:
             _shut(sock)
 
     def __enter__(self) -> Deadline:
@@ -79,8 +79,8 @@ class Deadline:
         with self._lock:
             if time.monotonic() >= self.ends_at:
                 self.expired = True
-            watched, self._watched = self._watched, []
-        for sock in watched:
+            guarded, self._guarded = self._guarded, []
+        for sock in guarded:
             sock.close()
 
 
@@ -91,26 +91,26 @@ def _shut(sock: socket.socket) -> None:
         pass  # already closed by the peer or by the call itself
 
 
-def _watched(sock: socket.socket) -> socket.socket:
+def _guarded(sock: socket.socket) -> socket.socket:
     deadline = _current.get()
     if deadline is not None:
-        deadline.watch(sock)
+        deadline.guard(sock)
     return sock
 
 
 class PinnedHTTPConnection(HTTPConnection):
-    """A connection whose socket the call's :class:`Deadline` watches from the moment
+    """A connection whose socket the call's :class:`Deadline` guards from the moment
     it connects (``_new_conn``, urllib3's hook for making the socket, in 1.x and 2.x)."""
 
     def _new_conn(self) -> socket.socket:
-        return _watched(super()._new_conn())
+        return _guarded(super()._new_conn())
 
 
 class PinnedHTTPSConnection(HTTPSConnection):
     """The same for https."""
 
     def _new_conn(self) -> socket.socket:
-        return _watched(super()._new_conn())  # before the TLS handshake: it is bounded too
+        return _guarded(super()._new_conn())  # before the TLS handshake: it is bounded too
 
 
 class PinnedHTTPConnectionPool(HTTPConnectionPool):
