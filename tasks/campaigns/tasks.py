@@ -15,7 +15,7 @@ the rest of its batch back at the end of the queue (same slot, same claim
 token), so a thread frees up every few seconds: a batch rescued from a worker
 that died waits behind one time slice at most, never behind whole batches.
 Batches lost with their worker are found by the reconciler
-(:mod:`tasks.delivery.reconciler`) by their lease alone.
+(:mod:`tasks.reconciler.service`) by their lease alone.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The reconciler's loop in every worker process (a Celery bootstep).
 
 Each worker process tries for the reconciler's turn every ``RECONCILE_INTERVAL``
-(:func:`tasks.delivery.reconciler.reconcile_once` takes it in Redis), so recovery runs
+(:func:`tasks.reconciler.service.reconcile_once` takes it in Redis), so recovery runs
 wherever any worker runs and does not stop with beat's host or any one worker's.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from flask import Flask
 
-from tasks.delivery.reconciler import ReconcilerLoop, reconcile_once
+from tasks.reconciler.service import ReconcilerLoop, reconcile_once
 
 _apps: weakref.WeakKeyDictionary[Celery, Flask] = weakref.WeakKeyDictionary()
 

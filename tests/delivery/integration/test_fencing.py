@@ -18,8 +18,8 @@ from tasks.delivery.engine.compose import Composer, Draft
 from tasks.delivery.engine.session import BatchConnection, SMTPSettings
 from tasks.delivery.leases import ClaimLease, LeaseBusy, process_id, renew, run_id
 from tasks.delivery.ledger import LEASE_PREFIX, DeliveryLedger, Outcome, RecipientRecord
-from tasks.delivery.reconciler import Reconciler, take_turn
 from tasks.delivery.service import BatchOptions, MessageFate, Outgoing, run_batch
+from tasks.reconciler.service import Reconciler, take_turn
 from tasks.workers.waiting import read_waiting
 from tests.delivery.integration.test_reconcile import new_campaign
 from tests.support.lease_support import lease

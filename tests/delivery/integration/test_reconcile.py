@@ -17,9 +17,9 @@ from tasks.campaigns.store import CampaignStore
 from tasks.campaigns.tasks import start_due_campaigns
 from tasks.codes.store import OTPStore
 from tasks.delivery.ledger import LEASE_PREFIX, Outcome
-from tasks.delivery.reconciler import Reconciler
 from tasks.delivery.watch_list import WATCH_AFTER, Watchlist
 from tasks.messages.store import MessageStore
+from tasks.reconciler.service import Reconciler
 from tests.conftest import AUTH
 from tests.support.lease_support import lease
 from tests.support.smtp_server import SMTPTestServer

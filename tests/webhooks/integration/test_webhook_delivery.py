@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tasks.campaigns.store import CampaignStore
-from tasks.delivery.reconciler import Reconciler
+from tasks.reconciler.service import Reconciler
 from tasks.webhooks.client import UnsafeURL, check_url, public
 from tasks.webhooks.store import DISPATCH_PENDING, Event, EventOutbox, WebhookEndpoints
 from tasks.webhooks.tasks import BACKOFF_CAP, backoff, emit

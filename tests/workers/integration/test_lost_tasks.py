@@ -14,8 +14,8 @@ from celery import Celery
 from flask import Flask
 
 from tasks.delivery.ledger import LEASE_PREFIX
-from tasks.delivery.reconciler import Reconciler
 from tasks.messages.store import MessageStore
+from tasks.reconciler.service import Reconciler
 from tasks.workers.heartbeats import Heartbeats
 from tasks.workers.lost_tasks import REPORTED_BY, sweep, task_id_of
 from tasks.workers.running import RUNNING_KEY
