@@ -21,7 +21,7 @@ from tasks.delivery.ledger import LEASE_PREFIX, DeliveryLedger, Outcome, Recipie
 from tasks.delivery.service import BatchOptions, MessageFate, Outgoing, run_batch
 from tasks.reconciler.service import Reconciler, take_turn
 from tasks.workers.waiting import read_waiting
-from tests.delivery.integration.test_reconcile import new_campaign
+from tests.reconciler.integration.test_reconcile import new_campaign
 from tests.support.lease_support import lease
 from tests.support.smtp_server import SMTPTestServer
 

@@ -56,7 +56,7 @@ def test_a_campaign_batch_result_counts_outcomes_without_an_address(
         worker_app: Flask, celery_worker: Celery, redis_client: redis.Redis,
         smtp_server: SMTPTestServer) -> None:
     from tasks.campaigns.store import CampaignStore
-    from tests.delivery.integration.test_reconcile import new_campaign
+    from tests.reconciler.integration.test_reconcile import new_campaign
     from tests.support.campaign_helpers import wait_for
 
     smtp_server.handler.rcpt_reply = (

@@ -11,7 +11,7 @@ import redis
 from flask import Flask
 
 from tasks.campaigns.store import CampaignStore
-from tests.delivery.integration.test_reconcile import new_campaign
+from tests.reconciler.integration.test_reconcile import new_campaign
 from tests.support.campaign_helpers import wait_for
 from tests.support.smtp_server import SMTPTestServer
 
