@@ -4,8 +4,9 @@ kinds of mail, queues and webhook event types.
 Every value is a :class:`~enum.StrEnum`, so it is stored in Redis, written to JSON and
 compared with what was read back exactly as the plain string it stands for (``"sent"``):
 the data and the HTTP contract do not change. Lua scripts get the values from one
-generated table (:func:`lua_table`); templates and JavaScript from one context value
-(:func:`template_context`).
+generated table (:func:`lua_table`); templates from one context value
+(:func:`template_context`); the pages' scripts stop polling on the ``final`` flag the
+server works out from these groups.
 """
 
 from __future__ import annotations
@@ -157,13 +158,10 @@ def lua_table() -> str:
 
 
 def template_context() -> dict[str, Any]:
-    """The one context value templates and their JavaScript read the words from."""
+    """The one context value templates read the words from (what they use of them)."""
     return {"vocabulary": {
         "status": {member.name: member.value for member in Status},
-        "code_status": {member.name: member.value for member in CodeStatus},
         "campaign_status": {member.name: member.value for member in CampaignStatus},
-        "unsettled": sorted(UNSETTLED),
-        "code_final": sorted(CODE_FINAL),
         "campaign_final": list(CAMPAIGN_FINAL),
         "campaign_actions": {action: list(allowed) for action, allowed in CAMPAIGN_ACTIONS.items()},
     }}

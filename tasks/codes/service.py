@@ -25,7 +25,8 @@ def request_code(store: OTPStore, email: str) -> OTPRequest:
 def verify_code(store: OTPStore, request_id: str, code: str) -> None:
     """Accept *code* for the request once; :class:`NotFound` for an unknown request,
     :class:`Invalid` (the same answer whatever the reason) for a code that does not work."""
-    if store.get(request_id) is None:
+    verdict = store.verify(request_id, code)  # an unknown request spends no guess
+    if verdict == Verdict.UNKNOWN:
         raise NotFound(f"no OTP request with id {request_id[:64]!r}")
-    if store.verify(request_id, code) != Verdict.VERIFIED:
+    if verdict != Verdict.VERIFIED:
         raise Invalid(GENERIC_FAILURE, code="invalid_code")

@@ -250,8 +250,6 @@ class SMTPTestServer:
         deadline = time.monotonic() + timeout
         while self.open_sessions and time.monotonic() < deadline:
             time.sleep(0.01)
-        with self.handler.lock:
-            self.handler.peak_sessions = self.handler.open_sessions
 
     @property
     def open_sessions(self) -> int:
