@@ -19,15 +19,25 @@ republished; the recipients keep their status.
 
 Should the probe task be lost with its worker, the wake key runs out and the
 next task to park, or the reconciler, schedules another.
+
+A message submitted while every relay is down is parked by the process that accepted
+it (:func:`park_at_submission`), so no task is published for it and no worker runs
+one: the same member of the parked set its task would have made, released by the
+same probe. That process trusts its reading of the breakers for ``BREAKER_READ_TTL``:
+a reading that is late the other way only means the task is published and parks itself,
+and one that is late this way parks a message a probe then releases within a second.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from celery import Task, current_app
+from flask import current_app as flask_current_app
 
 from tasks.delivery import runtime
 from tasks.delivery.engine.errors import SessionError
@@ -35,12 +45,15 @@ from tasks.delivery.engine.session import BatchConnection
 from tasks.delivery.engine.settings import SMTPSettings
 from tasks.delivery.parked import ParkedTask, ParkedWork
 from tasks.delivery.relay_state import RelayBoard
+from tasks.delivery.service import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 WAKE_SLACK = 5.0  # seconds a scheduled probe may run late before another is scheduled
 MIN_WAIT = 0.05  # seconds at least between two probe tasks (one may run a moment early)
 PROBE_TASK = "postroom.relay_probe"  # declared in tasks.delivery.tasks
+BREAKER_READ_TTL = 1.0  # seconds a submitting process trusts its last reading of the breakers
+BREAKER_READING = "postroom.breaker_reading"  # the app's extension holding it
 
 
 def park(task: Task, settings: SMTPSettings, deadline: float | None,
@@ -62,6 +75,73 @@ def park(task: Task, settings: SMTPSettings, deadline: float | None,
                    wake_for=_wake_for(board, wake_at - now), watched=watched):
         probe_task().apply_async(countdown=wake_at - now)
     return wake_at
+
+
+def look_again(policy: RetryPolicy, created_at: float | None,
+               now: float | None = None) -> float:
+    """When the reconciler looks at a parked delivery: at its deadline (then it fails, if
+    no relay took it), or after the backoff's cap without one. Until then the parked set
+    and the probe task are what move it (the reconciler replaces a lost probe task), so a
+    long outage costs the reconciler nothing per message."""
+    current = time.time() if now is None else now
+    grace = runtime.watch_after()
+    deadline = policy.deadline(created_at)
+    if deadline is not None:
+        return max(current, deadline) + grace
+    return current + max(grace, policy.cap)
+
+
+class BreakerReading:
+    """One process's reading of whether every relay is down, taken at most once per
+    ``BREAKER_READ_TTL`` (the submitting side: one Redis round trip a second, not one a
+    message)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read_at = -float("inf")
+        self._until: float | None = None
+        self._board: RelayBoard | None = None
+
+    def parked_until(self) -> tuple[float | None, RelayBoard | None]:
+        """:meth:`RelayBoard.parked_until` for the app's relays, as last read, and the
+        board it was read from (``None`` without a breaker)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._read_at < BREAKER_READ_TTL:
+                return self._until, self._board
+        settings = runtime.smtp_settings()
+        board = settings.relay_state if isinstance(settings.relay_state, RelayBoard) else None
+        until = None if board is None else board.parked_until(
+            [str(relay) for relay in settings.relays])
+        with self._lock:
+            self._read_at, self._until, self._board = now, until, board
+        return until, board
+
+
+def park_at_submission(task: Task, args: list[Any], created_at: float,
+                       watched: str) -> bool:
+    """Park ``task(*args)`` instead of publishing it when every relay is known to be down
+    (as :func:`park` would at the start of its run); ``True`` when parked, ``False`` when
+    it is to be published as usual (a relay may be tried, its deadline has passed, or
+    Celery runs eagerly). *watched*: the delivery's watch-list member (``kind:id``)."""
+    app = flask_current_app._get_current_object()  # type: ignore[attr-defined]
+    if app.extensions["celery"].conf.task_always_eager:
+        return False
+    reading = app.extensions.setdefault(BREAKER_READING, BreakerReading())
+    until, board = reading.parked_until()
+    if until is None or board is None:
+        return False
+    policy = runtime.retry_policy()
+    deadline = policy.deadline(created_at)
+    now = time.time()
+    if deadline is not None and now >= deadline:
+        return False
+    wake_at = max(until, now)
+    if ParkedWork(board.redis).park(task.name, list(args), deadline, wake_at=wake_at,
+                                    wake_for=_wake_for(board, wake_at - now),
+                                    watched=(watched, look_again(policy, created_at, now))):
+        probe_task().apply_async(countdown=wake_at - now)
+    return True
 
 
 def probe_relays() -> None:

@@ -52,6 +52,7 @@ from tasks.delivery.engine.session import BatchConnection
 from tasks.delivery.engine.settings import SMTPSettings
 from tasks.delivery.ledger import DeliveryLedger
 from tasks.delivery.observers import Observer
+from tasks.delivery.relay_probe import look_again as parked_look_again
 from tasks.delivery.relay_probe import park
 from tasks.delivery.service import (
     BatchOptions,
@@ -179,14 +180,5 @@ class Delivery:
         raise self.task.retry(countdown=countdown)
 
 
-def _look_again(options: BatchOptions, now: float | None = None) -> float:
-    """When the reconciler looks at a parked delivery: at its deadline (then it fails, if
-    no relay took it), or after the backoff's cap without one. Until then the parked set
-    and the probe task are what move it (the reconciler replaces a lost probe task), so a
-    long outage costs the reconciler nothing per message."""
-    current = time.time() if now is None else now
-    grace = runtime.watch_after()
-    deadline = options.policy.deadline(options.created_at)
-    if deadline is not None:
-        return max(current, deadline) + grace
-    return current + max(grace, options.policy.cap)
+def _look_again(options: BatchOptions) -> float:
+    return parked_look_again(options.policy, options.created_at)

@@ -13,11 +13,12 @@ from typing import Any
 
 from flask import current_app
 
+from tasks.delivery.relay_probe import park_at_submission
 from tasks.messages.store import IdempotencyConflict, MessageStore, message_status
 from tasks.messages.tasks import deliver_message
 from tasks.shared.attachments import AttachmentStore
 from tasks.shared.errors import Conflict, Invalid, TooLarge
-from tasks.vocabulary import Status
+from tasks.vocabulary import Kind, Status
 
 NO_SENDER = "give a sender, or set MAIL_DEFAULT_SENDER"
 Upload = tuple[str, str | None, bytes]  # file name, declared type, bytes
@@ -89,7 +90,10 @@ def submit_message(fields: dict[str, Any], recipients: list[str], uploads: list[
     stored = admission.message
     if not admission.queued:  # new, or a replay of a request whose task was never queued
         with store.enqueueing(admission):
-            deliver_message.delay(stored.id)
+            # every relay known to be down: parked here, as its task would park itself
+            if not park_at_submission(deliver_message, [stored.id], stored.created_at,
+                                      f"{Kind.MESSAGE}:{stored.id}"):
+                deliver_message.delay(stored.id)
     status = (Status.QUEUED if admission.created
               else message_status(store.ledger(stored.id).counts()))
     return Submitted(stored.id, status, admission.created)
