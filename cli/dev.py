@@ -46,6 +46,11 @@ DEV_RETURN_PATH = "bounces@bounces.localhost"
 # codes and single messages: never behind bulk or webhook calls
 LANE_QUEUES = f"{Queue.OTP},{Queue.MAIL}"
 EVENTS_QUEUE = Queue.EVENTS  # webhook calls: a slow receiver holds only this worker's threads
+# Workers, beat and Flower yield the CPU to web (and to the listeners and the embedded
+# servers) when the machine is busy: a request is answered first, background work uses
+# what is left (WORKER_NICENESS, 0 to 19; 0 runs them all alike).
+DEFAULT_WORKER_NICENESS = 10
+BACKGROUND = ("worker", "events", "bulk", "beat", "flower")
 DEFAULT_BULK_THREADS = 16  # SMTP sessions per bulk process when MAIL_MAX_CONNECTIONS is unset
 
 
@@ -86,6 +91,7 @@ class Plan:
     embed_smtp: bool = False
     api_token: str = ""
     flower_auth: str = ""
+    worker_niceness: int = DEFAULT_WORKER_NICENESS  # WORKER_NICENESS
 
     @property
     def public_host(self) -> str:
@@ -141,6 +147,7 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
     env.setdefault("MAIL_DEFAULT_SENDER", DEV_SENDER)
     env.setdefault("MAIL_RETURN_PATH", DEV_RETURN_PATH)  # bounces come back to the listener
     plan.env = env
+    plan.worker_niceness = worker_niceness(env)
 
     try:
         config = settings.from_environ(env)
@@ -149,6 +156,26 @@ def make_plan(environ: dict[str, str], plan: Plan) -> Plan:
     except ConfigError as err:
         fail(f"configuration error: {err}", 2)
     return plan
+
+
+def worker_niceness(env: dict[str, str]) -> int:
+    """``WORKER_NICENESS``: the nice value of workers, beat and Flower (10 when unset)."""
+    raw = env.get("WORKER_NICENESS", "").strip()
+    if not raw:
+        return DEFAULT_WORKER_NICENESS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        fail(f"configuration error: WORKER_NICENESS must be a whole number from 0 to 19, "
+             f"not {raw!r}", 2)
+    return value
+
+
+def niceness_of(plan: Plan, name: str) -> int:
+    """The nice value *name*'s process starts with: background work yields to web."""
+    return plan.worker_niceness if name.startswith(BACKGROUND) else 0
 
 
 def check_ports(plan: Plan) -> None:
@@ -339,7 +366,8 @@ def run(plan: Plan) -> int:
             capture = CaptureServer(plan.var_dir / "outbox", plan.smtp_port).start()
         for name, argv in commands(plan).items():
             if not stopping.is_set():
-                supervisor.start(Child(name, argv, plan.env))
+                supervisor.start(Child(name, argv, plan.env,
+                                       niceness=niceness_of(plan, name)))
         if wait_until_ready(plan, supervisor, stopping):
             supervisor.output.release()
             lines = banner(plan)

@@ -80,12 +80,33 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
+def lower_priority(pid: int, niceness: int) -> None:
+    """Give process *pid* (the leader of a session of its own) *niceness*, so it yields
+    the CPU to the processes left at 0 when the machine is busy.
+
+    Where the kernel groups the CPU by session (Linux's autogroup), a nice value counts
+    only within the group, so the group's own weight (``/proc/<pid>/autogroup``) is set;
+    the leader's nice value too, which the threads it starts inherit. Best effort: where
+    neither can be set, the process runs as it would have."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+    except OSError:
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    except (OSError, AttributeError):
+        pass
+
+
 class Child:
-    """One supervised command; :meth:`start` may be called again after it exits."""
+    """One supervised command; :meth:`start` may be called again after it exits.
+
+    *niceness* above 0 lowers its priority (:func:`lower_priority`)."""
 
     def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str],
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, niceness: int = 0) -> None:
         self.name = name
+        self.niceness = niceness
         self.argv = list(argv)
         self.env = dict(env)
         self.cwd = cwd
@@ -104,6 +125,8 @@ class Child:
         self.process = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.niceness > 0:
+            lower_priority(self.process.pid, self.niceness)
         self.started_at = time.monotonic()
         assert self.process.stdout is not None
         self._reader = threading.Thread(

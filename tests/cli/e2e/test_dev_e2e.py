@@ -77,6 +77,14 @@ def descendants(root: int) -> dict[int, int]:
     return found
 
 
+def niceness_of_group(pid: int) -> int | None:
+    """The nice value of *pid*'s autogroup (``/autogroup-N nice V``), None without one."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -203,6 +211,14 @@ def test_dev_delivers_a_message_and_sigint_stops_every_process(
                  "-Q bulk -P threads", " beat ", " flower "):
         assert part in names, f"{part!r} not among the children: {names}"
     assert len(set(children.values())) >= 5  # every child leads its own session
+    # background work yields the CPU to web (WORKER_NICENESS, 10 by default)
+    leaders = {command_line(pid): pid for pid, sid in children.items() if pid == sid}
+    for line, pid in leaders.items():
+        expected = 0 if "gunicorn" in line or "redis-server" in line else (
+            10 if " worker " in line or " beat " in line or " flower " in line else None)
+        if expected is not None:
+            assert os.getpriority(os.PRIO_PROCESS, pid) == expected, line
+            assert niceness_of_group(pid) in (None, expected), line
 
     post_and_deliver(dev_run, "End to end")
     text = captured(dev_run, "End to end").read_text()
@@ -303,3 +319,13 @@ def test_taken_port_is_one_clear_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == (f"postroom dev: port {port} (--port) is already in use on "
                                      f"127.0.0.1; choose another with --port")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_worker_niceness_out_of_range_is_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "dev", "--var-dir", str(tmp_path / "var"),
+         "--port", str(free_port())],
+        env={**clean_environ(), "WORKER_NICENESS": "-5"}, capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 2
+    assert "WORKER_NICENESS must be a whole number from 0 to 19, not '-5'" in result.stderr
