@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from celery import Celery, Task
+from celery.app import backends
 from celery.exceptions import Ignore
 from flask import Flask
 
@@ -26,8 +27,17 @@ class PostroomCelery(Celery):  # type: ignore[misc]
     called.
     """
 
+    _backend_class: tuple[Any, str] | None = None
+
     def _get_backend(self) -> Any:
-        backend = super()._get_backend()
+        """One result backend per thread, as Celery keeps them, but its class looked up
+        once per app: the lookup scans the installed packages' entry points (about 10 ms,
+        which every thread's first publish would pay)."""
+        if self._backend_class is None:
+            self._backend_class = backends.by_url(
+                self.backend_cls or self.conf.result_backend, self.loader)
+        backend_class, url = self._backend_class
+        backend = backend_class(app=self, url=url)
         backend.on_task_call = _publish_without_subscribing
         return backend
 

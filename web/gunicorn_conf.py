@@ -24,6 +24,15 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
 
 
+def post_worker_init(worker: Any) -> None:
+    """Before a worker takes its first request, do what that request would otherwise pay
+    for (tens of milliseconds): Celery's task registry, a broker connection for each
+    thread that may publish at once, a Redis connection for each thread."""
+    from web.warm import warm_up
+
+    warm_up(worker.wsgi, threads)
+
+
 def on_starting(server: Any) -> None:
     from web import create_app
     from web.config import ConfigError
