@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from tasks.codes.store import OTPRequest, OTPStore, Verdict
 from tasks.codes.tasks import send_code
+from tasks.delivery.relay_probe import park_at_submission
 from tasks.shared.errors import Invalid, NotFound
+from tasks.vocabulary import Kind
 
 GENERIC_FAILURE = "the code is wrong, used or expired; request a new code if in doubt"
 
@@ -18,7 +20,10 @@ GENERIC_FAILURE = "the code is wrong, used or expired; request a new code if in 
 def request_code(store: OTPStore, email: str) -> OTPRequest:
     """Store a code request for *email* and queue the mail that carries its code."""
     otp_request = store.create(email)
-    send_code.delay(otp_request.id)
+    # every relay known to be down: parked here, as its task would park itself
+    if not park_at_submission(send_code, [otp_request.id], otp_request.created_at,
+                              f"{Kind.OTP}:{otp_request.id}", max_age=float(store.policy.ttl)):
+        send_code.delay(otp_request.id)
     return otp_request
 
 

@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from celery import Task, current_app
@@ -118,12 +119,13 @@ class BreakerReading:
         return until, board
 
 
-def park_at_submission(task: Task, args: list[Any], created_at: float,
-                       watched: str) -> bool:
+def park_at_submission(task: Task, args: list[Any], created_at: float, watched: str, *,
+                       max_age: float | None = None) -> bool:
     """Park ``task(*args)`` instead of publishing it when every relay is known to be down
     (as :func:`park` would at the start of its run); ``True`` when parked, ``False`` when
     it is to be published as usual (a relay may be tried, its deadline has passed, or
-    Celery runs eagerly). *watched*: the delivery's watch-list member (``kind:id``)."""
+    Celery runs eagerly). *watched*: the delivery's watch-list member (``kind:id``);
+    *max_age*: the task's own ``DELIVERY_MAX_AGE`` (a code's lifetime), if it has one."""
     app = flask_current_app._get_current_object()  # type: ignore[attr-defined]
     if app.extensions["celery"].conf.task_always_eager:
         return False
@@ -132,6 +134,8 @@ def park_at_submission(task: Task, args: list[Any], created_at: float,
     if until is None or board is None:
         return False
     policy = runtime.retry_policy()
+    if max_age is not None:
+        policy = replace(policy, max_age=max_age)
     deadline = policy.deadline(created_at)
     now = time.time()
     if deadline is not None and now >= deadline:

@@ -34,10 +34,11 @@ def config_overrides() -> dict[str, Any]:
     return {"MAIL_RELAY_PROBE_INTERVAL": PROBE}
 
 
-def published_tasks(redis_client: redis.Redis, tmp_path: Path) -> list[str]:
-    """The task names waiting in the broker's ``mail`` queue (the worker_app's prefix)."""
-    queue = f"postroom:celery:{tmp_path.name}:mail"
-    return [json.loads(raw)["headers"]["task"] for raw in redis_client.lrange(queue, 0, -1)]
+def published_tasks(redis_client: redis.Redis, tmp_path: Path,
+                    queue: str = "mail") -> list[str]:
+    """The task names waiting in one of the broker's queues (the worker_app's prefix)."""
+    name = f"postroom:celery:{tmp_path.name}:{queue}"
+    return [json.loads(raw)["headers"]["task"] for raw in redis_client.lrange(name, 0, -1)]
 
 
 def statuses(client: Any, ids: list[str]) -> Counter[str]:
@@ -86,4 +87,32 @@ def test_mail_submitted_while_a_relay_may_be_tried_is_published(
         "to": ["ada@example.com"], "subject": "Hello", "body": "Hi"})
     assert response.status_code == 202
     assert published_tasks(redis_client, tmp_path) == ["postroom.deliver_message"]
+    assert len(ParkedWork(redis_client)) == 0
+
+
+@pytest.mark.worker
+def test_a_code_requested_while_every_relay_is_down_parks_until_its_expiry(
+        worker_app: Flask, redis_client: redis.Redis, smtp_server: SMTPTestServer,
+        tmp_path: Path) -> None:
+    relay = f"127.0.0.1:{smtp_server.port}"
+    RelayBoard(redis_client, 0.0, breaker=60.0, probe=PROBE).failed(relay, "connection refused")
+    client = worker_app.test_client()
+    response = client.post("/api/otp", headers=AUTH, json={"email": "ada@example.com"})
+    assert response.status_code == 202
+    request_id = response.get_json()["id"]
+
+    assert published_tasks(redis_client, tmp_path, "otp") == []
+    assert published_tasks(redis_client, tmp_path) == ["postroom.relay_probe"]
+    [(member, deadline)] = redis_client.zrange("postroom:parked", 0, -1, withscores=True)
+    assert json.loads(member) == ["postroom.otp.send", [request_id]]
+    ttl = float(worker_app.config["OTP_TTL"])
+    assert time.time() < deadline <= time.time() + ttl  # a code is no use after it expires
+
+    celery_app = worker_app.extensions["celery"]
+    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,
+                      queues=["otp", "mail", "bulk"], shutdown_timeout=30, loglevel="WARNING"):
+        wait_for(lambda: len(smtp_server.received) == 1, timeout=30)
+        time.sleep(0.5)
+    [mail] = smtp_server.received
+    assert mail.recipients == ["ada@example.com"]
     assert len(ParkedWork(redis_client)) == 0
