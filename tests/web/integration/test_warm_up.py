@@ -5,6 +5,8 @@ is logged, not raised, and the first request reports it as before."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ import redis
 
 from tests.conftest import AUTH, app_config
 from web import create_app
-from web.testing import free_port
+from web.testing import EmbeddedRedis, free_port
 from web.warm import warm_up
 
 
@@ -21,18 +23,28 @@ def connected_clients(client: redis.Redis) -> int:
     return len(clients)
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of the test's own: its clients are the test's alone to count."""
+    server = EmbeddedRedis(tmp_path).start()
+    yield server
+    server.stop()
+
+
 def test_warm_up_opens_a_broker_and_a_redis_connection_per_thread(
-        redis_client: redis.Redis, redis_url: str) -> None:
-    config = app_config(redis_url, free_port())
+        own_redis: EmbeddedRedis) -> None:
+    config = app_config(own_redis.url, free_port())
     config["CELERY"] = {"task_always_eager": False}
     app = create_app(config)
-    before = connected_clients(redis_client)
+    counter = redis.Redis.from_url(own_redis.url)
+    before = connected_clients(counter)
     warm_up(app, 3)
-    assert connected_clients(redis_client) >= before + 6  # 3 for the broker, 3 for the app
+    assert connected_clients(counter) >= before + 6  # 3 for the broker, 3 for the app
     response = app.test_client().post("/api/messages", headers=AUTH, json={
         "to": ["ada@example.com"], "subject": "Hello", "body": "Hi"})
     assert response.status_code == 202  # the warmed connections carry the request
-    assert redis_client.llen("postroom:celery:mail") == 1
+    assert counter.llen("postroom:celery:mail") == 1
+    counter.close()
 
 
 def test_warm_up_with_redis_down_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
