@@ -27,10 +27,17 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
 def post_worker_init(worker: Any) -> None:
     """Before a worker takes its first request, do what that request would otherwise pay
     for (tens of milliseconds): Celery's task registry, a broker connection for each
-    thread that may publish at once, a Redis connection for each thread."""
+    thread that may publish at once, a Redis connection for each thread. Then the app's
+    objects (about 95,000) leave the garbage collector's view (``gc.freeze``): a full
+    collection over them took about 58 ms here, a pause every request in flight waited
+    out; what requests allocate is still collected as before."""
+    import gc
+
     from web.warm import warm_up
 
     warm_up(worker.wsgi, threads)
+    gc.collect()
+    gc.freeze()
 
 
 def on_starting(server: Any) -> None:

@@ -91,9 +91,10 @@ def test_compose_defines_every_service(services: dict[str, Any]) -> None:
     assert services["beat"]["command"][:4] == ["celery", "-A", "worker", "beat"]
     assert services["flower"]["command"][:4] == ["celery", "-A", "worker", "flower"]
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "ops:compose-password"
-    for name in ("worker", "worker-bulk", "worker-events", "beat", "flower"):
+    for name in ("worker", "worker-events", "beat", "flower"):
         assert services[name]["cpu_shares"] == 256  # web (1024) is answered first
-    assert "cpu_shares" not in services["web"]
+    for name in ("web", "worker-bulk"):
+        assert "cpu_shares" not in services[name]
     for name in APP_SERVICES:
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         environment = services[name]["environment"]
