@@ -20,7 +20,7 @@ republished; the recipients keep their status.
 Should the probe task be lost with its worker, the wake key runs out and the
 next task to park, or the reconciler, schedules another.
 
-A message submitted while every relay is down is parked by the process that accepted
+A message or code submitted while every relay is down is parked by the process that accepted
 it (:func:`park_at_submission`), so no task is published for it and no worker runs
 one: the same member of the parked set its task would have made, released by the
 same probe. That process trusts its reading of the breakers for ``BREAKER_READ_TTL``:
