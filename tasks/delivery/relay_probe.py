@@ -70,10 +70,18 @@ def park(task: Task, settings: SMTPSettings, deadline: float | None,
     now = time.time()
     if until is None or (deadline is not None and now >= deadline):
         return None
+    return _park(board, task.name, list(task.request.args or ()), deadline, until, now,
+                 watched)
+
+
+def _park(board: RelayBoard, name: str, args: list[Any], deadline: float | None,
+          until: float, now: float, watched: tuple[str, float] | None) -> float:
+    """Add ``name(*args)`` to the parked set and, for the first to park, schedule the
+    probe; the time the probe is due."""
     wake_at = max(until, now)
-    parked = ParkedWork(board.redis)
-    if parked.park(task.name, list(task.request.args or ()), deadline, wake_at=wake_at,
-                   wake_for=_wake_for(board, wake_at - now), watched=watched):
+    if ParkedWork(board.redis).park(name, args, deadline, wake_at=wake_at,
+                                    wake_for=_wake_for(board, wake_at - now),
+                                    watched=watched):
         probe_task().apply_async(countdown=wake_at - now)
     return wake_at
 
@@ -140,11 +148,8 @@ def park_at_submission(task: Task, args: list[Any], created_at: float, watched: 
     now = time.time()
     if deadline is not None and now >= deadline:
         return False
-    wake_at = max(until, now)
-    if ParkedWork(board.redis).park(task.name, list(args), deadline, wake_at=wake_at,
-                                    wake_for=_wake_for(board, wake_at - now),
-                                    watched=(watched, look_again(policy, created_at, now))):
-        probe_task().apply_async(countdown=wake_at - now)
+    _park(board, task.name, list(args), deadline, until, now,
+          (watched, look_again(policy, created_at, now)))
     return True
 
 
