@@ -10,7 +10,7 @@ from celery.app import backends
 from celery.exceptions import Ignore
 from flask import Flask
 
-from tasks.shared import connection
+from tasks.shared import broker, connection
 from tasks.workers import heartbeat, kept_sessions, reconciler_step
 from web.testing_mode import EagerGuard
 
@@ -89,6 +89,8 @@ def celery_init_app(app: Flask) -> Celery:
         os.environ["CELERY_BROKER_URL"] = settings["broker_url"]
     celery_app.conf.update(**app.config.get("CELERY", {}))
     conf = celery_app.conf
+    if not conf.broker_transport:  # one redis client per channel, not one per command
+        conf.broker_transport = broker.transport_for(str(conf.broker_url or ""))
     conf.broker_transport_options = _merge(broker_options, conf.broker_transport_options)
     conf.result_backend_transport_options = _merge(backend_options,
                                                    conf.result_backend_transport_options)

@@ -24,7 +24,7 @@ import redis
 from flask import Flask
 
 from cli.dev import Plan, make_plan
-from tasks.shared import connection
+from tasks.shared import broker, connection
 from tasks.shared.connection import SentinelGroup, Timeouts
 from tests.conftest import app_config
 from tests.support.smtp_server import SMTPTestServer
@@ -194,6 +194,44 @@ def test_a_redis_that_goes_silent_behind_a_proxy_is_noticed(
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert redis_client.get("postroom:probe") is None  # the increment never arrived
+
+
+def test_the_broker_keeps_one_client_per_channel_for_what_it_sends(
+        tuned_app: Flask, redis_client: redis.Redis) -> None:
+    """kombu built a redis client for every publish and acknowledgement; each channel now
+    keeps one per connection pool, with the same socket options, and a new one after its
+    pools are dropped (a reconnect)."""
+    celery_app = tuned_app.extensions["celery"]
+    assert celery_app.conf.broker_transport == "tasks.shared.broker:Transport"
+    with celery_app.connection_for_write() as connection_:
+        channel: Any = connection_.default_channel
+        assert isinstance(channel, broker.Channel)
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+        assert_keepalive(socket_of(first), Timeouts.from_config(tuned_app.config))
+        queue = "kept-client-" + os.urandom(4).hex()
+        producer = connection_.Producer(serializer="json")
+        for n in range(3):
+            producer.publish({"n": n}, routing_key=queue, declare=[kombu.Queue(queue)])
+        prefix = celery_app.conf.broker_transport_options["global_keyprefix"]
+        assert redis_client.llen(prefix + queue) == 3
+        with channel.conn_or_acquire() as third:
+            assert third is first
+        channel._disconnect_pools()
+        with channel.conn_or_acquire() as fresh:
+            assert fresh is not first and fresh.connection_pool is channel.pool
+            assert fresh.llen(queue) == 3  # the key prefix kept
+
+
+@pytest.mark.parametrize(("url", "transport"), [
+    ("redis://127.0.0.1:6379/0", "tasks.shared.broker:Transport"),
+    ("rediss://cache.example:6380/1", "tasks.shared.broker:Transport"),
+    ("sentinel://h1:26379/0;sentinel://h2:26379/0", "tasks.shared.broker:SentinelTransport"),
+    ("amqp://guest@localhost//", None),
+    ("memory://", None),
+])
+def test_the_broker_transport_follows_the_url(url: str, transport: str | None) -> None:
+    assert broker.transport_for(url) == transport
 
 
 @pytest.mark.parametrize(("url", "expected"), [
