@@ -53,17 +53,17 @@ class _KeptClient:
         yield kept[1]
 
 
-class Channel(_KeptClient, kombu_redis.Channel):
+class Channel(_KeptClient, kombu_redis.Channel):  # type: ignore[misc]
     pass
 
 
-class Transport(kombu_redis.Transport):
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
 
-class SentinelChannel(_KeptClient, kombu_redis.SentinelChannel):
+class SentinelChannel(_KeptClient, kombu_redis.SentinelChannel):  # type: ignore[misc]
     pass
 
 
-class SentinelTransport(kombu_redis.SentinelTransport):
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
     Channel = SentinelChannel
