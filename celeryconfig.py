@@ -63,6 +63,9 @@ worker_send_task_events = True
 task_send_sent_event = os.environ.get("CELERY_TASK_SENT_EVENTS", "").lower() in {"1", "true",
                                                                                  "yes"}
 worker_hijack_root_logger = False
+# Task events are published in batches, at most 0.1 s after the first (one message, not
+# three a task): tasks.workers.consumer
+worker_consumer = "tasks.workers.consumer:Consumer"
 
 timezone = "UTC"
 enable_utc = True
