@@ -7,17 +7,21 @@ Flower decodes each as a message of its own. Here the buffer is published
 :data:`EVENT_FLUSH_DELAY` after the first event put in it, so a busy worker sends one
 ``task.multi`` message for all the events of that interval; Celery still publishes at
 once when 24 are waiting. Flower sees a task that much later, and nothing is lost: the
-buffer is published before the consumer stops.
+buffer is published before the consumer stops, and across a broker reconnection (the
+hub runs what was handed to it and keeps its timers); should a flush asked for not have
+happened a second later, the next event asks again.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 from vine import promise
 
 EVENT_FLUSH_DELAY = 0.1  # seconds an event may wait for others to be published with
+LOST_FLUSH_AFTER = 1.0  # seconds after which a flush asked for and not done is asked again
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -25,21 +29,22 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._flush_due = False
+        self._flush_armed: float | None = None  # when the pending flush was asked for
         self._arm_flush_promise = promise(self._arm_flush)
 
     def on_send_event_buffered(self) -> None:
         """Called from any thread that buffered an event: have the loop arm the timer
         (``call_soon`` is the hub's thread-safe entry; its timers are not)."""
-        if self.hub and not self._flush_due:
-            self._flush_due = True
+        armed, now = self._flush_armed, time.monotonic()
+        if self.hub and (armed is None or now - armed > LOST_FLUSH_AFTER):
+            self._flush_armed = now
             self.hub.call_soon(self._arm_flush_promise)
 
     def _arm_flush(self) -> None:
         self.hub.call_later(EVENT_FLUSH_DELAY, self._flush_due_events)
 
     def _flush_due_events(self) -> None:
-        self._flush_due = False  # events buffered from now on arm a new timer
+        self._flush_armed = None  # events buffered from now on arm a new timer
         self._flush_events()
 
     def stop(self) -> None:
