@@ -10,7 +10,7 @@ recorded, against the wall-clock moment the client read the 202. The capacity
 is the highest rate held; the steps stop at the first rate whose messages are
 not all sent within 2 s (a backlog), so the scenario stays under two minutes.
 On a shared machine the API's p99 is the first to go, so each step also prints
-the CPU the lane worker (``-Q otp,mail``) and web spent per message (from
+the CPU the lane worker (``-Q otp,mail``), web and Flower spent per message (from
 ``/proc/<pid>/stat``), which contention on the cores changes much less.
 
 ``--singles-session-idle`` sets ``MAIL_SESSION_IDLE`` for the run (``0``: every
@@ -110,13 +110,15 @@ def scenario_singles(workdir: Path, args: argparse.Namespace, summary: Summary) 
         tree = descendants(stack.process.pid)
         lane = [pid for pid in tree if "otp,mail" in command_line(pid)]
         web = [pid for pid in tree if role(command_line(pid)) == "web"]
+        flower = [pid for pid in tree if role(command_line(pid)) == "flower"]
         capacity = delivered = 0.0
         for n, rate in enumerate(rates):
-            before = cpu_seconds(lane), cpu_seconds(web)
+            before = cpu_seconds(lane), cpu_seconds(web), cpu_seconds(flower)
             result = open_loop(stack, rate, args.singles_seconds, body="A single message.",
                                prefix=f"single{n}-")
             delivery, unsent = delivery_seconds(store, result)
-            spent = cpu_seconds(lane) - before[0], cpu_seconds(web) - before[1]
+            spent = (cpu_seconds(lane) - before[0], cpu_seconds(web) - before[1],
+                     cpu_seconds(flower) - before[2])
             step = Step(rate, result, delivery, unsent)
             total = len(result.latencies)
             print(f"  {rate:5g}/s: {total} requests in {result.seconds:.2f} s "
@@ -124,7 +126,8 @@ def scenario_singles(workdir: Path, args: argparse.Namespace, summary: Summary) 
                   f"API {spread(result.latencies)}")
             print(f"         202 -> sent: {spread(delivery, 1.0, 's')}, {unsent} not sent; "
                   f"CPU per message: lane worker {spent[0] / total * 1000:.2f} ms, web "
-                  f"{spent[1] / total * 1000:.2f} ms: {'held' if step.held else 'not held'}")
+                  f"{spent[1] / total * 1000:.2f} ms, Flower {spent[2] / total * 1000:.2f} ms: "
+                  f"{'held' if step.held else 'not held'}")
             if step.held:
                 capacity = max(capacity, rate)
             if not step.delivered:
