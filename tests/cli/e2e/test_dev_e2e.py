@@ -236,6 +236,18 @@ def test_dev_delivers_a_message_and_sigint_stops_every_process(
         "Authorization": "Basic " + base64.b64encode(flower_auth.encode()).decode()})
     with urllib.request.urlopen(request, timeout=10) as flower:
         assert flower.status == 200
+    # the workers' task events (sent in batches) reach Flower: the message's task succeeded
+    deadline = time.monotonic() + 15
+    while True:
+        request = urllib.request.Request(f"http://127.0.0.1:{dev_run.flower_port}/api/tasks",
+                                         headers=request.headers)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            tasks = json.loads(answer.read())
+        states = {task.get("name"): task.get("state") for task in tasks.values()}
+        if states.get("postroom.deliver_message") == "SUCCESS":
+            break
+        assert time.monotonic() < deadline, f"Flower never saw the message task: {tasks}"
+        time.sleep(0.5)
 
     admin, admin_password = dev_run.wait_for(
         r"Campaigns .*\(user (\S+), password (\S+)\)").groups()
