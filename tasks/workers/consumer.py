@@ -14,11 +14,13 @@ happened a second later, the next event asks again.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
-from vine import promise
+
+log = logging.getLogger(__name__)
 
 EVENT_FLUSH_DELAY = 0.1  # seconds an event may wait for others to be published with
 LOST_FLUSH_AFTER = 1.0  # seconds after which a flush asked for and not done is asked again
@@ -30,7 +32,6 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flush_armed: float | None = None  # when the pending flush was asked for
-        self._arm_flush_promise = promise(self._arm_flush)
 
     def on_send_event_buffered(self) -> None:
         """Called from any thread that buffered an event: have the loop arm the timer
@@ -38,7 +39,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         armed, now = self._flush_armed, time.monotonic()
         if self.hub and (armed is None or now - armed > LOST_FLUSH_AFTER):
             self._flush_armed = now
-            self.hub.call_soon(self._arm_flush_promise)
+            self.hub.call_soon(self._arm_flush)
 
     def _arm_flush(self) -> None:
         self.hub.call_later(EVENT_FLUSH_DELAY, self._flush_due_events)
@@ -48,9 +49,16 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         self._flush_events()
 
     def stop(self) -> None:
-        self._flush_events()
+        self._flush_before_stopping()
         super().stop()
 
     def shutdown(self) -> None:
-        self._flush_events()
+        self._flush_before_stopping()
         super().shutdown()
+
+    def _flush_before_stopping(self) -> None:
+        """Publish what is buffered; a broker gone by now must not stop the stopping."""
+        try:
+            self._flush_events()
+        except Exception as err:  # any failure here only loses events
+            log.warning("task events not published before stopping: %s", err)
