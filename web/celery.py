@@ -78,6 +78,7 @@ def celery_init_app(app: Flask) -> Celery:
                        throw=True)
             raise Ignore()
 
+    broker.keep_one_client_per_channel()  # not a client per publish and acknowledgement
     celery_app = PostroomCelery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object("celeryconfig")
     settings, broker_options, backend_options = _redis_settings(app.config)
@@ -89,8 +90,6 @@ def celery_init_app(app: Flask) -> Celery:
         os.environ["CELERY_BROKER_URL"] = settings["broker_url"]
     celery_app.conf.update(**app.config.get("CELERY", {}))
     conf = celery_app.conf
-    if not conf.broker_transport:  # one redis client per channel, not one per command
-        conf.broker_transport = broker.transport_for(str(conf.broker_url or ""))
     conf.broker_transport_options = _merge(broker_options, conf.broker_transport_options)
     conf.result_backend_transport_options = _merge(backend_options,
                                                    conf.result_backend_transport_options)

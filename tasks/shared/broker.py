@@ -1,4 +1,4 @@
-"""kombu's Redis transports, keeping one client per channel for the commands it sends.
+"""kombu's Redis channels keeping one client for the commands they send.
 
 kombu builds a new ``redis.Redis`` for every command it sends outside the worker's event
 loop (``Channel.conn_or_acquire``): each publish from the web, and in a worker each
@@ -9,61 +9,42 @@ between threads (each command takes a connection from the pool), so a channel ke
 per connection pool: when the channel drops its pools (a reconnect, a Sentinel
 failover) the next command builds a client on the new pool.
 
-``celery_init_app`` selects these for ``redis://``, ``rediss://`` and ``sentinel://``
-brokers (:func:`transport_for`); they behave as kombu's own in every other respect.
+:func:`keep_one_client_per_channel` puts this in kombu's own Redis channel (the Sentinel
+channel is one of its kind), rather than in a transport of Postroom's: the broker URL
+keeps its ``redis://`` or ``sentinel://`` scheme, which Celery's banner, Flower's broker
+page and its queue lengths read to know the broker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
-_TRANSPORTS = {
-    "redis": "tasks.shared.broker:Transport",
-    "rediss": "tasks.shared.broker:Transport",
-    "sentinel": "tasks.shared.broker:SentinelTransport",
-}
+_KEPT = "_postroom_kept_client"  # the channel's (pool it was built on, client)
 
 
-def transport_for(broker_url: str) -> str | None:
-    """The transport to use for *broker_url* (kombu's ``;``-joined form included), or
-    None to leave kombu's choice alone (another broker)."""
-    scheme, found, _ = broker_url.partition("://")
-    return _TRANSPORTS.get(scheme) if found else None
+@contextmanager
+def _conn_or_acquire(self: Any, client: Any = None) -> Iterator[Any]:
+    """kombu's ``conn_or_acquire``: the caller's client if it has one, else the
+    channel's kept one (built on first use, and again once the pool changed)."""
+    if client:
+        yield client
+        return
+    pool, kept = self.pool, getattr(self, _KEPT, None)
+    if kept is None or kept[0] is not pool:
+        kept = (pool, self._create_client())
+        setattr(self, _KEPT, kept)
+    yield kept[1]
 
 
-class _KeptClient:
-    """``conn_or_acquire`` without a client of the caller's: the channel's kept one."""
-
-    _kept: tuple[Any, Any] | None = None  # (the pool it was built on, the client)
-    pool: Any
-    _create_client: Any
-
-    @contextmanager
-    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        if client:
-            yield client
-            return
-        pool, kept = self.pool, self._kept
-        if kept is None or kept[0] is not pool:
-            kept = self._kept = (pool, self._create_client())
-        yield kept[1]
+_conn_or_acquire.postroom = True  # type: ignore[attr-defined]
 
 
-class Channel(_KeptClient, kombu_redis.Channel):  # type: ignore[misc]
-    pass
-
-
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
-    Channel = Channel
-
-
-class SentinelChannel(_KeptClient, kombu_redis.SentinelChannel):  # type: ignore[misc]
-    pass
-
-
-class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
-    Channel = SentinelChannel
+def keep_one_client_per_channel() -> None:
+    """Have kombu's Redis channels keep one client (once per process; idempotent)."""
+    current: Callable[..., AbstractContextManager[Any]] = kombu_redis.Channel.conn_or_acquire
+    if not getattr(current, "postroom", False):
+        kombu_redis.Channel.conn_or_acquire = _conn_or_acquire

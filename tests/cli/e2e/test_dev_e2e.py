@@ -248,6 +248,13 @@ def test_dev_delivers_a_message_and_sigint_stops_every_process(
             break
         assert time.monotonic() < deadline, f"Flower never saw the message task: {tasks}"
         time.sleep(0.5)
+    # and reads the broker's queues (it knows the broker by its URL's scheme)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{dev_run.flower_port}/api/queues/length", headers=request.headers)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        queues = {queue["name"]: queue["messages"]
+                  for queue in json.loads(answer.read())["active_queues"]}
+    assert {"otp", "mail", "bulk", "events"} <= set(queues), queues
 
     admin, admin_password = dev_run.wait_for(
         r"Campaigns .*\(user (\S+), password (\S+)\)").groups()

@@ -22,6 +22,9 @@ import kombu
 import pytest
 import redis
 from flask import Flask
+from flower.utils.broker import Broker as FlowerBroker
+from flower.utils.broker import Redis as FlowerRedisBroker
+from kombu.transport.redis import SentinelChannel
 
 from cli.dev import Plan, make_plan
 from tasks.shared import broker, connection
@@ -200,12 +203,14 @@ def test_the_broker_keeps_one_client_per_channel_for_what_it_sends(
         tuned_app: Flask, redis_client: redis.Redis) -> None:
     """kombu built a redis client for every publish and acknowledgement; each channel now
     keeps one per connection pool, with the same socket options, and a new one after its
-    pools are dropped (a reconnect)."""
+    pools are dropped (a reconnect). The broker URL keeps its scheme, which Flower reads
+    to know the broker."""
     celery_app = tuned_app.extensions["celery"]
-    assert celery_app.conf.broker_transport == "tasks.shared.broker:Transport"
     with celery_app.connection_for_write() as connection_:
+        assert connection_.as_uri().startswith("redis://")
+        assert isinstance(FlowerBroker(connection_.as_uri(include_password=True)),
+                          FlowerRedisBroker)
         channel: Any = connection_.default_channel
-        assert isinstance(channel, broker.Channel)
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
         assert_keepalive(socket_of(first), Timeouts.from_config(tuned_app.config))
@@ -221,17 +226,10 @@ def test_the_broker_keeps_one_client_per_channel_for_what_it_sends(
         with channel.conn_or_acquire() as fresh:
             assert fresh is not first and fresh.connection_pool is channel.pool
             assert fresh.llen(queue) == 3  # the key prefix kept
-
-
-@pytest.mark.parametrize(("url", "transport"), [
-    ("redis://127.0.0.1:6379/0", "tasks.shared.broker:Transport"),
-    ("rediss://cache.example:6380/1", "tasks.shared.broker:Transport"),
-    ("sentinel://h1:26379/0;sentinel://h2:26379/0", "tasks.shared.broker:SentinelTransport"),
-    ("amqp://guest@localhost//", None),
-    ("memory://", None),
-])
-def test_the_broker_transport_follows_the_url(url: str, transport: str | None) -> None:
-    assert broker.transport_for(url) == transport
+        with channel.conn_or_acquire(redis_client) as given:
+            assert given is redis_client  # a caller's own client is used as it is
+    broker.keep_one_client_per_channel()  # again (every app calls it): still the one patch
+    assert SentinelChannel.conn_or_acquire is broker._conn_or_acquire
 
 
 @pytest.mark.parametrize(("url", "expected"), [
