@@ -79,7 +79,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1], 
 return 0
 """
 
-_PROCESS = {"pid": os.getpid(), "id": uuid.uuid4().hex[:12]}
+_PROCESS: dict[str, object] = {"pid": os.getpid(), "id": uuid.uuid4().hex[:12]}
 
 
 def process_id() -> str:
@@ -93,7 +93,17 @@ def process_id() -> str:
 def run_id() -> str:
     """A new run's identity: the process's, a random id of the run's own, and what proves
     whether its process still lives (``|boot id:pid namespace:pid:start time``)."""
-    return f"{process_id()}:{uuid.uuid4().hex[:12]}|{_proof(os.getpid())}"
+    return f"{process_id()}:{uuid.uuid4().hex[:12]}|{_own_proof()}"
+
+
+def _own_proof() -> str:
+    """:func:`_proof` of this process, read from ``/proc`` once per process (again after a
+    fork): its boot id, pid namespace and start time do not change while it lives, and
+    reading three files for every claim took about 60 µs here."""
+    pid = os.getpid()
+    if _PROCESS.get("proof_pid") != pid:
+        _PROCESS.update(proof_pid=pid, proof=_proof(pid))
+    return str(_PROCESS["proof"])
 
 
 def _read(path: str) -> str:

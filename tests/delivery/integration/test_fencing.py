@@ -16,7 +16,14 @@ from tasks.campaigns.tasks import send_campaign_batch
 from tasks.delivery.counters import LEASES_KEY as TAKEOVERS_KEY
 from tasks.delivery.engine.compose import Composer, Draft
 from tasks.delivery.engine.session import BatchConnection, SMTPSettings
-from tasks.delivery.leases import ClaimLease, LeaseBusy, process_id, renew, run_id
+from tasks.delivery.leases import (
+    ClaimLease,
+    LeaseBusy,
+    process_id,
+    provably_dead,
+    renew,
+    run_id,
+)
 from tasks.delivery.ledger import LEASE_PREFIX, DeliveryLedger, Outcome, RecipientRecord
 from tasks.delivery.service import BatchOptions, MessageFate, Outgoing, run_batch
 from tasks.reconciler.service import Reconciler, take_turn
@@ -241,3 +248,23 @@ def test_a_renewal_that_finds_an_ended_lease_gone_counts_no_loss(
     renew([held])  # the keeper's snapshot, renewed after the run gave the lease back
     assert redis_client.hget(TAKEOVERS_KEY, "lost") is None
     assert not claim.lost
+
+
+def test_a_forked_process_proves_its_own_life_not_its_parents() -> None:
+    """The proof in a run id is read once per process, and again in a forked child."""
+    import os
+
+    mine = run_id()
+    assert mine.split("|")[1] == run_id().split("|")[1]  # the same process, the same proof
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its own run id, then gone
+        os.write(write_end, run_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    theirs = os.read(read_end, 4096).decode()
+    os.close(read_end)
+    assert mine.split("|")[1].split(":")[-2] == str(os.getpid())
+    assert theirs.split("|")[1].split(":")[-2] == str(child)
+    assert provably_dead(theirs)  # it ended: its own pid and start time say so
