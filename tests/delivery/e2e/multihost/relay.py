@@ -90,6 +90,13 @@ class BridgeRelay(SMTPTestServer):
         with handler.lock:
             return handler.open_by_peer[peer]
 
+    def peak_sessions_from(self, peer: str) -> int:
+        """The most sessions *peer* had open at once since the last :meth:`reset`."""
+        handler = self.handler
+        assert isinstance(handler, PeerHandler)
+        with handler.lock:
+            return handler.peak_by_peer[peer]
+
     def deliveries(self) -> list[Delivery]:
         """Every (Message-ID, recipient) the relay accepted, in order, with its sender."""
         handler = self.handler
