@@ -17,8 +17,8 @@ page and its queue lengths read to know the broker.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -45,6 +45,5 @@ _conn_or_acquire.postroom = True  # type: ignore[attr-defined]
 
 def keep_one_client_per_channel() -> None:
     """Have kombu's Redis channels keep one client (once per process; idempotent)."""
-    current: Callable[..., AbstractContextManager[Any]] = kombu_redis.Channel.conn_or_acquire
-    if not getattr(current, "postroom", False):
+    if not getattr(kombu_redis.Channel.conn_or_acquire, "postroom", False):
         kombu_redis.Channel.conn_or_acquire = _conn_or_acquire
