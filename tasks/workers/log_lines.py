@@ -106,7 +106,7 @@ class UrgentLines(logging.Filter):
 def hold_lines(logger: logging.Logger, hold: float | None = None) -> list[HeldLines]:
     """Give *logger*'s stream handlers (not its file handlers) held lines, for *hold*
     seconds (:data:`HOLD_SECONDS`); once each."""
-    held = []
+    held: list[HeldLines] = []
     for handler in logger.handlers:
         if type(handler) is not logging.StreamHandler or isinstance(handler.stream, HeldLines):
             continue

@@ -40,7 +40,7 @@ def _logger(write: int, hold: float) -> tuple[logging.Logger, list[HeldLines]]:
 
 def _reads(fd: int) -> list[bytes]:
     """Each read that finds something, until the pipe is empty."""
-    found = []
+    found: list[bytes] = []
     while True:
         try:
             chunk = os.read(fd, 1 << 20)
