@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger
 
 HOLD_SECONDS = 0.1  # the longest an INFO line waits for the lines after it
 HOLD_BYTES = 64 * 1024  # written at once beyond this much text
@@ -123,7 +123,6 @@ def _held(logger: logging.Logger, **_: Any) -> None:
 
 
 def register() -> None:
-    """Hold the lines of every Celery worker and beat of this process once Celery has set
-    up its loggers (the root logger's handlers and the task logger's)."""
+    """Hold the lines of a Celery worker or beat in this process once Celery has set up
+    the root logger (every Postroom logger and Celery's task lines go there)."""
     after_setup_logger.connect(_held, weak=False, dispatch_uid="postroom-held-lines")
-    after_setup_task_logger.connect(_held, weak=False, dispatch_uid="postroom-held-task-lines")
