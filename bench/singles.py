@@ -11,7 +11,8 @@ is the highest rate held; the steps stop at the first rate whose messages are
 not all sent within 2 s (a backlog), so the scenario stays under two minutes.
 On a shared machine the API's p99 is the first to go, so each step also prints
 the CPU the lane worker (``-Q otp,mail``), web and Flower spent per message (from
-``/proc/<pid>/stat``), which contention on the cores changes much less.
+``/proc/<pid>/stat``), which contention on the cores changes much less, and the lane
+worker's context switches per message (``/proc/<pid>/task/*/status``).
 
 ``--singles-session-idle`` sets ``MAIL_SESSION_IDLE`` for the run (``0``: every
 message opens and closes its own SMTP session, as before sessions were kept).
@@ -37,6 +38,7 @@ from tasks.messages.store import MessageStore
 
 API_P99 = 0.025  # seconds: the goal for POST /api/messages
 DELIVERY = 2.0  # seconds from a message's 202 to its relay's 250
+SWITCH_FIELDS = ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")  # /proc/*/status
 DRAIN_SLACK = 5.0  # seconds past the last 202 + DELIVERY to wait for stragglers
 
 
@@ -69,6 +71,25 @@ def cpu_seconds(pids: Iterable[int]) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def context_switches(pids: Iterable[int]) -> int:
+    """Voluntary and involuntary context switches of every thread of *pids* so far: in a
+    thread pool, mostly the GIL passing between threads at each socket call."""
+    switches = 0
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                status = open(f"/proc/{pid}/task/{thread}/status").read()
+            except OSError:
+                continue
+            switches += sum(int(line.split()[1]) for line in status.splitlines()
+                            if line.split(":")[0] in SWITCH_FIELDS)
+    return switches
 
 
 def delivery_seconds(store: MessageStore, result: OpenLoopResult) -> tuple[list[float], int]:
@@ -114,18 +135,21 @@ def scenario_singles(workdir: Path, args: argparse.Namespace, summary: Summary) 
         capacity = delivered = 0.0
         for n, rate in enumerate(rates):
             before = cpu_seconds(lane), cpu_seconds(web), cpu_seconds(flower)
+            switched = context_switches(lane)
             result = open_loop(stack, rate, args.singles_seconds, body="A single message.",
                                prefix=f"single{n}-")
             delivery, unsent = delivery_seconds(store, result)
             spent = (cpu_seconds(lane) - before[0], cpu_seconds(web) - before[1],
                      cpu_seconds(flower) - before[2])
+            switched = context_switches(lane) - switched
             step = Step(rate, result, delivery, unsent)
             total = len(result.latencies)
             print(f"  {rate:5g}/s: {total} requests in {result.seconds:.2f} s "
                   f"({total / result.seconds:.0f}/s), {result.statuses.get('202', 0)} x 202; "
                   f"API {spread(result.latencies)}")
             print(f"         202 -> sent: {spread(delivery, 1.0, 's')}, {unsent} not sent; "
-                  f"CPU per message: lane worker {spent[0] / total * 1000:.2f} ms, web "
+                  f"CPU per message: lane worker {spent[0] / total * 1000:.2f} ms "
+                  f"({switched / total:.0f} context switches), web "
                   f"{spent[1] / total * 1000:.2f} ms, Flower {spent[2] / total * 1000:.2f} ms: "
                   f"{'held' if step.held else 'not held'}")
             if step.held:
