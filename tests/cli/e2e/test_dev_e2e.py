@@ -248,13 +248,23 @@ def test_dev_delivers_a_message_and_sigint_stops_every_process(
             break
         assert time.monotonic() < deadline, f"Flower never saw the message task: {tasks}"
         time.sleep(0.5)
-    # and reads the broker's queues (it knows the broker by its URL's scheme)
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{dev_run.flower_port}/api/queues/length", headers=request.headers)
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        queues = {queue["name"]: queue["messages"]
-                  for queue in json.loads(answer.read())["active_queues"]}
-    assert {"otp", "mail", "bulk", "events"} <= set(queues), queues
+    # and reads the broker's queues (it knows the broker by its URL's scheme). Flower
+    # names them from the workers' replies to its inspection, made when it starts and
+    # when asked to refresh: a worker slow to answer then is listed after a refresh
+    flower = f"http://127.0.0.1:{dev_run.flower_port}/api"
+    deadline = time.monotonic() + 30
+    while True:
+        refresh = urllib.request.Request(f"{flower}/workers?refresh=1", headers=request.headers)
+        with urllib.request.urlopen(refresh, timeout=30) as answer:
+            answer.read()
+        lengths = urllib.request.Request(f"{flower}/queues/length", headers=request.headers)
+        with urllib.request.urlopen(lengths, timeout=10) as answer:
+            queues = {queue["name"]: queue["messages"]
+                      for queue in json.loads(answer.read())["active_queues"]}
+        if {"otp", "mail", "bulk", "events"} <= set(queues):
+            break
+        assert time.monotonic() < deadline, f"Flower's queue lengths lack a queue: {queues}"
+        time.sleep(0.5)
 
     admin, admin_password = dev_run.wait_for(
         r"Campaigns .*\(user (\S+), password (\S+)\)").groups()
