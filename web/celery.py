@@ -11,7 +11,7 @@ from celery.exceptions import Ignore
 from flask import Flask
 
 from tasks.shared import broker, connection
-from tasks.workers import heartbeat, kept_sessions, log_lines, reconciler_step
+from tasks.workers import heartbeat, kept_sessions, reconciler_step
 from web.testing_mode import EagerGuard
 
 
@@ -96,7 +96,6 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.set_default()
     heartbeat.register(celery_app, app.extensions["redis"])
     reconciler_step.register(celery_app, app)
-    log_lines.register()  # a worker's INFO lines written a few at a time
     kept_sessions.register(celery_app, app)
     app.extensions["celery"] = celery_app
     return celery_app
