@@ -63,7 +63,7 @@ from tasks.delivery.service import (
     run_batch,
 )
 from tasks.delivery.watch_list import Watchlist
-from tasks.vocabulary import UNSETTLED, Queue
+from tasks.vocabulary import Queue
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,7 @@ class Delivery:
         watch = Watchlist(runtime.redis_client())
         countdown = retry_countdown(report)
         if countdown is None:
-            if not UNSETTLED.intersection(s for s, n in self.ledger.counts().items() if n):
-                watch.done(self.kind, self.delivery_id)
+            watch.done_if_settled(self.kind, self.delivery_id, self.ledger.counts_key)
             return
         watch.expect(self.kind, self.delivery_id,
                      time.time() + countdown + runtime.watch_after())

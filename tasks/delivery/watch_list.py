@@ -16,9 +16,20 @@ from redis import Redis
 
 from tasks.delivery.ledger import text
 from tasks.shared.keys import key
+from tasks.vocabulary import UNSETTLED
 
 WATCH_KEY = key("watch")
 WATCH_AFTER = 60.0  # seconds after it is stored that an untouched delivery is looked at
+
+# Off the list only if none of the delivery's recipients is still to be decided.
+_DONE_IF_SETTLED = """
+-- KEYS: the watch list, the delivery's counts; ARGV: the member, then the unsettled statuses
+for i = 2, #ARGV do
+  if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') > 0 then return 0 end
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 class Watchlist:
@@ -26,6 +37,7 @@ class Watchlist:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._done_if_settled = redis.register_script(_DONE_IF_SETTLED)
 
     def expect(self, kind: str, item_id: str, by: float) -> None:
         """*item_id* should have moved by *by* (seconds since the epoch)."""
@@ -33,6 +45,12 @@ class Watchlist:
 
     def done(self, kind: str, item_id: str) -> None:
         self.redis.zrem(WATCH_KEY, f"{kind}:{item_id}")
+
+    def done_if_settled(self, kind: str, item_id: str, counts_key: str) -> bool:
+        """:meth:`done`, in the same step as finding none of its recipients unsettled in
+        *counts_key* (its ledger's counts); whether it was taken off."""
+        return bool(self._done_if_settled(keys=[WATCH_KEY, counts_key],
+                                          args=[f"{kind}:{item_id}", *sorted(UNSETTLED)]))
 
     def overdue(self, now: float | None = None, *, limit: int = 500) -> list[tuple[str, str]]:
         """``(kind, id)`` of what should have moved by now."""

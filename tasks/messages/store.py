@@ -214,14 +214,26 @@ class MessageStore:
         Watchlist(self.redis).done(Kind.MESSAGE, message_id)
 
     def get(self, message_id: str) -> StoredMessage | None:
-        raw = self.redis.get(key("message", message_id))
-        if raw is None:
-            return None
-        data = json.loads(raw)
-        return StoredMessage(message_id, data["fields"], data["created_at"])
+        return _stored(message_id, self.redis.get(key("message", message_id)))
+
+    def get_with_recipients(self, message_id: str, ledger: DeliveryLedger,
+                            ) -> tuple[StoredMessage | None, list[RecipientRecord]]:
+        """The message and its recipients' records (*ledger*, its own), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(key("message", message_id))
+        pipe.hgetall(ledger.records_key)
+        raw, records = pipe.execute()
+        return _stored(message_id, raw), ledger.every(records)
 
     def ledger(self, message_id: str) -> DeliveryLedger:
         return DeliveryLedger(self.redis, f"message:{message_id}")
+
+
+def _stored(message_id: str, raw: bytes | None) -> StoredMessage | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return StoredMessage(message_id, data["fields"], data["created_at"])
 
 
 def _text(value: bytes | str) -> str:

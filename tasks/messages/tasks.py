@@ -93,10 +93,16 @@ class _Loaded:
                             BounceRef(Kind.MESSAGE, self.message.id, index))
 
 
-def _load(message_id: str) -> _Loaded | None:
-    """The message with its attachments loaded once for the batch, or None if gone."""
+def _load(message_id: str, recipients: list[RecipientRecord] | None = None) -> _Loaded | None:
+    """The message with its attachments loaded once for the batch, or None if gone; with
+    every recipient's record read in the same round trip into *recipients* when given."""
     store = MessageStore(runtime.redis_client())
-    message = store.get(message_id)
+    ledger = store.ledger(message_id)
+    if recipients is None:
+        message = store.get(message_id)
+    else:
+        message, records = store.get_with_recipients(message_id, ledger)
+        recipients.extend(records)
     if message is None:
         log.warning("message %s no longer exists; nothing to send", message_id)
         return None
@@ -104,7 +110,7 @@ def _load(message_id: str) -> _Loaded | None:
     attachments = _attachments(message)
     loaded = attachments if isinstance(attachments, list) else None
     problem = attachments if isinstance(attachments, InvalidMessageError) else None
-    return _Loaded(message, store.ledger(message_id), runtime.composer(settings),
+    return _Loaded(message, ledger, runtime.composer(settings),
                    draft_for(message, settings.default_sender, loaded), problem,
                    settings.return_path, str(runtime.app_config()["SECRET_KEY"]))
 
@@ -115,7 +121,8 @@ def deliver_message(self: Task, message_id: str) -> dict[str, int] | None:
 
     Returns the run's recipient counts by outcome (stored for ``CELERY_RESULT_EXPIRES``).
     """
-    batch = _load(message_id)
+    records: list[RecipientRecord] = []
+    batch = _load(message_id, records)
     if batch is None:
         return None
     draft = replace(_with_message_id(batch.template, batch.composer, message_id),
@@ -125,7 +132,7 @@ def deliver_message(self: Task, message_id: str) -> dict[str, int] | None:
         return batch.checked(draft)  # the claim decides the envelope; headers stay as written
 
     ledger = batch.ledger
-    recipients = _unsettled(ledger, range(sum(ledger.counts().values())))
+    recipients = [record.index for record in records if record.status in UNSETTLED]
     return _deliver(self, batch.message, ledger,
                     [Outgoing(recipients, draft_to)] if recipients else [], batch.composer,
                     f"message {message_id}")
