@@ -190,7 +190,7 @@ SETTINGS: dict[str, tuple[Callable[[str, str], Any], Any]] = {
     "REDIS_KEEPALIVE_IDLE": (_whole_number(1), 4),
     "REDIS_KEEPALIVE_INTERVAL": (_whole_number(1), 2),
     "REDIS_KEEPALIVE_COUNT": (_whole_number(1), 3),
-    "REDIS_USER_TIMEOUT": (_non_negative_number, 10.0),
+    "REDIS_USER_TIMEOUT": (_non_negative_number, 6.0),
     "REDIS_HEALTH_CHECK_INTERVAL": (_whole_number(0), 8),
     "REDIS_SENTINEL_PASSWORD": (_optional_text, None),
     "SECRET_KEY": (_optional_text, None),

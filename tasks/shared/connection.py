@@ -58,7 +58,7 @@ class Timeouts:
     keepalive_idle: int = 4  # REDIS_KEEPALIVE_IDLE, seconds before the first probe
     keepalive_interval: int = 2  # REDIS_KEEPALIVE_INTERVAL, seconds between probes
     keepalive_count: int = 3  # REDIS_KEEPALIVE_COUNT, unanswered probes before giving up
-    user_timeout: float = 10.0  # REDIS_USER_TIMEOUT, seconds unacknowledged; 0: off
+    user_timeout: float = 6.0  # REDIS_USER_TIMEOUT, seconds unacknowledged; 0: off
     health_check_interval: int = 8  # REDIS_HEALTH_CHECK_INTERVAL, seconds; 0: off
 
     @classmethod
