@@ -54,6 +54,25 @@ def test_a_message_whose_task_never_ran_is_sent(app: Flask, redis_client: redis.
     assert len(smtp_server.received) == 1  # nothing sent twice
 
 
+def test_a_delivery_leaves_the_watch_list_only_once_no_recipient_is_unsettled(
+        redis_client: redis.Redis) -> None:
+    store = MessageStore(redis_client)
+    message = store.create({"to": ["ada@example.com", "bob@example.com"], "subject": "Hi",
+                            "body": "x"}, ["ada@example.com", "bob@example.com"])
+    ledger, watch = store.ledger(message.id), Watchlist(redis_client)
+    run = lease(redis_client, "one-run")
+    ledger.claim([0, 1], "one-run", run)
+    ledger.finish("one-run", run, [Outcome(0, "sent", 250, None),
+                                   Outcome(1, "deferred", 451, "later", retry_at=time.time())],
+                  max_attempts=5)
+    assert not watch.done_if_settled("message", message.id, ledger.counts_key)
+    assert len(watch) == 1  # bob is still to be decided: the reconciler keeps looking
+    ledger.claim([1], "one-run", run)
+    ledger.finish("one-run", run, [Outcome(1, "failed", 550, "no such user")], max_attempts=5)
+    assert watch.done_if_settled("message", message.id, ledger.counts_key)
+    assert len(watch) == 0
+
+
 def test_a_code_whose_task_never_ran_is_mailed(app: Flask, redis_client: redis.Redis,
                                                smtp_server: SMTPTestServer) -> None:
     with app.app_context():
