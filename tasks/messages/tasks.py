@@ -79,6 +79,7 @@ class _Loaded:
     problem: InvalidMessageError | None  # an attachment that expired: every copy fails
     return_path: str | None  # MAIL_RETURN_PATH
     secret_key: str
+    records: list[RecipientRecord]  # every recipient's, when loaded with the message
 
     def checked(self, draft: Draft) -> Draft:
         if self.problem is not None:
@@ -93,16 +94,16 @@ class _Loaded:
                             BounceRef(Kind.MESSAGE, self.message.id, index))
 
 
-def _load(message_id: str, recipients: list[RecipientRecord] | None = None) -> _Loaded | None:
+def _load(message_id: str, *, with_recipients: bool = False) -> _Loaded | None:
     """The message with its attachments loaded once for the batch, or None if gone; with
-    every recipient's record read in the same round trip into *recipients* when given."""
+    every recipient's record, read in the same round trip, when *with_recipients*."""
     store = MessageStore(runtime.redis_client())
     ledger = store.ledger(message_id)
-    if recipients is None:
-        message = store.get(message_id)
-    else:
+    records: list[RecipientRecord] = []
+    if with_recipients:
         message, records = store.get_with_recipients(message_id, ledger)
-        recipients.extend(records)
+    else:
+        message = store.get(message_id)
     if message is None:
         log.warning("message %s no longer exists; nothing to send", message_id)
         return None
@@ -112,7 +113,7 @@ def _load(message_id: str, recipients: list[RecipientRecord] | None = None) -> _
     problem = attachments if isinstance(attachments, InvalidMessageError) else None
     return _Loaded(message, ledger, runtime.composer(settings),
                    draft_for(message, settings.default_sender, loaded), problem,
-                   settings.return_path, str(runtime.app_config()["SECRET_KEY"]))
+                   settings.return_path, str(runtime.app_config()["SECRET_KEY"]), records)
 
 
 @shared_task(name="postroom.deliver_message", bind=True, max_retries=None, ignore_result=False)
@@ -121,8 +122,7 @@ def deliver_message(self: Task, message_id: str) -> dict[str, int] | None:
 
     Returns the run's recipient counts by outcome (stored for ``CELERY_RESULT_EXPIRES``).
     """
-    records: list[RecipientRecord] = []
-    batch = _load(message_id, records)
+    batch = _load(message_id, with_recipients=True)
     if batch is None:
         return None
     draft = replace(_with_message_id(batch.template, batch.composer, message_id),
@@ -132,7 +132,7 @@ def deliver_message(self: Task, message_id: str) -> dict[str, int] | None:
         return batch.checked(draft)  # the claim decides the envelope; headers stay as written
 
     ledger = batch.ledger
-    recipients = [record.index for record in records if record.status in UNSETTLED]
+    recipients = [record.index for record in batch.records if record.status in UNSETTLED]
     return _deliver(self, batch.message, ledger,
                     [Outgoing(recipients, draft_to)] if recipients else [], batch.composer,
                     f"message {message_id}")
