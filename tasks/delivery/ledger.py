@@ -235,11 +235,11 @@ class DeliveryLedger:
             counts[text(name)] = int(value)
         return counts
 
-    def every(self, raw: dict[bytes, bytes] | None = None) -> list[RecipientRecord]:
-        """Every recipient's record, by number; from *raw* (the records hash, read with
-        something else in one pipeline) when given."""
-        raws = self.redis.hgetall(self.records_key) if raw is None else raw
-        return sorted((RecipientRecord.load(int(number), value) for number, value in raws.items()),
+    @staticmethod
+    def every(raw: dict[bytes, bytes]) -> list[RecipientRecord]:
+        """Every recipient's record, by number, from *raw*: the records hash
+        (:attr:`records_key`), read with something else in one pipeline."""
+        return sorted((RecipientRecord.load(int(number), value) for number, value in raw.items()),
                       key=lambda record: record.index)
 
     def get(self, indices: Sequence[int]) -> list[RecipientRecord]:

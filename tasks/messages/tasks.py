@@ -132,7 +132,7 @@ def deliver_message(self: Task, message_id: str) -> dict[str, int] | None:
         return batch.checked(draft)  # the claim decides the envelope; headers stay as written
 
     ledger = batch.ledger
-    recipients = [record.index for record in batch.records if record.status in UNSETTLED]
+    recipients = _unsettled_of(batch.records)
     return _deliver(self, batch.message, ledger,
                     [Outgoing(recipients, draft_to)] if recipients else [], batch.composer,
                     f"message {message_id}")
@@ -163,7 +163,11 @@ def deliver_each(self: Task, message_id: str, first: int, stop: int) -> dict[str
 
 def _unsettled(ledger: DeliveryLedger, indices: range) -> list[int]:
     """Only the recipients a retry still has to touch."""
-    return [r.index for r in ledger.get(list(indices)) if r.status in UNSETTLED]
+    return _unsettled_of(ledger.get(list(indices)))
+
+
+def _unsettled_of(records: list[RecipientRecord]) -> list[int]:
+    return [r.index for r in records if r.status in UNSETTLED]
 
 
 def _with_message_id(draft: Draft, composer: Composer, message_id: str) -> Draft:
