@@ -29,6 +29,7 @@ class PeerHandler(RecordingHandler):
         self.peers: dict[int, str] = {}
         self.open_by_peer: Counter[str] = Counter()
         self.peak_by_peer: Counter[str] = Counter()
+        self.opened_by_peer: Counter[str] = Counter()
 
 
 class PeerSMTP(CountingSMTP):
@@ -42,6 +43,7 @@ class PeerSMTP(CountingSMTP):
             with handler.lock:
                 handler.peers[self.connection_number] = peer
                 handler.open_by_peer[peer] += 1
+                handler.opened_by_peer[peer] += 1
                 handler.peak_by_peer[peer] = max(handler.peak_by_peer[peer],
                                                  handler.open_by_peer[peer])
 
@@ -89,6 +91,13 @@ class BridgeRelay(SMTPTestServer):
         assert isinstance(handler, PeerHandler)
         with handler.lock:
             return handler.open_by_peer[peer]
+
+    def sessions_opened_by(self, peer: str) -> int:
+        """How many sessions *peer* has opened since the relay started."""
+        handler = self.handler
+        assert isinstance(handler, PeerHandler)
+        with handler.lock:
+            return handler.opened_by_peer[peer]
 
     def peak_sessions_from(self, peer: str) -> int:
         """The most sessions *peer* had open at once since the last :meth:`reset`."""
