@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis, RedisError
+from redis.client import Pipeline
 
 from tasks import vocabulary
 from tasks.delivery.ledger import DeliveryLedger, RecipientRecord
@@ -103,8 +104,9 @@ class Admission:
 class MessageStore:
     """Messages by id, with a delivery ledger per message.
 
-    A message becomes visible in one atomic step — its record, written after its
-    recipients and together with its Idempotency-Key — and is withdrawn again if
+    A message becomes visible in one atomic step — its record, written in one
+    transaction with its recipients, or after them together with its
+    Idempotency-Key — and is withdrawn again if
     its delivery task cannot be queued (:meth:`enqueueing`), so a request that was
     not answered 202 leaves nothing behind for anyone to send.
     """
@@ -128,7 +130,7 @@ class MessageStore:
         held = self.redis.get(name)
         if held is None:
             message = self._new(fields)
-            self._queue_recipients(message.id, recipients)
+            self._queue_recipients(message.id, recipients).execute()
             held = self._admit(keys=[name, key("message", message.id)],
                                args=[f"{digest}:{message.id}:{PENDING}", IDEMPOTENCY_TTL,
                                      self._record(message), self.ttl])
@@ -151,10 +153,11 @@ class MessageStore:
 
     def create(self, fields: dict[str, Any], recipients: list[str], *,
                message_id: str | None = None) -> StoredMessage:
-        """Store *fields* and queue every recipient; the message record comes last."""
+        """Store *fields* and queue every recipient, the message record with them."""
         message = self._new(fields, message_id)
-        self._queue_recipients(message.id, recipients)
-        self.redis.set(key("message", message.id), self._record(message), ex=self.ttl)
+        pipe = self._queue_recipients(message.id, recipients)
+        pipe.set(key("message", message.id), self._record(message), ex=self.ttl)
+        pipe.execute()  # one transaction: the recipients and the record appear together
         replicated(self.redis)  # accepted: on a replica too before the API says so
         return message
 
@@ -201,13 +204,14 @@ class MessageStore:
     def _record(self, message: StoredMessage) -> str:
         return json.dumps({"fields": message.fields, "created_at": message.created_at})
 
-    def _queue_recipients(self, message_id: str, recipients: list[str]) -> None:
+    def _queue_recipients(self, message_id: str, recipients: list[str]) -> Pipeline:
+        """A transaction queueing every recipient, for the caller to add to and run."""
         pipe = self.redis.pipeline(transaction=True)
         self.ledger(message_id).add((RecipientRecord(index=0, email=email)
                                      for email in recipients), ttl=self.ttl, pipeline=pipe)
         # the task is a doorbell: if it never rings, the reconciler sends the message
         pipe.zadd(WATCH_KEY, {f"message:{message_id}": time.time() + WATCH_AFTER})
-        pipe.execute()
+        return pipe
 
     def _forget(self, message_id: str) -> None:
         self.redis.unlink(*self.ledger(message_id).all_keys())

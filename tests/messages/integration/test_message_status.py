@@ -44,3 +44,17 @@ def test_api_shows_deferred_while_its_recipient_is(client: FlaskClient, app: Fla
     shown = client.get(f"/api/messages/{message.id}", headers=AUTH).get_json()
     assert shown["status"] == "deferred"
     assert [r["status"] for r in shown["recipients"]] == ["deferred"]
+
+
+def test_a_message_appears_with_its_recipients_in_one_transaction(app: Flask) -> None:
+    redis = app.extensions["redis"]
+    store = MessageStore(redis)
+    with redis.monitor() as monitor:
+        message = store.create({"subject": "hi"}, ["a@example.com", "b@example.com"])
+        commands: list[str] = []
+        while not commands or commands[-1] != "EXEC":
+            commands.append(monitor.next_command()["command"].split(" ", 1)[0].upper())
+    record = commands.index("SET")
+    assert "MULTI" in commands[:record], commands
+    assert commands.index("EXEC") > record, commands
+    assert store.get(message.id) is not None
