@@ -1,14 +1,16 @@
 """Single-message capacity: ``python -m bench stack --scenarios singles``.
 
 ``POST /api/messages`` (one recipient, a short text) in an open loop at each
-rate of ``--singles-rates`` (50, 100, 200, 300, 400, 600, 800 a second) for
-``--singles-seconds`` (3 s) each, the relay up (postfix's ``smtp-sink``). A rate
+rate of ``--singles-rates`` (50, 100, 150, 200, 300, 400, 600, 800 a second) for
+``--singles-seconds`` (10 s) each, the relay up (postfix's ``smtp-sink``). A rate
 is held when every request got its 202, the API's p99 (due time to the answer
 read) is under 25 ms, and every message was sent within 2 s of its 202: the
 ledger's ``updated_at`` for the recipient, stamped when the relay's 250 is
 recorded, against the wall-clock moment the client read the 202. The capacity
 is the highest rate held; the steps stop at the first rate whose messages are
 not all sent within 2 s (a backlog), so the scenario stays under two minutes.
+A step lasts as long as ``enqueue-up``'s run (10 s): a shorter burst can end before
+the lane worker's backlog reaches 2 s, and hold a rate the machine cannot sustain.
 On a shared machine the API's p99 is the first to go, so each step also prints
 the CPU the lane worker (``-Q otp,mail``), web and Flower spent per message (from
 ``/proc/<pid>/stat``), which contention on the cores changes much less, and the lane

@@ -400,9 +400,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="[enqueue, enqueue-up] per s")
     parser.add_argument("--enqueue-seconds", type=float, default=10.0,
                         help="[enqueue, enqueue-up]")
-    parser.add_argument("--singles-rates", default="50,100,200,300,400,600,800",
+    parser.add_argument("--singles-rates", default="50,100,150,200,300,400,600,800",
                         help="[singles] messages a second, one step each")
-    parser.add_argument("--singles-seconds", type=float, default=3.0, help="[singles] per step")
+    parser.add_argument("--singles-seconds", type=float, default=10.0, help="[singles] per step")
     parser.add_argument("--singles-session-idle", type=float, default=None,
                         help="[singles] MAIL_SESSION_IDLE (0: no session kept)")
     parser.add_argument("--million", action="store_true", help="add the million scenario")
