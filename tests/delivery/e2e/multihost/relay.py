@@ -29,7 +29,6 @@ class PeerHandler(RecordingHandler):
         self.peers: dict[int, str] = {}
         self.open_by_peer: Counter[str] = Counter()
         self.peak_by_peer: Counter[str] = Counter()
-        self.opened_by_peer: Counter[str] = Counter()
 
 
 class PeerSMTP(CountingSMTP):
@@ -43,7 +42,6 @@ class PeerSMTP(CountingSMTP):
             with handler.lock:
                 handler.peers[self.connection_number] = peer
                 handler.open_by_peer[peer] += 1
-                handler.opened_by_peer[peer] += 1
                 handler.peak_by_peer[peer] = max(handler.peak_by_peer[peer],
                                                  handler.open_by_peer[peer])
 
@@ -97,7 +95,7 @@ class BridgeRelay(SMTPTestServer):
         handler = self.handler
         assert isinstance(handler, PeerHandler)
         with handler.lock:
-            return handler.opened_by_peer[peer]
+            return sum(1 for opened_by in handler.peers.values() if opened_by == peer)
 
     def peak_sessions_from(self, peer: str) -> int:
         """The most sessions *peer* had open at once since the last :meth:`reset`."""
