@@ -77,10 +77,15 @@ class BridgeRelay(SMTPTestServer):
                               **self.options)
 
     def reset(self) -> None:
-        super().reset()
+        # Session numbers go on from the last test's: a number used again would take the
+        # place of an earlier session's peer, which a session still open from that test
+        # (or a count of the sessions a peer opened) reads.
         handler = self.handler
         assert isinstance(handler, PeerHandler)
+        numbered = handler.connections
+        super().reset()
         with handler.lock:
+            handler.connections = numbered
             handler.peak_by_peer = Counter({p: n for p, n in handler.open_by_peer.items() if n})
         handler.data_delay = self.latency
 
