@@ -22,9 +22,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 
 from tasks import vocabulary
 from tasks.shared.keys import key
@@ -43,6 +45,17 @@ def _script(name: str) -> str:
 
 
 SCRIPTS = {name: _script(name) for name in ("claim", "finish", "release", "move", "bounce")}
+_REGISTERED: WeakKeyDictionary[Redis, dict[str, Script]] = WeakKeyDictionary()
+
+
+def _registered(redis: Redis) -> dict[str, Script]:
+    """The scripts bound to *redis*, made once per client: each one hashes its source,
+    which every ledger (one per message a request stores) would otherwise do again."""
+    scripts = _REGISTERED.get(redis)
+    if scripts is None:
+        scripts = {name: redis.register_script(source) for name, source in SCRIPTS.items()}
+        _REGISTERED[redis] = scripts
+    return scripts
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +141,7 @@ class DeliveryLedger:
         self.index_prefix = key("delivery", delivery_id, "status") + ":"
         self.retry_key = key("delivery", delivery_id, "retry")
         self.keys = [self.records_key, self.counts_key, self.index_prefix, self.retry_key]
-        self.scripts = {name: redis.register_script(source) for name, source in SCRIPTS.items()}
+        self.scripts = _registered(redis)
 
     def all_keys(self) -> list[str]:
         return [self.records_key, self.counts_key, self.retry_key,
