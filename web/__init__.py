@@ -11,7 +11,7 @@ from flask import Flask
 from tasks.shared import connection
 from tasks.vocabulary import template_context
 from web import config as settings
-from web import logs, page_headers, request_bounds, testing_mode
+from web import form_errors, logs, page_headers, request_bounds, testing_mode
 from web.celery import celery_init_app
 from web.extensions import csrf, limiter, mail
 from web.json_provider import BoundedJSONProvider
@@ -58,6 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     page_headers.init_app(app)
     mail.init_app(app)
     csrf.init_app(app)
+    form_errors.init_app(app)
     # the rate limiter's counters go through the state client's pool (its timeouts and
     # Sentinel discovery) unless RATELIMIT_STORAGE_URI names a storage of its own
     limiter_pool = None

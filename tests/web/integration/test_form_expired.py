@@ -1,0 +1,58 @@
+"""A form sent without a valid CSRF token gets a page that says so and links back to the
+form; nothing is read, stored or sent (web.form_errors)."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.support.smtp_server import SMTPTestServer
+
+
+def form_token(client: FlaskClient, path: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"',
+                      client.get(path).get_data(as_text=True))
+    assert match
+    return match.group(1)
+
+
+def test_a_form_without_its_token_is_refused_with_a_way_back(
+        client: FlaskClient, smtp_server: SMTPTestServer) -> None:
+    refused = client.post("/verify", data={"email": "ada@example.com"})
+    page = refused.get_data(as_text=True)
+    assert refused.status_code == 400
+    assert "That form has expired" in page and 'href="/verify"' in page
+    assert "csrf" not in page.lower()  # said in words, not in the library's
+    assert smtp_server.received == []  # no code was mailed
+
+
+def test_a_token_from_another_session_is_refused_and_nothing_is_stored(
+        app: Flask, client: FlaskClient, smtp_server: SMTPTestServer) -> None:
+    someone_elses = form_token(app.test_client(), "/verify")
+    redis = app.extensions["redis"]
+    keys_before = set(redis.scan_iter("postroom:otp*"))
+    refused = client.post("/verify", data={"email": "ada@example.com",
+                                           "csrf_token": someone_elses})
+    assert refused.status_code == 400 and "That form has expired" in refused.get_data(
+        as_text=True)
+    assert set(redis.scan_iter("postroom:otp*")) == keys_before
+    assert smtp_server.received == []
+    # with its own session's token the same form goes through
+    accepted = client.post("/verify", data={"email": "ada@example.com",
+                                            "csrf_token": form_token(client, "/verify")})
+    assert accepted.status_code == 303
+    assert [r.recipients for r in smtp_server.received] == [["ada@example.com"]]
+
+
+def test_the_way_back_keeps_the_forms_query(client: FlaskClient) -> None:
+    refused = client.post("/validate?request=abc123", data={"code": "123456"})
+    assert refused.status_code == 400
+    assert 'href="/validate?request=abc123"' in refused.get_data(as_text=True)
+
+
+def test_a_post_only_address_leads_back_home(client: FlaskClient) -> None:
+    refused = client.post("/campaigns/logout")  # a button, no page of its own to show again
+    assert refused.status_code == 400
+    assert 'href="/"' in refused.get_data(as_text=True)
