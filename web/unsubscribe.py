@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, abort, current_app, render_template
+from flask import Blueprint, abort, current_app, make_response, render_template
 from flask.typing import ResponseReturnValue
 
 from tasks.bounces.store import SuppressionList, Unsubscribe, read_unsubscribe_token
@@ -25,8 +25,8 @@ bp = Blueprint("unsubscribe", __name__, url_prefix="/unsubscribe")
 
 def _read(token: str) -> Unsubscribe:
     found = read_unsubscribe_token(current_app.config["SECRET_KEY"], token)
-    if found is None:
-        abort(404)
+    if found is None:  # cut short when copied, or altered: say so, change nothing
+        abort(make_response(render_template("unsubscribe.html", invalid=True), 404))
     return found
 
 

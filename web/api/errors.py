@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify, render_template, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -89,7 +89,9 @@ def is_api_path(path: str) -> bool:
 
 
 def handle_routing_error(err: HTTPException) -> Any:
-    """404 and 405 before any route matched: JSON under ``/api``, Flask's own page elsewhere."""
+    """404 and 405: JSON under ``/api``; elsewhere a page in the product's style with a way
+    back to the start (a 405 keeps its ``Allow`` header)."""
     if is_api_path(request.path):
         return handle_http_error(err)
-    return err
+    allowed = {name: value for name, value in err.get_headers() if name.lower() == "allow"}
+    return render_template("no_page.html", status=err.code), err.code or 404, allowed

@@ -70,6 +70,17 @@ def test_one_click_unsubscribe_is_honoured_by_later_campaigns(
     assert first["id"] != second["id"]
 
 
+def test_a_link_cut_short_says_so_and_changes_nothing(
+        client: FlaskClient, app: Flask, smtp_server: SMTPTestServer) -> None:
+    rows = people(1)
+    create(client, csv_bytes(rows), body="Leave: {{ unsubscribe_url }}")
+    cut_short = unsubscribe_path(smtp_server, rows[0]["email"])[:-6]
+    for answer in (client.get(cut_short), client.post(cut_short)):
+        assert answer.status_code == 404
+        assert "This unsubscribe link does not work" in answer.get_data(as_text=True)
+    assert len(SuppressionList(app.extensions["redis"])) == 0
+
+
 @pytest.mark.parametrize("token", [
     "not-a-token",
     unsubscribe_token("another-secret", "ada@example.com", "c1"),

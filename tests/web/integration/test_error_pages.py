@@ -1,5 +1,6 @@
-"""A form sent without a valid CSRF token gets a page that says so and links back to the
-form; nothing is read, stored or sent (web.form_errors)."""
+"""Pages for what went wrong, each with a way back: a form sent without a valid CSRF token
+(nothing read, stored or sent; web.form_errors), an address with no page, a method a page
+does not take (web.api.errors.handle_routing_error; JSON under /api as before)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,22 @@ def test_a_post_only_address_leads_back_home(client: FlaskClient) -> None:
     refused = client.post("/campaigns/logout")  # a button, no page of its own to show again
     assert refused.status_code == 400
     assert 'href="/"' in refused.get_data(as_text=True)
+
+
+def test_an_address_with_no_page_is_a_page_with_a_way_back(client: FlaskClient) -> None:
+    answer = client.get("/no/such/page")
+    assert answer.status_code == 404 and answer.mimetype == "text/html"
+    page = answer.get_data(as_text=True)
+    assert "There is no page here" in page and 'href="/"' in page
+
+
+def test_a_method_a_page_does_not_take_keeps_its_allow_header(client: FlaskClient) -> None:
+    answer = client.delete("/verify")
+    assert answer.status_code == 405
+    assert {"GET", "POST"} <= {m.strip() for m in answer.headers["Allow"].split(",")}
+    assert "does not take that request" in answer.get_data(as_text=True)
+
+
+def test_the_api_still_answers_in_json(client: FlaskClient) -> None:
+    answer = client.get("/api/no-such-thing")
+    assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "not_found"
