@@ -1,5 +1,5 @@
 """``/`` links what the deployment offers; the code page states a lock plainly and hides its
-form; a verified request reopened shows success."""
+form, as it does for a request it does not know; a verified request reopened shows success."""
 
 from __future__ import annotations
 
@@ -66,6 +66,14 @@ def test_a_locked_request_says_so_and_hides_the_form(client: FlaskClient,
     assert "data-otp-reason hidden" in page  # a lock is not the mail server's word
     assert "<code>too many wrong codes</code>" not in page
     assert 'href="/verify"' in page  # the way on: a new code
+
+
+def test_an_unknown_request_offers_a_new_code_not_a_code_field(client: FlaskClient) -> None:
+    page = client.get("/validate?request=ffffffffffffffffffffffffffffffff")
+    text = page.get_data(as_text=True)
+    assert page.status_code == 404
+    assert "This request is unknown or no longer kept." in text
+    assert 'name="code"' not in text and 'href="/verify"' in text
 
 
 def test_a_verified_request_reopened_shows_success(client: FlaskClient,
