@@ -9,11 +9,9 @@ form on GET; otherwise the home page).
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, render_template, request
+from flask import Flask, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
-
-from web.api.errors import error_response, is_api_path
 
 
 def _form_again() -> str:
@@ -24,9 +22,8 @@ def _form_again() -> str:
     return request.full_path.rstrip("?")
 
 
-def form_expired(err: CSRFError) -> tuple[Response, int] | tuple[str, int]:
-    if is_api_path(request.path):
-        return error_response(400, "csrf", str(err.description))
+def form_expired(err: CSRFError) -> tuple[str, int]:
+    """Only pages see this: the API takes bearer tokens and is exempt from the check."""
     return render_template("form_expired.html", again=_form_again()), 400
 
 
