@@ -4,19 +4,11 @@ does not take (web.api.errors.handle_routing_error; JSON under /api as before)."
 
 from __future__ import annotations
 
-import re
-
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.support.otp_support import csrf_token
 from tests.support.smtp_server import SMTPTestServer
-
-
-def form_token(client: FlaskClient, path: str) -> str:
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"',
-                      client.get(path).get_data(as_text=True))
-    assert match
-    return match.group(1)
 
 
 def test_a_form_without_its_token_is_refused_with_a_way_back(
@@ -31,7 +23,7 @@ def test_a_form_without_its_token_is_refused_with_a_way_back(
 
 def test_a_token_from_another_session_is_refused_and_nothing_is_stored(
         app: Flask, client: FlaskClient, smtp_server: SMTPTestServer) -> None:
-    someone_elses = form_token(app.test_client(), "/verify")
+    someone_elses = csrf_token(app.test_client())
     redis = app.extensions["redis"]
     keys_before = set(redis.scan_iter("postroom:otp*"))
     refused = client.post("/verify", data={"email": "ada@example.com",
@@ -42,7 +34,7 @@ def test_a_token_from_another_session_is_refused_and_nothing_is_stored(
     assert smtp_server.received == []
     # with its own session's token the same form goes through
     accepted = client.post("/verify", data={"email": "ada@example.com",
-                                            "csrf_token": form_token(client, "/verify")})
+                                            "csrf_token": csrf_token(client)})
     assert accepted.status_code == 303
     assert [r.recipients for r in smtp_server.received] == [["ada@example.com"]]
 
